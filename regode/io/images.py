@@ -1,0 +1,122 @@
+"""Reading and writing 3D images (NIfTI, MetaImage, NRRD) with their full geometry.
+
+Orientation is handled by SimpleITK: whatever the file stores (RAS or LAS NIfTI, oblique
+qform/sform, MetaImage direction), the :class:`~regode.grid.Grid` read here is in ITK's
+world LPS mm, and writing sets the same grid back.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import RegodeError
+from ..grid import Grid
+from .atomic import atomic_output
+
+IMAGE_EXTENSIONS = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
+
+
+def has_image_extension(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(IMAGE_EXTENSIONS)
+
+
+@dataclass
+class Image:
+    """A 3D image: ``data [1, C, nz, ny, nx]`` float32 (C = 1 for scalar images), its grid and
+    the numpy dtype of the stored pixels (kept when the image is written back)."""
+
+    data: torch.Tensor
+    grid: Grid
+    dtype: np.dtype
+    path: str | None = None
+
+    @property
+    def is_integer(self) -> bool:
+        return np.issubdtype(self.dtype, np.integer)
+
+
+def _read_sitk(path: str | os.PathLike):
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if not path.exists():
+        raise RegodeError(f"file not found: {path}")
+    if path.is_dir():
+        raise RegodeError(f"{path} is a folder, not an image file")
+    if not os.access(path, os.R_OK):
+        raise RegodeError(f"cannot read {path}: permission denied")
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        detail = str(exc).strip().splitlines()
+        reason = next((line for line in reversed(detail) if line.strip()), "unknown format")
+        raise RegodeError(f"cannot read image {path}: {reason.strip()}") from None
+
+
+def read_image(path: str | os.PathLike, *, components: int | None = 1, what: str = "image") -> Image:
+    """Read a 3D image. ``components`` is the number of values per voxel required (1 for scalar
+    images, 3 for displacement fields, None for any); ``what`` names the image in error messages."""
+    import SimpleITK as sitk
+
+    img = _read_sitk(path)
+    dim = img.GetDimension()
+    size = img.GetSize()
+    if dim != 3 or min(size) < 2:
+        shape = "x".join(str(s) for s in size)
+        kind = "2D" if dim == 2 or (dim == 3 and min(size) < 2) else f"{dim}D"
+        raise RegodeError(f"{what} {path} is {kind} ({shape}); a 3D image is needed")
+    ncomp = img.GetNumberOfComponentsPerPixel()
+    if components is not None and ncomp != components:
+        raise RegodeError(f"{what} {path} has {ncomp} values per voxel; {components} expected")
+    array = sitk.GetArrayFromImage(img)  # a copy, [nz, ny, nx] or [nz, ny, nx, C]
+    dtype = array.dtype
+    data = array.astype(np.float32, copy=False)
+    if not np.isfinite(data).all():
+        raise RegodeError(f"{what} {path} contains NaN or infinite values")
+    data = data[None] if ncomp == 1 else np.moveaxis(data, -1, 0)
+    return Image(torch.from_numpy(np.ascontiguousarray(data))[None], Grid.from_sitk(img), dtype, str(path))
+
+
+def to_sitk(data: np.ndarray | torch.Tensor, grid: Grid, dtype=None):
+    """A SimpleITK image of ``data [C, nz, ny, nx]`` or ``[nz, ny, nx]`` on ``grid``; integer
+    ``dtype`` rounds and clips to the type's range."""
+    import SimpleITK as sitk
+
+    if isinstance(data, torch.Tensor):
+        data = data.detach().cpu().numpy()
+    data = np.asarray(data)
+    if data.ndim == 4 and data.shape[0] == 1:
+        data = data[0]
+    is_vector = data.ndim == 4
+    if is_vector:
+        data = np.moveaxis(data, 0, -1)
+    if dtype is not None:
+        dtype = np.dtype(dtype)
+        if np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            data = np.clip(np.rint(data), info.min, info.max)
+        data = data.astype(dtype)
+    img = sitk.GetImageFromArray(np.ascontiguousarray(data), isVector=is_vector)
+    return grid.apply_to(img)
+
+
+def write_image(data: np.ndarray | torch.Tensor, grid: Grid, path: str | os.PathLike, dtype=None) -> None:
+    """Write ``data`` ([1, C, nz, ny, nx], [C, nz, ny, nx] or [nz, ny, nx]) on ``grid`` to ``path``
+    atomically (a failure leaves no file)."""
+    import SimpleITK as sitk
+
+    if not has_image_extension(path):
+        raise RegodeError(f"cannot write {path}: unknown image extension (use one of {', '.join(IMAGE_EXTENSIONS)})")
+    if isinstance(data, torch.Tensor) and data.dim() == 5:
+        data = data[0]
+    img = to_sitk(data, grid, dtype)
+    with atomic_output(path) as tmp:
+        try:
+            sitk.WriteImage(img, tmp, useCompression=str(path).endswith(".gz"))
+        except RuntimeError as exc:
+            raise RegodeError(f"cannot write {path}: {str(exc).strip().splitlines()[-1]}") from None

@@ -1,0 +1,359 @@
+"""Spatial transforms in world (LPS mm) coordinates.
+
+Every transform is an ``nn.Module`` whose ``forward`` maps world points of the fixed
+(reference) space to world points of the moving space, the direction ITK and ANTs use
+to resample ("pull-back"). Points are tensors ``[B, *S, 3]`` with (x, y, z) last;
+parameters are tensors with a leading batch dimension ``B`` and may be ``nn.Parameter``
+(optimised per pair) or network outputs (predicted), so every transform is differentiable
+with respect to its parameters and to the points.
+
+Field-based transforms hold their values on a :class:`~regode.grid.Grid`: tensors
+``[B, 3, nz, ny, nx]`` whose 3 channels are the world (LPS) x, y, z components in mm.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .grid import Grid
+from .sampling import sample
+
+
+def _store(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Keep ``value`` as a parameter if it is one (optimised), else as a buffer (moves with .to())."""
+    if isinstance(value, nn.Parameter):
+        setattr(module, name, value)
+    else:
+        module.register_buffer(name, value)
+
+
+class Transform(nn.Module):
+    """Base class: ``forward(points [B, *S, 3]) -> points [B, *S, 3]``, fixed world -> moving world."""
+
+    is_linear = False
+
+    def inverse(self) -> "Transform":
+        raise NotImplementedError
+
+    def displacement(self, grid: Grid) -> torch.Tensor:
+        """Displacement (mm) at every voxel of ``grid``: ``[B, 3, nz, ny, nx]``."""
+        ref = self._reference_tensor()
+        points = grid.world_points(dtype=ref.dtype, device=ref.device)[None]
+        moved = self(points)
+        return (moved - points).movedim(-1, 1)
+
+    def _reference_tensor(self) -> torch.Tensor:
+        for t in self.parameters():
+            return t
+        for t in self.buffers():
+            return t
+        return torch.zeros(())
+
+
+# ------------------------------------------------------------------------------------ linear
+class Linear(Transform):
+    """``y = A (x - c) + t + c`` (ITK's MatrixOffsetTransformBase) with matrix ``A [B, 3, 3]``,
+    translation ``t [B, 3]`` (mm) and centre ``c [B, 3]`` (mm); subclasses say how A and t are
+    parametrised."""
+
+    is_linear = True
+    matrix: torch.Tensor
+    translation: torch.Tensor
+
+    def _set_center(self, center, like: torch.Tensor) -> None:
+        if center is None:
+            center = torch.zeros(like.shape[0], 3, dtype=like.dtype, device=like.device)
+        _store(self, "center", torch.as_tensor(center, dtype=like.dtype).reshape(-1, 3))
+
+    @property
+    def offset(self) -> torch.Tensor:
+        """``o`` in ``y = A x + o`` (centre folded in), ``[B, 3]``."""
+        return self.translation + self.center - (self.matrix @ self.center[..., None])[..., 0]
+
+    def homogeneous(self) -> torch.Tensor:
+        """4x4 matrices ``[B, 4, 4]`` acting on column vectors (x, y, z, 1)."""
+        a, o = self.matrix, self.offset
+        top = torch.cat([a, o[..., None]], dim=-1)
+        bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=a.dtype, device=a.device).expand(a.shape[0], 1, 4)
+        return torch.cat([top, bottom], dim=-2)
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        a, o = self.matrix.to(points.dtype), self.offset.to(points.dtype)
+        flat = points.reshape(points.shape[0], -1, 3)
+        moved = flat @ a.transpose(-1, -2) + o[:, None, :]
+        return moved.reshape(max(a.shape[0], points.shape[0]), *points.shape[1:])
+
+    def inverse(self) -> "Affine":
+        inv = torch.linalg.inv(self.matrix)
+        return Affine(inv, -(inv @ self.translation[..., None])[..., 0], self.center)
+
+
+class Affine(Linear):
+    """General affine (12 dof): ``matrix [B, 3, 3]``, ``translation [B, 3]`` mm, ``center [B, 3]`` mm."""
+
+    def __init__(self, matrix: torch.Tensor, translation: torch.Tensor | None = None, center: torch.Tensor | None = None):
+        super().__init__()
+        matrix = torch.as_tensor(matrix)
+        if matrix.dim() == 2:
+            matrix = matrix[None]
+        _store(self, "matrix", matrix)
+        if translation is None:
+            translation = torch.zeros(matrix.shape[0], 3, dtype=matrix.dtype, device=matrix.device)
+        _store(self, "translation", torch.as_tensor(translation, dtype=matrix.dtype).reshape(-1, 3))
+        self._set_center(center, matrix)
+
+
+def rotation_matrix(rotvec: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices ``[B, 3, 3]`` from rotation vectors ``[B, 3]`` (axis * angle in radians), Rodrigues."""
+    angle = rotvec.norm(dim=-1, keepdim=True)[..., None]  # [B, 1, 1]
+    x, y, z = rotvec.unbind(-1)
+    zero = torch.zeros_like(x)
+    k = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).reshape(*rotvec.shape[:-1], 3, 3)
+    eye = torch.eye(3, dtype=rotvec.dtype, device=rotvec.device).expand_as(k)
+    small = angle < 1e-4
+    safe = torch.where(small, torch.ones_like(angle), angle)
+    # sin(a)/a and (1 - cos(a))/a^2, with Taylor series near zero so gradients stay finite
+    s = torch.where(small, 1 - angle**2 / 6, torch.sin(safe) / safe)
+    c = torch.where(small, 0.5 - angle**2 / 24, (1 - torch.cos(safe)) / safe**2)
+    return eye + s * k + c * (k @ k)
+
+
+def euler_matrix(angles: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices ``[B, 3, 3]`` from angles about x, y, z (radians), composed as ITK's
+    Euler3DTransform does by default: ``R = Rz @ Rx @ Ry``."""
+    ax, ay, az = angles.unbind(-1)
+    one, zero = torch.ones_like(ax), torch.zeros_like(ax)
+
+    def mat(*rows):
+        return torch.stack(rows, dim=-1).reshape(*angles.shape[:-1], 3, 3)
+
+    rx = mat(one, zero, zero, zero, ax.cos(), -ax.sin(), zero, ax.sin(), ax.cos())
+    ry = mat(ay.cos(), zero, ay.sin(), zero, one, zero, -ay.sin(), zero, ay.cos())
+    rz = mat(az.cos(), -az.sin(), zero, az.sin(), az.cos(), zero, zero, zero, one)
+    return rz @ rx @ ry
+
+
+class Rigid(Linear):
+    """Rotation about ``center`` then translation: ``params [B, 6]`` = (rotation vector in radians,
+    translation in mm)."""
+
+    def __init__(self, params: torch.Tensor, center: torch.Tensor | None = None):
+        super().__init__()
+        params = torch.as_tensor(params)
+        if params.dim() == 1:
+            params = params[None]
+        _store(self, "params", params)
+        self._set_center(center, params)
+
+    @property
+    def matrix(self) -> torch.Tensor:  # type: ignore[override]
+        return rotation_matrix(self.params[..., :3])
+
+    @property
+    def translation(self) -> torch.Tensor:  # type: ignore[override]
+        return self.params[..., 3:]
+
+
+# ------------------------------------------------------------------------------ dense fields
+class DisplacementField(Transform):
+    """``y = x + u(x)``, ``u [B, 3, nz, ny, nx]`` in world mm on ``grid``, linearly interpolated,
+    zero outside the grid (as ITK's DisplacementFieldTransform)."""
+
+    def __init__(self, grid: Grid, field: torch.Tensor):
+        super().__init__()
+        field = torch.as_tensor(field)
+        if field.dim() == 4:
+            field = field[None]
+        if tuple(field.shape[1:]) != (3, *grid.shape):
+            raise ValueError(f"field shape {tuple(field.shape)} does not match grid shape {grid.shape}")
+        self.grid = grid
+        _store(self, "field", field)
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        u = sample(self.field, self.grid, points.to(self.field.dtype)).movedim(1, -1)
+        return points + u.to(points.dtype)
+
+    def displacement(self, grid: Grid) -> torch.Tensor:
+        if grid.same_as(self.grid, tol=1e-6):
+            return self.field
+        return super().displacement(grid)
+
+    def inverse(self, iterations: int = 30) -> "DisplacementField":
+        """Numerical inverse on the same grid by fixed-point iteration ``v(y) = -u(y + v(y))``."""
+        points = self.grid.world_points(dtype=self.field.dtype, device=self.field.device)[None]
+        v = -self.field.movedim(1, -1)
+        for _ in range(iterations):
+            v = -sample(self.field, self.grid, points + v).movedim(1, -1)
+        return DisplacementField(self.grid, v.movedim(-1, 1))
+
+
+def compose_fields(grid: Grid, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Displacement of ``x -> x + u1(x) -> ... + u2(x + u1(x))`` on ``grid``: ``first`` is applied
+    to points first (both ``[B, 3, nz, ny, nx]`` mm on ``grid``)."""
+    points = grid.world_points(dtype=first.dtype, device=first.device)[None]
+    u1 = first.movedim(1, -1)
+    return (u1 + sample(second, grid, points + u1).movedim(1, -1)).movedim(-1, 1)
+
+
+class StationaryVelocityField(Transform):
+    """Diffeomorphism ``exp(v)`` of a stationary velocity field ``v [B, 3, nz, ny, nx]`` (mm on
+    ``grid``), integrated by scaling and squaring with ``2**steps`` sub-steps."""
+
+    def __init__(self, grid: Grid, velocity: torch.Tensor, steps: int = 7):
+        super().__init__()
+        velocity = torch.as_tensor(velocity)
+        if velocity.dim() == 4:
+            velocity = velocity[None]
+        self.grid, self.steps = grid, steps
+        _store(self, "velocity", velocity)
+
+    def to_displacement(self) -> DisplacementField:
+        u = self.velocity / 2**self.steps
+        for _ in range(self.steps):
+            u = compose_fields(self.grid, u, u)
+        return DisplacementField(self.grid, u)
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        return self.to_displacement()(points)
+
+    def displacement(self, grid: Grid) -> torch.Tensor:
+        return self.to_displacement().displacement(grid)
+
+    def inverse(self) -> "StationaryVelocityField":
+        return StationaryVelocityField(self.grid, -self.velocity, self.steps)
+
+
+# --------------------------------------------------------------------------------- B-spline
+def bspline_kernel(d: torch.Tensor) -> torch.Tensor:
+    """Uniform cubic B-spline basis beta3(d)."""
+    a = d.abs()
+    inner = 2 / 3 - a**2 + a**3 / 2
+    outer = (2 - a).clamp(min=0) ** 3 / 6
+    return torch.where(a < 1, inner, outer)
+
+
+class BSpline(Transform):
+    """Cubic B-spline free-form deformation: ``y = x + sum_k beta3(u(x) - k) c_k`` where ``u(x)`` is
+    the continuous index of ``x`` in ``control_grid`` and ``c [B, 3, cz, cy, cx]`` are the
+    control-point displacements in world mm (control points outside the grid count as zero)."""
+
+    def __init__(self, control_grid: Grid, coefficients: torch.Tensor):
+        super().__init__()
+        coefficients = torch.as_tensor(coefficients)
+        if coefficients.dim() == 4:
+            coefficients = coefficients[None]
+        if tuple(coefficients.shape[1:]) != (3, *control_grid.shape):
+            raise ValueError(f"coefficients {tuple(coefficients.shape)} do not match control grid {control_grid.shape}")
+        self.control_grid = control_grid
+        _store(self, "coefficients", coefficients)
+
+    @staticmethod
+    def control_grid_for(grid: Grid, spacing: float) -> Grid:
+        """A control grid with ``spacing`` mm, the direction of ``grid`` and one control point
+        beyond its field of view on every side (so every voxel has full B-spline support)."""
+        extent = (np.asarray(grid.size) - 1) * np.asarray(grid.spacing)
+        inner = np.ceil(extent / spacing).astype(int) + 1
+        size = inner + 2
+        origin = grid.center - grid.direction_matrix @ (spacing * (size - 1) / 2 * np.ones(3))
+        return Grid(tuple(size), (spacing,) * 3, tuple(origin), grid.direction)
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        c = self.coefficients
+        m = torch.as_tensor(self.control_grid.matrix("world", "index"), dtype=c.dtype, device=c.device)
+        flat = points.reshape(points.shape[0], -1, 3).to(c.dtype)
+        u = flat @ m[:3, :3].T + m[:3, 3]
+        base = torch.floor(u)
+        t = u - base
+        base = base.long() - 1
+        weights = [bspline_kernel(t - (o - 1)) for o in range(4)]  # weight of base + o, each [B, N, 3]
+        size = torch.tensor(self.control_grid.size, device=c.device)
+        coef = c.reshape(c.shape[0], 3, -1)
+        batch = max(c.shape[0], flat.shape[0])
+        disp = torch.zeros(batch, 3, flat.shape[1], dtype=c.dtype, device=c.device)
+        for oz in range(4):
+            for oy in range(4):
+                for ox in range(4):
+                    idx = base + torch.tensor([ox, oy, oz], device=c.device)
+                    valid = ((idx >= 0) & (idx < size)).all(-1)
+                    lin = (idx[..., 2] * size[1] + idx[..., 1]) * size[0] + idx[..., 0]
+                    lin = torch.where(valid, lin, torch.zeros_like(lin))
+                    w = weights[ox][..., 0] * weights[oy][..., 1] * weights[oz][..., 2] * valid
+                    gathered = torch.gather(coef.expand(batch, -1, -1), 2, lin[:, None, :].expand(batch, 3, -1))
+                    disp = disp + w[:, None, :] * gathered
+        return points + disp.movedim(1, -1).reshape(batch, *points.shape[1:]).to(points.dtype)
+
+    def displacement(self, grid: Grid) -> torch.Tensor:
+        """Dense displacement on ``grid``; separable (three small matrix products) when ``grid``'s
+        axes are parallel to the control grid's, pointwise otherwise."""
+        c = self.coefficients
+        m = self.control_grid.matrix("world", "index") @ grid.matrix("index", "world")
+        if not np.allclose(m[:3, :3], np.diag(np.diag(m[:3, :3])), atol=1e-6):
+            return super().displacement(grid)
+        mats = []
+        for axis in range(3):
+            u = m[axis, axis] * np.arange(grid.size[axis]) + m[axis, 3]
+            d = torch.as_tensor(u[:, None] - np.arange(self.control_grid.size[axis])[None, :], dtype=c.dtype, device=c.device)
+            mats.append(bspline_kernel(d))  # [n_axis, control_axis]
+        wx, wy, wz = mats
+        out = torch.einsum("xi,bckji->bckjx", wx, c)
+        out = torch.einsum("yj,bckjx->bckyx", wy, out)
+        return torch.einsum("zk,bckyx->bczyx", wz, out)
+
+    def inverse(self, grid: Grid | None = None) -> DisplacementField:
+        """Numerical inverse as a displacement field on ``grid`` (default: the control grid's
+        field of view at a quarter of the control spacing)."""
+        grid = grid or self.control_grid.with_spacing(np.asarray(self.control_grid.spacing) / 4)
+        return DisplacementField(grid, self.displacement(grid)).inverse()
+
+
+# ------------------------------------------------------------------------------ composition
+class Compose(Transform):
+    """``Compose([T0, T1, ..., Tn])(x) = T0(T1(...Tn(x)))``: the last transform is applied first to
+    points, as in ITK's CompositeTransform and antsApplyTransforms' ``-t`` order."""
+
+    def __init__(self, transforms: list[Transform]):
+        super().__init__()
+        self.transforms = nn.ModuleList(transforms)
+
+    @property
+    def is_linear(self) -> bool:  # type: ignore[override]
+        return all(t.is_linear for t in self.transforms)
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        for t in reversed(self.transforms):
+            points = t(points)
+        return points
+
+    def inverse(self) -> "Compose":
+        return Compose([t.inverse() for t in reversed(self.transforms)])
+
+    def as_affine(self) -> Affine:
+        """The single affine equal to a composition of linear transforms."""
+        if not self.is_linear:
+            raise ValueError("only a composition of linear transforms is an affine")
+        h = None
+        for t in self.transforms:
+            h = t.homogeneous() if h is None else h @ t.homogeneous()
+        return Affine(h[:, :3, :3], h[:, :3, 3])
+
+
+def identity_affine(batch: int = 1, dtype: torch.dtype = torch.float32) -> Affine:
+    return Affine(torch.eye(3, dtype=dtype).repeat(batch, 1, 1))
+
+
+__all__ = [
+    "Transform",
+    "Linear",
+    "Affine",
+    "Rigid",
+    "DisplacementField",
+    "StationaryVelocityField",
+    "BSpline",
+    "Compose",
+    "rotation_matrix",
+    "euler_matrix",
+    "compose_fields",
+    "identity_affine",
+]
