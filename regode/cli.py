@@ -55,8 +55,9 @@ def warp(
         typer.Option(
             "--transform",
             "-t",
-            help="Transform file, repeatable, antsApplyTransforms order: the LAST one is applied FIRST "
-            "to points. '[file.mat,1]' inverts a linear transform. None: identity (plain resampling).",
+            help="Transform file, repeatable, in antsApplyTransforms order: the last -t moves the image "
+            "first (e.g. -t 1Warp.nii.gz -t 0GenericAffine.mat). '[file.mat,1]' inverts a linear "
+            "transform. None: identity (plain resampling).",
         ),
     ] = None,
     interp: Annotated[Interp, typer.Option("--interp", "-n", help="label = ANTs GenericLabel (no new labels).")] = Interp.linear,

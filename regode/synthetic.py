@@ -12,9 +12,10 @@ from .grid import Grid
 from .transforms import BSpline
 
 
-def phantom_labels(grid: Grid, n_labels: int = 30, seed: int = 0) -> torch.Tensor:
+def phantom_labels(grid: Grid, n_labels: int = 30, seed: int = 0, relax: int = 5) -> torch.Tensor:
     """An integer label map ``[1, 1, nz, ny, nx]``: 0 outside a head-sized ellipsoid centred on the
-    grid, labels 1..n_labels-1 as Voronoi cells of random points inside it (world mm)."""
+    grid, labels 1..n_labels-1 as Voronoi cells of random points inside it (world mm), made
+    compact by ``relax`` Lloyd iterations."""
     rng = np.random.default_rng(seed)
     points = grid.world_points(dtype=torch.float64)
     extent = (np.asarray(grid.size) - 1) * np.asarray(grid.spacing)
@@ -22,9 +23,14 @@ def phantom_labels(grid: Grid, n_labels: int = 30, seed: int = 0) -> torch.Tenso
     # ellipsoid axes along the grid's own axes, so any orientation of the grid holds the phantom
     local = (points - torch.as_tensor(grid.center)) @ torch.as_tensor(grid.direction_matrix)
     inside = ((local / radii) ** 2).sum(-1) <= 1
-    seeds = rng.uniform(-0.8, 0.8, size=(n_labels - 1, 3)) * radii.numpy()
-    d = torch.cdist(local.reshape(-1, 3), torch.as_tensor(seeds))
-    cells = d.argmin(dim=1).reshape(grid.shape) + 1
+    seeds = torch.as_tensor(rng.uniform(-0.8, 0.8, size=(n_labels - 1, 3)) * radii.numpy())
+    brain = local[inside]
+    for _ in range(relax):  # Lloyd relaxation: compact cells of similar size, like brain structures
+        owner = torch.cdist(brain, seeds).argmin(dim=1)
+        counts = torch.bincount(owner, minlength=len(seeds)).clamp(min=1)[:, None]
+        sums = torch.zeros_like(seeds).index_add_(0, owner, brain)
+        seeds = torch.where(counts > 1, sums / counts, seeds)
+    cells = torch.cdist(local.reshape(-1, 3), seeds).argmin(dim=1).reshape(grid.shape) + 1
     labels = torch.where(inside, cells, torch.zeros_like(cells))
     return labels[None, None].to(torch.int32)
 

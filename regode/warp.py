@@ -30,7 +30,7 @@ def resample(
     transform: Transform,
     interp: str = "linear",
     padding: float = 0.0,
-    slab_voxels: int = 1 << 22,
+    slab_voxels: int = 1 << 20,
 ) -> torch.Tensor:
     """Resample ``volume [1, C, nz, ny, nx]`` (on ``grid``) onto ``reference``: each reference voxel
     centre x takes the value of the volume at ``transform(x)``. Works through slabs of reference

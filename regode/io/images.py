@@ -58,6 +58,18 @@ def _read_sitk(path: str | os.PathLike):
         raise RegodeError(f"cannot read image {path}: {reason.strip()}") from None
 
 
+def _nifti_has_nonfinite(path: str | os.PathLike) -> bool:
+    """ITK's NIfTI reader turns NaN into 0 silently; look at a floating-point NIfTI's raw values."""
+    if not str(path).lower().endswith((".nii", ".nii.gz")):
+        return False
+    import nibabel as nib
+
+    nii = nib.load(str(path))
+    if not np.issubdtype(nii.get_data_dtype(), np.floating):
+        return False
+    return not np.isfinite(np.asanyarray(nii.dataobj)).all()
+
+
 def read_image(path: str | os.PathLike, *, components: int | None = 1, what: str = "image") -> Image:
     """Read a 3D image. ``components`` is the number of values per voxel required (1 for scalar
     images, 3 for displacement fields, None for any); ``what`` names the image in error messages."""
@@ -76,7 +88,7 @@ def read_image(path: str | os.PathLike, *, components: int | None = 1, what: str
     array = sitk.GetArrayFromImage(img)  # a copy, [nz, ny, nx] or [nz, ny, nx, C]
     dtype = array.dtype
     data = array.astype(np.float32, copy=False)
-    if not np.isfinite(data).all():
+    if not np.isfinite(data).all() or _nifti_has_nonfinite(path):
         raise RegodeError(f"{what} {path} contains NaN or infinite values")
     data = data[None] if ncomp == 1 else np.moveaxis(data, -1, 0)
     return Image(torch.from_numpy(np.ascontiguousarray(data))[None], Grid.from_sitk(img), dtype, str(path))

@@ -7,7 +7,7 @@
 * composite transforms: ``.h5`` (ITK HDF5), linear and displacement-field parts.
 
 Transform specs on the command line follow antsApplyTransforms: ``file`` or ``[file,1]`` for the
-inverse of a linear transform.
+inverse of a linear transform, in antsApplyTransforms' order (see :func:`load_transform_chain`).
 """
 
 from __future__ import annotations
@@ -106,8 +106,14 @@ def load_transform(path: str | os.PathLike, invert: bool = False) -> Transform:
 
 
 def load_transform_chain(specs: list[str]) -> Compose:
-    """Transforms in antsApplyTransforms ``-t`` order (the last one is applied first to points)."""
-    return Compose([load_transform(*parse_transform_spec(s)) for s in specs])
+    """The mapping antsApplyTransforms builds from ``-t`` options in command-line order.
+
+    ANTs pushes the transforms onto an ITK composite in reverse order, so for a reference
+    (fixed-space) point the FIRST ``-t`` acts first: ``-t 1Warp -t 0GenericAffine.mat`` maps
+    ``x -> Affine(Warp(x))``; seen from the image, the last ``-t`` is applied first (the moving
+    image is moved by the affine, then warped). Verified against ``ants.apply_transforms``.
+    """
+    return Compose([load_transform(*parse_transform_spec(s)) for s in reversed(specs)])
 
 
 def _sitk_linear(transform: Linear | Compose):
