@@ -68,6 +68,7 @@ def warp(
     import torch
 
     from .io import load_transform_chain, read_image, write_image
+    from .io.images import read_grid
     from .io.atomic import check_writable
     from .warp import resample
 
@@ -75,14 +76,14 @@ def warp(
         torch.set_num_threads(threads)
     check_writable(output)
     image = read_image(input, components=None, what="input image")
-    ref = read_image(reference, components=None, what="reference image")
+    ref_grid = read_grid(reference, what="reference image")
     chain = load_transform_chain(transform or [])
     if interp == Interp.label and image.data.shape[1] != 1:
         from .errors import RegodeError
 
         raise RegodeError(f"label interpolation needs a scalar label image, {input} has vectors")
-    out = resample(image.data, image.grid, ref.grid, chain, interp.value, default_value)
-    write_image(out, ref.grid, output, image.dtype)
+    out = resample(image.data, image.grid, ref_grid, chain, interp.value, default_value)
+    write_image(out, ref_grid, output, image.dtype)
 
 
 @app.command()

@@ -75,6 +75,16 @@ class Grid:
         origin = self.center - self.direction_matrix @ (new_spacing * (new_size - 1) / 2)
         return Grid(tuple(new_size), tuple(new_spacing), tuple(origin), self.direction)
 
+    def pulled_back(self, matrix: np.ndarray) -> "Grid":
+        """The grid whose world point ``y`` is this grid's world point ``matrix @ y`` (4x4, world mm).
+
+        Sampling this grid's data at ``y`` equals sampling it at ``matrix @ y``: a linear transform
+        folded into the grid. The result's axes need not be orthonormal (spacing is folded into
+        ``direction``), so it is for sampling only, not for writing files.
+        """
+        m = np.linalg.inv(np.asarray(matrix, dtype=float)) @ self._index_to_world()
+        return Grid(self.size, (1.0, 1.0, 1.0), tuple(m[:3, 3]), tuple(m[:3, :3].ravel()))
+
     # --------------------------------------------------------------- properties
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -125,13 +135,15 @@ class Grid:
         m = self.matrix("world", "index")
         return np.asarray(points, dtype=float) @ m[:3, :3].T + m[:3, 3]
 
-    def world_points(self, dtype: "torch.dtype | None" = None, device=None) -> "torch.Tensor":
-        """World coordinates of every voxel centre, tensor ``[nz, ny, nx, 3]`` (x, y, z last)."""
+    def world_points(self, dtype: "torch.dtype | None" = None, device=None, slab: slice = slice(None)) -> "torch.Tensor":
+        """World coordinates of every voxel centre, tensor ``[nz, ny, nx, 3]`` (x, y, z last);
+        ``slab`` selects a range of k (slices) only."""
         import torch
 
         dtype = dtype or torch.get_default_dtype()
         m = torch.as_tensor(self._index_to_world(), dtype=dtype, device=device)
         k, j, i = (torch.arange(n, dtype=dtype, device=device) for n in self.shape)
+        k = k[slab]
         # world = origin + i * a_i + j * a_j + k * a_k, a_* the columns of D @ diag(spacing)
         return (
             m[:3, 3]

@@ -44,6 +44,12 @@ class Transform(nn.Module):
         moved = self(points)
         return (moved - points).movedim(-1, 1)
 
+    def map_grid(self, grid: Grid, slab: slice = slice(None), dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The images of the voxel centres of ``grid`` (slices ``slab``): ``[B, nz, ny, nx, 3]``.
+        Field transforms on ``grid`` itself skip interpolation."""
+        ref = self._reference_tensor()
+        return self(grid.world_points(dtype=dtype or ref.dtype, device=ref.device, slab=slab)[None])
+
     def _reference_tensor(self) -> torch.Tensor:
         for t in self.parameters():
             return t
@@ -179,6 +185,13 @@ class DisplacementField(Transform):
         if grid.same_as(self.grid, tol=1e-6):
             return self.field
         return super().displacement(grid)
+
+    def map_grid(self, grid: Grid, slab: slice = slice(None), dtype: torch.dtype | None = None) -> torch.Tensor:
+        if not grid.same_as(self.grid, tol=1e-6):
+            return super().map_grid(grid, slab, dtype)
+        dtype = dtype or self.field.dtype
+        points = grid.world_points(dtype=dtype, device=self.field.device, slab=slab)[None]
+        return points + self.field[:, :, slab].movedim(1, -1).to(dtype)
 
     def inverse(self, iterations: int = 30) -> "DisplacementField":
         """Numerical inverse on the same grid by fixed-point iteration ``v(y) = -u(y + v(y))``."""
@@ -323,6 +336,14 @@ class Compose(Transform):
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         for t in reversed(self.transforms):
+            points = t(points)
+        return points
+
+    def map_grid(self, grid: Grid, slab: slice = slice(None), dtype: torch.dtype | None = None) -> torch.Tensor:
+        if not len(self.transforms):
+            return super().map_grid(grid, slab, dtype)
+        points = self.transforms[-1].map_grid(grid, slab, dtype)
+        for t in reversed(self.transforms[:-1]):
             points = t(points)
         return points
 

@@ -6,7 +6,7 @@ import torch
 
 from .grid import Grid
 from .sampling import sample, sample_bspline, sample_labels
-from .transforms import Transform
+from .transforms import Compose, Transform
 
 
 def _linear(volume, grid, points, padding):
@@ -20,6 +20,18 @@ def _nearest(volume, grid, points, padding):
 INTERPOLATORS = {"linear": _linear, "nearest": _nearest, "label": sample_labels, "bspline": sample_bspline}
 """Interpolator name -> ``f(volume, grid, points, padding)``; ANTs' Linear, NearestNeighbor,
 GenericLabel and BSpline."""
+
+
+def _fold_last_linear(transform: Transform, grid: Grid) -> tuple[Transform, Grid]:
+    """Fold the linear transform applied last to points into the moving grid, saving one pass
+    over every output point (``-t 1Warp -t 0GenericAffine.mat`` ends with the affine)."""
+    parts = list(transform.transforms) if isinstance(transform, Compose) else [transform]
+    if not parts or not parts[0].is_linear:
+        return transform, grid
+    last = parts[0].as_affine() if isinstance(parts[0], Compose) else parts[0]
+    if last.matrix.shape[0] != 1:
+        return transform, grid
+    return Compose(parts[1:]), grid.pulled_back(last.homogeneous()[0].detach().double().cpu().numpy())
 
 
 @torch.no_grad()
@@ -37,12 +49,12 @@ def resample(
     slices to bound memory; B-spline interpolation runs in one pass (its prefilter is global)."""
     sampler = INTERPOLATORS[interp]
     dtype = torch.float32 if interp != "bspline" else torch.float64
+    transform, grid = _fold_last_linear(transform, grid)
     transform = transform.to(dtype)
-    points = reference.world_points(dtype=dtype)
     nz, ny, nx = reference.shape
     step = nz if interp == "bspline" else max(1, slab_voxels // (ny * nx))
     out = torch.empty(1, volume.shape[1], nz, ny, nx, dtype=torch.float32)
     for k in range(0, nz, step):
-        moved = transform(points[None, k : k + step])
+        moved = transform.map_grid(reference, slice(k, k + step), dtype)
         out[:, :, k : k + step] = sampler(volume, grid, moved, padding).to(torch.float32)
     return out

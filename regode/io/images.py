@@ -40,7 +40,8 @@ class Image:
         return np.issubdtype(self.dtype, np.integer)
 
 
-def _read_sitk(path: str | os.PathLike):
+def _open(path: str | os.PathLike):
+    """A SimpleITK reader with the header read (no pixels yet); clear errors for bad files."""
     import SimpleITK as sitk
 
     path = Path(path)
@@ -50,24 +51,56 @@ def _read_sitk(path: str | os.PathLike):
         raise RegodeError(f"{path} is a folder, not an image file")
     if not os.access(path, os.R_OK):
         raise RegodeError(f"cannot read {path}: permission denied")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        return sitk.ReadImage(str(path))
+        reader.ReadImageInformation()
     except RuntimeError as exc:
-        detail = str(exc).strip().splitlines()
-        reason = next((line for line in reversed(detail) if line.strip()), "unknown format")
-        raise RegodeError(f"cannot read image {path}: {reason.strip()}") from None
+        detail = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        raise RegodeError(f"cannot read image {path}: {detail[-1] if detail else 'unknown format'}") from None
+    return reader
 
 
-def _nifti_has_nonfinite(path: str | os.PathLike) -> bool:
-    """ITK's NIfTI reader turns NaN into 0 silently; look at a floating-point NIfTI's raw values."""
-    if not str(path).lower().endswith((".nii", ".nii.gz")):
-        return False
+def _check_3d(reader, path, what: str, components: int | None) -> None:
+    dim, size = reader.GetDimension(), reader.GetSize()
+    if dim != 3 or min(size) < 2:
+        shape = "x".join(str(s) for s in size)
+        kind = "2D" if dim == 2 or (dim == 3 and min(size) < 2) else f"{dim}D"
+        raise RegodeError(f"{what} {path} is {kind} ({shape}); a 3D image is needed")
+    ncomp = reader.GetNumberOfComponents()
+    if components is not None and ncomp != components:
+        raise RegodeError(f"{what} {path} has {ncomp} values per voxel; {components} expected")
+
+
+def _grid(reader) -> Grid:
+    return Grid(reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+
+
+def read_grid(path: str | os.PathLike, what: str = "image") -> Grid:
+    """The grid of a 3D image file, from its header only (pixels are not read)."""
+    reader = _open(path)
+    _check_3d(reader, path, what, None)
+    return _grid(reader)
+
+
+def _nifti_pixels(path: str | os.PathLike, size: tuple[int, ...], components: int) -> np.ndarray | None:
+    """NIfTI pixels read with nibabel as ``[nz, ny, nx(, C)]`` (None if the layout is unexpected).
+
+    ITK's NIfTI reader silently turns NaN into 0, so regode reads NIfTI pixels with nibabel (one
+    decompression, NaN kept and reported) and takes the geometry from ITK's reading of the header.
+    """
     import nibabel as nib
 
     nii = nib.load(str(path))
-    if not np.issubdtype(nii.get_data_dtype(), np.floating):
-        return False
-    return not np.isfinite(np.asanyarray(nii.dataobj)).all()
+    shape = nii.shape
+    if tuple(shape[:3]) != tuple(size):
+        return None
+    array = np.asanyarray(nii.dataobj)
+    if components == 1 and array.ndim == 3:
+        return np.ascontiguousarray(array.transpose(2, 1, 0))
+    if components > 1 and array.ndim == 5 and shape[3] == 1 and shape[4] == components:
+        return np.ascontiguousarray(array[:, :, :, 0, :].transpose(2, 1, 0, 3))
+    return None
 
 
 def read_image(path: str | os.PathLike, *, components: int | None = 1, what: str = "image") -> Image:
@@ -75,23 +108,20 @@ def read_image(path: str | os.PathLike, *, components: int | None = 1, what: str
     images, 3 for displacement fields, None for any); ``what`` names the image in error messages."""
     import SimpleITK as sitk
 
-    img = _read_sitk(path)
-    dim = img.GetDimension()
-    size = img.GetSize()
-    if dim != 3 or min(size) < 2:
-        shape = "x".join(str(s) for s in size)
-        kind = "2D" if dim == 2 or (dim == 3 and min(size) < 2) else f"{dim}D"
-        raise RegodeError(f"{what} {path} is {kind} ({shape}); a 3D image is needed")
-    ncomp = img.GetNumberOfComponentsPerPixel()
-    if components is not None and ncomp != components:
-        raise RegodeError(f"{what} {path} has {ncomp} values per voxel; {components} expected")
-    array = sitk.GetArrayFromImage(img)  # a copy, [nz, ny, nx] or [nz, ny, nx, C]
+    reader = _open(path)
+    _check_3d(reader, path, what, components)
+    ncomp = reader.GetNumberOfComponents()
+    array = None
+    if str(path).lower().endswith((".nii", ".nii.gz")):
+        array = _nifti_pixels(path, reader.GetSize(), ncomp)
+    if array is None:
+        array = sitk.GetArrayFromImage(reader.Execute())  # a copy, [nz, ny, nx] or [nz, ny, nx, C]
     dtype = array.dtype
     data = array.astype(np.float32, copy=False)
-    if not np.isfinite(data).all() or _nifti_has_nonfinite(path):
+    if not np.isfinite(data).all():
         raise RegodeError(f"{what} {path} contains NaN or infinite values")
     data = data[None] if ncomp == 1 else np.moveaxis(data, -1, 0)
-    return Image(torch.from_numpy(np.ascontiguousarray(data))[None], Grid.from_sitk(img), dtype, str(path))
+    return Image(torch.from_numpy(np.ascontiguousarray(data))[None], _grid(reader), dtype, str(path))
 
 
 def to_sitk(data: np.ndarray | torch.Tensor, grid: Grid, dtype=None):

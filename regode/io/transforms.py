@@ -86,7 +86,6 @@ def load_transform(path: str | os.PathLike, invert: bool = False) -> Transform:
         raise RegodeError(f"transform file not found: {path}")
     if kind == "field":
         image = read_image(path, components=3, what="displacement field")
-        image.data = image.data.double()
         transform: Transform = DisplacementField(image.grid, image.data)
     else:
         try:
