@@ -1,0 +1,1 @@
+"""``regode bench``: synthetic-motion and inter-subject benchmarks with exact ground truth."""

@@ -1,0 +1,71 @@
+"""Registration methods behind one interface, so new ones plug in.
+
+A method registers ``moving`` to ``fixed`` (both :class:`~regode.io.Image`) and returns the
+fixed -> moving mapping as a regode :class:`~regode.transforms.Transform`. ``METHODS`` maps the
+name used with ``--methods`` to a factory; a method whose dependency is missing says why in
+``unavailable`` and its rows are skipped, never failing the run.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Callable, Protocol
+
+from ..io import Image, load_transform_chain
+from ..transforms import Compose, Transform
+
+
+class Method(Protocol):
+    unavailable: str | None
+
+    def register(self, fixed: Image, moving: Image, seed: int) -> Transform: ...
+
+
+class Identity:
+    """No registration: the floor every method must beat."""
+
+    unavailable = None
+
+    def register(self, fixed: Image, moving: Image, seed: int) -> Transform:
+        return Compose([])
+
+
+def to_ants(image: Image):
+    """An in-memory ANTs image with the same grid (ANTs arrays are indexed (i, j, k))."""
+    import ants
+    import numpy as np
+
+    g = image.grid
+    array = image.data[0, 0].numpy().transpose(2, 1, 0).astype(np.float32)
+    return ants.from_numpy(array, origin=g.origin, spacing=g.spacing, direction=g.direction_matrix)
+
+
+class Ants:
+    """ANTs through antspyx (``pip install regode[bench]``) with antspyx's defaults (Mattes MI for
+    the linear stages) and a fixed random seed; its transform files are read back by regode."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        try:
+            import ants  # noqa: F401
+
+            self.unavailable = None
+        except ImportError:
+            self.unavailable = "antspyx is not installed (pip install 'regode[bench]')"
+
+    def register(self, fixed: Image, moving: Image, seed: int) -> Transform:
+        import ants
+
+        f, m = to_ants(fixed), to_ants(moving)
+        with tempfile.TemporaryDirectory(prefix="regode-ants-") as tmp:
+            result = ants.registration(f, m, type_of_transform=self.kind, random_seed=seed, outprefix=str(Path(tmp) / "out_"))
+            return load_transform_chain(result["fwdtransforms"])
+
+
+METHODS: dict[str, Callable[[], Method]] = {
+    "identity": Identity,
+    "ants:Rigid": lambda: Ants("Rigid"),
+    "ants:SyN": lambda: Ants("SyN"),
+    "ants:SyNRA": lambda: Ants("SyNRA"),
+}

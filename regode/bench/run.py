@@ -1,0 +1,250 @@
+"""The benchmark runner: cases, methods, metrics, summary table, JSON and markdown."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import RegodeError
+from ..grid import Grid
+from ..io import Image, read_image
+from ..io.atomic import atomic_output
+from ..warp import resample
+from . import metrics
+from .methods import METHODS
+from .motion import TASKS, MotionConfig, inverse_on, sample_motion
+
+CONTRASTS = ("t1", "t1c", "t2", "flair", "pd")
+LABEL_FILES = ("seg", "labels")
+NOT_CONTRASTS = LABEL_FILES + ("wml", "mask", "brainmask")
+METRICS = ("dice", "rmse_x", "rmse_phi", "neg_jac_pct", "sdlogj", "hd95", "seconds")
+ALL_TASKS = TASKS + ("inter-subject",)
+
+
+@dataclass
+class BenchConfig:
+    """Everything that defines a benchmark run (saved in the JSON)."""
+
+    data: str
+    """dataset folder: DIR/<subject>/<contrast>.nii.gz, optional seg.nii.gz or labels.nii.gz."""
+    task: str = "rigid"
+    """rigid, deformable, rigid+deformable (synthetic motion) or inter-subject."""
+    methods: list[str] = field(default_factory=lambda: ["identity"])
+    """method names, as in regode.bench.methods.METHODS."""
+    pairs: int = 5
+    """number of cases."""
+    seed: int = 0
+    """seed of case selection, motion and the methods."""
+    resolution: float | None = 2.0
+    """isotropic working spacing in mm (None: the fixed image's own grid)."""
+    threads: int = 0
+    """CPU threads for every method (0: all cores)."""
+    motion: MotionConfig = field(default_factory=MotionConfig)
+    """synthetic motion distributions."""
+
+
+@dataclass
+class Subject:
+    name: str
+    contrasts: dict[str, Path]
+    labels: Path | None
+
+
+def discover(data: str | Path) -> list[Subject]:
+    """Subjects of a dataset folder, contrasts in the order t1 t1c t2 flair pd, then others."""
+    root = Path(data)
+    if not root.is_dir():
+        raise RegodeError(f"dataset folder not found: {root}")
+    subjects = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = {p.name[: -len(".nii.gz")]: p for p in folder.glob("*.nii.gz")}
+        names = [c for c in CONTRASTS if c in files] + sorted(c for c in files if c not in CONTRASTS and c not in NOT_CONTRASTS)
+        labels = next((files[n] for n in LABEL_FILES if n in files), None)
+        if names:
+            subjects.append(Subject(folder.name, {c: files[c] for c in names}, labels))
+    if not subjects:
+        raise RegodeError(f"no subjects with <contrast>.nii.gz images in {root}")
+    return subjects
+
+
+@dataclass
+class Case:
+    """One registration problem, shared by every method of a run."""
+
+    name: str
+    fixed: Image
+    moving: Image
+    fixed_labels: torch.Tensor | None = None
+    moving_labels: torch.Tensor | None = None
+    truth_image: np.ndarray | None = None  # the moving contrast before motion, on the fixed grid
+    truth_displacement: np.ndarray | None = None  # [3, nz, ny, nx] mm, fixed grid
+
+
+def _working(image: Image, resolution: float | None, interp: str = "linear", grid: Grid | None = None) -> Image:
+    target = grid or (image.grid.with_spacing(resolution) if resolution else image.grid)
+    if target.same_as(image.grid):
+        return image
+    from ..transforms import Compose
+
+    data = resample(image.data, image.grid, target, Compose([]), interp)
+    return Image(data, target, image.dtype, image.path)
+
+
+def foreground(image: np.ndarray) -> np.ndarray:
+    """Voxels above 2 % of the 99th percentile: the brain of a skull-stripped image."""
+    return image > 0.02 * np.percentile(image, 99)
+
+
+def build_cases(config: BenchConfig, subjects: list[Subject]) -> list[Case]:
+    rng = np.random.default_rng(config.seed)
+    cases = []
+    for i in range(config.pairs):
+        if config.task == "inter-subject":
+            if len(subjects) < 2:
+                raise RegodeError("inter-subject needs at least two subjects")
+            a, b = rng.choice(len(subjects), 2, replace=False)
+            sa, sb = subjects[a], subjects[b]
+            contrast = next((c for c in sa.contrasts if c in sb.contrasts), None)
+            if contrast is None:
+                raise RegodeError(f"subjects {sa.name} and {sb.name} share no contrast")
+            fixed = _working(read_image(sa.contrasts[contrast]), config.resolution)
+            moving = _working(read_image(sb.contrasts[contrast]), config.resolution)
+            case = Case(f"{i:02d}:{sa.name}<-{sb.name}:{contrast}", fixed, moving)
+            if sa.labels and sb.labels:
+                case.fixed_labels = _working(read_image(sa.labels), None, "label", fixed.grid).data
+                case.moving_labels = _working(read_image(sb.labels), None, "label", moving.grid).data
+            cases.append(case)
+            continue
+        candidates = [s for s in subjects if len(s.contrasts) >= 2]
+        if not candidates:
+            raise RegodeError("synthetic-motion tasks need subjects with at least two contrasts")
+        subject = candidates[rng.integers(len(candidates))]
+        fixed_c, moving_c = rng.choice(list(subject.contrasts), 2, replace=False)
+        fixed = _working(read_image(subject.contrasts[fixed_c]), config.resolution)
+        grid = fixed.grid
+        source = _working(read_image(subject.contrasts[moving_c]), None, "linear", grid)
+        truth = sample_motion(config.task, grid, rng, config.motion)
+        inverse = inverse_on(truth, grid)
+        moving = Image(resample(source.data, grid, grid, inverse), grid, source.dtype)
+        case = Case(f"{i:02d}:{subject.name}:{fixed_c}<-{moving_c}", fixed, moving,
+                    truth_image=source.data[0, 0].numpy(),
+                    truth_displacement=truth.displacement(grid)[0].detach().numpy())
+        if subject.labels:
+            labels = _working(read_image(subject.labels), None, "label", grid).data
+            case.fixed_labels = labels
+            case.moving_labels = resample(labels, grid, grid, inverse, "label")
+        cases.append(case)
+    return cases
+
+
+def evaluate(case: Case, method, seed: int) -> dict:
+    """Register one case with one method and measure it."""
+    start = time.perf_counter()
+    transform = method.register(case.fixed, case.moving, seed)
+    seconds = time.perf_counter() - start
+    grid = case.fixed.grid
+    fixed = case.fixed.data[0, 0].numpy()
+    mask = foreground(fixed)
+    with torch.no_grad():
+        disp = transform.displacement(grid)[0].detach().double().numpy()
+    registered = resample(case.moving.data, case.moving.grid, grid, transform)[0, 0].numpy()
+    det = metrics.jacobian_determinant(disp, grid)
+    row = {m: None for m in METRICS}
+    row.update(seconds=seconds, neg_jac_pct=metrics.folding_percent(det, mask), sdlogj=metrics.sd_log_jacobian(det, mask))
+    if case.truth_image is not None:
+        row["rmse_x"] = metrics.rmse_intensity(registered, case.truth_image, mask)
+        row["rmse_phi"] = metrics.rmse_displacement(disp, case.truth_displacement, mask)
+    if case.fixed_labels is not None:
+        warped = resample(case.moving_labels, case.moving.grid, grid, transform, "label")[0, 0].numpy()
+        target = case.fixed_labels[0, 0].numpy()
+        row["dice"] = metrics.mean_dice(warped, target)
+        row["hd95"] = metrics.hd95(warped, target, grid.spacing)
+    return row
+
+
+def summarise(rows: list[dict], methods: list[str]) -> dict:
+    summary = {}
+    for name in methods:
+        mine = [r for r in rows if r["method"] == name]
+        summary[name] = {}
+        for metric in METRICS:
+            values = [r[metric] for r in mine if r.get(metric) is not None]
+            if values:
+                summary[name][metric] = {"mean": float(np.mean(values)), "sd": float(np.std(values)), "n": len(values)}
+    return summary
+
+
+def markdown_table(summary: dict, config: BenchConfig, notes: list[str]) -> str:
+    head = ["method", "Dice (%)", "RMSE(x)", "RMSE(phi) mm", "% det J<=0", "SDlogJ", "HD95 mm", "s / pair"]
+    lines = [f"Task `{config.task}`, {config.pairs} pairs, seed {config.seed}, "
+             f"{config.resolution or 'native'} mm, {config.threads} threads.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    fmt = {"dice": ".1f", "rmse_x": ".4f", "rmse_phi": ".2f", "neg_jac_pct": ".3f", "sdlogj": ".3f", "hd95": ".2f", "seconds": ".2f"}
+    for name, stats in summary.items():
+        cells = [f"`{name}`"]
+        for metric in METRICS:
+            s = stats.get(metric)
+            cells.append(f"{s['mean']:{fmt[metric]}} ± {s['sd']:{fmt[metric]}}" if s else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def run(config: BenchConfig, out_prefix: str | Path, progress: bool = True) -> dict:
+    """Run a benchmark; writes ``PREFIX.json`` and ``PREFIX.md`` and returns the JSON document."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    if config.task not in ALL_TASKS:
+        raise RegodeError(f"unknown task {config.task!r}: choose from {', '.join(ALL_TASKS)}")
+    unknown = [m for m in config.methods if m not in METHODS]
+    if unknown:
+        raise RegodeError(f"unknown method(s) {', '.join(unknown)}: available {', '.join(METHODS)}")
+    out_prefix = Path(out_prefix)
+    json_path, md_path = out_prefix.with_name(out_prefix.name + ".json"), out_prefix.with_name(out_prefix.name + ".md")
+    from ..io.atomic import check_writable
+
+    check_writable(json_path)
+    console = Console(stderr=True)
+    torch.manual_seed(config.seed)
+    subjects = discover(config.data)
+    methods, notes = {}, []
+    for name in config.methods:
+        method = METHODS[name]()
+        if method.unavailable:
+            notes.append(f"{name} skipped: {method.unavailable}")
+            console.print(f"[yellow]{name} skipped: {method.unavailable}[/yellow]")
+        else:
+            methods[name] = method
+    rows = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, disable=not progress) as bar:
+        job = bar.add_task("preparing cases", total=config.pairs * max(1, len(methods)))
+        cases = build_cases(config, subjects)
+        for case in cases:
+            for name, method in methods.items():
+                bar.update(job, description=f"{case.name} {name}")
+                rows.append({"method": name, "case": case.name, **evaluate(case, method, config.seed)})
+                bar.advance(job)
+    summary = summarise(rows, list(methods))
+    document = {"summary": summary, "cases": rows, "config": asdict(config), "notes": notes}
+    with atomic_output(json_path) as tmp:
+        Path(tmp).write_text(json.dumps(document, indent=2))
+    with atomic_output(md_path) as tmp:
+        Path(tmp).write_text(markdown_table(summary, config, notes))
+
+    table = Table(title=f"regode bench: {config.task}, {config.pairs} pairs ({config.resolution or 'native'} mm)")
+    for col in ("method", *METRICS):
+        table.add_column(col, justify="right")
+    for name, stats in summary.items():
+        table.add_row(name, *[f"{stats[m]['mean']:.3g} ± {stats[m]['sd']:.2g}" if m in stats else "–" for m in METRICS])
+    Console(width=max(Console().width, 150)).print(table)
+    for n in notes:
+        Console().print(n)
+    return document
