@@ -1,0 +1,176 @@
+"""Metrics on hand-made volumes with known answers, the motion generator, and `regode bench`."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from regode.bench import metrics
+from regode.bench.motion import MotionConfig, inverse_on, sample_motion
+from regode.cli import app
+from regode.grid import Grid
+from regode.io import write_image
+from regode.synthetic import phantom_labels, render
+from regode.transforms import Compose
+from regode.warp import resample
+
+
+def test_dice_hand_computed():
+    a = np.zeros((4, 4, 4), int)
+    b = np.zeros((4, 4, 4), int)
+    a[0, :2, :2] = 1  # 4 voxels
+    b[0, :2, :1] = 1  # 2 voxels, both inside a
+    a[1, 0, 0] = 2  # label 2 only in a: skipped
+    a[2, :, :] = 3
+    b[2, :, :] = 3  # perfect
+    per = metrics.dice_per_label(a, b)
+    assert per == {1: pytest.approx(200 * 2 / 6), 3: pytest.approx(100.0)}
+    assert metrics.mean_dice(a, b) == pytest.approx((200 * 2 / 6 + 100) / 2)
+    assert metrics.mean_dice(np.zeros((2, 2, 2)), np.zeros((2, 2, 2))) is None
+
+
+def test_rmse_hand_computed():
+    truth = np.array([0.0, 10.0, 10.0, 10.0]).reshape(1, 1, 4)
+    registered = np.array([0.0, 10.0, 5.0, 10.0]).reshape(1, 1, 4)
+    mask = np.ones_like(truth, bool)
+    # range 0..10 -> [0, 1]; one voxel off by 0.5 of four -> sqrt(0.25 / 4)
+    assert metrics.rmse_intensity(registered, truth, mask) == pytest.approx(0.25)
+    est = np.zeros((3, 1, 1, 2))
+    true = np.zeros((3, 1, 1, 2))
+    true[:, 0, 0, 0] = [3.0, 4.0, 0.0]  # 5 mm off at one voxel, 0 at the other
+    assert metrics.rmse_displacement(est, true, np.ones((1, 1, 2), bool)) == pytest.approx(np.sqrt(25 / 2))
+
+
+def test_jacobian_of_a_known_linear_map_on_an_oblique_grid(awkward_grid):
+    # u(x) = (A - I) x: det J = det A everywhere, whatever the grid's direction and spacing
+    a = np.array([[1.1, 0.2, 0.0], [0.0, 0.9, 0.1], [0.05, 0.0, 1.2]])
+    pts = awkward_grid.world_points(dtype=torch.float64).numpy()
+    disp = np.moveaxis(pts @ (a - np.eye(3)).T, -1, 0)
+    det = metrics.jacobian_determinant(disp, awkward_grid)
+    np.testing.assert_allclose(det, np.linalg.det(a), rtol=1e-9)
+    mask = np.ones(det.shape, bool)
+    assert metrics.folding_percent(det, mask) == 0
+    assert metrics.sd_log_jacobian(det, mask) == pytest.approx(0, abs=1e-9)
+    flipped = np.moveaxis(pts @ (np.diag([-1.0, 1, 1]) - np.eye(3)).T, -1, 0)  # a reflection folds everything
+    assert metrics.folding_percent(metrics.jacobian_determinant(flipped, awkward_grid), mask) == 100
+
+
+def test_hd95_of_a_shifted_cube():
+    a = np.zeros((20, 20, 20), int)
+    b = np.zeros((20, 20, 20), int)
+    a[5:15, 5:15, 5:15] = 1
+    b[5:15, 5:15, 7:17] = 1  # shifted by 2 voxels along x (the last array axis)
+    assert metrics.hd95(a, b, (1.0, 1.0, 1.0)) == pytest.approx(2.0)
+    assert metrics.hd95(a, b, (2.0, 1.0, 1.0)) == pytest.approx(4.0)  # x spacing 2 mm
+    assert metrics.hd95(a, a, (1.0, 1.0, 1.0)) == 0
+
+
+def test_rigid_motion_in_range():
+    grid = Grid((60, 60, 40), (2.0, 2.0, 2.0))
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        truth = sample_motion("rigid", grid, rng)
+        # rotation angle of R = Rz Rx Ry with every angle within 75 deg, translation within 20 mm
+        r = truth.matrix[0].numpy()
+        assert np.allclose(r @ r.T, np.eye(3)) and np.linalg.det(r) == pytest.approx(1)
+        assert np.all(np.abs(truth.translation.numpy()) <= 20)
+        ax = np.arcsin(np.clip(r[2, 1], -1, 1))  # ITK Euler ZXY: r[2,1] = sin(ax)
+        assert abs(np.rad2deg(ax)) <= 75 + 1e-9
+        np.testing.assert_allclose(truth.center[0].numpy(), grid.center)
+
+
+def test_motion_is_seeded_and_configurable():
+    grid = Grid((30, 30, 20), (2.0, 2.0, 2.0))
+    a = sample_motion("rigid+deformable", grid, np.random.default_rng(3))
+    b = sample_motion("rigid+deformable", grid, np.random.default_rng(3))
+    torch.testing.assert_close(a.displacement(grid), b.displacement(grid))
+    small = sample_motion("rigid", grid, np.random.default_rng(3), MotionConfig(max_rotation=1.0, max_translation=0.5))
+    assert np.all(np.abs(small.translation.numpy()) <= 0.5)
+
+
+@pytest.mark.parametrize("task", ["rigid", "deformable", "rigid+deformable"])
+def test_warping_then_undoing_the_motion_restores_the_image(task):
+    grid = Grid((64, 72, 56), (2.0, 2.0, 2.0), (-63.0, -71.0, -55.0))
+    labels = phantom_labels(grid, 12, seed=1)
+    from scipy.ndimage import gaussian_filter
+
+    # smooth, so that the two linear interpolations of the round trip lose little
+    image = torch.as_tensor(gaussian_filter(render(labels, grid, seed=1, noise=0.0).numpy(), (0, 0, 2, 2, 2)))
+    truth = sample_motion(task, grid, np.random.default_rng(5), MotionConfig(max_rotation=30, control_spacing=40))
+    moving = resample(image, grid, grid, inverse_on(truth, grid))
+    restored = resample(moving, grid, grid, truth)[0, 0].numpy()
+    # only where truth(x) stays inside the field of view can the round trip restore the image
+    index = grid.world_to_index(truth(grid.world_points(dtype=torch.float64)[None])[0].detach().numpy())
+    mask = (labels[0, 0] > 0).numpy() & np.all((index > 1) & (index < np.asarray(grid.size) - 2), axis=-1)
+    before = np.sqrt(np.mean((moving[0, 0].numpy() - image[0, 0].numpy())[mask] ** 2))
+    after = np.sqrt(np.mean((restored - image[0, 0].numpy())[mask] ** 2))
+    assert after < 0.1 * before  # only interpolation error is left
+    assert after < 0.05
+
+
+def test_deformable_motion_is_invertible_enough():
+    grid = Grid((96, 112, 80), (2.0, 2.0, 2.0))
+    dets = []
+    for seed in range(5):
+        truth = sample_motion("deformable", grid, np.random.default_rng(seed))
+        dets.append(metrics.jacobian_determinant(truth.displacement(grid)[0].numpy(), grid))
+    assert min(d.min() for d in dets) > 0  # default 40 mm control spacing with sigma 8 mm never folds
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """Two subjects, t1 and t2 renderings of one label map each; labels only when asked."""
+    def make(with_labels: bool):
+        root = tmp_path / ("labelled" if with_labels else "plain")
+        for s in range(2):
+            grid = Grid((40, 44, 36), (2.0, 2.0, 2.0), (-39.0 + s, -43.0, -35.0))
+            labels = phantom_labels(grid, 6, seed=s)
+            (root / f"sub{s}").mkdir(parents=True)
+            for c, contrast in enumerate(("t1", "t2")):
+                write_image(render(labels, grid, seed=10 * s + c), grid, root / f"sub{s}" / f"{contrast}.nii.gz")
+            if with_labels:
+                write_image(labels, grid, root / f"sub{s}" / "seg.nii.gz", np.uint8)
+        return root
+    return make
+
+
+def test_bench_without_labels_reports_intensity_and_transform_metrics(dataset, tmp_path):
+    root = dataset(False)
+    result = CliRunner().invoke(app, ["bench", "--data", str(root), "--task", "rigid", "--methods", "identity",
+                                      "--pairs", "2", "--resolution", "4", "-q", "--out", str(tmp_path / "res")])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "res.json").read_text())
+    stats = doc["summary"]["identity"]
+    assert "dice" not in stats and "hd95" not in stats  # undefined without labels
+    assert stats["rmse_phi"]["mean"] > 1 and stats["rmse_x"]["mean"] > 0  # identity leaves the motion
+    assert stats["neg_jac_pct"]["mean"] == 0
+    assert len(doc["cases"]) == 2 and doc["config"]["pairs"] == 2 and doc["config"]["motion"]["max_rotation"] == 75
+    assert (tmp_path / "res.md").read_text().count("| `identity` |") == 1
+
+
+def test_bench_with_labels_and_inter_subject(dataset, tmp_path):
+    root = dataset(True)
+    for task in ("deformable", "inter-subject"):
+        result = CliRunner().invoke(app, ["bench", "--data", str(root), "--task", task, "--methods", "identity",
+                                          "--pairs", "1", "--resolution", "4", "-q", "--out", str(tmp_path / task)])
+        assert result.exit_code == 0, result.output
+        doc = json.loads((tmp_path / f"{task}.json").read_text())
+        case = doc["cases"][0]
+        assert 0 < case["dice"] < 100 and case["hd95"] > 0
+        assert (case["rmse_phi"] is None) == (task == "inter-subject")
+
+
+def test_identity_method_is_exact_on_unmoved_pair(awkward_grid):
+    from regode.bench.methods import METHODS
+    from regode.bench.run import Case, evaluate
+    from regode.io import Image
+
+    labels = phantom_labels(awkward_grid, 8, seed=2)
+    img = Image(render(labels, awkward_grid, seed=2), awkward_grid, np.dtype(np.float32))
+    zero = np.zeros((3, *awkward_grid.shape))
+    case = Case("same", img, img, labels, labels, img.data[0, 0].numpy(), zero)
+    row = evaluate(case, METHODS["identity"](), seed=0)
+    assert row["dice"] == pytest.approx(100) and row["rmse_phi"] == 0 and row["rmse_x"] == pytest.approx(0, abs=1e-6)
+    assert isinstance(Compose([]).displacement(awkward_grid), torch.Tensor)
