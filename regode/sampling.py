@@ -15,9 +15,6 @@ import torch.nn.functional as F
 
 from .grid import Grid
 
-INTERPOLATORS = ("linear", "nearest", "label", "bspline")
-
-
 def _to_normalised(grid: Grid, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised coordinates of world points and the mask of points inside the buffer."""
     m = torch.as_tensor(grid.matrix("world", "normalised"), dtype=points.dtype, device=points.device)

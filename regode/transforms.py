@@ -360,10 +360,6 @@ class Compose(Transform):
         return Affine(h[:, :3, :3], h[:, :3, 3])
 
 
-def identity_affine(batch: int = 1, dtype: torch.dtype = torch.float32) -> Affine:
-    return Affine(torch.eye(3, dtype=dtype).repeat(batch, 1, 1))
-
-
 __all__ = [
     "Transform",
     "Linear",
@@ -376,5 +372,4 @@ __all__ = [
     "rotation_matrix",
     "euler_matrix",
     "compose_fields",
-    "identity_affine",
 ]

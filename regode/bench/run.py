@@ -13,7 +13,8 @@ import torch
 from ..errors import RegodeError
 from ..grid import Grid
 from ..io import Image, read_image
-from ..io.atomic import atomic_output
+from ..io.atomic import atomic_output, check_writable
+from ..transforms import Compose
 from ..warp import resample
 from . import metrics
 from .methods import METHODS
@@ -89,8 +90,6 @@ def _working(image: Image, resolution: float | None, interp: str = "linear", gri
     target = grid or (image.grid.with_spacing(resolution) if resolution else image.grid)
     if target.same_as(image.grid):
         return image
-    from ..transforms import Compose
-
     data = resample(image.data, image.grid, target, Compose([]), interp)
     return Image(data, target, image.dtype, image.path)
 
@@ -208,8 +207,6 @@ def run(config: BenchConfig, out_prefix: str | Path, progress: bool = True) -> d
         raise RegodeError(f"unknown method(s) {', '.join(unknown)}: available {', '.join(METHODS)}")
     out_prefix = Path(out_prefix)
     json_path, md_path = out_prefix.with_name(out_prefix.name + ".json"), out_prefix.with_name(out_prefix.name + ".md")
-    from ..io.atomic import check_writable
-
     check_writable(json_path)
     console = Console(stderr=True)
     torch.manual_seed(config.seed)

@@ -22,7 +22,7 @@ from ..errors import RegodeError
 from ..grid import Grid
 from ..transforms import Affine, Compose, DisplacementField, Linear, Transform
 from .atomic import atomic_output
-from .images import has_image_extension, read_image, to_sitk
+from .images import has_image_extension, read_image, to_sitk, write_image
 
 LINEAR_EXTENSIONS = (".mat", ".txt", ".tfm")
 COMPOSITE_EXTENSIONS = (".h5", ".hdf5")
@@ -148,8 +148,6 @@ def save_transform(transform: Transform, path: str | os.PathLike, grid: Grid | N
     if kind == "field":
         if grid is None:
             raise ValueError("writing a displacement field needs the grid to sample it on")
-        from .images import write_image
-
         field = transform.displacement(grid)[0]
         write_image(field, grid, path, np.float32)
         return
