@@ -157,6 +157,8 @@ def label_scene(tmp_path_factory):
     save_transform(DisplacementField(grid, volume_preserving_field(grid, 2.0, seed=3)), folder / "warp.nii.gz")
     regode_warp("-i", folder / "labels.nii.gz", "-r", folder / "labels.nii.gz", "-t", folder / "warp.nii.gz",
                 "-o", folder / "out.nii.gz", "--interp", "label")
+    regode_warp("-i", folder / "labels.nii.gz", "-r", folder / "labels.nii.gz", "-t", folder / "warp.nii.gz",
+                "-o", folder / "nearest.nii.gz", "--interp", "nearest")
     return folder, labels[0, 0].numpy()
 
 
@@ -168,11 +170,18 @@ def test_label_warping_preserves_labels_and_volumes(label_scene):
     assert len(np.unique(original)) == 30
     assert set(np.unique(warped)) <= set(np.unique(original))
     assert (warped != original).mean() > 0.01  # the deformation moved something
-    change = [abs((warped == k).sum() - (original == k).sum()) / (original == k).sum() for k in np.unique(original)[1:]]
-    # GenericLabel (identical to ANTs', see below) moves label boundaries by whole voxels: on 8-16k
-    # voxel labels the worst label changes by about 2 %, the typical one by well under 1 %
-    assert np.mean(change) < 0.01, change
-    assert np.max(change) < 0.03, change
+    nearest = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "nearest.nii.gz")))
+
+    def change(result):
+        return np.array([abs((result == k).sum() - (original == k).sum()) / (original == k).sum() for k in np.unique(original)[1:]])
+
+    # GenericLabel (identical to ANTs', see below) moves label boundaries by whole voxels: on these
+    # 8-16k voxel labels the typical label changes by under 1 %, the worst by 2-3 %, about half
+    # of what nearest-neighbour sampling does
+    assert np.mean(change(warped)) < 0.01
+    assert np.max(change(warped)) < 0.03
+    assert np.mean(change(warped)) < 0.7 * np.mean(change(nearest))
+    assert np.max(change(warped)) < 0.7 * np.max(change(nearest))
 
 
 def test_label_interpolation_equals_ants_generic_label(label_scene):
