@@ -67,8 +67,7 @@ def warp(
     """Resample an image through ITK/ANTs transforms, like antsApplyTransforms."""
     import torch
 
-    from .io import load_transform_chain, read_image, write_image
-    from .io.images import read_grid
+    from .io import load_transform_chain, read_grid, read_image, write_image
     from .io.atomic import check_writable
     from .warp import resample
 

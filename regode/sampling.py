@@ -25,6 +25,15 @@ def _to_normalised(grid: Grid, points: torch.Tensor) -> tuple[torch.Tensor, torc
     return coords, inside
 
 
+def _to_index(grid: Grid, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Continuous indices ``[B, N, 3]`` (float64) of world points and the mask ``[B, N]`` of those
+    inside the buffer (within [-0.5, n - 0.5] on every axis)."""
+    m = torch.as_tensor(grid.matrix("world", "index"), dtype=torch.float64, device=points.device)
+    index = points.reshape(points.shape[0], -1, 3).to(torch.float64) @ m[:3, :3].T + m[:3, 3]
+    size = torch.as_tensor(grid.size, device=points.device)
+    return index, ((index >= -0.5) & (index <= size - 0.5)).all(-1)
+
+
 def sample(
     volume: torch.Tensor, grid: Grid, points: torch.Tensor, mode: str = "linear", padding: float = 0.0
 ) -> torch.Tensor:
@@ -62,10 +71,8 @@ def sample_labels(volume: torch.Tensor, grid: Grid, points: torch.Tensor, paddin
     """
     if volume.shape[1] != 1:
         raise ValueError("label interpolation needs a single-channel label volume")
-    m = torch.as_tensor(grid.matrix("world", "index"), dtype=torch.float64, device=points.device)
-    index = points.reshape(points.shape[0], -1, 3).to(torch.float64) @ m[:3, :3].T + m[:3, 3]  # [B, N, 3]
+    index, inside = _to_index(grid, points)
     size = torch.as_tensor(grid.size, device=points.device)
-    inside = ((index >= -0.5) & (index <= size - 0.5)).all(-1)
     index = torch.maximum(torch.minimum(index, size - 1.0), torch.zeros_like(index))  # border within half a voxel
     base = index.floor().long().clamp(max=size - 2).clamp(min=0)
     frac = (index - base).to(torch.float32)
@@ -96,10 +103,9 @@ def sample_bspline(volume: torch.Tensor, grid: Grid, points: torch.Tensor, paddi
     """
     from scipy import ndimage
 
-    coords_index = points.detach().double().cpu().numpy()
-    m = grid.matrix("world", "index")
-    index = coords_index @ m[:3, :3].T + m[:3, 3]  # [B, *S, 3] in (i, j, k)
-    inside = np.all((index >= -0.5) & (index <= np.asarray(grid.size) - 0.5), axis=-1)
+    index, inside = _to_index(grid, points.detach().cpu())
+    index = index.reshape(*points.shape).numpy()  # [B, *S, 3] in (i, j, k)
+    inside = inside.reshape(points.shape[:-1]).numpy()
     out = []
     vol = volume.detach().double().cpu().numpy()
     for b in range(max(vol.shape[0], index.shape[0])):

@@ -39,10 +39,8 @@ class Transform(nn.Module):
 
     def displacement(self, grid: Grid) -> torch.Tensor:
         """Displacement (mm) at every voxel of ``grid``: ``[B, 3, nz, ny, nx]``."""
-        ref = self._reference_tensor()
-        points = grid.world_points(dtype=ref.dtype, device=ref.device)[None]
-        moved = self(points)
-        return (moved - points).movedim(-1, 1)
+        moved = self.map_grid(grid)
+        return (moved - grid.world_points(dtype=moved.dtype, device=moved.device)[None]).movedim(-1, 1)
 
     def map_grid(self, grid: Grid, slab: slice = slice(None), dtype: torch.dtype | None = None) -> torch.Tensor:
         """The images of the voxel centres of ``grid`` (slices ``slab``): ``[B, nz, ny, nx, 3]``.

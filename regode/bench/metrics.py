@@ -23,7 +23,7 @@ def rmse_intensity(registered: np.ndarray, truth: np.ndarray, mask: np.ndarray) 
     """RMSE inside ``mask`` after scaling both images by the truth's [min, max] inside the mask to [0, 1]."""
     lo, hi = truth[mask].min(), truth[mask].max()
     scale = (hi - lo) if hi > lo else 1.0
-    diff = ((registered - lo) - (truth - lo)) / scale
+    diff = (registered - truth) / scale
     return float(np.sqrt(np.mean(diff[mask] ** 2)))
 
 

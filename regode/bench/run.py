@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,11 @@ class Case:
     truth_image: np.ndarray | None = None  # the moving contrast before motion, on the fixed grid
     truth_displacement: np.ndarray | None = None  # [3, nz, ny, nx] mm, fixed grid
 
+    @cached_property
+    def mask(self) -> np.ndarray:
+        """The fixed image's foreground, where every metric is measured."""
+        return foreground(self.fixed.data[0, 0].numpy())
+
 
 def _working(image: Image, resolution: float | None, interp: str = "linear", grid: Grid | None = None) -> Image:
     target = grid or (image.grid.with_spacing(resolution) if resolution else image.grid)
@@ -146,9 +152,7 @@ def evaluate(case: Case, method, seed: int) -> dict:
     start = time.perf_counter()
     transform = method.register(case.fixed, case.moving, seed)
     seconds = time.perf_counter() - start
-    grid = case.fixed.grid
-    fixed = case.fixed.data[0, 0].numpy()
-    mask = foreground(fixed)
+    grid, mask = case.fixed.grid, case.mask
     with torch.no_grad():
         disp = transform.displacement(grid)[0].detach().double().numpy()
     registered = resample(case.moving.data, case.moving.grid, grid, transform)[0, 0].numpy()
