@@ -130,16 +130,120 @@ def bench(
     run(config, out or Path(f"bench_{task.value.replace('+', '_')}"), progress=not quiet)
 
 
+class RegisterModel(str, enum.Enum):
+    rigid = "rigid"
+    bspline = "bspline"
+    dense = "dense"
+    rigid_bspline = "rigid+bspline"
+    rigid_dense = "rigid+dense"
+
+
+@app.command()
+@user_errors
+def register(
+    fixed: Annotated[Path, typer.Option("--fixed", "-f", help="Fixed (reference) image.")],
+    moving: Annotated[Path, typer.Option("--moving", "-m", help="Moving image.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Output prefix: PREFIXWarped.nii.gz, PREFIX0GenericAffine.mat, PREFIX1Warp.nii.gz, ...")],
+    model: Annotated[RegisterModel, typer.Option("--model", help="MS-ODENet stages; hybrids run rigid, then the deformable model (only rigid weights are shipped yet).")] = RegisterModel.rigid,
+    moving_labels: Annotated[Optional[Path], typer.Option("--moving-labels", help="Label image on the moving grid, warped with label interpolation.")] = None,
+    checkpoint: Annotated[Optional[list[Path]], typer.Option("--checkpoint", help="Model file from `regode train` replacing the shipped one of its kind (repeatable).")] = None,
+    initial_transform: Annotated[Optional[list[str]], typer.Option("--initial-transform", help="Linear transform file(s) to start from (fixed -> moving, -t order); '[f.mat,1]' inverts.")] = None,
+    no_center_of_mass: Annotated[bool, typer.Option("--no-center-of-mass", help="Do not start from the centres-of-mass translation.")] = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (recorded; inference is deterministic).")] = 0,
+) -> None:
+    """Register MOVING to FIXED with MS-ODENet; writes ANTs-named transforms and images."""
+    from .odenet.checkpoint import load
+    from .odenet.register import RegisterConfig, register_files
+
+    checkpoints = {}
+    for path in checkpoint or []:
+        kind = load(path)["model_config"].get("kind")
+        checkpoints[kind] = str(path)
+    config = RegisterConfig(model=model.value, checkpoints=checkpoints, center_of_mass=not no_center_of_mass,
+                            initial_transform=list(initial_transform or []), device=device, threads=threads, seed=seed)
+    doc = register_files(fixed, moving, out, config, moving_labels)
+    t = doc["timings_s"]
+    print(f"registered {moving} to {fixed} with {model.value} in {t['wall']:.2f} s (model {t['total']:.2f} s); "
+          f"outputs {out}*  NFE {doc['nfe']}")
+
+
+class ModelKind(str, enum.Enum):
+    rigid = "rigid"
+    bspline = "bspline"
+    dense = "dense"
+
+
+@app.command()
+@user_errors
+def train(
+    model: Annotated[ModelKind, typer.Option("--model", help="Transformation family of the MS-ODENet.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Final model file (OUT.ckpt holds the resumable state, OUT.log.jsonl the log).")],
+    data: Annotated[Optional[Path], typer.Option("--data", help="Dataset folder DIR/<subject>/<contrast>.nii.gz (co-registered contrasts).")] = None,
+    synthetic: Annotated[bool, typer.Option("--synthetic", help="Train on generated heads (the default when --data is not given).")] = False,
+    label_map: Annotated[Optional[list[Path]], typer.Option("--label-map", help="Label map to render as well (synthetic data), repeatable.")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Optimiser steps (default 2000; with --resume: the saved run's, or this).")] = None,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Pairs per step.")] = 2,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-4,
+    schedule: Annotated[str, typer.Option("--schedule", help="Solvers per level, e.g. A(1e-3)-A(1e-3)-F(0.1) (default: the kind's).")] = "",
+    levels: Annotated[int, typer.Option("--levels", min=1, help="Pyramid levels L (= T).")] = 3,
+    spacing: Annotated[float, typer.Option("--spacing", help="Finest working spacing (mm).")] = 2.0,
+    width: Annotated[int, typer.Option("--width", min=2, help="Channels of the first conv layer.")] = 16,
+    size: Annotated[int, typer.Option("--size", min=16, help="Training volumes are SIZE^3 voxels.")] = 96,
+    lambda_sim: Annotated[float, typer.Option(help="Weight of L_sim (mutual information).")] = 1.0,
+    lambda_self: Annotated[float, typer.Option(help="Weight of L_self (known motion).")] = 1.0,
+    lambda_reg: Annotated[Optional[float], typer.Option(help="Weight of L_reg (default 2 bspline, 10 dense).")] = None,
+    curriculum: Annotated[float, typer.Option(help="Fraction of the steps over which the motion ranges grow from 20 % to 100 %.")] = 0.5,
+    adjoint: Annotated[bool, typer.Option("--adjoint", help="Backpropagate with the adjoint method (less memory).")] = False,
+    checkpoint_every: Annotated[int, typer.Option(min=1, help="Steps between checkpoints.")] = 25,
+    validate_every: Annotated[int, typer.Option(min=1, help="Steps between validations.")] = 100,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the initial weights and of the data.")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT.ckpt with its saved config (--steps may extend it).")] = False,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Train an MS-ODENet (rigid, bspline or dense) on synthetic or folder data."""
+    import torch
+
+    from .errors import RegodeError
+    from .io.atomic import check_writable
+    from .odenet.data import MotionRange
+    from .odenet.model import ModelConfig
+    from .odenet.train import TrainConfig, train as run_training
+
+    if data is not None and synthetic:
+        raise RegodeError("use either --data DIR or --synthetic, not both")
+    if threads:
+        torch.set_num_threads(threads)
+    check_writable(out)
+    try:
+        config = TrainConfig(
+            model=ModelConfig(kind=model.value, levels=levels, horizon=float(levels), schedule=schedule, spacing=spacing, width=width),
+            data=str(data) if data else None, label_maps=[str(p) for p in label_map or []], steps=steps or 2000, batch=batch, lr=lr,
+            lambda_sim=lambda_sim, lambda_self=lambda_self, lambda_reg=lambda_reg, size=size, seed=seed, adjoint=adjoint,
+            checkpoint_every=checkpoint_every, validate_every=validate_every,
+            motion=MotionRange(ramp_pairs=int(curriculum * (steps or 2000) * batch)),
+        )
+    except ValueError as exc:
+        raise RegodeError(str(exc)) from None
+    result = run_training(config, out, resume=resume, progress=not quiet, steps=steps)
+    last = result["history"][-1]["val_rmse_mm"] if result["history"] else float("nan")
+    print(f"wrote {out}: {result['steps']} steps in {result['seconds'] / 60:.1f} min, validation RMSE(phi) {last:.2f} mm")
+
+
 @app.command()
 @user_errors
 def demo(
     out: Annotated[Optional[Path], typer.Option("--out", help="Keep the generated files in this folder.")] = None,
+    model: Annotated[RegisterModel, typer.Option("--model", help="MS-ODENet stages to run.")] = RegisterModel.rigid,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores).")] = None,
 ) -> None:
-    """Run regode on generated data (no input files needed) and print what it recovered."""
+    """Register a generated two-contrast pair with known motion (no input files needed) and print the error."""
     from .demo import run_demo
 
-    run_demo(out, seed)
+    run_demo(out, seed, model.value, threads)
 
 
 def main() -> None:

@@ -298,10 +298,22 @@ class BSpline(Transform):
     def displacement(self, grid: Grid) -> torch.Tensor:
         """Dense displacement on ``grid``; separable (three small matrix products) when ``grid``'s
         axes are parallel to the control grid's, pointwise otherwise."""
+        disp = self._separable(grid)
+        return super().displacement(grid) if disp is None else disp
+
+    def map_grid(self, grid: Grid, slab: slice = slice(None), dtype: torch.dtype | None = None) -> torch.Tensor:
+        disp = self._separable(grid)
+        if disp is None:
+            return super().map_grid(grid, slab, dtype)
+        dtype = dtype or disp.dtype
+        points = grid.world_points(dtype=dtype, device=disp.device, slab=slab)[None]
+        return points + disp[:, :, slab].movedim(1, -1).to(dtype)
+
+    def _separable(self, grid: Grid) -> torch.Tensor | None:
         c = self.coefficients
         m = self.control_grid.matrix("world", "index") @ grid.matrix("index", "world")
         if not np.allclose(m[:3, :3], np.diag(np.diag(m[:3, :3])), atol=1e-6):
-            return super().displacement(grid)
+            return None
         mats = []
         for axis in range(3):
             u = m[axis, axis] * np.arange(grid.size[axis]) + m[axis, 3]

@@ -63,9 +63,32 @@ class Ants:
             return load_transform_chain(result["fwdtransforms"])
 
 
+class Regode:
+    """MS-ODENet (``regode register``'s engine) with the shipped weights (or ``$REGODE_WEIGHTS``),
+    on the benchmark's working grid."""
+
+    def __init__(self, model: str):
+        from ..errors import RegodeError
+        from ..odenet.register import RegisterConfig, load_models
+
+        self.config = RegisterConfig(model=model)
+        try:
+            self.models = load_models(self.config)
+            self.unavailable = None
+        except RegodeError as exc:
+            self.unavailable = str(exc)
+
+    def register(self, fixed: Image, moving: Image, seed: int) -> Transform:
+        from ..odenet.register import register_images
+
+        self.config.seed = seed
+        return register_images(fixed, moving, self.config, self.models).transform
+
+
 METHODS: dict[str, Callable[[], Method]] = {
     "identity": Identity,
     "ants:Rigid": lambda: Ants("Rigid"),
     "ants:SyN": lambda: Ants("SyN"),
     "ants:SyNRA": lambda: Ants("SyNRA"),
+    **{f"regode:{m}": (lambda m=m: Regode(m)) for m in ("rigid", "bspline", "dense", "rigid+bspline", "rigid+dense")},
 }

@@ -1,0 +1,249 @@
+"""MS-ODENet: registration as a learned optimiser, d theta/dt = f^(l)(x_mov o phi_theta, x_fix, t).
+
+[0, T] is split into L equal segments; segment l is solved on pyramid level l (coarse to fine)
+with its own network and its own solver from the schedule. theta is a world-space (LPS mm)
+parameterisation of one of the foundation's transforms:
+
+- rigid: ``[B, 6]`` rotation vector (rad) and translation (mm) about a centre (a :class:`Rigid`);
+- bspline: ``[B, 3, *control]`` control-point displacements in mm (a :class:`BSpline`);
+- dense: ``[B, 3, nz, ny, nx]`` displacements in mm on the finest level (a :class:`DisplacementField`).
+
+An optional ``pre`` transform (an initial or cascaded linear transform) is applied after theta's
+transform, so the result is ``pre(T_theta(x))`` — ANTs' ``-t 1Warp -t 0GenericAffine.mat``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..grid import Grid
+from ..losses import mutual_information
+from ..sampling import sample
+from ..transforms import BSpline, Compose, DisplacementField, Rigid, Transform, rotation_matrix
+from .networks import NETWORKS
+from .preprocess import blur
+
+KINDS = ("rigid", "bspline", "dense")
+DEFAULT_SCHEDULES = {"rigid": "F(0.25)-F(0.25)-F(0.5)", "bspline": "F(0.25)-F(0.25)-F(0.5)", "dense": "F(0.25)-F(0.25)-F(0.5)"}
+SOLVERS = {"F": "euler", "A": "adaptive_heun", "R": "rk4"}
+
+
+@dataclass(frozen=True)
+class Solver:
+    """One level's solver: ``F(dt)`` Euler with a fixed step, ``R(dt)`` fixed-step Runge-Kutta 4,
+    ``A(tol)`` adaptive Heun with relative and absolute tolerance ``tol``."""
+
+    letter: str
+    value: float
+
+    @property
+    def method(self) -> str:
+        return SOLVERS[self.letter]
+
+    def kwargs(self) -> dict:
+        if self.letter == "A":
+            return {"method": self.method, "rtol": self.value, "atol": self.value}
+        return {"method": self.method, "options": {"step_size": self.value}}
+
+    def __str__(self) -> str:
+        return f"{self.letter}({self.value:g})"
+
+
+def parse_schedule(text: str, levels: int) -> list[Solver]:
+    """``"A(1e-3)-A(1e-3)-F(0.1)"`` -> one :class:`Solver` per level (coarse to fine)."""
+    # tolerances such as 1e-3 contain '-': read the levels as LETTER(number) tokens
+    parts = re.findall(r"([FAR])\(\s*([0-9.eE+-]+)\s*\)", text)
+    rebuilt = "-".join(f"{a}({b})" for a, b in parts)
+    if not parts or rebuilt.replace(" ", "") != text.replace(" ", ""):
+        raise ValueError(f"bad solver schedule {text!r}: write e.g. A(1e-3)-A(1e-3)-F(0.1) (F Euler, R rk4, A adaptive Heun)")
+    if len(parts) != levels:
+        raise ValueError(f"solver schedule {text!r} has {len(parts)} levels, the model has {levels}")
+    solvers = [Solver(letter, float(value)) for letter, value in parts]
+    if any(s.value <= 0 for s in solvers):
+        raise ValueError(f"solver steps and tolerances must be positive in {text!r}")
+    return solvers
+
+
+@dataclass
+class ModelConfig:
+    """Everything that defines an MS-ODENet (saved in every checkpoint)."""
+
+    kind: str = "rigid"
+    """rigid, bspline or dense."""
+    levels: int = 3
+    """pyramid levels L (factor 2 per level)."""
+    horizon: float = 3.0
+    """integration time T; level l is solved on [(l-1)T/L, lT/L]."""
+    schedule: str = ""
+    """solver per level, coarse to fine (empty: the kind's default)."""
+    spacing: float = 2.0
+    """finest working spacing in mm (isotropic)."""
+    width: int = 16
+    """channels of the first conv layer."""
+    control_spacing: float = 20.0
+    """B-spline control-point spacing in mm."""
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"model kind must be one of {KINDS}, not {self.kind!r}")
+        if not self.schedule:
+            self.schedule = DEFAULT_SCHEDULES[self.kind]
+        parse_schedule(self.schedule, self.levels)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Level:
+    """One pyramid level: a volume ``[B, 1, nz, ny, nx]`` on a grid."""
+
+    volume: torch.Tensor
+    grid: Grid
+
+
+def pyramid(volume: torch.Tensor, grid: Grid, levels: int) -> list[Level]:
+    """Image pyramid, coarse to fine: level L is ``volume``; each coarser level halves the
+    resolution (Gaussian blur, then linear resampling onto a grid of twice the spacing)."""
+    out = [Level(volume, grid)]
+    for _ in range(levels - 1):
+        prev = out[0]
+        coarse = prev.grid.with_spacing(np.asarray(prev.grid.spacing) * 2)
+        blurred = blur(prev.volume, (1.0, 1.0, 1.0))
+        points = coarse.world_points(dtype=volume.dtype, device=volume.device)[None]
+        out.insert(0, Level(sample(blurred, prev.grid, points), coarse))
+    return out
+
+
+def _direction(grid: Grid, like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(grid.direction_matrix, dtype=like.dtype, device=like.device)
+
+
+def right_jacobian_inverse(rotvec: torch.Tensor) -> torch.Tensor:
+    """J_r^-1 of SO(3) at ``rotvec [B, 3]``: R(phi + J_r^-1 w dt) = R(phi) exp([w] dt)."""
+    angle = rotvec.norm(dim=-1)[:, None, None]
+    x, y, z = rotvec.unbind(-1)
+    zero = torch.zeros_like(x)
+    k = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).reshape(-1, 3, 3)
+    small = angle < 1e-3
+    safe = torch.where(small, torch.ones_like(angle), angle)
+    coef = torch.where(small, 1 / 12 + angle**2 / 720, 1 / safe**2 - (1 + torch.cos(safe)) / (2 * safe * torch.sin(safe)))
+    return torch.eye(3, dtype=rotvec.dtype, device=rotvec.device) + 0.5 * k + coef * (k @ k)
+
+
+class Dynamics(nn.Module):
+    """The right-hand side on one level: warp the moving level by theta, ask the level's network."""
+
+    def __init__(self, model: "MSODENet", level: int, fixed: Level, moving: Level, state_grid: Grid, center, pre):
+        super().__init__()
+        self.model, self.net = model, model.nets[level]
+        self.fixed, self.moving, self.state_grid, self.center, self.pre = fixed, moving, state_grid, center, pre
+        dtype, device = fixed.volume.dtype, fixed.volume.device
+        self.direction = _direction(fixed.grid, fixed.volume)
+        self.nfe = 0
+        if model.config.kind == "rigid":
+            c = torch.as_tensor(center, dtype=torch.float64).detach().cpu().reshape(-1, 3).numpy()
+            self.center_index = torch.as_tensor(fixed.grid.world_to_index(c), dtype=dtype, device=device).reshape(-1, 3)
+        if model.config.kind == "bspline":
+            # control points in this level's grid, clamped into its buffer (outer control points
+            # take the nearest border features)
+            cpts = state_grid.world_points(dtype=torch.float64)
+            index = torch.as_tensor(fixed.grid.world_to_index(cpts.reshape(-1, 3).numpy()))
+            index = torch.minimum(torch.clamp(index, min=0), torch.as_tensor(fixed.grid.size, dtype=torch.float64) - 1)
+            inside = torch.as_tensor(fixed.grid.index_to_world(index.numpy()))
+            self.control_points = inside.reshape(1, *cpts.shape[:-1], 3).to(dtype=dtype, device=device)
+        if model.config.kind == "dense":
+            self.state_points = state_grid.world_points(dtype=dtype, device=device)[None]
+
+    def forward(self, t, theta):
+        self.nfe += 1
+        training = torch.is_grad_enabled()
+        transform = self.model.transform(theta, self.state_grid, self.center, self.pre)
+        points = transform.map_grid(self.fixed.grid, dtype=self.fixed.volume.dtype)
+        d = self.direction
+        # the gradient of the similarity with respect to a displacement of every fixed point (times
+        # the number of voxels): the force a classical optimiser would follow, given to the network
+        # as an input, as learned optimisers are given their gradient (no second derivatives)
+        with torch.enable_grad():
+            u = torch.zeros_like(points, requires_grad=True)
+            warped = sample(self.moving.volume, self.moving.grid, points + u)
+            (force,) = torch.autograd.grad(mutual_information(warped, self.fixed.volume) * warped.shape[0], u, retain_graph=training)
+        if not training:
+            warped = warped.detach()
+        force = (force.detach() @ d).movedim(-1, 1)  # world -> grid axes, [B, 3, nz, ny, nx]
+        force = force * force[0, 0].numel()  # per-voxel scale, independent of the image size; vanishes at the optimum
+        kind = self.model.config.kind
+        if kind == "rigid":
+            # the network's rigid velocity acts in fixed space, before the current motion:
+            # phi <- phi o (1 + [omega] dt, t dt), i.e. R <- R exp([omega] dt) and translation += R t dt
+            v = self.net(warped, self.fixed.volume, t, force, self.center_index, float(self.fixed.grid.spacing[0]))
+            omega, shift = torch.det(d) * v[:, :3] @ d.T, v[:, 3:] @ d.T
+            rotvec = theta[:, :3]
+            rdot = (right_jacobian_inverse(rotvec) @ omega[..., None])[..., 0]
+            return torch.cat([rdot, (rotation_matrix(rotvec) @ shift[..., None])[..., 0]], dim=1)
+        if kind == "bspline":
+            v = self.net(warped, self.fixed.volume, t, force, lambda f: sample(f, self.fixed.grid, self.control_points))
+        else:
+            v = self.net(warped, self.fixed.volume, t, force)
+            if self.fixed.grid != self.state_grid:
+                v = sample(v, self.fixed.grid, self.state_points)
+        return torch.einsum("ij,bj...->bi...", d, v)
+
+
+class MSODENet(nn.Module):
+    """L networks and their solvers; ``forward`` integrates theta from ``theta0`` over [0, T]."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.nets = nn.ModuleList([NETWORKS[config.kind](config.width) for _ in range(config.levels)])
+        self.solvers = parse_schedule(config.schedule, config.levels)
+
+    # ---------------------------------------------------------------- parameterisation
+    def state_grid(self, fine: Grid) -> Grid | None:
+        """Where theta lives: the control grid (bspline), the finest level (dense), none (rigid)."""
+        if self.config.kind == "bspline":
+            return BSpline.control_grid_for(fine, self.config.control_spacing)
+        return fine if self.config.kind == "dense" else None
+
+    def identity(self, fine: Grid, batch: int = 1, dtype=torch.float32, device=None) -> torch.Tensor:
+        grid = self.state_grid(fine)
+        shape = (batch, 6) if grid is None else (batch, 3, *grid.shape)
+        return torch.zeros(shape, dtype=dtype, device=device)
+
+    def transform(self, theta: torch.Tensor, state_grid: Grid | None, center=None, pre: Transform | None = None) -> Transform:
+        kind = self.config.kind
+        core = Rigid(theta, center) if kind == "rigid" else BSpline(state_grid, theta) if kind == "bspline" else DisplacementField(state_grid, theta)
+        return core if pre is None else Compose([pre, core])
+
+    # ---------------------------------------------------------------- integration
+    def forward(self, fixed: list[Level], moving: list[Level], theta0: torch.Tensor | None = None,
+                center: torch.Tensor | None = None, pre: Transform | None = None, adjoint: bool = False):
+        """Integrate the ODE level by level. Returns (theta_T, number of function evaluations per level)."""
+        from torchdiffeq import odeint, odeint_adjoint
+
+        if len(fixed) != self.config.levels or len(moving) != self.config.levels:
+            raise ValueError(f"the model needs {self.config.levels} pyramid levels")
+        fine = fixed[-1].grid
+        state_grid = self.state_grid(fine)
+        dtype, device = fixed[-1].volume.dtype, fixed[-1].volume.device
+        batch = max(fixed[-1].volume.shape[0], moving[-1].volume.shape[0])
+        theta = self.identity(fine, batch, dtype, device) if theta0 is None else theta0
+        if center is None:
+            center = torch.as_tensor(fine.center, dtype=dtype, device=device).expand(batch, 3)
+        segment = self.config.horizon / self.config.levels
+        nfe = []
+        for level, solver in enumerate(self.solvers):
+            dyn = Dynamics(self, level, fixed[level], moving[level], state_grid, center, pre)
+            times = torch.tensor([level * segment, (level + 1) * segment], dtype=dtype, device=device)
+            if adjoint:
+                theta = odeint_adjoint(dyn, theta, times, adjoint_params=tuple(dyn.net.parameters()), **solver.kwargs())[-1]
+            else:
+                theta = odeint(dyn, theta, times, **solver.kwargs())[-1]
+            nfe.append(dyn.nfe)
+        return theta, nfe

@@ -1,0 +1,149 @@
+"""The per-level networks f^(l) of MS-ODENet.
+
+Each network sees, on one pyramid level, the current warped moving image, the fixed image, the
+time t (a constant channel) and the similarity force: the gradient of mutual information with
+respect to a displacement of each fixed point, times the number of voxels (the direction a
+classical optimiser would follow, given to the network as learned optimisers are given their
+gradient; it vanishes at the optimum). It returns a velocity of the transform's parameters in the level grid's axes: mm (and
+radians for rotations) per unit time. The model turns grid-axis vectors into world LPS vectors,
+so a network never depends on the image's direction cosines.
+
+The velocity is a learned term plus a learned step times the (smoothed, projected) force. The
+learned term's last layer starts at zero, so an untrained model is a multi-scale gradient flow of
+mutual information, and training learns how to do better than that.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv3d(cin, cout, 3, stride, 1), nn.LeakyReLU(0.2, inplace=True))
+
+
+IN_CHANNELS = 6
+
+
+def _inputs(warped: torch.Tensor, fixed: torch.Tensor, t: torch.Tensor, force: torch.Tensor) -> torch.Tensor:
+    """warped, fixed, t and the similarity force (3 channels): the network's input channels."""
+    time = torch.as_tensor(t, dtype=fixed.dtype, device=fixed.device).reshape(-1)[:1]
+    return torch.cat([warped, fixed.expand_as(warped), time.expand_as(warped), force], dim=1)
+
+
+def _pool(x: torch.Tensor, times: int) -> torch.Tensor:
+    for _ in range(times):
+        x = F.avg_pool3d(x, 2, 2, ceil_mode=True)
+    return x
+
+
+class RigidNet(nn.Module):
+    """Conv layers down to 1/8 resolution that predict a local velocity (mm) and a confidence per
+    coarse voxel, then a weighted least-squares fit of one rigid velocity to them: 6 values, the
+    angular velocity (rad) and the translation velocity (mm) about the rotation centre.
+
+    The fit is the fixed 'fully connected' layer of this head: it makes the network's job local
+    (where does this patch of the warped image need to move?) and equivariant to position, which
+    is what lets a small CPU-trained network handle rotations of 75 degrees.
+    """
+
+    def __init__(self, width: int = 16, scale: float = 10.0, ridge: float = 1e-3, step: float = 100.0):
+        super().__init__()
+        self.step = nn.Parameter(torch.tensor(step))  # mm per unit time along the normalised force
+        w = width
+        self.features = nn.Sequential(_block(IN_CHANNELS, w, 2), _block(w, 2 * w, 2), _block(2 * w, 2 * w, 2), _block(2 * w, 2 * w))
+        self.flow = nn.Conv3d(2 * w, 4, 3, 1, 1)
+        nn.init.zeros_(self.flow.weight)
+        nn.init.zeros_(self.flow.bias)
+        self.scale, self.ridge, self.stride = scale, ridge, 8
+
+    def forward(self, warped, fixed, t, force, center_index, spacing: float):
+        """``center_index [B, 3]``: the rotation centre as a continuous (x, y, z) index of the level
+        grid; ``spacing``: the level's (isotropic) spacing in mm."""
+        out = self.flow(self.features(_inputs(warped, fixed, t, force)))
+        learned = fit_rigid_velocity(out[:, :3] * self.scale, F.softplus(out[:, 3:] + 1.0), center_index, spacing, self.stride, self.ridge)
+        pooled = _pool(force, 2)
+        guided = fit_rigid_velocity(pooled, torch.ones_like(pooled[:, :1]), center_index, spacing, 4, self.ridge, offset=1.5)
+        return learned + self.step * guided
+
+
+def fit_rigid_velocity(v: torch.Tensor, weight: torch.Tensor, center_index: torch.Tensor, spacing: float, stride: int = 1,
+                       ridge: float = 1e-3, offset: float = 0.0) -> torch.Tensor:
+    """The rigid velocity ``[B, 6]`` (omega, t) that best explains a velocity field ``v [B, 3, z, y, x]``
+    (mm, grid axes) in weighted least squares: ``v(r) ~ omega x r + t``, ``r`` in mm from the centre
+    (``center_index [B, 3]``, (x, y, z) index of the input grid; voxel k of ``v`` sits at input index
+    ``stride * k + offset``)."""
+    nz, ny, nx = v.shape[2:]
+    axes = [torch.arange(n, dtype=v.dtype, device=v.device) * stride + offset for n in (nx, ny, nz)]
+    index = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).permute(2, 1, 0, 3).reshape(1, -1, 3)  # z, y, x order
+    r = (index - center_index[:, None, :].to(v.dtype)) * spacing  # [B, N, 3] mm from the centre
+    zero = torch.zeros_like(r[..., 0])
+    x, y, z = r.unbind(-1)
+    cross = torch.stack([zero, z, -y, -z, zero, x, y, -x, zero], -1).reshape(*r.shape[:2], 3, 3)  # omega x r = cross @ omega
+    a = torch.cat([cross, torch.eye(3, dtype=v.dtype, device=v.device).expand_as(cross)], -1)  # [B, N, 3, 6]
+    w = weight.flatten(2).transpose(1, 2)[..., None]  # [B, N, 1, 1]
+    m = (a.transpose(-1, -2) @ (w * a)).sum(1)  # [B, 6, 6]
+    b = (a.transpose(-1, -2) @ (w * v.flatten(2).transpose(1, 2)[..., None])).sum(1)  # [B, 6, 1]
+    # rotations in radians times the field's extent: both blocks in mm, a well-conditioned system
+    extent = spacing * stride * max(nx, ny, nz)
+    s = torch.diag(torch.tensor([1 / extent] * 3 + [1.0] * 3, dtype=v.dtype, device=v.device))
+    m = s @ m @ s + ridge * w.sum((1, 2, 3))[:, None, None] * torch.eye(6, dtype=v.dtype, device=v.device)
+    return (s @ torch.linalg.solve(m, s @ b))[..., 0]
+
+
+class BSplineNet(nn.Module):
+    """A fully convolutional net with downsampling, resampled to the control grid: control-point
+    velocities (``scale`` mm per unit output), ``[B, 3, *control_shape]``."""
+
+    def __init__(self, width: int = 16, scale: float = 10.0, step: float = 5.0):
+        super().__init__()
+        w = width
+        self.step = nn.Parameter(torch.tensor(step))
+        self.features = nn.Sequential(_block(IN_CHANNELS, w, 2), _block(w, 2 * w, 2), _block(2 * w, 2 * w))
+        self.head = nn.Sequential(_block(2 * w, 2 * w), nn.Conv3d(2 * w, 3, 3, 1, 1))
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+        self.scale = scale
+
+    def forward(self, warped, fixed, t, force, to_control):
+        """``to_control(features)`` resamples a feature map to the control grid (the model knows
+        where the control points lie in this level's grid)."""
+        learned = self.head(to_control(self.features(_inputs(warped, fixed, t, force)))) * self.scale
+        return learned + self.step * to_control(_pool(force, 2))
+
+
+class UNet(nn.Module):
+    """A small 3D U-Net working at half the level's resolution (velocities are smooth), its output
+    upsampled to the level grid: voxel velocities (``scale`` mm per unit output), ``[B, 3, nz, ny, nx]``."""
+
+    def __init__(self, width: int = 16, scale: float = 5.0, step: float = 2.0):
+        super().__init__()
+        w = width
+        self.step = nn.Parameter(torch.tensor(step))
+        self.enc = nn.ModuleList([_block(IN_CHANNELS, w, 2), _block(w, 2 * w, 2), _block(2 * w, 2 * w, 2), _block(2 * w, 2 * w, 2)])
+        self.dec = nn.ModuleList([_block(4 * w, 2 * w), _block(4 * w, 2 * w), _block(3 * w, w)])
+        self.out = nn.Conv3d(w, 3, 3, 1, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.scale = scale
+
+    def forward(self, warped, fixed, t, force):
+        x = _inputs(warped, fixed, t, force)
+        size = x.shape[2:]
+        skips = []
+        for layer in self.enc:
+            x = layer(x)
+            skips.append(x)
+        skips.pop()
+        for layer in self.dec:
+            skip = skips.pop()
+            x = F.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=False)
+            x = layer(torch.cat([x, skip], dim=1))
+        learned = F.interpolate(self.out(x), size=size, mode="trilinear", align_corners=False) * self.scale
+        smooth = F.interpolate(_pool(force, 2), size=size, mode="trilinear", align_corners=False)
+        return learned + self.step * smooth
+
+
+NETWORKS = {"rigid": RigidNet, "bspline": BSplineNet, "dense": UNet}

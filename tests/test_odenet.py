@@ -1,0 +1,292 @@
+"""MS-ODENet: solvers, parameterisations, checkpoints, training, registration and bad inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from typer.testing import CliRunner
+
+from regode.cli import app
+from regode.errors import RegodeError
+from regode.grid import Grid
+from regode.io import load_transform, read_image, write_image
+from regode.odenet import checkpoint
+from regode.odenet.data import MotionRange, SyntheticPairs, recenter
+from regode.odenet.model import MSODENet, ModelConfig, parse_schedule, pyramid
+from regode.odenet.train import TrainConfig, losses, train
+from regode.synthetic import phantom_labels, render
+from regode.transforms import Rigid, euler_matrix, rotation_matrix
+from regode.warp import resample
+
+runner = CliRunner()
+OBLIQUE = tuple(euler_matrix(torch.tensor([0.2, -0.3, 0.4], dtype=torch.float64)).numpy().ravel())
+
+
+class Constant(nn.Module):
+    """A hand-made f: the same velocity (in the level grid's axes) whatever the images."""
+
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+    def forward(self, warped, fixed, t, force, to_control=None, spacing=None):
+        if self.value.numel() == 6:
+            return self.value.expand(warped.shape[0], -1)
+        v = self.value[None, :, None, None, None]
+        return v.expand(warped.shape[0], 3, *(to_control(warped).shape[2:] if callable(to_control) else warped.shape[2:])).clone()
+
+
+@pytest.mark.parametrize("schedule", ["F(0.25)-F(0.5)", "R(0.5)-R(1)", "A(1e-3)-A(1e-4)", "F(0.1)-A(1e-3)"])
+@pytest.mark.parametrize("kind", ["rigid", "bspline", "dense"])
+def test_constant_velocity_integrates_exactly(kind, schedule):
+    grid = Grid((12, 10, 8), (4.0, 4.0, 4.0), (-20.0, -18.0, -14.0), OBLIQUE)
+    model = MSODENet(ModelConfig(kind=kind, levels=2, horizon=2.0, schedule=schedule, spacing=4.0, control_spacing=16.0))
+    value = torch.tensor([0.05, -0.02, 0.03, 1.5, -2.0, 0.5]) if kind == "rigid" else torch.tensor([1.5, -2.0, 0.5])
+    for i in range(2):
+        model.nets[i] = Constant(value)
+    volume = torch.rand(1, 1, *grid.shape)
+    levels = pyramid(volume, grid, 2)
+    theta, nfe = model(levels, levels)
+    d = torch.as_tensor(grid.direction_matrix, dtype=torch.float32)
+    if kind == "rigid":
+        # a constant body velocity: R(s) = exp(s [w]), translation = integral of R(s) t ds
+        omega, shift = torch.det(d) * d @ value[:3], d @ value[3:]
+        s = (torch.arange(4000, dtype=torch.float64) + 0.5) / 2000
+        moved = (rotation_matrix(s[:, None] * omega.double()) @ shift.double()).mean(0) * 2.0
+        tol = 1e-5 if schedule.startswith("R") else 2e-2  # Euler and adaptive Heun (tol 1e-3) are less exact
+        torch.testing.assert_close(theta[0, :3], omega * 2.0, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(theta[0, 3:].double(), moved, atol=tol, rtol=tol)
+    else:
+        world = (d @ value) * 2.0  # mm after T = 2 in world axes, at every state point
+        torch.testing.assert_close(theta.movedim(1, -1).reshape(-1, 3), world.expand(theta[0, 0].numel(), 3), atol=1e-4, rtol=1e-4)
+    assert all(n >= 1 for n in nfe) and len(nfe) == 2
+
+
+def test_schedule_parsing():
+    solvers = parse_schedule("A(1e-3)-A(1e-3)-F(0.1)", 3)
+    assert [s.method for s in solvers] == ["adaptive_heun", "adaptive_heun", "euler"]
+    assert solvers[0].kwargs() == {"method": "adaptive_heun", "rtol": 1e-3, "atol": 1e-3}
+    assert solvers[2].kwargs() == {"method": "euler", "options": {"step_size": 0.1}}
+    for bad in ("F(0.1)-F(0.1)", "X(1)-F(1)-F(1)", "F(0.1)F(0.2)-F(1)", "F(-1)-F(1)-F(1)"):
+        with pytest.raises(ValueError):
+            parse_schedule(bad, 3)
+
+
+def test_recenter_keeps_the_motion():
+    params = torch.tensor([[0.3, -0.2, 0.5, 4.0, -3.0, 7.0]], dtype=torch.float64)
+    old, new = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64), torch.tensor([[-10.0, 5.0, 20.0]], dtype=torch.float64)
+    pts = torch.randn(1, 50, 3, dtype=torch.float64) * 40
+    torch.testing.assert_close(Rigid(params, old)(pts), Rigid(recenter(params, old, new), new)(pts))
+
+
+def _tiny(kind):
+    return TrainConfig(model=ModelConfig(kind=kind, levels=2, horizon=2.0, schedule="F(0.5)-F(0.5)", spacing=6.0, width=4),
+                       size=24, batch=1, steps=3, lr=1e-3, checkpoint_every=1, validate_every=2, val_pairs=1)
+
+
+@pytest.mark.parametrize("kind", ["rigid", "bspline", "dense"])
+def test_checkpoint_round_trip(tmp_path, kind):
+    config = _tiny(kind)
+    torch.manual_seed(1)
+    model = MSODENet(config.model)
+    for p in model.parameters():  # make the zero-initialised heads non-trivial
+        p.data.add_(0.05 * torch.randn_like(p))
+    checkpoint.save(tmp_path / "m.pt", model, config, 7, 1.0, [])
+    again, doc = checkpoint.load_model(tmp_path / "m.pt", kind)
+    assert doc["step"] == 7 and again.config == model.config
+    pair = SyntheticPairs(kind, size=24, spacing=6.0, seed=3).batch(0, 1)
+    with torch.no_grad():
+        a = model(pyramid(pair.fixed, pair.grid, 2), pyramid(pair.moving, pair.grid, 2), pair.theta0, pair.center)[0]
+        b = again(pyramid(pair.fixed, pair.grid, 2), pyramid(pair.moving, pair.grid, 2), pair.theta0, pair.center)[0]
+    assert a.abs().sum() > 0
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_training_lowers_the_loss():
+    config = _tiny("rigid")
+    torch.manual_seed(0)
+    model = MSODENet(config.model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    pair = SyntheticPairs("rigid", size=24, spacing=6.0, seed=5, motion=MotionRange(max_rotation=20)).batch(0, 2)
+    errors = []
+    for _ in range(20):
+        loss, info = losses(model, pair, config)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        errors.append(info["self"])
+    assert errors[-1] < 0.8 * errors[0]
+
+
+def test_adjoint_gradients_match_backprop():
+    """With an accurate solver (rk4) the adjoint ODE gives the gradients of plain backprop."""
+    config = _tiny("bspline")
+    config.model = ModelConfig(kind="bspline", levels=2, horizon=2.0, schedule="R(0.25)-R(0.25)", spacing=6.0, width=4)
+    torch.manual_seed(0)
+    model = MSODENet(config.model)
+    for p in model.parameters():
+        p.data.add_(0.02 * torch.randn_like(p))
+    pair = SyntheticPairs("bspline", size=24, spacing=6.0, seed=2).batch(0, 1)
+    grads = []
+    for adjoint in (False, True):
+        model.zero_grad()
+        loss, _ = losses(model, pair, config, adjoint=adjoint)
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert grads[0].abs().sum() > 0
+    assert float(torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0)) > 0.99
+    assert abs(float(grads[0].norm() / grads[1].norm()) - 1) < 0.02
+
+
+def test_resume_continues_exactly(tmp_path):
+    config = _tiny("rigid")
+    train(config, tmp_path / "full.pt", progress=False)
+    config.steps = 2
+    train(config, tmp_path / "part.pt", progress=False)
+    train(config, tmp_path / "part.pt", resume=True, progress=False, steps=3)
+    a = checkpoint.load(tmp_path / "full.pt")["model"]
+    b = checkpoint.load(tmp_path / "part.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert checkpoint.load(tmp_path / "part.pt")["step"] == 3
+
+
+def test_train_cli_writes_model_and_log(tmp_path):
+    out = tmp_path / "tiny.pt"
+    result = runner.invoke(app, ["train", "--model", "dense", "--synthetic", "--out", str(out), "--steps", "2", "--size", "24",
+                                 "--spacing", "6", "--levels", "2", "--schedule", "F(0.5)-F(1)", "--width", "4",
+                                 "--batch", "1", "--validate-every", "1", "--quiet"])
+    assert result.exit_code == 0, result.output
+    model, doc = checkpoint.load_model(out, "dense")
+    assert "optimizer" not in doc and doc["step"] == 2 and doc["train_config"]["lambda_reg"] == 10.0
+    assert len(doc["history"]) == 2 and (tmp_path / "tiny.pt.ckpt").exists()
+
+
+# ------------------------------------------------------------------------------- register
+@pytest.fixture(scope="module")
+def rotated_pair(tmp_path_factory):
+    """A two-contrast phantom pair, the moving one rotated by 20 degrees (and shifted)."""
+    folder = tmp_path_factory.mktemp("pair")
+    grid = Grid((80, 96, 64), (1.5, 1.5, 2.0), (-60.0, -72.0, -64.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    labels = phantom_labels(grid, 20, 0)
+    truth = Rigid(torch.tensor([[0.0, 0.0, np.deg2rad(20), 4.0, -3.0, 2.0]], dtype=torch.float64), torch.as_tensor(grid.center)[None])
+    write_image(render(labels, grid, 1), grid, folder / "fixed.nii.gz")
+    write_image(resample(render(labels, grid, 2), grid, grid, truth.inverse()), grid, folder / "moving.nii.gz")
+    write_image(resample(labels.float(), grid, grid, truth.inverse(), "label"), grid, folder / "labels.nii.gz", np.int16)
+    return folder, truth
+
+
+def _identity_model(kind: str) -> MSODENet:
+    """An MS-ODENet whose every velocity is zero (untrained learned term, force step 0)."""
+    model = MSODENet(ModelConfig(kind=kind))
+    for net in model.nets:
+        net.step.data.zero_()
+    return model
+
+
+def _angle(found, truth) -> float:
+    r = found.matrix[0].double() @ truth.matrix[0].double().T
+    return float(np.degrees(np.arccos(np.clip((float(torch.trace(r)) - 1) / 2, -1, 1))))
+
+
+@pytest.mark.xfail(strict=True, reason="issue 4 open: the shipped rigid weights do not yet recover 20 degrees to < 2 degrees")
+def test_register_recovers_a_20_degree_rotation(rotated_pair, tmp_path):
+    folder, truth = rotated_pair
+    out = str(tmp_path / "r_")
+    result = runner.invoke(app, ["register", "-f", str(folder / "fixed.nii.gz"), "-m", str(folder / "moving.nii.gz"), "-o", out,
+                                 "--model", "rigid"])
+    assert result.exit_code == 0, result.output
+    assert _angle(load_transform(out + "0GenericAffine.mat"), truth) < 2.0
+
+
+def test_register_writes_the_fixed_to_moving_mapping(tmp_path):
+    """End-to-end geometry of register's files: a pure 12 mm shift of an oblique, anisotropic image
+    is found by the centre-of-mass start (the model's velocity is zero), and the .mat maps fixed
+    points to moving points, with labels and images on the fixed grid."""
+    grid = Grid((64, 72, 40), (1.5, 1.25, 2.5), (-40.0, -45.0, -50.0), OBLIQUE)
+    labels = phantom_labels(grid, 12, 3)
+    shift = torch.tensor([[8.0, -6.0, 6.0]], dtype=torch.float64)
+    truth = Rigid(torch.cat([torch.zeros(1, 3, dtype=torch.float64), shift], 1))
+    write_image(render(labels, grid, 1), grid, tmp_path / "f.nii.gz")
+    write_image(resample(render(labels, grid, 1), grid, grid, truth.inverse()), grid, tmp_path / "m.nii.gz")
+    write_image(resample(labels.float(), grid, grid, truth.inverse(), "label"), grid, tmp_path / "ml.nii.gz", np.int16)
+    model = _identity_model("rigid")
+    checkpoint.save(tmp_path / "r.pt", model, TrainConfig(model=model.config), 0, 0.0, [])
+    out = str(tmp_path / "t_")
+    result = runner.invoke(app, ["register", "-f", str(tmp_path / "f.nii.gz"), "-m", str(tmp_path / "m.nii.gz"), "-o", out,
+                                 "--model", "rigid", "--checkpoint", str(tmp_path / "r.pt"), "--moving-labels", str(tmp_path / "ml.nii.gz")])
+    assert result.exit_code == 0, result.output
+    found = load_transform(out + "0GenericAffine.mat")
+    pts = torch.as_tensor(grid.center)[None, None] + torch.randn(1, 100, 3, dtype=torch.float64) * 20
+    assert float((found(pts) - truth(pts)).norm(dim=-1).max()) < 1.0
+    warped = read_image(out + "WarpedLabels.nii.gz")
+    assert warped.dtype == np.int16 and warped.grid.same_as(grid)
+    assert set(np.unique(warped.data.numpy())) <= set(range(12))
+    inner = labels[0, 0].numpy() > 0
+    assert (warped.data[0, 0].numpy()[inner] == labels[0, 0].numpy()[inner]).mean() > 0.9
+    for suffix in ("Warped.nii.gz", "InverseWarped.nii.gz", "regode.json"):
+        assert (tmp_path / f"t_{suffix}").exists()
+
+
+def test_register_writes_ants_readable_deformable_outputs(rotated_pair, tmp_path):
+    """A hybrid run with a zero-velocity B-spline model: the files exist, are readable by SimpleITK,
+    and the warp of an identity model is zero."""
+    import SimpleITK as sitk
+
+    folder, _ = rotated_pair
+    model = _identity_model("bspline")
+    checkpoint.save(tmp_path / "b.pt", model, TrainConfig(model=model.config), 0, 0.0, [])
+    out = str(tmp_path / "h_")
+    result = runner.invoke(app, ["register", "-f", str(folder / "fixed.nii.gz"), "-m", str(folder / "moving.nii.gz"), "-o", out,
+                                 "--model", "rigid+bspline", "--checkpoint", str(tmp_path / "b.pt"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    warp = sitk.ReadImage(out + "1Warp.nii.gz")
+    assert warp.GetNumberOfComponentsPerPixel() == 3 and warp.GetSize() == (80, 96, 64)
+    assert np.abs(sitk.GetArrayFromImage(warp)).max() < 1e-4
+    sitk.ReadTransform(out + "0GenericAffine.mat")
+
+
+def _run(args):
+    result = runner.invoke(app, args)
+    return result.exit_code, result.output
+
+
+def test_register_bad_inputs(rotated_pair, tmp_path):
+    folder, _ = rotated_pair
+    f, m = str(folder / "fixed.nii.gz"), str(folder / "moving.nii.gz")
+    out = str(tmp_path / "bad_")
+    code, text = _run(["register", "-f", str(tmp_path / "missing.nii.gz"), "-m", m, "-o", out, "--model", "rigid"])
+    assert code == 1 and "missing.nii.gz" in text
+    grid4 = np.zeros((2, 8, 8, 8), dtype=np.float32)
+    import SimpleITK as sitk
+
+    sitk.WriteImage(sitk.GetImageFromArray(grid4, isVector=False), str(tmp_path / "four.nii.gz"))
+    code, text = _run(["register", "-f", f, "-m", str(tmp_path / "four.nii.gz"), "-o", out, "--model", "rigid"])
+    assert code == 1 and "3D" in text
+    (tmp_path / "corrupt.pt").write_bytes(b"\x00not a torch file" * 10)
+    code, text = _run(["register", "-f", f, "-m", m, "-o", out, "--model", "rigid", "--checkpoint", str(tmp_path / "corrupt.pt")])
+    assert code == 1 and "cannot read checkpoint" in text
+    torch.save({"state_dict": {"w": torch.zeros(3)}}, tmp_path / "foreign.pt")
+    code, text = _run(["register", "-f", f, "-m", m, "-o", out, "--model", "rigid", "--checkpoint", str(tmp_path / "foreign.pt")])
+    assert code == 1 and "not a regode MS-ODENet checkpoint" in text
+    code, text = _run(["register", "-f", f, "-m", m, "-o", str(tmp_path / "no" / "dir_"), "--model", "rigid"])
+    assert code == 1 and "does not exist" in text
+    assert not list(tmp_path.glob("bad_*"))
+
+
+def test_register_rejects_a_mismatched_label_image(rotated_pair, tmp_path):
+    folder, _ = rotated_pair
+    grid = Grid((10, 10, 10), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    write_image(np.ones((10, 10, 10), np.int16), grid, tmp_path / "small.nii.gz", np.int16)
+    code, text = _run(["register", "-f", str(folder / "fixed.nii.gz"), "-m", str(folder / "moving.nii.gz"), "-o", str(tmp_path / "x_"),
+                       "--model", "rigid", "--moving-labels", str(tmp_path / "small.nii.gz")])
+    assert code == 1 and "not on the moving image's grid" in text
+    assert not list(tmp_path.glob("x_*"))
+
+
+def test_load_model_checks_the_kind(tmp_path):
+    model = MSODENet(ModelConfig(kind="dense"))
+    checkpoint.save(tmp_path / "d.pt", model, TrainConfig(model=model.config), 0, 0.0, [])
+    with pytest.raises(RegodeError, match="dense model"):
+        checkpoint.load_model(tmp_path / "d.pt", "rigid")
