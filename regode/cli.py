@@ -97,7 +97,7 @@ class Task(str, enum.Enum):
 def bench(
     data: Annotated[Path, typer.Option("--data", help="Dataset folder: DIR/<subject>/<contrast>.nii.gz (+ seg/labels).")],
     task: Annotated[Task, typer.Option("--task", help="Synthetic motion to undo, or inter-subject pairs.")] = Task.rigid,
-    methods: Annotated[str, typer.Option("--methods", help="Comma-separated: identity, ants:Rigid, ants:SyN, ants:SyNRA, ...")] = "identity",
+    methods: Annotated[str, typer.Option("--methods", help="Comma-separated: identity, ants:Rigid, ants:SyN, ants:SyNRA, regode:rigid, regode:rigid+bspline, ...")] = "identity",
     pairs: Annotated[int, typer.Option("--pairs", min=1, help="Number of cases.")] = 5,
     seed: Annotated[int, typer.Option("--seed", help="Seed of cases, motion and methods.")] = 0,
     resolution: Annotated[float, typer.Option("--resolution", help="Isotropic working spacing in mm (0: native).")] = 2.0,
