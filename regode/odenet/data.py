@@ -20,7 +20,7 @@ import torch
 from ..grid import Grid
 from ..sampling import sample, sample_labels
 from ..transforms import BSpline, Rigid, Transform, euler_matrix
-from .preprocess import blur, center_of_mass, normalise
+from .preprocess import blur, center_of_mass, normalise, to_grid
 
 
 @dataclass
@@ -200,8 +200,6 @@ class FolderPairs(PairSource):
         from ..bench.run import discover
         from ..errors import RegodeError
         from ..io import read_image
-        from ..transforms import Compose
-        from ..warp import resample
 
         self.subjects = []
         for subject in discover(data):
@@ -211,11 +209,7 @@ class FolderPairs(PairSource):
             first = next(iter(images.values()))
             com = center_of_mass(first.data, first.grid)
             grid = training_grid(self.size, self.spacing, com.numpy())
-            vols = []
-            for image in images.values():
-                sig = [max(0.0, 0.5 * (self.spacing / s - 1)) for s in image.grid.spacing]
-                vols.append(normalise(resample(blur(image.data, sig), image.grid, grid, Compose([]))))
-            self.subjects.append((vols, grid))
+            self.subjects.append(([to_grid(image, grid) for image in images.values()], grid))
         if not self.subjects:
             raise RegodeError(f"no subject in {data} has two contrasts")
 

@@ -45,6 +45,16 @@ def normalise(volume: torch.Tensor, low: float = 0.5, high: float = 99.5) -> tor
     return out
 
 
+def to_grid(image, grid: Grid) -> torch.Tensor:
+    """``image`` (an :class:`~regode.io.Image`) resampled onto ``grid`` (world LPS, linear), smoothed
+    first along every axis the new grid samples more coarsely, and normalised to [0, 1]."""
+    from ..transforms import Compose
+    from ..warp import resample
+
+    sigmas = [0.5 * (new / old) if new > old * 1.01 else 0.0 for old, new in zip(image.grid.spacing, grid.spacing)]
+    return normalise(resample(blur(image.data, sigmas), image.grid, grid, Compose([])))
+
+
 def center_of_mass(volume: torch.Tensor, grid: Grid) -> torch.Tensor:
     """World position (mm) of the intensity-weighted centre of the first volume of ``[B, 1, ...]``."""
     v = volume[0, 0].double().clamp(min=0)

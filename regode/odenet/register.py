@@ -24,7 +24,7 @@ from ..transforms import Affine, Compose, DisplacementField, Transform
 from ..warp import resample
 from .checkpoint import file_hash, load_model, weights_dir
 from .model import MSODENet, pyramid
-from .preprocess import blur, center_of_mass, normalise
+from .preprocess import center_of_mass, to_grid
 
 MODELS = ("rigid", "bspline", "dense", "rigid+bspline", "rigid+dense")
 
@@ -90,12 +90,10 @@ def load_models(config: RegisterConfig) -> dict[str, tuple[MSODENet, Path]]:
 def working_image(image: Image, spacing: float, device: torch.device) -> tuple[torch.Tensor, Grid]:
     """The image on an isotropic grid of ``spacing`` mm over its own field of view, anti-aliased
     and normalised to [0, 1]."""
-    grid = image.grid.with_spacing(spacing)
-    sigmas = [0.5 * (spacing / s) if spacing > s * 1.01 else 0.0 for s in image.grid.spacing]
-    data = resample(blur(image.data, sigmas), image.grid, grid, Compose([]))
-    if float(data.max()) <= float(data.min()):
+    if float(image.data.max()) <= float(image.data.min()):
         raise RegodeError(f"{image.path or 'image'} is constant: nothing to register")
-    return normalise(data).to(device), grid
+    grid = image.grid.with_spacing(spacing)
+    return to_grid(image, grid).to(device), grid
 
 
 def register_images(fixed: Image, moving: Image, config: RegisterConfig, models: dict | None = None) -> Result:

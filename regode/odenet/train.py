@@ -101,8 +101,9 @@ def losses(model: MSODENet, pair: Pair, config: TrainConfig, adjoint: bool = Fal
     theta, nfe = model(pyramid(pair.fixed, pair.grid, levels), pyramid(pair.moving, pair.grid, levels),
                        pair.theta0, pair.center, adjoint=adjoint)
     transform = model.transform(theta, model.state_grid(pair.grid), pair.center)
-    disp = transform.displacement(pair.grid)
-    warped = sample(pair.moving, pair.grid, transform.map_grid(pair.grid))
+    moved = transform.map_grid(pair.grid)
+    disp = (moved - pair.grid.world_points(dtype=moved.dtype)[None]).movedim(-1, 1)
+    warped = sample(pair.moving, pair.grid, moved)
     l_sim = -mutual_information(warped, pair.fixed)
     if model.config.kind == "rigid":
         diff = theta - pair.truth
