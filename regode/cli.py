@@ -92,6 +92,11 @@ class Task(str, enum.Enum):
     inter = "inter-subject"
 
 
+class Contrasts(str, enum.Enum):
+    different = "different"
+    same = "same"
+
+
 @app.command()
 @user_errors
 def bench(
@@ -102,6 +107,7 @@ def bench(
     seed: Annotated[int, typer.Option("--seed", help="Seed of cases, motion and methods.")] = 0,
     resolution: Annotated[float, typer.Option("--resolution", help="Isotropic working spacing in mm (0: native).")] = 2.0,
     threads: Annotated[int, typer.Option("--threads", help="CPU threads for every method (0: all cores).")] = 0,
+    contrasts: Annotated[Contrasts, typer.Option("--contrasts", help="Synthetic-motion tasks: moving image of another contrast (multi-modal) or the same one.")] = Contrasts.different,
     max_rotation: Annotated[float, typer.Option(help="Rigid task: rotations U(-a, a) degrees per axis.")] = 75.0,
     max_translation: Annotated[float, typer.Option(help="Rigid task: translations U(-t, t) mm per axis.")] = 20.0,
     hybrid_max_rotation: Annotated[float, typer.Option(help="rigid+deformable: rotation range (degrees).")] = 40.0,
@@ -124,7 +130,7 @@ def bench(
 
     config = BenchConfig(
         data=str(data), task=task.value, methods=[m.strip() for m in methods.split(",") if m.strip()], pairs=pairs,
-        seed=seed, resolution=resolution or None, threads=threads,
+        seed=seed, resolution=resolution or None, threads=threads, contrasts=contrasts.value,
         motion=MotionConfig(max_rotation, max_translation, hybrid_max_rotation, hybrid_max_translation, bspline_sigma, control_spacing),
     )
     run(config, out or Path(f"bench_{task.value.replace('+', '_')}"), progress=not quiet)
@@ -230,6 +236,86 @@ def train(
     result = run_training(config, out, resume=resume, progress=not quiet, steps=steps)
     last = result["history"][-1]["val_rmse_mm"] if result["history"] else float("nan")
     print(f"wrote {out}: {result['steps']} steps in {result['seconds'] / 60:.1f} min, validation RMSE(phi) {last:.2f} mm")
+
+
+class Sampler(str, enum.Enum):
+    downsize = "downsize"
+    patch = "patch"
+    hybrid = "hybrid"
+
+
+class Metric(str, enum.Enum):
+    mi = "mi"
+    ncc = "ncc"
+    mse = "mse"
+
+
+class Encoding(str, enum.Enum):
+    grid = "grid"
+    fourier = "fourier"
+    none = "none"
+
+
+class Activation(str, enum.Enum):
+    relu = "relu"
+    sine = "sine"
+
+
+class Solver(str, enum.Enum):
+    euler = "euler"
+    midpoint = "midpoint"
+    rk4 = "rk4"
+
+
+@app.command("fit-field")
+@user_errors
+def fit_field(
+    fixed: Annotated[Path, typer.Option("--fixed", "-f", help="Fixed (reference) image.")],
+    moving: Annotated[Path, typer.Option("--moving", "-m", help="Moving image.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Output prefix: PREFIX1Warp.nii.gz, PREFIX1InverseWarp.nii.gz, PREFIX0GenericAffine.mat, PREFIXWarped.nii.gz, ...")],
+    diffeomorphic: Annotated[bool, typer.Option("--diffeomorphic", help="Fit a stationary velocity field and integrate it (no folding).")] = False,
+    sampler: Annotated[Sampler, typer.Option("--sampler", help="Coordinates per step: strided grid, mini-patches, or both (two fields).")] = Sampler.downsize,
+    metric: Annotated[Metric, typer.Option("--metric", help="mi: any contrasts; ncc: local NCC, same contrast; mse.")] = Metric.mi,
+    iterations: Annotated[int, typer.Option("--iterations", min=1, help="Adam steps of the (first) field.")] = 60,
+    coarse_iterations: Annotated[int, typer.Option("--coarse-iterations", min=0, help="Adam steps before --iterations on a 2x coarser lattice and smoothed images.")] = 100,
+    refine_iterations: Annotated[int, typer.Option("--refine-iterations", min=1, help="Adam steps of the second field (hybrid sampler).")] = 20,
+    initial_transform: Annotated[Optional[list[str]], typer.Option("--initial-transform", help="Linear transform file(s) to start from, e.g. register's PREFIX0GenericAffine.mat (-t order; '[f.mat,1]' inverts).")] = None,
+    center_of_mass: Annotated[bool, typer.Option("--center-of-mass", help="Start from the centres-of-mass translation.")] = False,
+    moving_labels: Annotated[Optional[Path], typer.Option("--moving-labels", help="Label image on the moving grid, warped with label interpolation.")] = None,
+    encoding: Annotated[Encoding, typer.Option("--encoding", help="grid: multi-resolution feature grids (fast); fourier: Fourier features; none: raw coordinates (with --activation sine: SIREN).")] = Encoding.grid,
+    activation: Annotated[Activation, typer.Option("--activation", help="MLP activation (sine: SIREN initialisation).")] = Activation.relu,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 4e-2,
+    lambda_fold: Annotated[float, typer.Option(help="Weight of the folding penalty mean(relu(0.1 - det J)).")] = 10.0,
+    lambda_grad: Annotated[float, typer.Option(help="Weight of the gradient energy mean ||J - I||^2.")] = 5.0,
+    lambda_bending: Annotated[float, typer.Option(help="Weight of the bending energy (second differences, per mm^2).")] = 0.0,
+    ncc_window: Annotated[int, typer.Option(min=1, help="Local NCC window (lattice points).")] = 5,
+    spacing: Annotated[float, typer.Option("--spacing", help="Working grid spacing (mm).")] = 2.0,
+    stride: Annotated[int, typer.Option("--stride", min=1, help="Downsize sampler: one point in STRIDE per axis.")] = 3,
+    patch_size: Annotated[int, typer.Option(min=2, help="Mini-patch edge (points).")] = 16,
+    patches: Annotated[int, typer.Option(min=1, help="Mini-patches per step.")] = 4,
+    solver: Annotated[Solver, typer.Option("--solver", help="Velocity integration (--diffeomorphic).")] = Solver.euler,
+    integration_steps: Annotated[int, typer.Option(min=1, help="Fixed integration steps over [0, 1] (--diffeomorphic).")] = 6,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the initial fields and the samplers.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Register MOVING to FIXED by fitting a neural field to this pair (NIR); writes ANTs-named outputs."""
+    from .nir.fields import FieldConfig
+    from .nir.fit import FitConfig, fit_files
+
+    config = FitConfig(
+        diffeomorphic=diffeomorphic, sampler=sampler.value, metric=metric.value, iterations=iterations,
+        coarse_iterations=coarse_iterations, refine_iterations=refine_iterations, lr=lr, spacing=spacing, stride=stride, patch_size=patch_size, patches=patches,
+        ncc_window=ncc_window, lambda_fold=lambda_fold, lambda_grad=lambda_grad, lambda_bending=lambda_bending,
+        solver=solver.value, integration_steps=integration_steps,
+        network=FieldConfig(encoding=encoding.value, activation=activation.value),
+        center_of_mass=center_of_mass, initial_transform=list(initial_transform or []), device=device, threads=threads, seed=seed,
+    )
+    doc = fit_files(fixed, moving, out, config, moving_labels, progress=not quiet)
+    t = doc["timings_s"]
+    print(f"fitted {moving} to {fixed} ({sampler.value} sampler, {metric.value}) in {t['wall']:.2f} s "
+          f"(fit {t['total']:.2f} s); outputs {out}*")
 
 
 @app.command()

@@ -27,6 +27,32 @@ def mutual_information(a: torch.Tensor, b: torch.Tensor, bins: int = 32, max_sam
     return (joint * (torch.log(joint + eps) - torch.log(pa @ pb + eps))).sum((1, 2)).mean()
 
 
+def mattes_mutual_information(a: torch.Tensor, b: torch.Tensor, bins: int = 32) -> torch.Tensor:
+    """Mutual information (nats) between intensities in [0, 1] of two equally long sample sets
+    (any shape), with cubic B-spline Parzen windows (Mattes et al.; ANTs' MI): each sample adds
+    to 4 x 4 bins of the joint histogram, so the cost is linear in the samples, not in the bins.
+    Differentiable with respect to both."""
+    a, b = a.reshape(-1).clamp(0, 1), b.reshape(-1).clamp(0, 1)
+    # bin centres 1 .. bins-2 hold [0, 1]: the kernel (support +-2 bins) never leaves the table
+    pos_a, pos_b = 1 + a * (bins - 3), 1 + b * (bins - 3)
+
+    def weights(pos):
+        base = pos.detach().floor() - 1  # the 4 bins base .. base+3 around pos
+        offsets = torch.arange(4, dtype=pos.dtype, device=pos.device)
+        d = (pos[:, None] - base[:, None] - offsets).abs()
+        w = torch.where(d < 1, 2 / 3 - d**2 + d**3 / 2, (2 - d).clamp(min=0) ** 3 / 6)
+        return w, (base.long()[:, None] + offsets.long()).clamp(0, bins - 1)
+
+    wa, ia = weights(pos_a)
+    wb, ib = weights(pos_b)
+    index = (ia[:, :, None] * bins + ib[:, None, :]).reshape(-1)
+    joint = torch.zeros(bins * bins, dtype=a.dtype, device=a.device).index_add(0, index, (wa[:, :, None] * wb[:, None, :]).reshape(-1))
+    joint = joint.reshape(bins, bins) / joint.sum()
+    pa, pb = joint.sum(1, keepdim=True), joint.sum(0, keepdim=True)
+    eps = 1e-10
+    return (joint * (torch.log(joint + eps) - torch.log(pa * pb + eps))).sum()
+
+
 def gradient_energy(field: torch.Tensor, spacing) -> torch.Tensor:
     """Mean squared spatial gradient ``||grad u||^2`` of a displacement field ``[B, 3, nz, ny, nx]``
     in mm (finite differences; ``spacing`` (x, y, z) in mm), dimensionless."""
@@ -35,3 +61,56 @@ def gradient_energy(field: torch.Tensor, spacing) -> torch.Tensor:
     dy = (field[:, :, :, 1:] - field[:, :, :, :-1]) / sy
     dx = (field[..., 1:] - field[..., :-1]) / sx
     return dz.square().mean() + dy.square().mean() + dx.square().mean()
+
+
+def local_ncc(a: torch.Tensor, b: torch.Tensor, window: int = 5, eps: float = 1e-5) -> torch.Tensor:
+    """Mean squared local normalised cross-correlation (in [0, 1]) of ``[B, 1, d, h, w]``
+    volumes over cubic windows of ``window`` points (windows wholly inside the volumes)."""
+    import torch.nn.functional as F
+
+    w = max(1, min(window, *a.shape[2:]))
+    pool = lambda v: F.avg_pool3d(v, w, stride=1)  # noqa: E731
+    mu_a, mu_b = pool(a), pool(b)
+    cov = pool(a * b) - mu_a * mu_b
+    var_a = (pool(a * a) - mu_a**2).clamp(min=0)
+    var_b = (pool(b * b) - mu_b**2).clamp(min=0)
+    return (cov * cov / (var_a * var_b + eps)).mean()
+
+
+def lattice_jacobian(mapped: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """Jacobian matrices ``[B, d-1, h-1, w-1, 3, 3]`` (world axes) of a mapping known at the
+    points of a regular lattice: ``mapped [B, d, h, w, 3]`` are the images of the lattice points
+    and ``step``'s columns the world vectors of one lattice step along i, j, k (forward
+    differences)."""
+    core = mapped[:, :-1, :-1, :-1]
+    di = mapped[:, :-1, :-1, 1:] - core
+    dj = mapped[:, :-1, 1:, :-1] - core
+    dk = mapped[:, 1:, :-1, :-1] - core
+    by_index = torch.stack([di, dj, dk], -1)  # rows: world component, columns: index axis
+    return by_index @ torch.linalg.inv(step.to(mapped.dtype))
+
+
+def folding_penalty(jacobian: torch.Tensor, floor: float = 0.1) -> torch.Tensor:
+    """Mean of ``relu(floor - det J)``: zero where the mapping keeps orientation and does not
+    compress a volume more than ``1 / floor`` times."""
+    return torch.relu(floor - torch.linalg.det(jacobian)).mean()
+
+
+def jacobian_energy(jacobian: torch.Tensor) -> torch.Tensor:
+    """Mean ``||J - I||_F^2``: the gradient energy of the displacement (dimensionless)."""
+    eye = torch.eye(3, dtype=jacobian.dtype, device=jacobian.device)
+    return (jacobian - eye).square().sum((-2, -1)).mean()
+
+
+def bending_energy(mapped: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """Mean squared second differences of a lattice mapping along each lattice axis, per mm^2
+    (the non-mixed terms of the bending energy)."""
+    lengths = torch.linalg.norm(step, dim=0).to(mapped.dtype)
+    terms = []
+    for axis, length in zip((3, 2, 1), lengths):  # i, j, k are tensor dims w, h, d
+        n = mapped.shape[axis]
+        if n < 3:
+            continue
+        second = mapped.narrow(axis, 2, n - 2) - 2 * mapped.narrow(axis, 1, n - 2) + mapped.narrow(axis, 0, n - 2)
+        terms.append(second.square().sum(-1).mean() / length**4)
+    return sum(terms) if terms else mapped.new_zeros(())

@@ -9,20 +9,30 @@ border replicated, a point further out gets ``padding``.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .grid import Grid
 
-def _to_normalised(grid: Grid, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised coordinates of world points and the mask of points inside the buffer."""
-    m = torch.as_tensor(grid.matrix("world", "normalised"), dtype=points.dtype, device=points.device)
-    coords = points @ m[:3, :3].T + m[:3, 3]
+
+@functools.lru_cache(maxsize=256)
+def _world_to_normalised(grid: Grid, dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(matrix, offset, buffer limit) of ``grid``'s world -> normalised map, cached: optimisation
+    loops sample the same grids thousands of times."""
+    m = torch.as_tensor(grid.matrix("world", "normalised"), dtype=dtype, device=device)
     # half a voxel past the first / last voxel centre, in normalised units
-    limit = 1 + 1 / torch.as_tensor(np.maximum(np.asarray(grid.size) - 1, 1), dtype=points.dtype, device=points.device)
-    inside = (coords.abs() <= limit).all(dim=-1)
-    return coords, inside
+    limit = 1 + 1 / torch.as_tensor(np.maximum(np.asarray(grid.size) - 1, 1), dtype=dtype, device=device)
+    return m[:3, :3].T.contiguous(), m[:3, 3].contiguous(), limit
+
+
+def _to_normalised(grid: Grid, points: torch.Tensor, mask: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Normalised coordinates of world points and the mask of points inside the buffer."""
+    matrix, offset, limit = _world_to_normalised(grid, points.dtype, str(points.device))
+    coords = torch.addmm(offset, points.reshape(-1, 3), matrix).reshape(points.shape)
+    return coords, (coords.abs() <= limit).all(dim=-1) if mask else None
 
 
 def _to_index(grid: Grid, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,9 +45,10 @@ def _to_index(grid: Grid, points: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 
 def sample(
-    volume: torch.Tensor, grid: Grid, points: torch.Tensor, mode: str = "linear", padding: float = 0.0
+    volume: torch.Tensor, grid: Grid, points: torch.Tensor, mode: str = "linear", padding: float | None = 0.0
 ) -> torch.Tensor:
     """Interpolate ``volume`` (on ``grid``) at world ``points``; ``mode`` is "linear" or "nearest".
+    ``padding=None`` replicates the border everywhere (no outside test, faster).
 
     Differentiable with respect to the volume and the points (linear mode).
     """
@@ -45,7 +56,7 @@ def sample(
         raise ValueError(f"sample() supports linear and nearest, not {mode!r}")
     batch = max(volume.shape[0], points.shape[0])
     spatial = points.shape[1:-1]
-    coords, inside = _to_normalised(grid, points)
+    coords, inside = _to_normalised(grid, points, mask=padding is not None)
     coords = coords.reshape(points.shape[0], 1, 1, -1, 3).to(volume.dtype).expand(batch, -1, -1, -1, -1)
     # grid_sample reads the last coordinate axis as (x, y, z) = (i, j, k), i.e. the reverse of the
     # tensor's (D, H, W) dimensions; regode's coordinates are already in that order.
@@ -57,6 +68,8 @@ def sample(
         align_corners=True,
     )
     values = values.reshape(batch, volume.shape[1], *spatial)
+    if inside is None:
+        return values
     inside = inside.reshape(points.shape[0], 1, *spatial)
     return torch.where(inside, values, torch.as_tensor(padding, dtype=values.dtype, device=values.device))
 

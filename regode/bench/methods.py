@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from ..io import Image, load_transform_chain
+from ..nir.fields import FieldConfig
 from ..transforms import Compose, Transform
 
 
@@ -85,10 +86,32 @@ class Regode:
         return register_images(fixed, moving, self.config, self.models).transform
 
 
+class NeuralField:
+    """NIR (``regode fit-field``'s engine) with its defaults plus ``overrides`` (FitConfig fields)."""
+
+    unavailable = None
+
+    def __init__(self, **overrides):
+        from ..nir.fit import FitConfig
+
+        self.config = FitConfig(**overrides)
+
+    def register(self, fixed: Image, moving: Image, seed: int) -> Transform:
+        from ..nir.fit import fit_images
+
+        self.config.seed = seed
+        return fit_images(fixed, moving, self.config).transform
+
+
 METHODS: dict[str, Callable[[], Method]] = {
     "identity": Identity,
     "ants:Rigid": lambda: Ants("Rigid"),
     "ants:SyN": lambda: Ants("SyN"),
     "ants:SyNRA": lambda: Ants("SyNRA"),
     **{f"regode:{m}": (lambda m=m: Regode(m)) for m in ("rigid", "bspline", "dense", "rigid+bspline", "rigid+dense")},
+    "regode:nir": NeuralField,
+    "regode:nir-ncc": lambda: NeuralField(metric="ncc"),
+    "regode:nir-diffeo": lambda: NeuralField(diffeomorphic=True),
+    "regode:nir-fourier": lambda: NeuralField(network=FieldConfig(encoding="fourier")),
+    "regode:nir-siren": lambda: NeuralField(network=FieldConfig(encoding="none", activation="sine"), lr=1e-4),
 }

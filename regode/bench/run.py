@@ -46,6 +46,9 @@ class BenchConfig:
     """isotropic working spacing in mm (None: the fixed image's own grid)."""
     threads: int = 0
     """CPU threads for every method (0: all cores)."""
+    contrasts: str = "different"
+    """synthetic-motion tasks: the moving image is another contrast of the subject (different)
+    or the same contrast (same, a mono-modal case)."""
     motion: MotionConfig = field(default_factory=MotionConfig)
     """synthetic motion distributions."""
 
@@ -130,6 +133,8 @@ def build_cases(config: BenchConfig, subjects: list[Subject]) -> list[Case]:
             raise RegodeError("synthetic-motion tasks need subjects with at least two contrasts")
         subject = candidates[rng.integers(len(candidates))]
         fixed_c, moving_c = rng.choice(list(subject.contrasts), 2, replace=False)
+        if config.contrasts == "same":
+            moving_c = fixed_c
         fixed = _working(read_image(subject.contrasts[fixed_c]), config.resolution)
         grid = fixed.grid
         source = _working(read_image(subject.contrasts[moving_c]), None, "linear", grid)
@@ -184,7 +189,8 @@ def summarise(rows: list[dict], methods: list[str]) -> dict:
 
 def markdown_table(summary: dict, config: BenchConfig, notes: list[str]) -> str:
     head = ["method", "Dice (%)", "RMSE(x)", "RMSE(phi) mm", "% det J<=0", "SDlogJ", "HD95 mm", "s / pair"]
-    lines = [f"Task `{config.task}`, {config.pairs} pairs, seed {config.seed}, "
+    pairing = f", {config.contrasts} contrasts" if config.task != "inter-subject" else ""
+    lines = [f"Task `{config.task}`{pairing}, {config.pairs} pairs, seed {config.seed}, "
              f"{config.resolution or 'native'} mm, {config.threads} threads.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     fmt = {"dice": ".1f", "rmse_x": ".4f", "rmse_phi": ".2f", "neg_jac_pct": ".3f", "sdlogj": ".3f", "hd95": ".2f", "seconds": ".2f"}

@@ -8,23 +8,19 @@ result is the fixed -> moving mapping ``linear(field(x))``: ANTs' ``-t 1Warp -t 
 from __future__ import annotations
 
 import copy
-import json
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..errors import RegodeError
-from ..grid import Grid
 from ..io import Image
-from ..transforms import Affine, Compose, DisplacementField, Transform
-from ..warp import resample
+from ..pipeline import Result, initial_linear, output_paths, read_inputs, resolve_device, working_image, write_outputs
+from ..transforms import Compose, DisplacementField
 from .checkpoint import file_hash, load_model, weights_dir
 from .model import MSODENet, pyramid
-from .preprocess import center_of_mass, to_grid
+from .preprocess import center_of_mass
 
 MODELS = ("rigid", "bspline", "dense", "rigid+bspline", "rigid+dense")
 
@@ -51,29 +47,6 @@ class RegisterConfig:
         return self.model.split("+")
 
 
-@dataclass
-class Result:
-    linear: Affine
-    """the linear part (initial transform and rigid stage), fixed -> moving."""
-    field: DisplacementField | None
-    """the deformable part on the fixed working grid (applied first to fixed points), or None."""
-    stats: dict
-
-    @property
-    def transform(self) -> Transform:
-        return Compose([self.linear, self.field]) if self.field is not None else Compose([self.linear])
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RegodeError("--device cuda was asked for, but torch sees no CUDA device")
-    if name not in ("cpu", "cuda"):
-        raise RegodeError(f"unknown device {name!r}: use auto, cpu or cuda")
-    return torch.device(name)
-
-
 def load_models(config: RegisterConfig) -> dict[str, tuple[MSODENet, Path]]:
     models = {}
     for kind in config.stages():
@@ -87,19 +60,8 @@ def load_models(config: RegisterConfig) -> dict[str, tuple[MSODENet, Path]]:
     return models
 
 
-def working_image(image: Image, spacing: float, device: torch.device) -> tuple[torch.Tensor, Grid]:
-    """The image on an isotropic grid of ``spacing`` mm over its own field of view, anti-aliased
-    and normalised to [0, 1]."""
-    if float(image.data.max()) <= float(image.data.min()):
-        raise RegodeError(f"{image.path or 'image'} is constant: nothing to register")
-    grid = image.grid.with_spacing(spacing)
-    return to_grid(image, grid).to(device), grid
-
-
 def register_images(fixed: Image, moving: Image, config: RegisterConfig, models: dict | None = None) -> Result:
     """Register ``moving`` to ``fixed`` with the MS-ODENet stages of ``config.model``."""
-    from ..io import load_transform_chain
-
     torch.manual_seed(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -119,15 +81,7 @@ def register_images(fixed: Image, moving: Image, config: RegisterConfig, models:
             pyramids[n] = (pyramid(fixed_w, fixed_grid, n), pyramid(moving_w, moving_grid, n))
         return pyramids[n]
 
-    if config.initial_transform:
-        linear = load_transform_chain(config.initial_transform)
-        if not linear.is_linear:
-            raise RegodeError("--initial-transform must be linear (rigid or affine)")
-        linear = linear.as_affine().double()
-    elif config.center_of_mass:
-        linear = Affine(torch.eye(3, dtype=torch.float64), (c_mov - c_fix)[None])
-    else:
-        linear = Affine(torch.eye(3, dtype=torch.float64))
+    linear = initial_linear(config.initial_transform, config.center_of_mass, c_fix, c_mov)
     timings["preprocess"] = time.perf_counter() - start
     field_transform = None
     for kind, (model, _) in models.items():
@@ -153,65 +107,17 @@ def register_images(fixed: Image, moving: Image, config: RegisterConfig, models:
     return Result(linear, field_transform, stats)
 
 
-def output_paths(prefix: str | Path, deformable: bool, labels: bool) -> dict[str, Path]:
-    names = {"affine": "0GenericAffine.mat", "warped": "Warped.nii.gz", "inverse_warped": "InverseWarped.nii.gz",
-             "json": "regode.json"}
-    if deformable:
-        names.update(warp="1Warp.nii.gz", inverse_warp="1InverseWarp.nii.gz")
-    if labels:
-        names["labels"] = "WarpedLabels.nii.gz"
-    return {k: Path(str(prefix) + v) for k, v in names.items()}
-
-
 def register_files(fixed_path, moving_path, prefix, config: RegisterConfig, moving_labels=None) -> dict:
     """Read, register, and write ANTs-named outputs at the fixed image's full resolution."""
     from .. import __version__
-    from ..io import read_image, save_transform, write_image
-    from ..io.atomic import check_writable
 
     start = time.perf_counter()
-    stages = config.stages()
-    paths = output_paths(prefix, stages[-1] != "rigid", moving_labels is not None)
-    for p in paths.values():
-        check_writable(p)
+    paths = output_paths(prefix, config.stages()[-1] != "rigid", moving_labels is not None)
     models = load_models(config)
-    fixed = read_image(fixed_path, what="fixed image")
-    moving = read_image(moving_path, what="moving image")
-    labels = None
-    if moving_labels is not None:
-        labels = read_image(moving_labels, what="moving label image")
-        if not labels.grid.same_as(moving.grid):
-            raise RegodeError(f"moving label image {moving_labels} is not on the moving image's grid (size, spacing, origin, direction)")
+    fixed, moving, labels = read_inputs(fixed_path, moving_path, moving_labels, paths)
     read_s = time.perf_counter() - start
-
     result = register_images(fixed, moving, config, models)
-    t0 = time.perf_counter()
-    linear, grid = result.linear, fixed.grid
-    outputs = {"affine": linear}
-    chain = [linear]
-    inverse_chain = [linear.inverse()]
-    if result.field is not None:
-        work = result.field
-        forward = DisplacementField(grid, work.displacement(grid).float())
-        inverse_work = work.inverse(config.inverse_iterations)
-        inverse = DisplacementField(grid, inverse_work.displacement(grid).float())
-        outputs.update(warp=forward, inverse_warp=inverse)
-        chain.append(forward)
-        inverse_chain.insert(0, inverse)
-    warped = resample(moving.data, moving.grid, grid, Compose(chain))
-    inverse_warped = resample(fixed.data, fixed.grid, moving.grid, Compose(inverse_chain))
-    warped_labels = resample(labels.data, labels.grid, grid, Compose(chain), "label") if labels is not None else None
-    result.stats["timings_s"]["outputs"] = time.perf_counter() - t0
-
-    for key in ("affine", "warp", "inverse_warp"):
-        if key in outputs:
-            save_transform(outputs[key], paths[key])
-    write_image(warped, grid, paths["warped"], np.float32)
-    write_image(inverse_warped, moving.grid, paths["inverse_warped"], np.float32)
-    if warped_labels is not None:
-        write_image(warped_labels, grid, paths["labels"], labels.dtype)
     result.stats["timings_s"]["read"] = read_s
-    result.stats["timings_s"]["wall"] = time.perf_counter() - start
     document = {
         "regode": __version__,
         "command": "register",
@@ -220,14 +126,6 @@ def register_files(fixed_path, moving_path, prefix, config: RegisterConfig, movi
         "moving_labels": str(moving_labels) if moving_labels else None,
         "config": asdict(config),
         "models": {kind: {"path": str(p), "sha256": file_hash(p), "config": m.config.to_dict()} for kind, (m, p) in models.items()},
-        "outputs": {k: str(v) for k, v in paths.items()},
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "machine": platform.platform(),
-        **result.stats,
     }
-    from ..io.atomic import atomic_output
-
-    with atomic_output(paths["json"]) as tmp:
-        Path(tmp).write_text(json.dumps(document, indent=2))
+    write_outputs(result, fixed, moving, labels, paths, document, config.inverse_iterations, start)
     return document

@@ -1,0 +1,185 @@
+"""Neural fields: coordinate networks from fixed-space world points (LPS mm) to millimetres.
+
+A field is an encoding of the point followed by a small MLP whose last layer starts at zero, so
+every fit starts from the identity. Encodings:
+
+- ``grid``: multi-resolution dense grids of learned features, interpolated trilinearly (as in
+  Instant-NGP, without hashing: brain volumes are small enough for dense grids). Fast on a CPU:
+  a point costs a few interpolations and a tiny MLP.
+- ``fourier``: random Fourier features of the normalised coordinates (Tancik et al.).
+- ``none``: the normalised coordinates themselves (with ``activation="sine"``: SIREN).
+
+``activation`` is ``relu`` or ``sine`` (SIREN's initialisation, first-layer frequency ``omega0``).
+A field's output is a displacement, or a stationary velocity integrated over [0, 1] by
+:func:`flow` (torchdiffeq, fixed steps), which gives a diffeomorphic mapping.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..grid import Grid
+from ..sampling import sample
+
+ENCODINGS = ("grid", "fourier", "none")
+ACTIVATIONS = ("relu", "sine")
+
+
+@dataclass
+class FieldConfig:
+    encoding: str = "grid"
+    activation: str = "relu"
+    hidden: int = 32
+    layers: int = 2
+    """hidden layers of the MLP."""
+    grid_levels: int = 4
+    grid_coarsest: float = 32.0
+    """node spacing (mm) of the coarsest feature grid; each level halves it."""
+    grid_features: int = 4
+    fourier_features: int = 64
+    fourier_sigma: float = 4.0
+    omega0: float = 30.0
+
+    def check(self) -> None:
+        from ..errors import RegodeError
+
+        if self.encoding not in ENCODINGS:
+            raise RegodeError(f"unknown encoding {self.encoding!r}: choose from {', '.join(ENCODINGS)}")
+        if self.activation not in ACTIVATIONS:
+            raise RegodeError(f"unknown activation {self.activation!r}: choose from {', '.join(ACTIVATIONS)}")
+
+
+def feature_grid(domain: Grid, spacing: float) -> Grid:
+    """An isotropic grid in ``domain``'s orientation whose nodes cover ``domain`` with one node to
+    spare on every side (so that every point of the domain is interpolated, never padded)."""
+    extent = (np.asarray(domain.size) - 1) * np.asarray(domain.spacing)
+    size = np.ceil(extent / spacing).astype(int) + 3
+    origin = domain.center - domain.direction_matrix @ (spacing * (size - 1) / 2)
+    return Grid(tuple(size), (spacing,) * 3, tuple(origin), domain.direction)
+
+
+class GridEncoding(nn.Module):
+    def __init__(self, domain: Grid, levels: int, coarsest: float, features: int):
+        super().__init__()
+        self.grids = [feature_grid(domain, coarsest / 2**level) for level in range(levels)]
+        self.tables = nn.ParameterList(
+            nn.Parameter(torch.empty(1, features, *g.shape).uniform_(-1e-4, 1e-4)) for g in self.grids)
+        self.out_features = levels * features
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        flat = points.reshape(1, -1, 3)
+        feats = [sample(table, grid, flat, padding=None)[0] for table, grid in zip(self.tables, self.grids)]
+        return torch.cat(feats, 0).T.reshape(*points.shape[:-1], self.out_features)
+
+    def on_grid(self, grid: Grid, slab: slice) -> torch.Tensor:
+        """``forward`` at the voxels of ``grid`` (slices ``slab``), ``[nz, ny, nx, features]``,
+        computed separably (trilinear interpolation is a product of 1D ones when the grid shares
+        the tables' axes): far cheaper than sampling every point."""
+        out = []
+        for table, fgrid in zip(self.tables, self.grids):
+            offset = fgrid.world_to_index(grid.origin)
+            scale = np.asarray(grid.spacing) / np.asarray(fgrid.spacing)
+            w = [_linear_weights(offset[a], scale[a], grid.size[a], fgrid.size[a], table) for a in range(3)]
+            k = torch.arange(grid.size[2])[slab]
+            values = torch.einsum("fzyx,kz,jy,ix->kjif", table[0], w[2][k], w[1], w[0])
+            out.append(values)
+        return torch.cat(out, -1)
+
+
+def _linear_weights(start: float, step: float, n: int, size: int, like: torch.Tensor) -> torch.Tensor:
+    """``[n, size]`` linear interpolation weights of the positions ``start + step * i`` (table
+    indices), clamped to the table as ``grid_sample``'s border mode."""
+    pos = (start + step * torch.arange(n, dtype=torch.float64)).clamp(0, size - 1)
+    base = pos.floor().clamp(max=max(size - 2, 0)).long()
+    frac = (pos - base).to(like.dtype)
+    w = torch.zeros(n, size, dtype=like.dtype, device=like.device)
+    rows = torch.arange(n)
+    w[rows, base] = 1 - frac
+    if size > 1:
+        w[rows, base + 1] += frac
+    return w
+
+
+class FourierEncoding(nn.Module):
+    def __init__(self, features: int, sigma: float):
+        super().__init__()
+        self.register_buffer("B", torch.randn(3, features) * sigma)
+        self.out_features = 2 * features + 3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        proj = math.pi * x @ self.B
+        return torch.cat([x, proj.sin(), proj.cos()], -1)
+
+
+class Sine(nn.Module):
+    def __init__(self, omega: float):
+        super().__init__()
+        self.omega = omega
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(self.omega * x)
+
+
+class NeuralField(nn.Module):
+    """``f(x)``: world points ``[..., 3]`` (mm) -> vectors ``[..., 3]`` (mm, world axes)."""
+
+    def __init__(self, domain: Grid, config: FieldConfig):
+        super().__init__()
+        config.check()
+        self.config = config
+        # world -> [-1, 1] over the domain, for the coordinate encodings
+        m = torch.as_tensor(domain.matrix("world", "normalised"), dtype=torch.float32)
+        self.register_buffer("to_unit", m)
+        if config.encoding == "grid":
+            self.encoding = GridEncoding(domain, config.grid_levels, config.grid_coarsest, config.grid_features)
+        elif config.encoding == "fourier":
+            self.encoding = FourierEncoding(config.fourier_features, config.fourier_sigma)
+        else:
+            self.encoding = None
+        width = self.encoding.out_features if self.encoding is not None else 3
+        layers: list[nn.Module] = []
+        for i in range(config.layers):
+            linear = nn.Linear(width, config.hidden)
+            if config.activation == "sine":
+                bound = 1 / width if i == 0 else math.sqrt(6 / width) / config.omega0
+                nn.init.uniform_(linear.weight, -bound, bound)
+                layers += [linear, Sine(config.omega0)]
+            else:
+                layers += [linear, nn.ReLU()]
+            width = config.hidden
+        last = nn.Linear(width, 3)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.mlp = nn.Sequential(*layers, last)
+
+    def on_grid(self, grid: Grid, slab: slice = slice(None)) -> torch.Tensor:
+        """``forward`` at the voxels of ``grid`` (slices ``slab``): ``[nz, ny, nx, 3]``; separable
+        (fast) for grid encodings on a grid with the domain's axes."""
+        if isinstance(self.encoding, GridEncoding) and np.allclose(grid.direction, self.encoding.grids[0].direction, atol=1e-6):
+            return self.mlp(self.encoding.on_grid(grid, slab))
+        device = self.mlp[-1].weight.device
+        return self(grid.world_points(torch.float32, device, slab))
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.encoding, GridEncoding):
+            features = self.encoding(points)
+        else:
+            unit = points @ self.to_unit[:3, :3].T + self.to_unit[:3, 3]
+            features = self.encoding(unit) if self.encoding is not None else unit
+        return self.mlp(features)
+
+
+def flow(velocity: nn.Module, points: torch.Tensor, steps: int, solver: str, reverse: bool = False) -> torch.Tensor:
+    """Positions at t = 1 of ``points`` moved by the stationary velocity field (t = -1 when
+    ``reverse``: the inverse mapping), integrated with ``steps`` fixed steps of ``solver``."""
+    from torchdiffeq import odeint
+
+    sign = -1.0 if reverse else 1.0
+    times = torch.tensor([0.0, 1.0], dtype=points.dtype, device=points.device)
+    path = odeint(lambda t, y: sign * velocity(y), points, times, method=solver, options={"step_size": 1.0 / steps})
+    return path[-1]
