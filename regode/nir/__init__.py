@@ -1,0 +1,1 @@
+"""NIR: per-pair neural-field registration (fields, samplers, fitting) behind ``regode fit-field``."""
