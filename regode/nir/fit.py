@@ -24,7 +24,7 @@ from ..io import Image
 from ..losses import bending_energy, folding_penalty, jacobian_energy, lattice_jacobian, local_ncc, mattes_mutual_information
 from ..pipeline import Result, initial_linear, output_paths, read_inputs, resolve_device, working_image, write_outputs
 from ..sampling import sample
-from ..transforms import DisplacementField
+from ..transforms import Affine, Compose, DisplacementField
 from .fields import FieldConfig, NeuralField, flow
 from .samplers import Lattice, downsize, patches, region_of
 
@@ -66,6 +66,10 @@ class FitConfig:
     solver: str = "euler"
     integration_steps: int = 6
     network: FieldConfig = field(default_factory=FieldConfig)
+    affine: bool = False
+    """first fit an affine map (12 parameters, on the coarse lattice), then the fields after it:
+    for pairs not linearly aligned yet (e.g. two subjects); it goes into PREFIX0GenericAffine.mat."""
+    affine_iterations: int = 100
     center_of_mass: bool = False
     """start from the centres-of-mass translation (off: a deformable fit expects roughly aligned images)."""
     initial_transform: list = field(default_factory=list)
@@ -89,6 +93,27 @@ class FitConfig:
         values = dict(values)
         values["network"] = FieldConfig(**values.get("network", {}))
         return cls(**values)
+
+
+class AffineFit(torch.nn.Module):
+    """``y -> (I + 0.1 D)(y - c) + c + 10 t`` about ``c`` (mm), starting at the identity; the
+    factors give matrix entries and millimetres comparable steps under one learning rate."""
+
+    def __init__(self, center):
+        super().__init__()
+        self.register_buffer("center", torch.as_tensor(center, dtype=torch.float32))
+        self.D = torch.nn.Parameter(torch.zeros(3, 3))
+        self.t = torch.nn.Parameter(torch.zeros(3))
+
+    def matrix(self) -> torch.Tensor:
+        return torch.eye(3, device=self.D.device) + 0.1 * self.D
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        return (points - self.center) @ self.matrix().T + self.center + 10 * self.t
+
+    def as_affine(self) -> Affine:
+        m = self.matrix().detach().double().cpu()
+        return Affine(m, (10 * self.t).detach().double().cpu()[None], self.center.double().cpu()[None])
 
 
 def mapping(fields: list[NeuralField], points: torch.Tensor, config: FitConfig, inverse: bool = False) -> torch.Tensor:
@@ -163,13 +188,29 @@ def fit_images(fixed: Image, moving: Image, config: FitConfig, progress: bool = 
     fine = ("downsize", config.stride, fixed_w, moving_w, config.iterations)
     first = [fine]
     if config.coarse_iterations:
-        factor = 2 * config.stride
-        sigma = [0.4 * factor] * 3
+        factor, sigma = 2 * config.stride, [0.8 * config.stride] * 3
         first.insert(0, ("downsize", factor, blur(fixed_w, sigma), blur(moving_w, sigma), config.coarse_iterations))
     patch = [("patch", 1, fixed_w, moving_w, config.iterations if config.sampler == "patch" else config.refine_iterations)]
     plan = {"downsize": [first], "patch": [patch], "hybrid": [first, patch]}[config.sampler]
     fields: list[NeuralField] = []
     history = []
+    affine = AffineFit(region.center).to(device) if config.affine else None
+    if affine is not None:  # a linear stage first, on the coarse lattice, as ANTs' Affine before SyN
+        t0 = time.perf_counter()
+        factor, sigma = 2 * config.stride, [0.8 * config.stride] * 3
+        fix_img, mov_img = blur(fixed_w, sigma), blur(moving_w, sigma)
+        optimizer = torch.optim.Adam(affine.parameters(), lr=config.lr)
+        for it in range(config.affine_iterations):
+            lattice = _lattice("downsize", region, factor, config, generator, device)
+            loss = similarity(config.metric, sample(fix_img, fixed_grid, lattice.points),
+                              sample(mov_img, moving_at, affine(lattice.points)), config.ncc_window)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if it % 10 == 0 or it == config.affine_iterations - 1:
+                history.append({"field": 0, "stride": factor, "iteration": it, "loss": float(loss.detach())})
+        affine.requires_grad_(False)
+        timings["affine"] = time.perf_counter() - t0
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn())
     with Progress(*columns, disable=not progress, transient=False) as bar:
         for number, stages in enumerate(plan, 1):
@@ -185,7 +226,7 @@ def fit_images(fixed: Image, moving: Image, config: FitConfig, progress: bool = 
                     lattice = _lattice(kind, region, stride, config, generator, device)
                     moved_points = mapping(fields, lattice.points, config)
                     fixed_values = sample(fix_img, fixed_grid, lattice.points)
-                    moved_values = sample(mov_img, moving_at, moved_points)
+                    moved_values = sample(mov_img, moving_at, affine(moved_points) if affine is not None else moved_points)
                     sim = similarity(config.metric, fixed_values, moved_values, config.ncc_window)
                     jac = lattice_jacobian(moved_points, lattice.step)
                     loss = sim + config.lambda_fold * folding_penalty(jac) + config.lambda_grad * jacobian_energy(jac)
@@ -206,6 +247,8 @@ def fit_images(fixed: Image, moving: Image, config: FitConfig, progress: bool = 
     forward = DisplacementField(fixed_grid, evaluate_on(fixed_grid, fields, config))
     inverse = DisplacementField(fixed_grid, evaluate_on(fixed_grid, fields, config, inverse=True)) if config.diffeomorphic else None
     timings["evaluate"] = time.perf_counter() - t0
+    if affine is not None:  # moving points are linear(affine(y)): the affine is applied first
+        linear = Compose([linear, affine.as_affine()]).as_affine()
     timings["total"] = time.perf_counter() - start
     stats = {"timings_s": timings, "device": str(device), "working_spacing_mm": config.spacing,
              "sample_region": {"size": region.size, "origin": region.origin}, "history": history}
