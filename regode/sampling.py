@@ -102,9 +102,13 @@ def sample_labels(volume: torch.Tensor, grid: Grid, points: torch.Tensor, paddin
                 corner_weights.append(w)
     labels = torch.stack(corner_labels, -1)  # [B, N, 8]
     weights = torch.stack(corner_weights, -1)  # [B, N, 8]
+    best = labels[..., 0].clone()
+    # only points whose corners disagree need a vote (most points of a label image do not)
+    mixed = (labels != labels[..., :1]).any(-1)
+    lab, w = labels[mixed], weights[mixed]
     # score of each corner's label: the total weight of the corners carrying the same label
-    scores = ((labels[..., :, None] == labels[..., None, :]) * weights[..., None, :]).sum(-1)
-    best = torch.gather(labels, -1, scores.argmax(-1, keepdim=True))[..., 0]
+    scores = ((lab[:, :, None] == lab[:, None, :]) * w[:, None, :]).sum(-1)
+    best[mixed] = torch.gather(lab, -1, scores.argmax(-1, keepdim=True))[:, 0]
     best = torch.where(inside, best.to(torch.float64), torch.as_tensor(padding, dtype=torch.float64))
     return best.reshape(points.shape[0], 1, *points.shape[1:-1])
 
