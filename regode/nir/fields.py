@@ -85,7 +85,7 @@ class GridEncoding(nn.Module):
             offset = fgrid.world_to_index(grid.origin)
             scale = np.asarray(grid.spacing) / np.asarray(fgrid.spacing)
             w = [_linear_weights(offset[a], scale[a], grid.size[a], fgrid.size[a], table) for a in range(3)]
-            k = torch.arange(grid.size[2])[slab]
+            k = torch.arange(grid.size[2], device=table.device)[slab]
             values = torch.einsum("fzyx,kz,jy,ix->kjif", table[0], w[2][k], w[1], w[0])
             out.append(values)
         return torch.cat(out, -1)
@@ -96,13 +96,13 @@ def _linear_weights(start: float, step: float, n: int, size: int, like: torch.Te
     indices), clamped to the table as ``grid_sample``'s border mode."""
     pos = (start + step * torch.arange(n, dtype=torch.float64)).clamp(0, size - 1)
     base = pos.floor().clamp(max=max(size - 2, 0)).long()
-    frac = (pos - base).to(like.dtype)
-    w = torch.zeros(n, size, dtype=like.dtype, device=like.device)
+    frac = pos - base
+    w = torch.zeros(n, size, dtype=torch.float64)
     rows = torch.arange(n)
     w[rows, base] = 1 - frac
     if size > 1:
         w[rows, base + 1] += frac
-    return w
+    return w.to(like.dtype).to(like.device)
 
 
 class FourierEncoding(nn.Module):
