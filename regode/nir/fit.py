@@ -185,11 +185,11 @@ def fit_images(fixed: Image, moving: Image, config: FitConfig, progress: bool = 
 
     # fields, each a list of stages (sampler, stride, fixed, moving, iterations); the coarse stage
     # sees images smoothed for its lattice (anti-aliasing), as the shrink levels of ANTs
-    fine = ("downsize", config.stride, fixed_w, moving_w, config.iterations)
-    first = [fine]
+    factor, sigma = 2 * config.stride, [0.8 * config.stride] * 3
+    coarse = (blur(fixed_w, sigma), blur(moving_w, sigma)) if config.coarse_iterations or config.affine else None
+    first = [("downsize", config.stride, fixed_w, moving_w, config.iterations)]
     if config.coarse_iterations:
-        factor, sigma = 2 * config.stride, [0.8 * config.stride] * 3
-        first.insert(0, ("downsize", factor, blur(fixed_w, sigma), blur(moving_w, sigma), config.coarse_iterations))
+        first.insert(0, ("downsize", factor, *coarse, config.coarse_iterations))
     patch = [("patch", 1, fixed_w, moving_w, config.iterations if config.sampler == "patch" else config.refine_iterations)]
     plan = {"downsize": [first], "patch": [patch], "hybrid": [first, patch]}[config.sampler]
     fields: list[NeuralField] = []
@@ -197,8 +197,7 @@ def fit_images(fixed: Image, moving: Image, config: FitConfig, progress: bool = 
     affine = AffineFit(region.center).to(device) if config.affine else None
     if affine is not None:  # a linear stage first, on the coarse lattice, as ANTs' Affine before SyN
         t0 = time.perf_counter()
-        factor, sigma = 2 * config.stride, [0.8 * config.stride] * 3
-        fix_img, mov_img = blur(fixed_w, sigma), blur(moving_w, sigma)
+        fix_img, mov_img = coarse
         optimizer = torch.optim.Adam(affine.parameters(), lr=config.lr)
         for it in range(config.affine_iterations):
             lattice = _lattice("downsize", region, factor, config, generator, device)
