@@ -280,7 +280,7 @@ def fit_field(
     coarse_iterations: Annotated[int, typer.Option("--coarse-iterations", min=0, help="Adam steps before --iterations on a 2x coarser lattice and smoothed images.")] = 100,
     refine_iterations: Annotated[int, typer.Option("--refine-iterations", min=1, help="Adam steps of the second field (hybrid sampler).")] = 20,
     initial_transform: Annotated[Optional[list[str]], typer.Option("--initial-transform", help="Linear transform file(s) to start from, e.g. register's PREFIX0GenericAffine.mat (-t order; '[f.mat,1]' inverts).")] = None,
-    affine: Annotated[bool, typer.Option("--affine", help="Also fit an affine map with the first field (pairs not yet linearly aligned); written to PREFIX0GenericAffine.mat.")] = False,
+    affine: Annotated[bool, typer.Option("--affine", help="First fit an affine map (100 steps on the coarse lattice, then frozen), then the field: for pairs not yet linearly aligned; written to PREFIX0GenericAffine.mat.")] = False,
     center_of_mass: Annotated[bool, typer.Option("--center-of-mass", help="Start from the centres-of-mass translation.")] = False,
     moving_labels: Annotated[Optional[Path], typer.Option("--moving-labels", help="Label image on the moving grid, warped with label interpolation.")] = None,
     encoding: Annotated[Encoding, typer.Option("--encoding", help="grid: multi-resolution feature grids (fast); fourier: Fourier features; none: raw coordinates (with --activation sine: SIREN).")] = Encoding.grid,

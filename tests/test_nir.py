@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from regode.bench.metrics import jacobian_determinant
 from regode.bench.motion import inverse_on
 from regode.cli import app, fit_field
+from regode.errors import RegodeError
 from regode.grid import Grid
 from regode.io import Image, load_transform_chain, write_image
 from regode.losses import folding_penalty, lattice_jacobian, local_ncc
@@ -166,12 +167,24 @@ def test_affine_stage_recovers_a_linear_misalignment():
     matrix = 1.06 * euler_matrix(torch.tensor([0.0, 0.05, np.deg2rad(8)], dtype=torch.float64))
     truth = Affine(matrix, torch.tensor([[5.0, -3.0, 2.0]], dtype=torch.float64), c)
     moving = resample(image, GRID, GRID, truth.inverse())
-    result = fit_images(Image(image, GRID, np.float32), Image(moving, GRID, np.float32), FitConfig(**FAST, affine=True))
+    result = fit_images(Image(image, GRID, np.float32), Image(moving, GRID, np.float32), FitConfig(**FAST, affine=True, center_of_mass=True))
     mask = torch.as_tensor((labels[0, 0] > 0).numpy())
     points = torch.as_tensor(GRID.world_points(torch.float64))[None]
     error = (result.transform.double()(points) - truth(points)).norm(dim=-1)[0][mask]
     assert float(error.square().mean().sqrt()) < 1.0
     assert float((result.linear.matrix[0] - matrix).abs().max()) < 0.03
+
+
+def test_thin_images_and_bad_options():
+    """A 6-slice image still has finite differences at the coarse stride; bad option values are
+    one clear error."""
+    grid = Grid((40, 40, 6), (2.0, 2.0, 2.0))
+    image = render(phantom_labels(grid, 8, 1), grid, 1)
+    result = fit_images(Image(image, grid, np.float32), Image(image, grid, np.float32), FitConfig(iterations=5, coarse_iterations=5))
+    assert bool(torch.isfinite(result.field.field).all())
+    for bad in (dict(spacing=0.0), dict(lr=-1.0), dict(stride=0)):
+        with pytest.raises(RegodeError):
+            FitConfig(**bad).check()
 
 
 def test_diffeomorphic_mode_does_not_fold_where_displacement_mode_does():

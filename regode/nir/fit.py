@@ -84,6 +84,12 @@ class FitConfig:
                                      ("solver", self.solver, SOLVERS)):
             if value not in allowed:
                 raise RegodeError(f"unknown {name} {value!r}: choose from {', '.join(allowed)}")
+        for name in ("spacing", "lr"):
+            value = getattr(self, name)
+            if not value > 0 or value != value:
+                raise RegodeError(f"--{name} must be a positive number, not {value}")
+        if self.stride < 1 or self.patch_size < 2 or self.patches < 1 or self.coarse_iterations < 0 or self.integration_steps < 1:
+            raise RegodeError("--stride, --patches and --integration-steps must be at least 1, --patch-size at least 2, --coarse-iterations at least 0")
         if self.iterations < 1 or (self.sampler == "hybrid" and self.refine_iterations < 1):
             raise RegodeError("--iterations (and --refine-iterations for hybrid) must be at least 1")
         self.network.check()
@@ -119,6 +125,8 @@ class AffineFit(torch.nn.Module):
 def mapping(fields: list[NeuralField], points: torch.Tensor, config: FitConfig, inverse: bool = False) -> torch.Tensor:
     """Images of fixed ``points`` under ``fields[0] o fields[1] o ...`` (the last field meets the
     points first), or of moving-side points under its inverse (diffeomorphic fields only)."""
+    if inverse and not config.diffeomorphic:
+        raise ValueError("only velocity fields have a closed-form inverse")
     order = fields if inverse else list(reversed(fields))
     for f in order:
         if config.diffeomorphic:

@@ -54,7 +54,8 @@ def _step(grid: Grid, factor: float) -> torch.Tensor:
 def downsize(region: Grid, stride: int, generator: torch.Generator) -> Lattice:
     """Every ``stride``-th point of ``region`` along each axis, all shifted by one random offset
     of up to one lattice step."""
-    size = np.maximum(1, (np.asarray(region.size) - 1) // stride + 1)
+    # at least 2 points along every axis the region spans, so finite differences exist
+    size = np.maximum(np.minimum(2, region.size), (np.asarray(region.size) - 1) // stride + 1)
     offset = torch.rand(3, generator=generator, dtype=torch.float64).numpy() * np.minimum(stride, region.size)
     origin = region.index_to_world(offset - 0.5 * (np.minimum(stride, region.size) - 1))
     lattice = Grid(tuple(size), tuple(s * stride for s in region.spacing), tuple(origin), region.direction)
