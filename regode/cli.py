@@ -238,33 +238,18 @@ def train(
     print(f"wrote {out}: {result['steps']} steps in {result['seconds'] / 60:.1f} min, validation RMSE(phi) {last:.2f} mm")
 
 
-class Sampler(str, enum.Enum):
-    downsize = "downsize"
-    patch = "patch"
-    hybrid = "hybrid"
+def _choices(name: str, values: tuple[str, ...]) -> type[enum.Enum]:
+    """A string enum of ``values`` for typer's choices."""
+    return enum.Enum(name, {v: v for v in values}, type=str)
 
 
-class Metric(str, enum.Enum):
-    mi = "mi"
-    ncc = "ncc"
-    mse = "mse"
-
-
-class Encoding(str, enum.Enum):
-    grid = "grid"
-    fourier = "fourier"
-    none = "none"
-
-
-class Activation(str, enum.Enum):
-    relu = "relu"
-    sine = "sine"
-
-
-class Solver(str, enum.Enum):
-    euler = "euler"
-    midpoint = "midpoint"
-    rk4 = "rk4"
+# fit-field's choices; kept equal to regode.nir's SAMPLERS, METRICS, ... by a test (importing
+# regode.nir here would load torch for every command's --help)
+Sampler = _choices("Sampler", ("downsize", "patch", "hybrid"))
+Metric = _choices("Metric", ("mi", "ncc", "mse"))
+Encoding = _choices("Encoding", ("grid", "fourier", "none"))
+Activation = _choices("Activation", ("relu", "sine"))
+Solver = _choices("Solver", ("euler", "midpoint", "rk4"))
 
 
 @app.command("fit-field")

@@ -300,6 +300,12 @@ def test_fit_field_bad_inputs(pair_files, tmp_path):
 
 def test_cli_defaults_are_the_config_defaults():
     """``regode fit-field`` and FitConfig must not drift apart."""
+    from regode import cli
+    from regode.nir import fields, fit
+
+    for choices, values in ((cli.Sampler, fit.SAMPLERS), (cli.Metric, fit.METRICS), (cli.Solver, fit.SOLVERS),
+                            (cli.Encoding, fields.ENCODINGS), (cli.Activation, fields.ACTIVATIONS)):
+        assert tuple(c.value for c in choices) == values
     config, network = FitConfig(), FieldConfig()
     for name, parameter in inspect.signature(fit_field).parameters.items():
         default = parameter.default
