@@ -154,7 +154,8 @@ def register(
     moving_labels: Annotated[Optional[Path], typer.Option("--moving-labels", help="Label image on the moving grid, warped with label interpolation.")] = None,
     checkpoint: Annotated[Optional[list[Path]], typer.Option("--checkpoint", help="Model file from `regode train` replacing the shipped one of its kind (repeatable).")] = None,
     initial_transform: Annotated[Optional[list[str]], typer.Option("--initial-transform", help="Linear transform file(s) to start from (fixed -> moving, -t order); '[f.mat,1]' inverts.")] = None,
-    no_center_of_mass: Annotated[bool, typer.Option("--no-center-of-mass", help="Do not start from the centres-of-mass translation.")] = False,
+    no_center_of_mass: Annotated[bool, typer.Option("--no-center-of-mass", help="Start from the identity (no centres-of-mass translation, no principal axes).")] = False,
+    no_principal_axes: Annotated[bool, typer.Option("--no-principal-axes", help="Rigid models: start from the centres-of-mass translation only, not from the best principal-axes alignment.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (recorded; inference is deterministic).")] = 0,
@@ -168,7 +169,7 @@ def register(
         kind = load(path)["model_config"].get("kind")
         checkpoints[kind] = str(path)
     config = RegisterConfig(model=model.value, checkpoints=checkpoints, center_of_mass=not no_center_of_mass,
-                            initial_transform=list(initial_transform or []), device=device, threads=threads, seed=seed)
+                            principal_axes=not no_principal_axes, initial_transform=list(initial_transform or []), device=device, threads=threads, seed=seed)
     doc = register_files(fixed, moving, out, config, moving_labels)
     t = doc["timings_s"]
     print(f"registered {moving} to {fixed} with {model.value} in {t['wall']:.2f} s (model {t['total']:.2f} s); "
@@ -201,6 +202,9 @@ def train(
     lambda_self: Annotated[float, typer.Option(help="Weight of L_self (known motion).")] = 1.0,
     lambda_reg: Annotated[Optional[float], typer.Option(help="Weight of L_reg (default 2 bspline, 10 dense).")] = None,
     curriculum: Annotated[float, typer.Option(help="Fraction of the steps over which the motion ranges grow from 20 % to 100 %.")] = 0.5,
+    max_rotation: Annotated[float, typer.Option(min=0, help="Rigid: rotations U(-a, a) degrees per axis.")] = 80.0,
+    max_translation: Annotated[float, typer.Option(min=0, help="Rigid: translations U(-t, t) mm per axis.")] = 20.0,
+    max_sigma: Annotated[float, typer.Option(min=0, help="Deformable: B-spline displacement sd U(0, s) mm.")] = 10.0,
     adjoint: Annotated[bool, typer.Option("--adjoint", help="Backpropagate with the adjoint method (less memory).")] = False,
     checkpoint_every: Annotated[int, typer.Option(min=1, help="Steps between checkpoints.")] = 25,
     validate_every: Annotated[int, typer.Option(min=1, help="Steps between validations.")] = 100,
@@ -229,7 +233,7 @@ def train(
             data=str(data) if data else None, label_maps=[str(p) for p in label_map or []], steps=steps or 2000, batch=batch, lr=lr,
             lambda_sim=lambda_sim, lambda_self=lambda_self, lambda_reg=lambda_reg, size=size, seed=seed, adjoint=adjoint,
             checkpoint_every=checkpoint_every, validate_every=validate_every,
-            motion=MotionRange(ramp_pairs=int(curriculum * (steps or 2000) * batch)),
+            motion=MotionRange(max_rotation, max_translation, max_sigma, ramp_pairs=int(curriculum * (steps or 2000) * batch)),
         )
     except ValueError as exc:
         raise RegodeError(str(exc)) from None

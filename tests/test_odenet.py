@@ -156,11 +156,13 @@ def test_train_cli_writes_model_and_log(tmp_path):
     out = tmp_path / "tiny.pt"
     result = runner.invoke(app, ["train", "--model", "dense", "--synthetic", "--out", str(out), "--steps", "2", "--size", "24",
                                  "--spacing", "6", "--levels", "2", "--schedule", "F(0.5)-F(1)", "--width", "4",
-                                 "--batch", "1", "--validate-every", "1", "--quiet"])
+                                 "--batch", "1", "--validate-every", "1", "--max-sigma", "4", "--quiet"])
     assert result.exit_code == 0, result.output
     model, doc = checkpoint.load_model(out, "dense")
     assert "optimizer" not in doc and doc["step"] == 2 and doc["train_config"]["lambda_reg"] == 10.0
-    assert len(doc["history"]) == 2 and (tmp_path / "tiny.pt.ckpt").exists()
+    assert doc["train_config"]["motion"]["max_sigma"] == 4.0
+    # the untrained model's validation (step 0) is the baseline, then one per step
+    assert [h["step"] for h in doc["history"]] == [0, 1, 2] and (tmp_path / "tiny.pt.ckpt").exists()
 
 
 # ------------------------------------------------------------------------------- register
@@ -227,6 +229,35 @@ def test_register_writes_the_fixed_to_moving_mapping(tmp_path):
     assert (warped.data[0, 0].numpy()[inner] == labels[0, 0].numpy()[inner]).mean() > 0.9
     for suffix in ("Warped.nii.gz", "InverseWarped.nii.gz", "regode.json"):
         assert (tmp_path / f"t_{suffix}").exists()
+
+
+def test_register_starts_rigid_models_from_the_principal_axes(tmp_path):
+    """A 110-degree turn (across contrasts) is beyond any local optimiser; the principal-axes start
+    finds it (the model's velocity is zero here), and --no-principal-axes keeps the centres-of-mass
+    start."""
+    import json
+
+    grid = Grid((56, 64, 52), (3.0, 3.0, 3.0), (-80.0, -95.0, -75.0), OBLIQUE)
+    labels = phantom_labels(grid, 12, 4)
+    truth = Rigid(torch.tensor([[0.4, -1.6, 0.9, 5.0, -4.0, 6.0]], dtype=torch.float64), torch.as_tensor(grid.center)[None])
+    assert _angle(truth, Rigid(torch.zeros(1, 6, dtype=torch.float64))) > 100
+    write_image(render(labels, grid, 1), grid, tmp_path / "f.nii.gz")
+    write_image(resample(render(labels, grid, 2), grid, grid, truth.inverse()), grid, tmp_path / "m.nii.gz")
+    model = MSODENet(ModelConfig(kind="rigid", spacing=3.0))
+    for net in model.nets:
+        net.step.data.zero_()
+    checkpoint.save(tmp_path / "r.pt", model, TrainConfig(model=model.config), 0, 0.0, [])
+    pts = torch.as_tensor(grid.center)[None, None] + torch.randn(1, 200, 3, dtype=torch.float64) * 30
+    errors = {}
+    for name, extra in (("pa", []), ("com", ["--no-principal-axes"])):
+        out = str(tmp_path / name)
+        result = runner.invoke(app, ["register", "-f", str(tmp_path / "f.nii.gz"), "-m", str(tmp_path / "m.nii.gz"), "-o", out,
+                                     "--model", "rigid", "--checkpoint", str(tmp_path / "r.pt"), *extra])
+        assert result.exit_code == 0, result.output
+        errors[name] = float((load_transform(out + "0GenericAffine.mat")(pts) - truth(pts)).norm(dim=-1).square().mean().sqrt())
+        doc = json.loads(open(out + "regode.json").read())
+        assert (doc["principal_axes"] is None) == (name == "com") and doc["config"]["principal_axes"] == (name == "pa")
+    assert errors["pa"] < 4.0 and errors["com"] > 40.0
 
 
 def test_register_writes_ants_readable_deformable_outputs(rotated_pair, tmp_path):

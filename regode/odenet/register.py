@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..alignment import principal_axes
 from ..errors import RegodeError
 from ..io import Image
 from ..pipeline import Result, initial_linear, output_paths, read_inputs, resolve_device, working_image, write_outputs
@@ -34,6 +35,9 @@ class RegisterConfig:
     """stage kind -> model file (default: the shipped ``weights/<kind>.pt``)."""
     center_of_mass: bool = True
     """start from the translation between the images' centres of mass."""
+    principal_axes: bool = True
+    """models that start with a rigid stage: start from the best principal-axes alignment (or the
+    centre-of-mass translation, whichever shares more mutual information); see regode.alignment."""
     initial_transform: list = field(default_factory=list)
     """transform specs (antsApplyTransforms order) of the starting fixed -> moving mapping."""
     device: str = "auto"
@@ -82,6 +86,10 @@ def register_images(fixed: Image, moving: Image, config: RegisterConfig, models:
         return pyramids[n]
 
     linear = initial_linear(config.initial_transform, config.center_of_mass, c_fix, c_mov)
+    alignment = None
+    if config.principal_axes and config.center_of_mass and not config.initial_transform and "rigid" in models:
+        linear, alignment = principal_axes(fixed_w, fixed_grid, moving_w, moving_grid)
+        linear = linear.double()
     timings["preprocess"] = time.perf_counter() - start
     field_transform = None
     for kind, (model, _) in models.items():
@@ -103,7 +111,8 @@ def register_images(fixed: Image, moving: Image, config: RegisterConfig, models:
         timings[kind] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - start
     stats = {"timings_s": timings, "nfe": nfe, "device": str(device), "working_spacing_mm": spacing,
-             "center_of_mass_fixed": c_fix.tolist(), "center_of_mass_moving": c_mov.tolist()}
+             "center_of_mass_fixed": c_fix.tolist(), "center_of_mass_moving": c_mov.tolist(),
+             "principal_axes": alignment}
     return Result(linear, field_transform, stats)
 
 

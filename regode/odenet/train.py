@@ -161,6 +161,11 @@ def train(config: TrainConfig, out: Path, resume: bool = False, progress: bool =
     def save(path: Path, final: bool) -> None:
         checkpoint.save(path, model, config, step, seconds, history, None if final else optimizer)
 
+    if step == 0 and not history:
+        # the untrained model (a multi-scale gradient flow of MI) is the baseline training must beat
+        history.append({"step": 0, "val_rmse_mm": validate(model, source, config), "seconds": 0.0})
+        with open(log_path, "a") as log:
+            log.write(json.dumps(history[-1]) + "\n")
     model.train()
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not progress) as bar:
