@@ -18,6 +18,7 @@ from regode.grid import Grid
 from regode.io import read_image, save_transform, write_image
 from regode.synthetic import phantom_labels, random_bspline
 from regode.transforms import Affine, Compose, DisplacementField, Rigid
+from regode.warp import resample
 
 from .conftest import oblique_direction
 from .test_io import random_affine, random_rigid
@@ -182,6 +183,21 @@ def test_label_warping_preserves_labels_and_volumes(label_scene):
     assert np.max(change(warped)) < 0.03
     assert np.mean(change(warped)) < 0.7 * np.mean(change(nearest))
     assert np.max(change(warped)) < 0.7 * np.max(change(nearest))
+
+
+def test_label_volumes_of_a_brain_sized_image_change_by_under_2_percent():
+    """The issue's figure on a 1 mm brain-sized grid (182x218x182, 30 labels of 40-70k voxels):
+    under a 2 mm volume-preserving deformation no label gains or loses 2 % of its volume. (On the
+    smaller scene above, with 8-16k voxel labels, the worst label changes by 2.3 %, as under ANTs.)"""
+    grid = Grid((182, 218, 182), (1.0, 1.0, 1.0), (-90.0, -126.0, -72.0))
+    labels = phantom_labels(grid, 30, seed=11)
+    field = DisplacementField(grid, volume_preserving_field(grid, 2.0, seed=3))
+    warped = resample(labels.float(), grid, grid, field, "label")[0, 0].numpy()
+    original = labels[0, 0].numpy()
+    assert set(np.unique(warped)) <= set(np.unique(original))
+    assert (warped != original).mean() > 0.005
+    volumes = [((warped == k).sum(), (original == k).sum()) for k in np.unique(original)[1:]]
+    assert max(abs(a - b) / b for a, b in volumes) < 0.02
 
 
 def test_label_interpolation_equals_ants_generic_label(label_scene):
