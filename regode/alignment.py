@@ -5,7 +5,8 @@ Each image's head (see :func:`head_mask`) has a centre and three principal axes.
 rotations that carry the fixed image's axes onto the moving image's are known up to the axes'
 signs (four proper rotations); together with the plain centre-of-mass translation they are the
 candidates, and the one under which the images share the most mutual information on a coarse
-grid wins. The learned rigid stage then only refines what is left.
+grid wins. A head that is nearly round (close principal variances) has no reliable axes: then the
+centre-of-mass translation is kept. The learned rigid stage then only refines what is left.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from .losses import mattes_mutual_information
 from .sampling import sample
 from .transforms import Affine
 
+MIN_RATIO = 1.1
+"""the principal variances of both heads must differ by this factor (brains: 1.24 or more; a
+sphere-like head has no axes to align), else only the centre-of-mass translation is used."""
 SIGNS = np.array([[1, 1, 1], [-1, -1, 1], [-1, 1, -1], [1, -1, -1]], dtype=float)
 
 
@@ -65,11 +69,15 @@ def principal_axes(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, 
     sigma = [0.5 * spacing / s for s in fixed_grid.spacing]
     f = sample(blur(fixed, sigma), fixed_grid, coarse.world_points(dtype=fixed.dtype, device=fixed.device)[None])
     m = blur(moving, [0.5 * spacing / s for s in moving_grid.spacing])
-    maps = candidates(moments(fixed, fixed_grid), moments(moving, moving_grid))
+    fixed_moments, moving_moments = moments(fixed, fixed_grid), moments(moving, moving_grid)
+    maps = candidates(fixed_moments, moving_moments)
+    ratios = [float(min(v[1:] / v[:-1])) for _, v, _ in (fixed_moments, moving_moments)]
+    if min(ratios) < MIN_RATIO:
+        maps = maps[:1]  # a head that is nearly round about some axis has no reliable axes there
     scores = []
     for linear in maps:
         points = linear.map_grid(coarse, dtype=fixed.dtype)
         warped = sample(m, moving_grid, points.to(fixed.device))
         scores.append(float(mattes_mutual_information(warped, f)))
     best = int(np.argmax(scores))
-    return maps[best], {"candidate_mi": scores, "chosen": best}
+    return maps[best], {"candidate_mi": scores, "chosen": best, "variance_ratios": ratios}

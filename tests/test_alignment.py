@@ -79,3 +79,15 @@ def test_principal_axes_keeps_an_unrotated_pair():
     fixed, moving, truth = _pair([0.0, 0.0, 0.0], [5.0, 3.0, -4.0])
     found, _ = principal_axes(fixed, GRID, moving, GRID)
     assert _error_mm(found, truth) < 3.0
+
+
+def test_a_round_head_keeps_the_centre_of_mass_start():
+    """A head as wide as it is long has no principal axes to trust: only the centre-of-mass
+    translation is tried, whatever the rotation."""
+    grid = Grid((48, 48, 48), (3.0, 3.0, 3.0), (-70.5, -70.5, -70.5))
+    labels = phantom_labels(grid, 12, 4)  # radii 54, 54, 54 mm: a ball
+    fixed = normalise(render(labels, grid, 1).float())
+    moving = normalise(render(labels, grid, 2).float())
+    found, info = principal_axes(fixed, grid, moving, grid)
+    assert len(info["candidate_mi"]) == 1 and min(info["variance_ratios"]) < 1.1
+    assert np.allclose(found.matrix[0].numpy(), np.eye(3))
