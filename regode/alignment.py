@@ -5,8 +5,9 @@ Each image's head (see :func:`head_mask`) has a centre and three principal axes.
 rotations that carry the fixed image's axes onto the moving image's are known up to the axes'
 signs (four proper rotations); together with the plain centre-of-mass translation they are the
 candidates, and the one under which the images share the most mutual information on a coarse
-grid wins. A head that is nearly round (close principal variances) has no reliable axes: then the
-centre-of-mass translation is kept. The learned rigid stage then only refines what is left.
+grid wins. A head that is nearly round (close principal variances), or no head at all, has no
+reliable axes: then the centre-of-mass translation is kept. The rigid MS-ODENet stage starts
+from the winner.
 """
 
 from __future__ import annotations
@@ -50,34 +51,43 @@ def moments(volume: torch.Tensor, grid: Grid) -> tuple[np.ndarray, np.ndarray, n
 
 
 def candidates(fixed: tuple, moving: tuple) -> list[Affine]:
-    """The fixed -> moving maps to try: the centre-of-mass translation, then the four rotations
-    that carry the fixed principal axes onto the moving ones (float64)."""
+    """The four rotations that carry the fixed principal axes onto the moving ones (the axes' signs
+    are unknown), each about the heads' centres: fixed -> moving maps, float64."""
     (c_f, _, a_f), (c_m, _, a_m) = fixed, moving
     if np.linalg.det(a_m @ a_f.T) < 0:
         a_m = a_m * np.array([1, 1, -1.0])
-    maps = [np.eye(3)] + [a_m @ np.diag(s) @ a_f.T for s in SIGNS]
+    maps = [a_m @ np.diag(s) @ a_f.T for s in SIGNS]
     return [Affine(torch.as_tensor(r), torch.as_tensor(c_m - r @ c_f)[None]) for r in maps]
 
 
 def principal_axes(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid,
-                   spacing: float = 4.0) -> tuple[Affine, dict]:
-    """The best candidate (see :func:`candidates`) for two working images (values in [0, 1]) and a
-    record of the choice: the mutual information of every candidate, measured at ``spacing`` mm."""
+                   start: Affine, spacing: float = 4.0) -> tuple[Affine, dict]:
+    """Of ``start`` (the centre-of-mass translation) and the principal-axes candidates (see
+    :func:`candidates`) for two working images (values in [0, 1]), the one under which the images
+    share the most mutual information, measured at ``spacing`` mm; and a record of the choice.
+    Without reliable axes (a round or empty head) ``start`` is returned."""
     from .odenet.preprocess import blur
 
+    maps, record = [start.double()], {}
+    try:
+        fixed_moments, moving_moments = moments(fixed, fixed_grid), moments(moving, moving_grid)
+        ratios = np.array([min(v[1:] / np.maximum(v[:-1], 1e-12)) for _, v, _ in (fixed_moments, moving_moments)])
+        record["variance_ratios"] = ratios.tolist()
+        if np.all(np.isfinite(ratios) & (ratios >= MIN_RATIO)):
+            maps += candidates(fixed_moments, moving_moments)
+        else:
+            record["skipped"] = f"principal variances closer than a factor {MIN_RATIO}: no reliable axes"
+    except ValueError as exc:
+        record["skipped"] = str(exc)
+    if len(maps) == 1:
+        return maps[0], {**record, "candidate_mi": [], "chosen": 0}
     coarse = fixed_grid.with_spacing(spacing)
-    sigma = [0.5 * spacing / s for s in fixed_grid.spacing]
-    f = sample(blur(fixed, sigma), fixed_grid, coarse.world_points(dtype=fixed.dtype, device=fixed.device)[None])
+    f = sample(blur(fixed, [0.5 * spacing / s for s in fixed_grid.spacing]), fixed_grid,
+               coarse.world_points(dtype=fixed.dtype, device=fixed.device)[None])
     m = blur(moving, [0.5 * spacing / s for s in moving_grid.spacing])
-    fixed_moments, moving_moments = moments(fixed, fixed_grid), moments(moving, moving_grid)
-    maps = candidates(fixed_moments, moving_moments)
-    ratios = [float(min(v[1:] / v[:-1])) for _, v, _ in (fixed_moments, moving_moments)]
-    if min(ratios) < MIN_RATIO:
-        maps = maps[:1]  # a head that is nearly round about some axis has no reliable axes there
     scores = []
     for linear in maps:
-        points = linear.map_grid(coarse, dtype=fixed.dtype)
-        warped = sample(m, moving_grid, points.to(fixed.device))
+        warped = sample(m, moving_grid, linear.map_grid(coarse, dtype=fixed.dtype).to(fixed.device))
         scores.append(float(mattes_mutual_information(warped, f)))
     best = int(np.argmax(scores))
-    return maps[best], {"candidate_mi": scores, "chosen": best, "variance_ratios": ratios}
+    return maps[best], {**record, "candidate_mi": scores, "chosen": best}

@@ -233,8 +233,8 @@ def test_register_writes_the_fixed_to_moving_mapping(tmp_path):
 
 def test_register_starts_rigid_models_from_the_principal_axes(tmp_path):
     """A 110-degree turn (across contrasts) is beyond any local optimiser; the principal-axes start
-    finds it (the model's velocity is zero here), and --no-principal-axes keeps the centres-of-mass
-    start."""
+    finds it (the model's velocity is zero here); --no-principal-axes, --no-center-of-mass and
+    --initial-transform each skip it."""
     import json
 
     grid = Grid((56, 64, 52), (3.0, 3.0, 3.0), (-80.0, -95.0, -75.0), OBLIQUE)
@@ -249,15 +249,21 @@ def test_register_starts_rigid_models_from_the_principal_axes(tmp_path):
     checkpoint.save(tmp_path / "r.pt", model, TrainConfig(model=model.config), 0, 0.0, [])
     pts = torch.as_tensor(grid.center)[None, None] + torch.randn(1, 200, 3, dtype=torch.float64) * 30
     errors = {}
-    for name, extra in (("pa", []), ("com", ["--no-principal-axes"])):
+    from regode.io import save_transform
+    from regode.transforms import Affine
+
+    save_transform(Affine(torch.eye(3, dtype=torch.float64)), tmp_path / "identity.mat")
+    runs = {"pa": [], "com": ["--no-principal-axes"], "none": ["--no-center-of-mass"],
+            "given": ["--initial-transform", str(tmp_path / "identity.mat")]}
+    for name, extra in runs.items():
         out = str(tmp_path / name)
         result = runner.invoke(app, ["register", "-f", str(tmp_path / "f.nii.gz"), "-m", str(tmp_path / "m.nii.gz"), "-o", out,
                                      "--model", "rigid", "--checkpoint", str(tmp_path / "r.pt"), *extra])
         assert result.exit_code == 0, result.output
         errors[name] = float((load_transform(out + "0GenericAffine.mat")(pts) - truth(pts)).norm(dim=-1).square().mean().sqrt())
         doc = json.loads(open(out + "regode.json").read())
-        assert (doc["principal_axes"] is None) == (name == "com") and doc["config"]["principal_axes"] == (name == "pa")
-    assert errors["pa"] < 4.0 and errors["com"] > 40.0
+        assert (doc["principal_axes"] is None) == (name != "pa")
+    assert errors["pa"] < 4.0 and min(errors["com"], errors["none"], errors["given"]) > 40.0
 
 
 def test_register_writes_ants_readable_deformable_outputs(rotated_pair, tmp_path):

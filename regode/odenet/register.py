@@ -88,8 +88,7 @@ def register_images(fixed: Image, moving: Image, config: RegisterConfig, models:
     linear = initial_linear(config.initial_transform, config.center_of_mass, c_fix, c_mov)
     alignment = None
     if config.principal_axes and config.center_of_mass and not config.initial_transform and "rigid" in models:
-        linear, alignment = principal_axes(fixed_w, fixed_grid, moving_w, moving_grid)
-        linear = linear.double()
+        linear, alignment = principal_axes(fixed_w, fixed_grid, moving_w, moving_grid, linear)
     timings["preprocess"] = time.perf_counter() - start
     field_transform = None
     for kind, (model, _) in models.items():

@@ -163,6 +163,8 @@ def train(config: TrainConfig, out: Path, resume: bool = False, progress: bool =
 
     if step == 0 and not history:
         # the untrained model (a multi-scale gradient flow of MI) is the baseline training must beat
+        if progress:
+            console.print(f"validating the untrained model on {config.val_pairs} pairs (the baseline, logged as step 0)")
         history.append({"step": 0, "val_rmse_mm": validate(model, source, config), "seconds": 0.0})
         with open(log_path, "a") as log:
             log.write(json.dumps(history[-1]) + "\n")
