@@ -174,3 +174,24 @@ def test_identity_method_is_exact_on_unmoved_pair(awkward_grid):
     row = evaluate(case, METHODS["identity"](), seed=0)
     assert row["dice"] == pytest.approx(100) and row["rmse_phi"] == 0 and row["rmse_x"] == pytest.approx(0, abs=1e-6)
     assert isinstance(Compose([]).displacement(awkward_grid), torch.Tensor)
+
+
+def test_principal_axes_method_undoes_a_large_rotation():
+    """`regode:principal-axes` (register's rigid start alone) through the benchmark's evaluation."""
+    from regode.bench.methods import METHODS
+    from regode.bench.motion import rigid_about_center
+    from regode.bench.run import Case, evaluate
+    from regode.io import Image
+    from regode.warp import resample
+
+    grid = Grid((56, 64, 52), (3.0, 3.0, 3.0), (-80.0, -95.0, -75.0))
+    labels = phantom_labels(grid, 12, seed=4)
+    truth = rigid_about_center(np.array([10.0, 95.0, -30.0]), np.array([5.0, -5.0, 8.0]), grid.center)
+    fixed = Image(render(labels, grid, seed=1), grid, np.dtype(np.float32))
+    moving = Image(resample(render(labels, grid, seed=2), grid, grid, truth.inverse()), grid, np.dtype(np.float32))
+    moving_labels = resample(labels.float(), grid, grid, truth.inverse(), "label")
+    disp = truth.displacement(grid)[0].numpy()
+    case = Case("turned", fixed, moving, labels.float(), moving_labels, render(labels, grid, seed=2)[0, 0].numpy(), disp)
+    before = evaluate(case, METHODS["identity"](), seed=0)
+    after = evaluate(case, METHODS["regode:principal-axes"](), seed=0)
+    assert before["rmse_phi"] > 50 and after["rmse_phi"] < 8.0 and after["dice"] > before["dice"] + 30

@@ -86,6 +86,25 @@ class Regode:
         return register_images(fixed, moving, self.config, self.models).transform
 
 
+class PrincipalAxes:
+    """The start of ``regode register``'s rigid models alone (regode.alignment), at 2 mm: what
+    the rigid network has to improve on."""
+
+    unavailable = None
+
+    def register(self, fixed: Image, moving: Image, seed: int) -> Transform:
+        import torch
+
+        from ..alignment import principal_axes
+        from ..odenet.preprocess import center_of_mass
+        from ..pipeline import initial_linear, working_image
+
+        f, f_grid = working_image(fixed, 2.0, torch.device("cpu"))
+        m, m_grid = working_image(moving, 2.0, torch.device("cpu"))
+        start = initial_linear([], True, center_of_mass(f, f_grid), center_of_mass(m, m_grid))
+        return principal_axes(f, f_grid, m, m_grid, start)[0]
+
+
 class NeuralField:
     """NIR (``regode fit-field``'s engine) with its defaults plus ``overrides`` (FitConfig fields)."""
 
@@ -109,6 +128,7 @@ METHODS: dict[str, Callable[[], Method]] = {
     "ants:SyN": lambda: Ants("SyN"),
     "ants:SyNRA": lambda: Ants("SyNRA"),
     **{f"regode:{m}": (lambda m=m: Regode(m)) for m in ("rigid", "bspline", "dense", "rigid+bspline", "rigid+dense")},
+    "regode:principal-axes": PrincipalAxes,
     "regode:nir": NeuralField,
     "regode:nir-ncc": lambda: NeuralField(metric="ncc"),
     "regode:nir-diffeo": lambda: NeuralField(diffeomorphic=True),
