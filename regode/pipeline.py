@@ -116,10 +116,10 @@ def write_outputs(result: Result, fixed: Image, moving: Image, labels: Image | N
     outputs = {"affine": linear}
     chain, inverse_chain = [linear], [linear.inverse()]
     if result.field is not None:
-        work = result.field
-        forward = DisplacementField(grid, work.displacement(grid).float())
-        inverse_work = result.inverse_field if result.inverse_field is not None else work.inverse(inverse_iterations)
-        inverse = DisplacementField(grid, inverse_work.displacement(grid).float())
+        work = result.field.float()  # float32 is the files' precision, and twice as fast at 1 mm
+        forward = DisplacementField(grid, work.displacement(grid))
+        inverse_work = result.inverse_field.float() if result.inverse_field is not None else work.inverse(inverse_iterations)
+        inverse = DisplacementField(grid, inverse_work.displacement(grid))
         outputs.update(warp=forward, inverse_warp=inverse)
         chain.append(forward)
         inverse_chain.insert(0, inverse)

@@ -148,3 +148,20 @@ def test_bad_transform_files(tmp_path):
     sitk.WriteTransform(bspline, str(tmp_path / "bspline.tfm"))
     with pytest.raises(RegodeError, match="unsupported transform kind"):
         load_transform(tmp_path / "bspline.tfm")
+
+
+def test_vector_fields_are_gzip_files_that_every_reader_takes(tmp_path, awkward_grid):
+    """Displacement fields go into .nii.gz as stored (level-0) gzip: still gzip, same values for
+    SimpleITK and for regode, and the same bytes on every write (no time stamp)."""
+    import gzip
+
+    grid = awkward_grid
+    field = torch.randn(1, 3, *grid.shape, dtype=torch.float64)
+    for name in ("a.nii.gz", "b.nii.gz"):
+        save_transform(DisplacementField(grid, field), tmp_path / name)
+    raw = (tmp_path / "a.nii.gz").read_bytes()
+    assert raw[:2] == b"\x1f\x8b" and raw == (tmp_path / "b.nii.gz").read_bytes()
+    assert len(gzip.decompress(raw)) > field.numel() * 4
+    back = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "a.nii.gz")))  # [z, y, x, 3]
+    np.testing.assert_allclose(back, field[0].permute(1, 2, 3, 0).numpy(), atol=1e-6)
+    assert not [p.name for p in tmp_path.iterdir() if p.name not in ("a.nii.gz", "b.nii.gz")]

