@@ -161,19 +161,21 @@ def register(
     seed: Annotated[int, typer.Option("--seed", help="Random seed (recorded; inference is deterministic).")] = 0,
 ) -> None:
     """Register MOVING to FIXED with MS-ODENet; writes ANTs-named transforms and images."""
-    from .odenet.checkpoint import load
     from .odenet.register import RegisterConfig, register_files
 
-    checkpoints = {}
-    for path in checkpoint or []:
-        kind = load(path)["model_config"].get("kind")
-        checkpoints[kind] = str(path)
-    config = RegisterConfig(model=model.value, checkpoints=checkpoints, center_of_mass=not no_center_of_mass,
+    config = RegisterConfig(model=model.value, checkpoints=_checkpoints(checkpoint), center_of_mass=not no_center_of_mass,
                             principal_axes=not no_principal_axes, initial_transform=list(initial_transform or []), device=device, threads=threads, seed=seed)
     doc = register_files(fixed, moving, out, config, moving_labels)
     t = doc["timings_s"]
     print(f"registered {moving} to {fixed} with {model.value} in {t['wall']:.2f} s (model {t['total']:.2f} s); "
           f"outputs {out}*  NFE {doc['nfe']}")
+
+
+def _checkpoints(paths: list[Path] | None) -> dict[str, str]:
+    """--checkpoint files by the model kind each holds."""
+    from .odenet.checkpoint import load
+
+    return {load(path)["model_config"].get("kind"): str(path) for path in paths or []}
 
 
 class ModelKind(str, enum.Enum):
@@ -312,14 +314,15 @@ def fit_field(
 @user_errors
 def demo(
     out: Annotated[Optional[Path], typer.Option("--out", help="Keep the generated files in this folder.")] = None,
-    model: Annotated[RegisterModel, typer.Option("--model", help="MS-ODENet stages to run.")] = RegisterModel.rigid,
+    model: Annotated[RegisterModel, typer.Option("--model", help="MS-ODENet stages to run (deformable ones need --checkpoint: only rigid weights ship).")] = RegisterModel.rigid,
+    checkpoint: Annotated[Optional[list[Path]], typer.Option("--checkpoint", help="Model file from `regode train` replacing the shipped one of its kind (repeatable).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores).")] = None,
 ) -> None:
     """Register a generated two-contrast pair with known motion (no input files needed) and print the error."""
     from .demo import run_demo
 
-    run_demo(out, seed, model.value, threads)
+    run_demo(out, seed, model.value, threads, _checkpoints(checkpoint))
 
 
 def main() -> None:

@@ -9,10 +9,12 @@ import numpy as np
 import torch
 
 
-def run_demo(out: Path | None, seed: int = 0, model: str = "rigid", threads: int | None = None) -> dict:
+def run_demo(out: Path | None, seed: int = 0, model: str = "rigid", threads: int | None = None,
+             checkpoints: dict | None = None) -> dict:
     """Generate an oblique, anisotropic 30-label phantom seen in two contrasts, move the second by a
-    known rotation + translation + smooth warp, register it back with ``regode register`` and
-    compare the result with the truth."""
+    known rotation + translation (+ a smooth warp for deformable models), register it back with
+    ``regode register`` (``checkpoints``: kind -> model file, as ``--checkpoint``) and compare the
+    result with the truth."""
     from rich.console import Console
     from rich.table import Table
 
@@ -45,7 +47,7 @@ def run_demo(out: Path | None, seed: int = 0, model: str = "rigid", threads: int
     write_image(labels, grid, folder / "fixed_labels.nii.gz", np.int16)
     write_image(resample(labels.float(), grid, grid, inverse, "label"), grid, folder / "moving_labels.nii.gz", np.int16)
 
-    config = RegisterConfig(model=model, threads=threads, seed=seed)
+    config = RegisterConfig(model=model, checkpoints=dict(checkpoints or {}), threads=threads, seed=seed)
     doc = register_files(folder / "fixed.nii.gz", folder / "moving.nii.gz", folder / "demo_", config, folder / "moving_labels.nii.gz")
     specs = [str(folder / "demo_1Warp.nii.gz")] if model != "rigid" else []
     found = load_transform_chain(specs + [str(folder / "demo_0GenericAffine.mat")])

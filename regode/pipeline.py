@@ -7,6 +7,7 @@ A registration result is the fixed -> moving mapping ``linear(field(x))``: ANTs'
 
 from __future__ import annotations
 
+import copy
 import json
 import platform
 import time
@@ -116,9 +117,11 @@ def write_outputs(result: Result, fixed: Image, moving: Image, labels: Image | N
     outputs = {"affine": linear}
     chain, inverse_chain = [linear], [linear.inverse()]
     if result.field is not None:
-        work = result.field.float()  # float32 is the files' precision, and twice as fast at 1 mm
+        # float32 copies (the caller's result keeps its precision): the files' precision, and twice
+        # as fast at 1 mm
+        work = copy.deepcopy(result.field).float()
         forward = DisplacementField(grid, work.displacement(grid))
-        inverse_work = result.inverse_field.float() if result.inverse_field is not None else work.inverse(inverse_iterations)
+        inverse_work = copy.deepcopy(result.inverse_field).float() if result.inverse_field is not None else work.inverse(inverse_iterations)
         inverse = DisplacementField(grid, inverse_work.displacement(grid))
         outputs.update(warp=forward, inverse_warp=inverse)
         chain.append(forward)

@@ -30,7 +30,7 @@ MODELS = ("rigid", "bspline", "dense", "rigid+bspline", "rigid+dense")
 class RegisterConfig:
     """Everything that defines a registration (saved in ``PREFIXregode.json``)."""
 
-    model: str = "rigid+bspline"
+    model: str = "rigid"
     checkpoints: dict = field(default_factory=dict)
     """stage kind -> model file (default: the shipped ``weights/<kind>.pt``)."""
     center_of_mass: bool = True
