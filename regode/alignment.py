@@ -50,6 +50,19 @@ def moments(volume: torch.Tensor, grid: Grid) -> tuple[np.ndarray, np.ndarray, n
     return center, variances, axes
 
 
+def head_center(volume: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """World position (mm, float64) of the centre of the head mask of ``[B, 1, ...]``'s first
+    volume: unlike the intensity-weighted centre of mass it hardly depends on the contrast (on
+    BraTS pairs of two contrasts the weighted centres differ by a few mm, which a deformable model
+    without a linear stage must then undo). Falls back to the centre of mass without a head."""
+    from .odenet.preprocess import center_of_mass
+
+    try:
+        return torch.as_tensor(moments(volume, grid)[0], dtype=torch.float64)
+    except ValueError:
+        return center_of_mass(volume, grid).double()
+
+
 def candidates(fixed: tuple, moving: tuple) -> list[Affine]:
     """The four rotations that carry the fixed principal axes onto the moving ones (the axes' signs
     are unknown), each about the heads' centres: fixed -> moving maps, float64."""

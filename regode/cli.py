@@ -150,7 +150,7 @@ def register(
     fixed: Annotated[Path, typer.Option("--fixed", "-f", help="Fixed (reference) image.")],
     moving: Annotated[Path, typer.Option("--moving", "-m", help="Moving image.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Output prefix: PREFIXWarped.nii.gz, PREFIX0GenericAffine.mat, PREFIX1Warp.nii.gz, ...")],
-    model: Annotated[RegisterModel, typer.Option("--model", help="MS-ODENet stages; hybrids run rigid, then the deformable model (only rigid weights are shipped yet).")] = RegisterModel.rigid,
+    model: Annotated[RegisterModel, typer.Option("--model", help="MS-ODENet stages; hybrids run rigid, then the deformable model (rigid and bspline weights ship; dense needs --checkpoint).")] = RegisterModel.rigid,
     moving_labels: Annotated[Optional[Path], typer.Option("--moving-labels", help="Label image on the moving grid, warped with label interpolation.")] = None,
     checkpoint: Annotated[Optional[list[Path]], typer.Option("--checkpoint", help="Model file from `regode train` replacing the shipped one of its kind (repeatable).")] = None,
     initial_transform: Annotated[Optional[list[str]], typer.Option("--initial-transform", help="Linear transform file(s) to start from (fixed -> moving, -t order); '[f.mat,1]' inverts.")] = None,
@@ -314,7 +314,7 @@ def fit_field(
 @user_errors
 def demo(
     out: Annotated[Optional[Path], typer.Option("--out", help="Keep the generated files in this folder.")] = None,
-    model: Annotated[RegisterModel, typer.Option("--model", help="MS-ODENet stages to run (deformable ones need --checkpoint: only rigid weights ship).")] = RegisterModel.rigid,
+    model: Annotated[RegisterModel, typer.Option("--model", help="MS-ODENet stages to run (dense ones need --checkpoint: only rigid and bspline weights ship).")] = RegisterModel.rigid,
     checkpoint: Annotated[Optional[list[Path]], typer.Option("--checkpoint", help="Model file from `regode train` replacing the shipped one of its kind (repeatable).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores).")] = None,

@@ -123,3 +123,14 @@ def test_principal_axes_across_grids():
     moving = normalise(resample(render(labels, GRID, 2), GRID, other, truth.inverse()).float())
     found, info = principal_axes(fixed, GRID, moving, other, _centres_of_mass(fixed, GRID, moving, other))
     assert info["chosen"] != 0 and _error_mm(found, truth) < 4.0
+
+
+def test_head_centres_of_two_contrasts_agree():
+    """The start of every registration: the head-mask centres of two contrasts of one head agree to
+    a fraction of a voxel, where intensity-weighted centres of mass differ by millimetres."""
+    from regode.alignment import head_center
+
+    fixed, moving, _ = _pair([0.0, 0.0, 0.0], [0.0, 0.0, 0.0])
+    heads = float((head_center(fixed, GRID) - head_center(moving, GRID)).norm())
+    weighted = float((center_of_mass(fixed, GRID) - center_of_mass(moving, GRID)).norm())
+    assert heads < 1.0 and weighted > 2 * heads

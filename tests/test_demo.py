@@ -14,8 +14,8 @@ def test_demo_runs_register_and_reports_against_the_truth(tmp_path):
 
 
 def test_demo_takes_a_user_checkpoint_for_deformable_models(tmp_path):
-    """No deformable weights ship: `regode demo --model rigid+bspline --checkpoint B.pt` runs the
-    hybrid with the user's model (here an untrained one) and writes the warp."""
+    """`regode demo --model rigid+bspline --checkpoint B.pt` runs the hybrid with the user's model
+    (here an untrained one) instead of the shipped one, and writes the warp."""
     from regode.odenet import checkpoint
     from regode.odenet.model import ModelConfig, MSODENet
     from regode.odenet.train import TrainConfig

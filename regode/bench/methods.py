@@ -95,13 +95,12 @@ class PrincipalAxes:
     def register(self, fixed: Image, moving: Image, seed: int) -> Transform:
         import torch
 
-        from ..alignment import principal_axes
-        from ..odenet.preprocess import center_of_mass
+        from ..alignment import head_center, principal_axes
         from ..pipeline import initial_linear, working_image
 
         f, f_grid = working_image(fixed, 2.0, torch.device("cpu"))
         m, m_grid = working_image(moving, 2.0, torch.device("cpu"))
-        start = initial_linear([], True, center_of_mass(f, f_grid), center_of_mass(m, m_grid))
+        start = initial_linear([], True, head_center(f, f_grid), head_center(m, m_grid))
         return principal_axes(f, f_grid, m, m_grid, start)[0]
 
 

@@ -14,14 +14,13 @@ from pathlib import Path
 
 import torch
 
-from ..alignment import principal_axes
+from ..alignment import head_center, principal_axes
 from ..errors import RegodeError
 from ..io import Image
 from ..pipeline import Result, initial_linear, output_paths, read_inputs, resolve_device, working_image, write_outputs
 from ..transforms import Compose, DisplacementField
 from .checkpoint import file_hash, load_model, weights_dir
 from .model import MSODENet, pyramid
-from .preprocess import center_of_mass
 
 MODELS = ("rigid", "bspline", "dense", "rigid+bspline", "rigid+dense")
 
@@ -34,7 +33,8 @@ class RegisterConfig:
     checkpoints: dict = field(default_factory=dict)
     """stage kind -> model file (default: the shipped ``weights/<kind>.pt``)."""
     center_of_mass: bool = True
-    """start from the translation between the images' centres of mass."""
+    """start from the translation between the centres of the images' head masks
+    (regode.alignment.head_center)."""
     principal_axes: bool = True
     """models that start with a rigid stage: start from the best principal-axes alignment (or the
     centre-of-mass translation, whichever shares more mutual information); see regode.alignment."""
@@ -76,8 +76,7 @@ def register_images(fixed: Image, moving: Image, config: RegisterConfig, models:
     spacing = next(iter(models.values()))[0].config.spacing
     fixed_w, fixed_grid = working_image(fixed, spacing, device)
     moving_w, moving_grid = working_image(moving, spacing, device)
-    c_fix = center_of_mass(fixed_w, fixed_grid).double()
-    c_mov = center_of_mass(moving_w, moving_grid).double()
+    c_fix, c_mov = head_center(fixed_w, fixed_grid), head_center(moving_w, moving_grid)
     pyramids = {}
 
     def levels(n):
@@ -110,7 +109,7 @@ def register_images(fixed: Image, moving: Image, config: RegisterConfig, models:
         timings[kind] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - start
     stats = {"timings_s": timings, "nfe": nfe, "device": str(device), "working_spacing_mm": spacing,
-             "center_of_mass_fixed": c_fix.tolist(), "center_of_mass_moving": c_mov.tolist(),
+             "head_center_fixed": c_fix.tolist(), "head_center_moving": c_mov.tolist(),
              "principal_axes": alignment}
     return Result(linear, field_transform, stats)
 
