@@ -3,10 +3,10 @@ moving image is rotated.
 
 Each image's head (see :func:`head_mask`) has a centre and three principal axes. The
 rotations that carry the fixed image's axes onto the moving image's are known up to the axes'
-signs (four proper rotations); together with the plain centre-of-mass translation they are the
-candidates, and the one under which the images share the most mutual information on a coarse
-grid wins. A head that is nearly round (close principal variances), or no head at all, has no
-reliable axes: then the centre-of-mass translation is kept. The rigid MS-ODENet stage starts
+signs (four proper rotations); together with the plain translation between the head centres (the
+start of every registration, :func:`head_center`) they are the candidates, and the one under which
+the images share the most mutual information on a coarse grid wins. A head that is nearly round
+(close principal variances), or no head at all, has no reliable axes: then the start is kept. The rigid MS-ODENet stage starts
 from the winner.
 """
 
@@ -22,7 +22,7 @@ from .transforms import Affine
 
 MIN_RATIO = 1.1
 """the principal variances of both heads must differ by this factor (brains: 1.24 or more; a
-sphere-like head has no axes to align), else only the centre-of-mass translation is used."""
+sphere-like head has no axes to align), else only the start (the head centres' translation) is used."""
 SIGNS = np.array([[1, 1, 1], [-1, -1, 1], [-1, 1, -1], [1, -1, -1]], dtype=float)
 
 
@@ -75,7 +75,7 @@ def candidates(fixed: tuple, moving: tuple) -> list[Affine]:
 
 def principal_axes(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid,
                    start: Affine, spacing: float = 4.0) -> tuple[Affine, dict]:
-    """Of ``start`` (the centre-of-mass translation) and the principal-axes candidates (see
+    """Of ``start`` (the translation between the head centres) and the principal-axes candidates (see
     :func:`candidates`) for two working images (values in [0, 1]), the one under which the images
     share the most mutual information, measured at ``spacing`` mm; and a record of the choice.
     Without reliable axes (a round or empty head) ``start`` is returned."""

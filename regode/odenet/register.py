@@ -37,7 +37,7 @@ class RegisterConfig:
     (regode.alignment.head_center)."""
     principal_axes: bool = True
     """models that start with a rigid stage: start from the best principal-axes alignment (or the
-    centre-of-mass translation, whichever shares more mutual information); see regode.alignment."""
+    head centres' translation, whichever shares more mutual information); see regode.alignment."""
     initial_transform: list = field(default_factory=list)
     """transform specs (antsApplyTransforms order) of the starting fixed -> moving mapping."""
     device: str = "auto"
