@@ -50,17 +50,26 @@ def moments(volume: torch.Tensor, grid: Grid) -> tuple[np.ndarray, np.ndarray, n
     return center, variances, axes
 
 
-def head_center(volume: torch.Tensor, grid: Grid) -> torch.Tensor:
+def head_moments(volume: torch.Tensor, grid: Grid) -> tuple | None:
+    """:func:`moments`, or None when the image has no head to measure."""
+    try:
+        return moments(volume, grid)
+    except ValueError:
+        return None
+
+
+def head_center(volume: torch.Tensor, grid: Grid, head: tuple | None = None) -> torch.Tensor:
     """World position (mm, float64) of the centre of the head mask of ``[B, 1, ...]``'s first
-    volume: unlike the intensity-weighted centre of mass it hardly depends on the contrast (on
-    BraTS pairs of two contrasts the weighted centres differ by a few mm, which a deformable model
-    without a linear stage must then undo). Falls back to the centre of mass without a head."""
+    volume (``head``: its :func:`head_moments`, if already known): unlike the intensity-weighted
+    centre of mass it hardly depends on the contrast (on BraTS pairs of two contrasts the weighted
+    centres differ by a few mm, which a deformable model without a linear stage must then undo).
+    Falls back to the centre of mass without a head."""
     from .odenet.preprocess import center_of_mass
 
-    try:
-        return torch.as_tensor(moments(volume, grid)[0], dtype=torch.float64)
-    except ValueError:
+    head = head if head is not None else head_moments(volume, grid)
+    if head is None:
         return center_of_mass(volume, grid).double()
+    return torch.as_tensor(head[0], dtype=torch.float64)
 
 
 def candidates(fixed: tuple, moving: tuple) -> list[Affine]:
@@ -74,24 +83,25 @@ def candidates(fixed: tuple, moving: tuple) -> list[Affine]:
 
 
 def principal_axes(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid,
-                   start: Affine, spacing: float = 4.0) -> tuple[Affine, dict]:
+                   start: Affine, spacing: float = 4.0, heads: tuple | None = None) -> tuple[Affine, dict]:
     """Of ``start`` (the translation between the head centres) and the principal-axes candidates (see
     :func:`candidates`) for two working images (values in [0, 1]), the one under which the images
     share the most mutual information, measured at ``spacing`` mm; and a record of the choice.
-    Without reliable axes (a round or empty head) ``start`` is returned."""
+    Without reliable axes (a round or empty head) ``start`` is returned. ``heads``: the two
+    images' :func:`head_moments`, if already known."""
     from .odenet.preprocess import blur
 
     maps, record = [start.double()], {}
-    try:
-        fixed_moments, moving_moments = moments(fixed, fixed_grid), moments(moving, moving_grid)
+    fixed_moments, moving_moments = heads if heads is not None else (head_moments(fixed, fixed_grid), head_moments(moving, moving_grid))
+    if fixed_moments is None or moving_moments is None:
+        record["skipped"] = "too few foreground voxels for a principal-axes alignment"
+    else:
         ratios = np.array([min(v[1:] / np.maximum(v[:-1], 1e-12)) for _, v, _ in (fixed_moments, moving_moments)])
         record["variance_ratios"] = ratios.tolist()
         if np.all(np.isfinite(ratios) & (ratios >= MIN_RATIO)):
             maps += candidates(fixed_moments, moving_moments)
         else:
             record["skipped"] = f"principal variances closer than a factor {MIN_RATIO}: no reliable axes"
-    except ValueError as exc:
-        record["skipped"] = str(exc)
     if len(maps) == 1:
         return maps[0], {**record, "candidate_mi": [], "chosen": 0}
     coarse = fixed_grid.with_spacing(spacing)

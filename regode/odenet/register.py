@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..alignment import head_center, principal_axes
+from ..alignment import head_center, head_moments, principal_axes
 from ..errors import RegodeError
 from ..io import Image
 from ..pipeline import Result, initial_linear, output_paths, read_inputs, resolve_device, working_image, write_outputs
@@ -76,7 +76,8 @@ def register_images(fixed: Image, moving: Image, config: RegisterConfig, models:
     spacing = next(iter(models.values()))[0].config.spacing
     fixed_w, fixed_grid = working_image(fixed, spacing, device)
     moving_w, moving_grid = working_image(moving, spacing, device)
-    c_fix, c_mov = head_center(fixed_w, fixed_grid), head_center(moving_w, moving_grid)
+    heads = head_moments(fixed_w, fixed_grid), head_moments(moving_w, moving_grid)
+    c_fix, c_mov = head_center(fixed_w, fixed_grid, heads[0]), head_center(moving_w, moving_grid, heads[1])
     pyramids = {}
 
     def levels(n):
@@ -87,7 +88,7 @@ def register_images(fixed: Image, moving: Image, config: RegisterConfig, models:
     linear = initial_linear(config.initial_transform, config.center_of_mass, c_fix, c_mov)
     alignment = None
     if config.principal_axes and config.center_of_mass and not config.initial_transform and "rigid" in models:
-        linear, alignment = principal_axes(fixed_w, fixed_grid, moving_w, moving_grid, linear)
+        linear, alignment = principal_axes(fixed_w, fixed_grid, moving_w, moving_grid, linear, heads=heads)
     timings["preprocess"] = time.perf_counter() - start
     field_transform = None
     for kind, (model, _) in models.items():
