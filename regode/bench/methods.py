@@ -95,13 +95,12 @@ class PrincipalAxes:
     def register(self, fixed: Image, moving: Image, seed: int) -> Transform:
         import torch
 
-        from ..alignment import head_center, principal_axes
-        from ..pipeline import initial_linear, working_image
+        from ..odenet.register import RegisterConfig, starting_point
+        from ..pipeline import working_image
 
         f, f_grid = working_image(fixed, 2.0, torch.device("cpu"))
         m, m_grid = working_image(moving, 2.0, torch.device("cpu"))
-        start = initial_linear([], True, head_center(f, f_grid), head_center(m, m_grid))
-        return principal_axes(f, f_grid, m, m_grid, start)[0]
+        return starting_point(f, f_grid, m, m_grid, RegisterConfig(), rigid=True)[0]
 
 
 class NeuralField:

@@ -64,6 +64,20 @@ def load_models(config: RegisterConfig) -> dict[str, tuple[MSODENet, Path]]:
     return models
 
 
+def starting_point(fixed_w, fixed_grid, moving_w, moving_grid, config: RegisterConfig, rigid: bool):
+    """The fixed -> moving linear map the stages start from (``--initial-transform``, the head
+    centres' translation, or for a model with a ``rigid`` stage the best principal-axes
+    alignment), the two head centres (world mm) and the record of the principal-axes choice (or
+    None), for two working images."""
+    heads = head_moments(fixed_w, fixed_grid), head_moments(moving_w, moving_grid)
+    c_fix, c_mov = head_center(fixed_w, fixed_grid, heads[0]), head_center(moving_w, moving_grid, heads[1])
+    linear = initial_linear(config.initial_transform, config.center_of_mass, c_fix, c_mov)
+    alignment = None
+    if rigid and config.principal_axes and config.center_of_mass and not config.initial_transform:
+        linear, alignment = principal_axes(fixed_w, fixed_grid, moving_w, moving_grid, linear, heads=heads)
+    return linear, c_fix, c_mov, alignment
+
+
 def register_images(fixed: Image, moving: Image, config: RegisterConfig, models: dict | None = None) -> Result:
     """Register ``moving`` to ``fixed`` with the MS-ODENet stages of ``config.model``."""
     torch.manual_seed(config.seed)
@@ -76,8 +90,7 @@ def register_images(fixed: Image, moving: Image, config: RegisterConfig, models:
     spacing = next(iter(models.values()))[0].config.spacing
     fixed_w, fixed_grid = working_image(fixed, spacing, device)
     moving_w, moving_grid = working_image(moving, spacing, device)
-    heads = head_moments(fixed_w, fixed_grid), head_moments(moving_w, moving_grid)
-    c_fix, c_mov = head_center(fixed_w, fixed_grid, heads[0]), head_center(moving_w, moving_grid, heads[1])
+    linear, c_fix, c_mov, alignment = starting_point(fixed_w, fixed_grid, moving_w, moving_grid, config, "rigid" in models)
     pyramids = {}
 
     def levels(n):
@@ -85,10 +98,6 @@ def register_images(fixed: Image, moving: Image, config: RegisterConfig, models:
             pyramids[n] = (pyramid(fixed_w, fixed_grid, n), pyramid(moving_w, moving_grid, n))
         return pyramids[n]
 
-    linear = initial_linear(config.initial_transform, config.center_of_mass, c_fix, c_mov)
-    alignment = None
-    if config.principal_axes and config.center_of_mass and not config.initial_transform and "rigid" in models:
-        linear, alignment = principal_axes(fixed_w, fixed_grid, moving_w, moving_grid, linear, heads=heads)
     timings["preprocess"] = time.perf_counter() - start
     field_transform = None
     for kind, (model, _) in models.items():
