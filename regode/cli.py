@@ -182,25 +182,28 @@ class ModelKind(str, enum.Enum):
     rigid = "rigid"
     bspline = "bspline"
     dense = "dense"
+    encoder = "encoder"
 
 
 @app.command()
 @user_errors
 def train(
-    model: Annotated[ModelKind, typer.Option("--model", help="Transformation family of the MS-ODENet.")],
+    model: Annotated[ModelKind, typer.Option("--model", help="Transformation family of the MS-ODENet, or encoder: the content encoder (translation model) of the learned similarity.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Final model file (OUT.ckpt holds the resumable state, OUT.log.jsonl the log).")],
     data: Annotated[Optional[Path], typer.Option("--data", help="Dataset folder DIR/<subject>/<contrast>.nii.gz (co-registered contrasts).")] = None,
     synthetic: Annotated[bool, typer.Option("--synthetic", help="Train on generated heads (the default when --data is not given).")] = False,
     label_map: Annotated[Optional[list[Path]], typer.Option("--label-map", help="Label map to render as well (synthetic data), repeatable.")] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Optimiser steps (default 2000; with --resume: the saved run's, or this).")] = None,
-    batch: Annotated[int, typer.Option("--batch", min=1, help="Pairs per step.")] = 2,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Optimiser steps (default 2000, encoder 6000; with --resume: the saved run's, or this).")] = None,
+    batch: Annotated[Optional[int], typer.Option("--batch", min=1, help="Pairs (encoder: slab pairs) per step (default 2, encoder 4).")] = None,
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-4,
     schedule: Annotated[str, typer.Option("--schedule", help="Solvers per level, e.g. A(1e-3)-A(1e-3)-F(0.1) (default: the kind's).")] = "",
     levels: Annotated[int, typer.Option("--levels", min=1, help="Pyramid levels L (= T).")] = 3,
     spacing: Annotated[float, typer.Option("--spacing", help="Finest working spacing (mm).")] = 2.0,
     width: Annotated[int, typer.Option("--width", min=2, help="Channels of the first conv layer.")] = 16,
     size: Annotated[int, typer.Option("--size", min=16, help="Training volumes are SIZE^3 voxels.")] = 96,
-    lambda_sim: Annotated[float, typer.Option(help="Weight of L_sim (mutual information).")] = 1.0,
+    similarity: Annotated[str, typer.Option("--similarity", help="MS-ODENet L_sim: mi (mutual information) or content (learned content features of --encoder).")] = "mi",
+    encoder: Annotated[Optional[Path], typer.Option("--encoder", help="--similarity content: encoder from `regode train --model encoder` (default: the shipped weights/encoder.pt).")] = None,
+    lambda_sim: Annotated[float, typer.Option(help="Weight of L_sim.")] = 1.0,
     lambda_self: Annotated[float, typer.Option(help="Weight of L_self (known motion).")] = 1.0,
     lambda_reg: Annotated[Optional[float], typer.Option(help="Weight of L_reg (default 2 bspline, 10 dense).")] = None,
     curriculum: Annotated[float, typer.Option(help="Fraction of the steps over which the motion ranges grow from 20 % to 100 %.")] = 0.5,
@@ -215,7 +218,7 @@ def train(
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Train an MS-ODENet (rigid, bspline or dense) on synthetic or folder data."""
+    """Train an MS-ODENet (rigid, bspline or dense) or the content encoder on synthetic or folder data."""
     import torch
 
     from .errors import RegodeError
@@ -229,11 +232,28 @@ def train(
     if threads:
         torch.set_num_threads(threads)
     check_writable(out)
+    if model == ModelKind.encoder:
+        if label_map:
+            raise RegodeError("--label-map is for MS-ODENet models; the encoder renders its own tissue classes")
+        from .encoder.networks import EncoderConfig
+        from .encoder.train import EncoderTrainConfig, train as train_encoder
+
+        try:
+            config = EncoderTrainConfig(model=EncoderConfig(width=width, spacing=spacing), data=str(data) if data else None,
+                                        steps=steps or 6000, batch=batch or 4, lr=lr, size=size, seed=seed,
+                                        checkpoint_every=checkpoint_every, validate_every=validate_every)
+        except ValueError as exc:
+            raise RegodeError(str(exc)) from None
+        result = train_encoder(config, out, resume=resume, progress=not quiet, steps=steps)
+        last = result["history"][-1]
+        print(f"wrote {out}: {result['steps']} steps in {result['seconds'] / 60:.1f} min, validation cross-translation L1 "
+              f"{last['cross_l1']:.3f}, content ratio aligned/shifted {last['content_ratio']:.3f}")
+        return
     try:
         config = TrainConfig(
             model=ModelConfig(kind=model.value, levels=levels, horizon=float(levels), schedule=schedule, spacing=spacing, width=width),
-            data=str(data) if data else None, label_maps=[str(p) for p in label_map or []], steps=steps or 2000, batch=batch, lr=lr,
-            lambda_sim=lambda_sim, lambda_self=lambda_self, lambda_reg=lambda_reg, size=size, seed=seed, adjoint=adjoint,
+            data=str(data) if data else None, label_maps=[str(p) for p in label_map or []], steps=steps or 2000, batch=batch or 2, lr=lr,
+            similarity=similarity, encoder=str(encoder) if encoder else None, lambda_sim=lambda_sim, lambda_self=lambda_self, lambda_reg=lambda_reg, size=size, seed=seed, adjoint=adjoint,
             checkpoint_every=checkpoint_every, validate_every=validate_every,
             motion=MotionRange(max_rotation, max_translation, max_sigma, ramp_pairs=int(curriculum * (steps or 2000) * batch)),
         )
@@ -252,7 +272,7 @@ def _choices(name: str, values: tuple[str, ...]) -> type[enum.Enum]:
 # fit-field's choices; kept equal to regode.nir's SAMPLERS, METRICS, ... by a test (importing
 # regode.nir here would load torch for every command's --help)
 Sampler = _choices("Sampler", ("downsize", "patch", "hybrid"))
-Metric = _choices("Metric", ("mi", "ncc", "mse"))
+Metric = _choices("Metric", ("mi", "ncc", "mse", "content", "mind"))
 Encoding = _choices("Encoding", ("grid", "fourier", "none"))
 Activation = _choices("Activation", ("relu", "sine"))
 Solver = _choices("Solver", ("euler", "midpoint", "rk4"))
@@ -266,7 +286,8 @@ def fit_field(
     out: Annotated[str, typer.Option("--out", "-o", help="Output prefix: PREFIX1Warp.nii.gz, PREFIX1InverseWarp.nii.gz, PREFIX0GenericAffine.mat, PREFIXWarped.nii.gz, ...")],
     diffeomorphic: Annotated[bool, typer.Option("--diffeomorphic", help="Fit a stationary velocity field and integrate it (no folding).")] = False,
     sampler: Annotated[Sampler, typer.Option("--sampler", help="Coordinates per step: strided grid, mini-patches, or both (two fields).")] = Sampler.downsize,
-    metric: Annotated[Metric, typer.Option("--metric", help="mi: any contrasts; ncc: local NCC, same contrast; mse.")] = Metric.mi,
+    metric: Annotated[Metric, typer.Option("--metric", help="mi: any contrasts; content: learned content features (any contrasts); mind: MIND descriptors (any contrasts); ncc: local NCC, same contrast; mse.")] = Metric.mi,
+    encoder: Annotated[Optional[Path], typer.Option("--encoder", help="--metric content: encoder from `regode train --model encoder` (default: the shipped weights/encoder.pt).")] = None,
     iterations: Annotated[int, typer.Option("--iterations", min=1, help="Adam steps of the (first) field.")] = 60,
     coarse_iterations: Annotated[int, typer.Option("--coarse-iterations", min=0, help="Adam steps before --iterations on a 2x coarser lattice and smoothed images.")] = 100,
     refine_iterations: Annotated[int, typer.Option("--refine-iterations", min=1, help="Adam steps of the second field (hybrid sampler).")] = 20,
@@ -297,7 +318,7 @@ def fit_field(
     from .nir.fit import FitConfig, fit_files
 
     config = FitConfig(
-        diffeomorphic=diffeomorphic, sampler=sampler.value, metric=metric.value, iterations=iterations,
+        diffeomorphic=diffeomorphic, sampler=sampler.value, metric=metric.value, encoder=str(encoder) if encoder else None, iterations=iterations,
         coarse_iterations=coarse_iterations, refine_iterations=refine_iterations, lr=lr, spacing=spacing, stride=stride, patch_size=patch_size, patches=patches,
         ncc_window=ncc_window, lambda_fold=lambda_fold, lambda_grad=lambda_grad, lambda_bending=lambda_bending,
         solver=solver.value, integration_steps=integration_steps,

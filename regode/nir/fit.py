@@ -29,7 +29,8 @@ from .fields import FieldConfig, NeuralField, flow
 from .samplers import Lattice, downsize, patches, region_of
 
 SAMPLERS = ("downsize", "patch", "hybrid")
-METRICS = ("mi", "ncc", "mse")
+METRICS = ("mi", "ncc", "mse", "content", "mind")
+FEATURE_METRICS = ("content", "mind")  # compared as feature volumes computed once per image
 SOLVERS = ("euler", "midpoint", "rk4")
 
 
@@ -41,7 +42,10 @@ class FitConfig:
     """the field is a stationary velocity integrated over [0, 1] (else a displacement)."""
     sampler: str = "downsize"
     metric: str = "mi"
-    """mi: mutual information (any contrasts); ncc: local NCC (same contrast); mse."""
+    """mi: mutual information (any contrasts); content: the learned content features (any
+    contrasts); mind: MIND descriptors (any contrasts); ncc: local NCC (same contrast); mse."""
+    encoder: str | None = None
+    """content metric: the encoder checkpoint (None: the shipped ``weights/encoder.pt``)."""
     iterations: int = 60
     """Adam steps of the (first) field."""
     coarse_iterations: int = 100
@@ -137,12 +141,39 @@ def mapping(fields: list[NeuralField], points: torch.Tensor, config: FitConfig, 
 
 
 def similarity(metric: str, fixed: torch.Tensor, moved: torch.Tensor, window: int) -> torch.Tensor:
-    """A loss (lower is better) between sampled fixed and moved intensities ``[B, 1, d, h, w]``."""
+    """A loss (lower is better) between sampled fixed and moved intensities ``[B, 1, d, h, w]``
+    (feature metrics: features ``[B, C, d, h, w]``, already scaled by :func:`feature_volumes`)."""
+    if metric in FEATURE_METRICS:
+        return (moved - fixed).square().sum(1).mean()
     if metric == "mi":
         return -mattes_mutual_information(moved, fixed)
     if metric == "ncc":
         return -local_ncc(moved, fixed, window)
     return (moved - fixed).square().mean()
+
+
+def feature_volumes(config: FitConfig, fixed: torch.Tensor, moving: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed and moving feature volumes of a feature metric, both divided by the square root of
+    the fixed features' total variance over the head, so that the loss is about 2 between unrelated
+    features and 0 at a perfect match, whatever the metric."""
+    if config.metric == "content":
+        from ..encoder.features import content_volume
+        from ..encoder.train import load_encoder
+        from ..odenet.checkpoint import weights_dir
+
+        path = config.encoder or weights_dir() / "encoder.pt"
+        model, _ = load_encoder(path)
+        model = model.to(fixed.device)
+        slices = model.config.slices
+        fixed_f, moving_f = content_volume(model.content, fixed, slices), content_volume(model.content, moving, slices)
+    else:
+        from ..encoder.features import mind
+
+        fixed_f, moving_f = mind(fixed), mind(moving)
+    head = (fixed[0, 0] > 0.05).flatten()
+    values = fixed_f[0].flatten(1)[:, head] if bool(head.any()) else fixed_f[0].flatten(1)
+    scale = values.var(dim=1).sum().clamp(min=1e-8).sqrt()
+    return fixed_f / scale, moving_f / scale
 
 
 def _lattice(kind: str, region: Grid, stride: int, config: FitConfig, generator: torch.Generator, device) -> Lattice:
@@ -185,10 +216,13 @@ def fit_images(fixed: Image, moving: Image, config: FitConfig, progress: bool = 
     fixed_w, fixed_grid = working_image(fixed, config.spacing, device)
     moving_w, moving_grid = working_image(moving, config.spacing, device)
     c_fix, c_mov = center_of_mass(fixed_w, fixed_grid), center_of_mass(moving_w, moving_grid)
+
     linear = initial_linear(config.initial_transform, config.center_of_mass, c_fix, c_mov)
     # sampling the moving image at linear(y) = sampling it on its grid pulled back through linear
     moving_at = moving_grid.pulled_back(linear.homogeneous()[0].detach().cpu().numpy())
     region = region_of(fixed_w, fixed_grid, config.margin)
+    if config.metric in FEATURE_METRICS:  # from here on the "images" are feature volumes
+        fixed_w, moving_w = feature_volumes(config, fixed_w, moving_w)
     timings["preprocess"] = time.perf_counter() - start
 
     # fields, each a list of stages (sampler, stride, fixed, moving, iterations); the coarse stage

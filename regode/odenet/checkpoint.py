@@ -16,9 +16,10 @@ FORMAT = "regode.msodenet"
 VERSION = 1
 
 
-def save(path, model, config, step: int, seconds: float, history: list, optimizer=None) -> None:
+def save(path, model, config, step: int, seconds: float, history: list, optimizer=None, fmt: str = FORMAT) -> None:
+    """Write a checkpoint atomically; ``optimizer`` is an optimiser or a dict of state dicts."""
     document = {
-        "format": FORMAT,
+        "format": fmt,
         "version": VERSION,
         "model_config": model.config.to_dict(),
         "train_config": config.to_dict(),
@@ -28,12 +29,12 @@ def save(path, model, config, step: int, seconds: float, history: list, optimize
         "model": model.state_dict(),
     }
     if optimizer is not None:
-        document["optimizer"] = optimizer.state_dict()
+        document["optimizer"] = optimizer.state_dict() if hasattr(optimizer, "state_dict") else optimizer
     with atomic_output(path) as tmp:
         torch.save(document, tmp)
 
 
-def load(path, expect_optimizer: bool = False) -> dict:
+def load(path, expect_optimizer: bool = False, fmt: str = FORMAT, what: str = "MS-ODENet") -> dict:
     path = Path(path)
     if not path.is_file():
         raise RegodeError(f"checkpoint not found: {path}")
@@ -42,8 +43,8 @@ def load(path, expect_optimizer: bool = False) -> dict:
     except Exception as exc:  # pickle, zip and torch errors all mean the same to a user
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RegodeError(f"cannot read checkpoint {path}: {reason[:200]}") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise RegodeError(f"{path} is not a regode MS-ODENet checkpoint")
+    if not isinstance(document, dict) or document.get("format") != fmt:
+        raise RegodeError(f"{path} is not a regode {what} checkpoint")
     if document.get("version") != VERSION:
         raise RegodeError(f"{path} has checkpoint version {document.get('version')}, this regode reads {VERSION}")
     if expect_optimizer and "optimizer" not in document:

@@ -77,14 +77,15 @@ def random_head(grid: Grid, gen: torch.Generator) -> torch.Tensor:
     return torch.where(r > 1, torch.zeros_like(labels), labels)
 
 
-def render_contrast(labels: torch.Tensor, grid: Grid, gen: torch.Generator) -> torch.Tensor:
-    """One random MRI-like contrast of a label map: a random intensity per label (background dark),
-    partial-volume blur, thick slices along a random axis, a smooth bias field, noise and a gamma
-    change, normalised as ``regode register`` normalises its inputs. ``[1, 1, nz, ny, nx]`` float32."""
+def render_contrast(labels: torch.Tensor, grid: Grid, gen: torch.Generator, means: torch.Tensor | None = None) -> torch.Tensor:
+    """One random MRI-like contrast of a label map: a random intensity per label (background dark;
+    or the given ``means`` per label), partial-volume blur, thick slices along a random axis, a
+    smooth bias field, noise and a gamma change, normalised as ``regode register`` normalises its
+    inputs. ``[1, 1, nz, ny, nx]`` float32."""
     u = lambda lo, hi: float(lo + (hi - lo) * torch.rand(1, generator=gen))  # noqa: E731
-    n = int(labels.max()) + 1
-    means = torch.rand(n, generator=gen)
-    means[0] = u(0.0, 0.1) if torch.rand(1, generator=gen) < 0.2 else 0.0
+    if means is None:
+        means = torch.rand(int(labels.max()) + 1, generator=gen)
+        means[0] = u(0.0, 0.1) if torch.rand(1, generator=gen) < 0.2 else 0.0
     image = means[labels.long()] + 0.03 * torch.randn(labels.shape, generator=gen) * (labels > 0)
     sigmas = [u(0.3, 1.0)] * 3
     sigmas[int(torch.randint(3, (1,), generator=gen))] = u(0.3, 2.0)  # thicker slices on one axis

@@ -1,7 +1,8 @@
 """Training MS-ODENet: L = lambda_sim L_sim + lambda_self L_self + lambda_reg L_reg.
 
 - L_sim: minus the mutual information between the warped moving image and the fixed image at the
-  finest level (modality independent);
+  finest level (modality independent), or the content distance ||E3D(warped) - E3D(fixed)||^2 of
+  the learned content encoder (``similarity="content"``);
 - L_self: L2 between the known motion and the predicted one. Every training pair has exact ground
   truth (two contrasts of one anatomy plus a random motion), so L_self is applied to the
   multi-contrast pair itself; for rigid models the rotation vector enters as arc length at 50 mm,
@@ -15,6 +16,7 @@ run stopped. The final model (``OUT``) holds no optimiser state.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,6 +32,8 @@ from .data import FolderPairs, MotionRange, Pair, SyntheticPairs, rmse_on_foregr
 from .model import MSODENet, ModelConfig, pyramid
 
 DEFAULT_LAMBDA_REG = {"rigid": 0.0, "bspline": 2.0, "dense": 10.0}
+SIMILARITIES = ("mi", "content")
+CONTENT_SLICES = 8  # E3D slice positions per axis in L_sim = content
 ARC_RADIUS = 50.0  # mm: a rotation-vector error of 1 rad counts as 50 mm in L_self
 
 
@@ -45,6 +49,11 @@ class TrainConfig:
     steps: int = 2000
     batch: int = 2
     lr: float = 1e-4
+    similarity: str = "mi"
+    """L_sim: "mi" (mutual information) or "content" (||E3D(warped) - E3D(fixed)||^2 with the
+    content encoder ``encoder``)."""
+    encoder: str | None = None
+    """content similarity: the encoder checkpoint (None: the shipped ``weights/encoder.pt``)."""
     lambda_sim: float = 1.0
     lambda_self: float = 1.0
     lambda_reg: float | None = None
@@ -64,6 +73,8 @@ class TrainConfig:
             raise ValueError("the curriculum length must not be negative")
         if self.lambda_reg is None:
             self.lambda_reg = DEFAULT_LAMBDA_REG[self.model.kind]
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(f"unknown similarity {self.similarity!r}: choose from {', '.join(SIMILARITIES)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -104,7 +115,15 @@ def losses(model: MSODENet, pair: Pair, config: TrainConfig, adjoint: bool = Fal
     moved = transform.map_grid(pair.grid)
     disp = (moved - pair.grid.world_points(dtype=moved.dtype)[None]).movedim(-1, 1)
     warped = sample(pair.moving, pair.grid, moved)
-    l_sim = -mutual_information(warped, pair.fixed)
+    if config.similarity == "content":
+        from ..encoder.features import content_distance
+
+        encoder = content_encoder(config.encoder, model.config.spacing)
+        # slice positions drawn in each fixed image (seed 0): they differ between pairs, not between runs
+        l_sim = sum(content_distance(encoder.content, w[None], f[None], CONTENT_SLICES, seed=0, slices=encoder.config.slices)
+                    for w, f in zip(warped, pair.fixed)) / len(warped)
+    else:
+        l_sim = -mutual_information(warped, pair.fixed)
     if model.config.kind == "rigid":
         diff = theta - pair.truth
         l_self = torch.cat([diff[:, :3] * ARC_RADIUS, diff[:, 3:]], 1).square().mean() / 100
@@ -114,6 +133,19 @@ def losses(model: MSODENet, pair: Pair, config: TrainConfig, adjoint: bool = Fal
     total = config.lambda_sim * l_sim + config.lambda_self * l_self + config.lambda_reg * l_reg
     return total, {"loss": float(total.detach()), "sim": float(l_sim.detach()), "self": float(l_self.detach()), "reg": float(l_reg.detach()), "nfe": nfe,
                    "displacement": disp.detach()}
+
+
+@functools.lru_cache(maxsize=2)
+def content_encoder(path: str | None, spacing: float):
+    """The frozen translation model whose E^c gives L_sim = content; its training spacing must be
+    the MS-ODENet's working spacing (the features are not scale-invariant)."""
+    from ..encoder.train import load_encoder
+    from .checkpoint import weights_dir
+
+    model, _ = load_encoder(path or weights_dir() / "encoder.pt")
+    if abs(model.config.spacing - spacing) > 0.01 * spacing:
+        raise RegodeError(f"the encoder was trained on {model.config.spacing:g} mm slices, this model works at {spacing:g} mm")
+    return model.requires_grad_(False)
 
 
 @torch.no_grad()

@@ -1,0 +1,150 @@
+"""Training slabs for the translation model: co-registered contrasts of one anatomy, cut into
+stacks of adjacent slices, from two sources behind one interface.
+
+- :class:`SyntheticSubjects`: random heads (the MS-ODENet generator's label maps) whose regions get
+  a tissue class (white matter, grey matter, deep grey matter, CSF, lesion), rendered as each
+  modality with that modality's tissue contrast (T1: CSF dark, white matter bright; T2: the
+  reverse; FLAIR: CSF dark, lesions bright; T1c: lesions enhance), jittered per subject and
+  region, with the generator's blur, thick slices, bias field, noise and gamma. Needs no download.
+- :class:`FolderSubjects`: the contrasts of each subject of a dataset folder in the benchmark
+  layout whose names are among the model's modalities, resampled to the training spacing.
+
+A batch is a pure function of (seed, step), so training resumes exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import RegodeError
+from ..odenet.data import random_head, render_contrast, training_grid
+from ..odenet.preprocess import center_of_mass, to_grid
+
+# mean intensity of each tissue class (rows: CSF, GM, WM, deep GM, lesion) in each modality
+TISSUE_MEANS = {
+    "t1": (0.12, 0.45, 0.75, 0.58, 0.30),
+    "t1c": (0.15, 0.47, 0.75, 0.60, 0.85),
+    "t2": (0.95, 0.60, 0.35, 0.50, 0.80),
+    "flair": (0.08, 0.55, 0.40, 0.50, 0.92),
+    "pd": (0.75, 0.70, 0.55, 0.65, 0.80),
+}
+CLASS_WEIGHTS = torch.tensor([0.10, 0.35, 0.35, 0.10, 0.10])  # regions 2.. of a random head
+JITTER = 0.06
+
+
+@dataclass
+class Slabs:
+    """A batch: the same slabs of two modalities of one anatomy, ``[B, slices, h, w]`` each."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+    modality_a: torch.Tensor  # [B] indices into the model's modalities
+    modality_b: torch.Tensor
+
+
+def cut_slabs(volumes: torch.Tensor, axis: int, centers: list[int], slices: int) -> torch.Tensor:
+    """Stacks of ``slices`` adjacent slices ``[len(centers) * V, slices, h, w]`` of volumes
+    ``[V, 1, nz, ny, nx]`` along tensor ``axis`` (2, 3 or 4) around each centre (borders
+    replicated)."""
+    half = slices // 2
+    v = volumes[:, 0].movedim(axis - 1, 1)  # [V, n, h, w]
+    n = v.shape[1]
+    out = []
+    for c in centers:
+        index = torch.arange(c - half, c + half + 1).clamp(0, n - 1)
+        out.append(v[:, index])
+    return torch.cat(out)
+
+
+class SubjectSource:
+    """Base: ``subject(i)`` gives (volumes ``[K, 1, n, n, n]`` of K available modalities, their
+    indices); ``batch(step)`` cuts slabs of two random modalities."""
+
+    def __init__(self, modalities: tuple[str, ...], size: int = 96, spacing: float = 2.0, seed: int = 0,
+                 slices: int = 5, batch: int = 4, reuse: int = 4):
+        self.modalities, self.size, self.spacing, self.seed = tuple(modalities), size, spacing, seed
+        self.slices, self.batch_size, self.reuse = slices, batch, reuse
+        self._cache: tuple[int, tuple] | None = None
+
+    def subject(self, index: int, gen: torch.Generator) -> tuple[torch.Tensor, list[int]]:
+        raise NotImplementedError
+
+    def _subject(self, index: int):
+        if self._cache is None or self._cache[0] != index:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + 7 * index + 1)
+            self._cache = (index, self.subject(index, gen))
+        return self._cache[1]
+
+    def batch(self, step: int) -> Slabs:
+        """Slabs of step ``step``: one subject per ``reuse`` steps, two different modalities per
+        slab, slab centres inside the head along a random axis."""
+        volumes, present = self._subject(step // self.reuse)
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + 7 * step + 2)
+        axis = 2 + int(torch.randint(3, (1,), generator=gen))
+        profile = (volumes[:, 0].mean(0) > 0.1).float().movedim(axis - 2, 0).flatten(1).sum(1)
+        inside = torch.nonzero(profile > 0.3 * profile.max()).flatten()
+        if inside.numel() == 0:
+            inside = torch.arange(volumes.shape[axis])
+        centers = inside[torch.randint(inside.numel(), (self.batch_size,), generator=gen)].tolist()
+        a, b = [], []
+        ma, mb = [], []
+        for c in centers:
+            i, j = torch.randperm(len(present), generator=gen)[:2].tolist()
+            a.append(cut_slabs(volumes[i : i + 1], axis, [c], self.slices))
+            b.append(cut_slabs(volumes[j : j + 1], axis, [c], self.slices))
+            ma.append(present[i])
+            mb.append(present[j])
+        return Slabs(torch.cat(a), torch.cat(b), torch.tensor(ma), torch.tensor(mb))
+
+
+def render_modalities(labels: torch.Tensor, grid, modalities, gen: torch.Generator) -> torch.Tensor:
+    """Each modality of a random head's label map ``[K, 1, n, n, n]`` (see the module doc)."""
+    n = int(labels.max()) + 1
+    classes = torch.zeros(n, dtype=torch.long)
+    classes[1] = 0  # the rim is CSF
+    classes[2:] = torch.multinomial(CLASS_WEIGHTS, max(n - 2, 1), replacement=True, generator=gen)[: n - 2]
+    jitter = JITTER * torch.randn(len(modalities), n, generator=gen)
+    out = []
+    for k, name in enumerate(modalities):
+        table = torch.tensor(TISSUE_MEANS.get(name, TISSUE_MEANS["t1"]))
+        means = (table[classes] + jitter[k]).clamp(0.02, 1.0)
+        means[0] = 0.0
+        out.append(render_contrast(labels, grid, gen, means))
+    return torch.cat(out)
+
+
+class SyntheticSubjects(SubjectSource):
+    def subject(self, index, gen):
+        unknown = [m for m in self.modalities if m not in TISSUE_MEANS]
+        if unknown:
+            raise RegodeError(f"synthetic data renders {', '.join(TISSUE_MEANS)}; no tissue table for {', '.join(unknown)}")
+        grid = training_grid(self.size, self.spacing)
+        labels = random_head(grid, gen)
+        return render_modalities(labels, grid, self.modalities, gen), list(range(len(self.modalities)))
+
+
+class FolderSubjects(SubjectSource):
+    """Subjects of a dataset folder with at least two of the model's modalities (read once)."""
+
+    def __init__(self, data, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        from ..bench.run import discover
+        from ..io import read_image
+
+        self.subjects = []
+        for subject in discover(data):
+            names = [c for c in subject.contrasts if c in self.modalities]
+            if len(names) < 2:
+                continue
+            images = {c: read_image(subject.contrasts[c], what=f"{subject.name} {c}") for c in names}
+            first = images[names[0]]
+            grid = training_grid(self.size, self.spacing, center_of_mass(first.data, first.grid).numpy())
+            volumes = torch.cat([to_grid(images[c], grid) for c in names])
+            self.subjects.append((volumes, [self.modalities.index(c) for c in names]))
+        if not self.subjects:
+            raise RegodeError(f"no subject in {data} has two of the contrasts {', '.join(self.modalities)}")
+
+    def subject(self, index, gen):
+        return self.subjects[int(torch.randint(len(self.subjects), (1,), generator=gen))]

@@ -1,0 +1,88 @@
+"""Content features of volumes for registration: E3D, the content distance, dense feature
+volumes, and MIND (the hand-made modality-independent descriptor, for comparison).
+
+E3D (paper section 2.2): the 2D content encoder applied to stacks of adjacent slices at N slice
+positions along each of the three axes. The positions are drawn with a seeded generator inside
+the reference (fixed) image's head, so the same seed gives the same positions and the same
+features; the distance compares two volumes on one grid at the same positions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .data import cut_slabs
+from .networks import ContentEncoder
+
+
+def slice_positions(reference: torch.Tensor, count: int, seed: int = 0, threshold: float = 0.1) -> list[torch.Tensor]:
+    """``count`` slice indices along each tensor axis (z, y, x) of ``reference [1, 1, nz, ny, nx]``,
+    drawn without replacement among the slices whose head area is at least a third of the largest
+    (all slices if the image is empty)."""
+    gen = torch.Generator().manual_seed(seed)
+    mask = reference[0, 0] > threshold
+    out = []
+    for axis in range(3):
+        area = mask.movedim(axis, 0).flatten(1).sum(1).float()
+        candidates = torch.nonzero(area >= area.max() / 3).flatten() if area.max() > 0 else torch.arange(mask.shape[axis])
+        pick = torch.randperm(candidates.numel(), generator=gen)[:count]
+        out.append(candidates[pick].sort().values)
+    return out
+
+
+def e3d(encoder: ContentEncoder, volume: torch.Tensor, positions: list[torch.Tensor], slices: int) -> list[torch.Tensor]:
+    """E3D of ``volume [1, 1, nz, ny, nx]``: per axis, the content features ``[N, C, h', w']`` of the
+    slab stacks centred at ``positions`` (from :func:`slice_positions`)."""
+    return [encoder(cut_slabs(volume, 2 + axis, pos.tolist(), slices)) for axis, pos in enumerate(positions)]
+
+
+def content_distance(encoder: ContentEncoder, moved: torch.Tensor, fixed: torch.Tensor, count: int = 8, seed: int = 0,
+                     slices: int = 5, fixed_features: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """``||E3D(moved) - E3D(fixed)||^2`` (mean over features and axes) for volumes on one grid;
+    the slice positions are drawn in ``fixed``. Differentiable with respect to ``moved``."""
+    positions = slice_positions(fixed, count, seed)
+    if fixed_features is None:
+        with torch.no_grad():
+            fixed_features = e3d(encoder, fixed, positions, slices)
+    moved_features = e3d(encoder, moved, positions, slices)
+    return sum((m - f).square().mean() for m, f in zip(moved_features, fixed_features)) / 3
+
+
+@torch.no_grad()
+def content_volume(encoder: ContentEncoder, volume: torch.Tensor, slices: int, chunk: int = 32) -> torch.Tensor:
+    """Dense content features ``[1, C, nz, ny, nx]``: every slice position along each axis encoded,
+    brought back to full resolution (bilinear), averaged over the three axes."""
+    shape = volume.shape[2:]
+    total = None
+    for axis in range(3):
+        n = shape[axis]
+        parts = []
+        for start in range(0, n, chunk):
+            feats = encoder(cut_slabs(volume, 2 + axis, list(range(start, min(n, start + chunk))), slices))
+            plane = [s for i, s in enumerate(shape) if i != axis]
+            parts.append(F.interpolate(feats, scale_factor=2, mode="bilinear", align_corners=False)[..., : plane[0], : plane[1]])
+        stack = torch.cat(parts).movedim(0, axis + 1)[None]  # [1, C, ...] with the slice axis back in place
+        total = stack if total is None else total + stack
+    return total / 3
+
+
+def mind(volume: torch.Tensor, radius: int = 1, dilation: int = 2) -> torch.Tensor:
+    """MIND (Heinrich et al. 2012) with the six-neighbourhood: ``[B, 6, nz, ny, nx]``, each channel
+    exp(-D_k / V) normalised to a maximum of 1 per voxel, D_k the patch distance (box of
+    ``2 radius + 1``) to the voxel ``dilation`` away along one direction, V the mean of the D_k."""
+    shifts = [(dilation, 0, 0), (-dilation, 0, 0), (0, dilation, 0), (0, -dilation, 0), (0, 0, dilation), (0, 0, -dilation)]
+    pad = dilation
+    padded = F.pad(volume, (pad,) * 6, mode="replicate")
+    nz, ny, nx = volume.shape[2:]
+    distances = []
+    for dz, dy, dx in shifts:
+        shifted = padded[:, :, pad + dz : pad + dz + nz, pad + dy : pad + dy + ny, pad + dx : pad + dx + nx]
+        d = (volume - shifted).square()
+        k = 2 * radius + 1
+        distances.append(F.avg_pool3d(F.pad(d, (radius,) * 6, mode="replicate"), k, stride=1))
+    d = torch.cat(distances, 1)
+    v = d.mean(1, keepdim=True)
+    v = v.clamp(min=1e-3 * float(v.mean()) + 1e-12)
+    m = torch.exp(-d / v)
+    return m / m.amax(1, keepdim=True)
