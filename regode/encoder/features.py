@@ -12,8 +12,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..odenet.preprocess import blur
 from .data import cut_slabs
 from .networks import ContentEncoder
+
+SMOOTH = 1.0
+"""voxels: the Gaussian applied to a volume before it is encoded. Without it the features react
+to the blur that resampling itself adds (none at whole-voxel shifts, most at half-voxel ones), so
+the distance dips and jumps at grid-aligned positions instead of following the misalignment."""
 
 
 def slice_positions(reference: torch.Tensor, count: int, seed: int = 0, threshold: float = 0.1) -> list[torch.Tensor]:
@@ -33,7 +39,8 @@ def slice_positions(reference: torch.Tensor, count: int, seed: int = 0, threshol
 
 def e3d(encoder: ContentEncoder, volume: torch.Tensor, positions: list[torch.Tensor], slices: int) -> list[torch.Tensor]:
     """E3D of ``volume [1, 1, nz, ny, nx]``: per axis, the content features ``[N, C, h', w']`` of the
-    slab stacks centred at ``positions`` (from :func:`slice_positions`)."""
+    slab stacks centred at ``positions`` (from :func:`slice_positions`), after :data:`SMOOTH`."""
+    volume = blur(volume, [SMOOTH] * 3)
     return [encoder(cut_slabs(volume, 2 + axis, pos.tolist(), slices)) for axis, pos in enumerate(positions)]
 
 
@@ -52,7 +59,8 @@ def content_distance(encoder: ContentEncoder, moved: torch.Tensor, fixed: torch.
 @torch.no_grad()
 def content_volume(encoder: ContentEncoder, volume: torch.Tensor, slices: int, chunk: int = 32) -> torch.Tensor:
     """Dense content features ``[1, C, nz, ny, nx]``: every slice position along each axis encoded,
-    brought back to full resolution (bilinear), averaged over the three axes."""
+    brought back to full resolution (bilinear), averaged over the three axes (after :data:`SMOOTH`)."""
+    volume = blur(volume, [SMOOTH] * 3)
     shape = volume.shape[2:]
     total = None
     for axis in range(3):
