@@ -4,7 +4,7 @@ For every subject of a dataset folder and every pair of contrasts (default T1 vs
 T2): the fixed image is the first contrast and the moving image the second (co-registered, so the
 truth is the identity), both at ``--spacing`` mm. The moving image is rotated about the head
 centre (about the world z axis: in the axial plane) from -60 to 60 degrees, and shifted along x
-from -30 to 30 mm; each metric (lower is better) is recorded at each position. For each curve:
+from -30 to 30 mm (the values are the parameters of the fixed -> moving map, ITK's convention); each metric (lower is better) is recorded at each position. For each curve:
 where its minimum lies and how wide its basin is (the interval around the minimum over which it
 never decreases away from it). Writes PREFIX.png, PREFIX.md and PREFIX.json.
 
@@ -49,6 +49,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     encoder, _ = load_encoder(args.encoder)
+    if abs(encoder.config.spacing - args.spacing) > 0.01 * args.spacing:
+        raise SystemExit(f"the encoder was trained on {encoder.config.spacing:g} mm slices; use --spacing {encoder.config.spacing:g}")
     angles = np.arange(-args.max_angle, args.max_angle + 1e-9, args.angle_step)
     shifts = np.arange(-args.max_shift, args.max_shift + 1e-9, args.shift_step)
     pairs = [tuple(p.split(":")) for p in args.pairs.split(",")]
@@ -81,6 +83,8 @@ def main() -> None:
                                    "params": values.tolist(), "values": rows[m], "minimum": best, "basin": [lo, hi], "width": hi - lo})
                 print(f"{subject.name} {a}-{b} {kind}: " + ", ".join(
                     f"{c['metric']} min {c['minimum']:+.0f} basin {c['width']:.0f}" for c in curves[-3:]), flush=True)
+    if not curves:
+        raise SystemExit(f"no subject in {args.data} has the contrasts of {args.pairs}")
     seconds = time.perf_counter() - start
     out = Path(args.out)
     out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "seconds": seconds, "curves": curves}, indent=1))

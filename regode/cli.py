@@ -232,15 +232,16 @@ def train(
     if threads:
         torch.set_num_threads(threads)
     check_writable(out)
+    batch = batch or (4 if model == ModelKind.encoder else 2)
     if model == ModelKind.encoder:
-        if label_map:
-            raise RegodeError("--label-map is for MS-ODENet models; the encoder renders its own tissue classes")
+        if label_map or similarity != "mi" or encoder:
+            raise RegodeError("--label-map, --similarity and --encoder are for MS-ODENet models, not for training the encoder")
         from .encoder.networks import EncoderConfig
         from .encoder.train import EncoderTrainConfig, train as train_encoder
 
         try:
             config = EncoderTrainConfig(model=EncoderConfig(width=width, spacing=spacing), data=str(data) if data else None,
-                                        steps=steps or 6000, batch=batch or 4, lr=lr, size=size, seed=seed,
+                                        steps=steps or 6000, batch=batch, lr=lr, size=size, seed=seed,
                                         checkpoint_every=checkpoint_every, validate_every=validate_every)
         except ValueError as exc:
             raise RegodeError(str(exc)) from None
@@ -252,7 +253,7 @@ def train(
     try:
         config = TrainConfig(
             model=ModelConfig(kind=model.value, levels=levels, horizon=float(levels), schedule=schedule, spacing=spacing, width=width),
-            data=str(data) if data else None, label_maps=[str(p) for p in label_map or []], steps=steps or 2000, batch=batch or 2, lr=lr,
+            data=str(data) if data else None, label_maps=[str(p) for p in label_map or []], steps=steps or 2000, batch=batch, lr=lr,
             similarity=similarity, encoder=str(encoder) if encoder else None, lambda_sim=lambda_sim, lambda_self=lambda_self, lambda_reg=lambda_reg, size=size, seed=seed, adjoint=adjoint,
             checkpoint_every=checkpoint_every, validate_every=validate_every,
             motion=MotionRange(max_rotation, max_translation, max_sigma, ramp_pairs=int(curriculum * (steps or 2000) * batch)),

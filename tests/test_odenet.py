@@ -327,3 +327,12 @@ def test_load_model_checks_the_kind(tmp_path):
     checkpoint.save(tmp_path / "d.pt", model, TrainConfig(model=model.config), 0, 0.0, [])
     with pytest.raises(RegodeError, match="dense model"):
         checkpoint.load_model(tmp_path / "d.pt", "rigid")
+
+
+def test_train_cli_default_batch(tmp_path):
+    out = tmp_path / "b.pt"
+    result = runner.invoke(app, ["train", "--model", "rigid", "--out", str(out), "--steps", "1", "--size", "24", "--spacing", "6",
+                                 "--levels", "2", "--schedule", "F(0.5)-F(1)", "--width", "4", "--validate-every", "1", "--quiet"])
+    assert result.exit_code == 0, result.output
+    doc = checkpoint.load(out)
+    assert doc["train_config"]["batch"] == 2 and doc["train_config"]["motion"]["ramp_pairs"] == 1  # 0.5 * 1 step * 2 pairs

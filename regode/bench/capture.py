@@ -57,8 +57,9 @@ class Metrics:
 
 
 def moved_by(moving: torch.Tensor, grid: Grid, center: torch.Tensor, axis: int, angle_deg: float = 0.0, shift_mm: float = 0.0) -> torch.Tensor:
-    """``moving`` (on ``grid``) rotated by ``angle_deg`` about world ``axis`` (0 x, 1 y, 2 z)
-    through ``center``, or shifted by ``shift_mm`` along it, resampled on ``grid``."""
+    """``moving`` (on ``grid``) resampled on ``grid`` through the fixed -> moving map ``y = R(x - c)
+    + c + t``: R the rotation by ``angle_deg`` about world ``axis`` (0 x, 1 y, 2 z) through ``center``,
+    t the shift ``shift_mm`` along it (ITK's convention; the image content turns by -angle)."""
     params = torch.zeros(1, 6, dtype=torch.float64)
     params[0, axis] = np.deg2rad(angle_deg)
     params[0, 3 + axis] = shift_mm

@@ -20,6 +20,7 @@ and the step; a batch is a pure function of (seed, step), so ``--resume`` contin
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -191,8 +192,8 @@ def train(config: EncoderTrainConfig, out: Path, resume: bool = False, progress:
         step, seconds, history = state["step"], state["seconds"], state["history"]
         console.print(f"resuming {ckpt_path} at step {step}")
     source = make_source(config)
-    val_source = make_source(config)
-    val_source.reuse = 1
+    val_source = copy.copy(source)  # shares a folder's loaded subjects
+    val_source.reuse, val_source._cache = 1, None
     val = [val_source.batch(VALIDATION_OFFSET + i) for i in range(config.val_batches)]
 
     def save(path: Path, final: bool) -> None:

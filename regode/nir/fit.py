@@ -163,6 +163,8 @@ def feature_volumes(config: FitConfig, fixed: torch.Tensor, moving: torch.Tensor
 
         path = config.encoder or weights_dir() / "encoder.pt"
         model, _ = load_encoder(path)
+        if abs(model.config.spacing - config.spacing) > 0.01 * config.spacing:
+            raise RegodeError(f"the encoder was trained on {model.config.spacing:g} mm slices; use --spacing {model.config.spacing:g}")
         model = model.to(fixed.device)
         slices = model.config.slices
         fixed_f, moving_f = content_volume(model.content, fixed, slices), content_volume(model.content, moving, slices)
