@@ -93,7 +93,7 @@ def test_a_few_training_steps_lower_the_loss():
     first = None
     for _ in range(15):
         loss, info = generator_losses(model, s, config)
-        first = first if first is not None else float(loss)
+        first = first if first is not None else float(loss.detach())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

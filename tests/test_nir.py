@@ -336,8 +336,10 @@ def test_fit_field_content_metric_uses_the_given_encoder(pair_files, tmp_path):
 
     folder, _ = pair_files
     encoder = tmp_path / "enc.pt"
-    train_encoder(EncoderTrainConfig(model=EncoderConfig(width=4, content=8, style=4, blocks=1, spacing=8.0), steps=1, batch=1,
-                                     size=24, val_batches=1), encoder, progress=False)
+    tiny = dict(width=4, content=8, style=4, blocks=1)
+    train_encoder(EncoderTrainConfig(model=EncoderConfig(**tiny), steps=1, batch=1, size=24, val_batches=1), encoder, progress=False)
+    coarse = tmp_path / "coarse.pt"  # trained on 8 mm slices: refused for a 2 mm fit
+    train_encoder(EncoderTrainConfig(model=EncoderConfig(**tiny, spacing=8.0), steps=1, batch=1, size=24, val_batches=1), coarse, progress=False)
     out = str(tmp_path / "c_")
     args = ["fit-field", "-f", str(folder / "fixed.nii.gz"), "-m", str(folder / "moving_aligned.nii.gz"), "-o", out,
             "--iterations", "3", "--coarse-iterations", "2", "--metric", "content", "--quiet"]
@@ -348,3 +350,5 @@ def test_fit_field_content_metric_uses_the_given_encoder(pair_files, tmp_path):
     assert Path(out + "1Warp.nii.gz").exists()
     result = runner.invoke(app, args[:-1] + ["--encoder", str(tmp_path / "none.pt"), "-o", str(tmp_path / "d_")])
     assert result.exit_code == 1 and "not found" in result.output and not list(tmp_path.glob("d_*"))
+    result = runner.invoke(app, args[:-1] + ["--encoder", str(coarse), "-o", str(tmp_path / "e_")])
+    assert result.exit_code == 1 and "trained on 8 mm slices" in result.output and not list(tmp_path.glob("e_*"))
