@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--angle-step", type=float, default=1.0)
     parser.add_argument("--max-shift", type=float, default=30.0)
     parser.add_argument("--shift-step", type=float, default=1.0)
-    parser.add_argument("--slices", type=int, default=8, help="E3D slice positions per axis")
+    parser.add_argument("--slices", type=int, default=32, help="E3D slice positions per axis (fewer: faster, noisier curves)")
     parser.add_argument("--axis", type=int, default=2, help="world axis of the rotation and the shift: 0 x, 1 y, 2 z")
     parser.add_argument("--shift-axis", type=int, default=0)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
