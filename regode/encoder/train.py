@@ -168,15 +168,12 @@ def train(config: EncoderTrainConfig, out: Path, resume: bool = False, progress:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     out = Path(out)
-    ckpt_path = out.with_name(out.name + ".ckpt")
-    log_path = out.with_name(out.name + ".log.jsonl")
+    ckpt_path, log_path = checkpoint.training_files(out)
     samples = out.with_name(out.name + ".samples")
     console = Console(stderr=True)
     state = None
     if resume:
-        if not ckpt_path.exists():
-            raise RegodeError(f"nothing to resume: {ckpt_path} does not exist")
-        state = checkpoint.load(ckpt_path, expect_optimizer=True, fmt=FORMAT, what="encoder")
+        state = checkpoint.resume_state(out, fmt=FORMAT, what="encoder")
         config = EncoderTrainConfig.from_dict(state["train_config"])
         config.steps = steps or config.steps
     torch.manual_seed(config.seed)

@@ -52,6 +52,20 @@ def load(path, expect_optimizer: bool = False, fmt: str = FORMAT, what: str = "M
     return document
 
 
+def training_files(out) -> tuple[Path, Path]:
+    """The resumable state ``OUT.ckpt`` and the log ``OUT.log.jsonl`` of a training run writing ``out``."""
+    out = Path(out)
+    return out.with_name(out.name + ".ckpt"), out.with_name(out.name + ".log.jsonl")
+
+
+def resume_state(out, fmt: str = FORMAT, what: str = "MS-ODENet") -> dict:
+    """The training checkpoint to resume a run writing ``out`` from (with its optimiser state)."""
+    ckpt_path = training_files(out)[0]
+    if not ckpt_path.exists():
+        raise RegodeError(f"nothing to resume: {ckpt_path} does not exist")
+    return load(ckpt_path, expect_optimizer=True, fmt=fmt, what=what)
+
+
 def load_model(path, kind: str | None = None):
     """The MS-ODENet stored in ``path`` (eval mode); ``kind`` checks it is the expected kind."""
     from .model import MSODENet, ModelConfig

@@ -169,14 +169,11 @@ def train(config: TrainConfig, out: Path, resume: bool = False, progress: bool =
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     out = Path(out)
-    ckpt_path = out.with_name(out.name + ".ckpt")
-    log_path = out.with_name(out.name + ".log.jsonl")
+    ckpt_path, log_path = checkpoint.training_files(out)
     console = Console(stderr=True)
     state = None
     if resume:
-        if not ckpt_path.exists():
-            raise RegodeError(f"nothing to resume: {ckpt_path} does not exist")
-        state = checkpoint.load(ckpt_path, expect_optimizer=True)
+        state = checkpoint.resume_state(out)
         config = TrainConfig.from_dict(state["train_config"])
         config.steps = steps or config.steps
     torch.manual_seed(config.seed)
