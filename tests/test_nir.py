@@ -352,3 +352,21 @@ def test_fit_field_content_metric_uses_the_given_encoder(pair_files, tmp_path):
     assert result.exit_code == 1 and "not found" in result.output and not list(tmp_path.glob("d_*"))
     result = runner.invoke(app, args[:-1] + ["--encoder", str(coarse), "-o", str(tmp_path / "e_")])
     assert result.exit_code == 1 and "trained on 8 mm slices" in result.output and not list(tmp_path.glob("e_*"))
+
+
+def test_principal_components_keep_feature_distances():
+    """Full rank: the projection is a rotation (distances kept); features spanning two directions
+    keep their distances with two components."""
+    from regode.nir.fit import principal_components
+
+    gen = torch.Generator().manual_seed(0)
+    fixed = torch.randn(1, 5, 4, 5, 6, generator=gen, dtype=torch.float64)
+    moving = fixed + 0.3 * torch.randn(fixed.shape, generator=gen, dtype=torch.float64)
+    head = torch.ones(4, 5, 6, dtype=torch.bool)
+    pf, pm = principal_components(fixed, moving, head, 5)
+    assert torch.allclose((pf - pm).square().sum(1), (fixed - moving).square().sum(1))
+    basis = torch.randn(5, 2, generator=gen, dtype=torch.float64)
+    low = lambda c: (basis @ c.reshape(2, -1)).reshape(1, 5, 4, 5, 6)  # noqa: E731
+    f2, m2 = low(torch.randn(2, 120, generator=gen, dtype=torch.float64)), low(torch.randn(2, 120, generator=gen, dtype=torch.float64))
+    pf, pm = principal_components(f2, m2, head, 2)
+    assert pf.shape == (1, 2, 4, 5, 6) and torch.allclose((pf - pm).square().sum(1), (f2 - m2).square().sum(1))
