@@ -45,13 +45,12 @@ def e3d(encoder: ContentEncoder, volume: torch.Tensor, positions: list[torch.Ten
 
 
 def content_distance(encoder: ContentEncoder, moved: torch.Tensor, fixed: torch.Tensor, count: int = 8, seed: int = 0,
-                     slices: int = 5, fixed_features: list[torch.Tensor] | None = None) -> torch.Tensor:
+                     slices: int = 5) -> torch.Tensor:
     """``||E3D(moved) - E3D(fixed)||^2`` (mean over features and axes) for volumes on one grid;
     the slice positions are drawn in ``fixed``. Differentiable with respect to ``moved``."""
     positions = slice_positions(fixed, count, seed)
-    if fixed_features is None:
-        with torch.no_grad():
-            fixed_features = e3d(encoder, fixed, positions, slices)
+    with torch.no_grad():
+        fixed_features = e3d(encoder, fixed, positions, slices)
     moved_features = e3d(encoder, moved, positions, slices)
     return sum((m - f).square().mean() for m, f in zip(moved_features, fixed_features)) / 3
 
