@@ -48,9 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    encoder, _ = load_encoder(args.encoder)
-    if abs(encoder.config.spacing - args.spacing) > 0.01 * args.spacing:
-        raise SystemExit(f"the encoder was trained on {encoder.config.spacing:g} mm slices; use --spacing {encoder.config.spacing:g}")
+    encoder, _ = load_encoder(args.encoder, args.spacing)
     angles = np.arange(-args.max_angle, args.max_angle + 1e-9, args.angle_step)
     shifts = np.arange(-args.max_shift, args.max_shift + 1e-9, args.shift_step)
     pairs = [tuple(p.split(":")) for p in args.pairs.split(",")]

@@ -46,14 +46,13 @@ class Metrics:
 
     @torch.no_grad()
     def __call__(self, name: str, moved: torch.Tensor) -> float:
-        from ..encoder.features import e3d, mind
+        from ..encoder.features import e3d, e3d_distance, mind
 
         if name == "mi":
             return -float(mattes_mutual_information(moved, self.fixed))
         if name == "mind":
             return float((mind(moved) - self.fixed_mind).square().mean())
-        feats = e3d(self.encoder.content, moved, self.positions, self.slices)
-        return float(sum((m - f).square().mean() for m, f in zip(feats, self.fixed_content)) / 3)
+        return float(e3d_distance(e3d(self.encoder.content, moved, self.positions, self.slices), self.fixed_content))
 
 
 def moved_by(moving: torch.Tensor, grid: Grid, center: torch.Tensor, axis: int, angle_deg: float = 0.0, shift_mm: float = 0.0) -> torch.Tensor:

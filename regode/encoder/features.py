@@ -51,8 +51,12 @@ def content_distance(encoder: ContentEncoder, moved: torch.Tensor, fixed: torch.
     positions = slice_positions(fixed, count, seed)
     with torch.no_grad():
         fixed_features = e3d(encoder, fixed, positions, slices)
-    moved_features = e3d(encoder, moved, positions, slices)
-    return sum((m - f).square().mean() for m, f in zip(moved_features, fixed_features)) / 3
+    return e3d_distance(e3d(encoder, moved, positions, slices), fixed_features)
+
+
+def e3d_distance(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    """Mean squared difference of two E3Ds (per axis, then averaged over the three axes)."""
+    return sum((x - y).square().mean() for x, y in zip(a, b)) / 3
 
 
 @torch.no_grad()

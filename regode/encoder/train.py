@@ -239,12 +239,18 @@ def train(config: EncoderTrainConfig, out: Path, resume: bool = False, progress:
     return {"steps": step, "seconds": seconds, "history": history}
 
 
-def load_encoder(path) -> tuple[Translator, dict]:
-    """The translation model in ``path`` (eval mode) and its checkpoint document."""
+def load_encoder(path=None, spacing: float | None = None) -> tuple[Translator, dict]:
+    """The translation model in ``path`` (None: the shipped ``weights/encoder.pt``; eval mode) and
+    its checkpoint document. With ``spacing`` (mm), an encoder trained at another spacing is refused:
+    its features are not scale-invariant."""
+    path = path or checkpoint.weights_dir() / "encoder.pt"
     document = checkpoint.load(path, fmt=FORMAT, what="encoder")
     try:
         model = Translator(EncoderConfig(**document["model_config"]))
         model.load_state_dict(document["model"])
     except (TypeError, ValueError, RuntimeError, KeyError) as exc:
         raise RegodeError(f"{path} does not hold a valid encoder: {str(exc).splitlines()[0][:200]}") from None
+    trained = model.config.spacing
+    if spacing is not None and abs(trained - spacing) > 0.01 * spacing:
+        raise RegodeError(f"{path} was trained on {trained:g} mm slices, the images are registered at {spacing:g} mm (use --spacing {trained:g})")
     return model.eval(), document

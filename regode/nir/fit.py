@@ -156,25 +156,21 @@ def feature_volumes(config: FitConfig, fixed: torch.Tensor, moving: torch.Tensor
     """The fixed and moving feature volumes of a feature metric, both divided by the square root of
     the fixed features' total variance over the head, so that the loss is about 2 between unrelated
     features and 0 at a perfect match, whatever the metric."""
+    head = fixed[0, 0] > 0.05
     if config.metric == "content":
         from ..encoder.features import content_volume
         from ..encoder.train import load_encoder
-        from ..odenet.checkpoint import weights_dir
 
-        path = config.encoder or weights_dir() / "encoder.pt"
-        model, _ = load_encoder(path)
-        if abs(model.config.spacing - config.spacing) > 0.01 * config.spacing:
-            raise RegodeError(f"the encoder was trained on {model.config.spacing:g} mm slices; use --spacing {model.config.spacing:g}")
+        model, _ = load_encoder(config.encoder, config.spacing)
         model = model.to(fixed.device)
         slices = model.config.slices
         fixed_f, moving_f = content_volume(model.content, fixed, slices), content_volume(model.content, moving, slices)
-        fixed_f, moving_f = principal_components(fixed_f, moving_f, fixed[0, 0] > 0.05, CONTENT_COMPONENTS)
+        fixed_f, moving_f = principal_components(fixed_f, moving_f, head, CONTENT_COMPONENTS)
     else:
         from ..encoder.features import mind
 
         fixed_f, moving_f = mind(fixed), mind(moving)
-    head = (fixed[0, 0] > 0.05).flatten()
-    values = fixed_f[0].flatten(1)[:, head] if bool(head.any()) else fixed_f[0].flatten(1)
+    values = fixed_f[0].flatten(1)[:, head.flatten()] if bool(head.any()) else fixed_f[0].flatten(1)
     scale = values.var(dim=1).sum().clamp(min=1e-8).sqrt()
     return fixed_f / scale, moving_f / scale
 

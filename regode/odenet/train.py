@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 
-from ..errors import RegodeError
 from ..losses import gradient_energy, mutual_information
 from ..sampling import sample
 from . import checkpoint
@@ -140,12 +139,8 @@ def content_encoder(path: str | None, spacing: float):
     """The frozen translation model whose E^c gives L_sim = content; its training spacing must be
     the MS-ODENet's working spacing (the features are not scale-invariant)."""
     from ..encoder.train import load_encoder
-    from .checkpoint import weights_dir
 
-    model, _ = load_encoder(path or weights_dir() / "encoder.pt")
-    if abs(model.config.spacing - spacing) > 0.01 * spacing:
-        raise RegodeError(f"the encoder was trained on {model.config.spacing:g} mm slices, this model works at {spacing:g} mm")
-    return model.requires_grad_(False)
+    return load_encoder(path, spacing)[0].requires_grad_(False)
 
 
 @torch.no_grad()
