@@ -68,11 +68,11 @@ class Regode:
     """MS-ODENet (``regode register``'s engine) with the shipped weights (or ``$REGODE_WEIGHTS``),
     on the benchmark's working grid."""
 
-    def __init__(self, model: str):
+    def __init__(self, model: str, **overrides):
         from ..errors import RegodeError
         from ..odenet.register import RegisterConfig, load_models
 
-        self.config = RegisterConfig(model=model)
+        self.config = RegisterConfig(model=model, **overrides)
         try:
             self.models = load_models(self.config)
             self.unavailable = None
@@ -88,19 +88,28 @@ class Regode:
 
 class PrincipalAxes:
     """The start of ``regode register``'s rigid models alone (regode.alignment), at 2 mm: what
-    the rigid network has to improve on."""
+    the rigid network has to improve on; with ``polish``, followed by the mutual-information polish
+    (regode.refine) but no network: the ablation of the rigid network."""
 
     unavailable = None
+
+    def __init__(self, polish: bool = False):
+        self.polish = polish
 
     def register(self, fixed: Image, moving: Image, seed: int) -> Transform:
         import torch
 
+        from ..odenet.model import pyramid
         from ..odenet.register import RegisterConfig, starting_point
         from ..pipeline import working_image
+        from ..refine import polish_rigid
 
         f, f_grid = working_image(fixed, 2.0, torch.device("cpu"))
         m, m_grid = working_image(moving, 2.0, torch.device("cpu"))
-        return starting_point(f, f_grid, m, m_grid, RegisterConfig(), rigid=True)[0]
+        linear, c_fix, _, _ = starting_point(f, f_grid, m, m_grid, RegisterConfig(), rigid=True)
+        if self.polish:
+            linear = polish_rigid(pyramid(f, f_grid, 2), pyramid(m, m_grid, 2), linear, c_fix, seed=seed)[0]
+        return linear
 
 
 class NeuralField:
@@ -126,7 +135,10 @@ METHODS: dict[str, Callable[[], Method]] = {
     "ants:SyN": lambda: Ants("SyN"),
     "ants:SyNRA": lambda: Ants("SyNRA"),
     **{f"regode:{m}": (lambda m=m: Regode(m)) for m in ("rigid", "bspline", "dense", "rigid+bspline", "rigid+dense")},
+    # the networks alone, without the mutual-information polish of the rigid stage (regode.refine)
+    **{f"regode:{m}-net": (lambda m=m: Regode(m, polish=False)) for m in ("rigid", "rigid+bspline")},
     "regode:principal-axes": PrincipalAxes,
+    "regode:principal-axes+polish": lambda: PrincipalAxes(polish=True),
     "regode:nir": NeuralField,
     "regode:nir-ncc": lambda: NeuralField(metric="ncc"),
     # the learned content similarity (shipped weights/encoder.pt) and MIND, against MI (docs/encoder.md)

@@ -17,6 +17,7 @@ import torch
 from ..alignment import head_center, head_moments, principal_axes
 from ..errors import RegodeError
 from ..io import Image
+from ..refine import polish_rigid
 from ..pipeline import Result, initial_linear, output_paths, read_inputs, resolve_device, working_image, write_outputs
 from ..transforms import Compose, DisplacementField
 from .checkpoint import file_hash, load_model, weights_dir
@@ -38,6 +39,9 @@ class RegisterConfig:
     principal_axes: bool = True
     """models that start with a rigid stage: start from the best principal-axes alignment (or the
     head centres' translation, whichever shares more mutual information); see regode.alignment."""
+    polish: bool = True
+    """after the rigid stage, a short mutual-information optimisation of a rigid correction
+    (regode.refine): the network brings the pair near the truth, the optimiser lands on it."""
     initial_transform: list = field(default_factory=list)
     """transform specs (antsApplyTransforms order) of the starting fixed -> moving mapping."""
     device: str = "auto"
@@ -99,7 +103,7 @@ def register_images(fixed: Image, moving: Image, config: RegisterConfig, models:
         return pyramids[n]
 
     timings["preprocess"] = time.perf_counter() - start
-    field_transform = None
+    field_transform, polish = None, None
     for kind, (model, _) in models.items():
         t0 = time.perf_counter()
         model = model.to(device)
@@ -117,10 +121,14 @@ def register_images(fixed: Image, moving: Image, config: RegisterConfig, models:
             core = model.transform(theta, state_grid)
             field_transform = DisplacementField(fixed_grid, core.displacement(fixed_grid).detach())
         timings[kind] = time.perf_counter() - t0
+        if kind == "rigid" and config.polish:
+            t0 = time.perf_counter()
+            linear, polish = polish_rigid(*levels(max(2, model.config.levels)), linear, c_fix, seed=config.seed)
+            timings["polish"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - start
     stats = {"timings_s": timings, "nfe": nfe, "device": str(device), "working_spacing_mm": spacing,
              "head_center_fixed": c_fix.tolist(), "head_center_moving": c_mov.tolist(),
-             "principal_axes": alignment}
+             "principal_axes": alignment, "polish": polish}
     return Result(linear, field_transform, stats)
 
 
