@@ -172,3 +172,30 @@ def test_polish_needs_the_coarse_level():
     start = _centres_of_mass(fixed, GRID, moving, GRID)
     with pytest.raises(ValueError, match="pyramids have 1 levels"):
         polish_rigid(pyramid(fixed, GRID, 1), pyramid(moving, GRID, 1), start, torch.as_tensor(GRID.center))
+
+
+def test_bspline_polish_undoes_a_deformation_across_contrasts():
+    """A smooth deformation (40 mm control spacing, 8 mm per axis) between two contrasts: from zero
+    control displacements the B-spline polish recovers a good part of it, without folding."""
+    from regode.odenet.model import pyramid
+    from regode.refine import polish_bspline
+    from regode.synthetic import random_bspline
+    from regode.transforms import BSpline
+
+    labels = phantom_labels(GRID, 12, 4)
+    truth = random_bspline(GRID, 40.0, 8.0, seed=3)
+    fixed = normalise(render(labels, GRID, 1).float())
+    moving = normalise(resample(render(labels, GRID, 2), GRID, GRID, truth.inverse(GRID)).float())  # fixed -> moving is truth
+    identity = Affine(torch.eye(3, dtype=torch.float64))
+    control = BSpline.control_grid_for(GRID, 20.0)
+    start = BSpline(control, torch.zeros(1, 3, *control.shape, dtype=torch.float64))
+    found, record = polish_bspline(pyramid(fixed, GRID, 2), pyramid(moving, GRID, 2), identity, start)
+    head = fixed[0, 0].numpy() > 0.1
+    error = lambda t: float(np.sqrt(((t.displacement(GRID) - truth.displacement(GRID))[0].numpy() ** 2).sum(0)[head].mean()))  # noqa: E731
+    assert error(found) < 0.75 * error(start)  # 3.8 -> 2.7 mm; flat label interiors do not show motion
+    points = GRID.world_points(torch.float64)[None]
+    from regode.losses import lattice_jacobian
+    from regode.nir.samplers import _step
+
+    det = torch.linalg.det(lattice_jacobian(found(points), _step(GRID, 1).double()))
+    assert float(det.min()) > 0 and record["iterations"] == 40

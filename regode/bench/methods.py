@@ -66,9 +66,10 @@ class Ants:
 
 class Regode:
     """MS-ODENet (``regode register``'s engine) with the shipped weights (or ``$REGODE_WEIGHTS``),
-    on the benchmark's working grid."""
+    on the benchmark's working grid. ``networks=False`` zeroes every network's output (the start
+    and the polish alone: the ablation of the networks); ``overrides``: RegisterConfig fields."""
 
-    def __init__(self, model: str, **overrides):
+    def __init__(self, model: str, networks: bool = True, **overrides):
         from ..errors import RegodeError
         from ..odenet.register import RegisterConfig, load_models
 
@@ -78,6 +79,15 @@ class Regode:
             self.unavailable = None
         except RegodeError as exc:
             self.unavailable = str(exc)
+            return
+        if not networks:  # untrained networks (zero last layers) with zero force steps: zero velocity
+            from ..odenet.model import MSODENet
+
+            for kind, (net, path) in self.models.items():
+                blank = MSODENet(net.config)
+                for level in blank.nets:
+                    level.step.data.zero_()
+                self.models[kind] = (blank, path)
 
     def register(self, fixed: Image, moving: Image, seed: int) -> Transform:
         from ..odenet.register import register_images
@@ -88,28 +98,19 @@ class Regode:
 
 class PrincipalAxes:
     """The start of ``regode register``'s rigid models alone (regode.alignment), at 2 mm: what
-    the rigid network has to improve on; with ``polish``, followed by the mutual-information polish
-    (regode.refine) but no network: the ablation of the rigid network."""
+    the rigid network has to improve on."""
 
     unavailable = None
-
-    def __init__(self, polish: bool = False):
-        self.polish = polish
 
     def register(self, fixed: Image, moving: Image, seed: int) -> Transform:
         import torch
 
-        from ..odenet.model import pyramid
         from ..odenet.register import RegisterConfig, starting_point
         from ..pipeline import working_image
-        from ..refine import polish_rigid
 
         f, f_grid = working_image(fixed, 2.0, torch.device("cpu"))
         m, m_grid = working_image(moving, 2.0, torch.device("cpu"))
-        linear, c_fix, _, _ = starting_point(f, f_grid, m, m_grid, RegisterConfig(), rigid=True)
-        if self.polish:
-            linear = polish_rigid(pyramid(f, f_grid, 2), pyramid(m, m_grid, 2), linear, c_fix, seed=seed)[0]
-        return linear
+        return starting_point(f, f_grid, m, m_grid, RegisterConfig(), rigid=True)[0]
 
 
 class NeuralField:
@@ -136,9 +137,10 @@ METHODS: dict[str, Callable[[], Method]] = {
     "ants:SyNRA": lambda: Ants("SyNRA"),
     **{f"regode:{m}": (lambda m=m: Regode(m)) for m in ("rigid", "bspline", "dense", "rigid+bspline", "rigid+dense")},
     # the networks alone, without the mutual-information polish of the rigid stage (regode.refine)
-    **{f"regode:{m}-net": (lambda m=m: Regode(m, polish=False)) for m in ("rigid", "rigid+bspline")},
+    **{f"regode:{m}-net": (lambda m=m: Regode(m, polish=False)) for m in ("rigid", "bspline", "rigid+bspline")},
+    # the start and the polish without the networks (their velocities zeroed)
+    **{f"regode:{m}-polish-only": (lambda m=m: Regode(m, networks=False)) for m in ("rigid", "bspline", "rigid+bspline")},
     "regode:principal-axes": PrincipalAxes,
-    "regode:principal-axes+polish": lambda: PrincipalAxes(polish=True),
     "regode:nir": NeuralField,
     "regode:nir-ncc": lambda: NeuralField(metric="ncc"),
     # the learned content similarity (shipped weights/encoder.pt) and MIND, against MI (docs/encoder.md)

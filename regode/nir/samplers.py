@@ -51,15 +51,19 @@ def _step(grid: Grid, factor: float) -> torch.Tensor:
     return torch.as_tensor(grid.direction_matrix * np.asarray(grid.spacing)[None, :] * factor, dtype=torch.float32)
 
 
-def downsize(region: Grid, stride: int, generator: torch.Generator) -> Lattice:
+def downsize_grid(region: Grid, stride: int, generator: torch.Generator) -> Grid:
     """Every ``stride``-th point of ``region`` along each axis, all shifted by one random offset
-    of up to one lattice step."""
+    of up to one lattice step, as a grid (same direction as ``region``)."""
     # at least 2 points along every axis the region spans, so finite differences exist
     size = np.maximum(np.minimum(2, region.size), (np.asarray(region.size) - 1) // stride + 1)
     offset = torch.rand(3, generator=generator, dtype=torch.float64).numpy() * np.minimum(stride, region.size)
     origin = region.index_to_world(offset - 0.5 * (np.minimum(stride, region.size) - 1))
-    lattice = Grid(tuple(size), tuple(s * stride for s in region.spacing), tuple(origin), region.direction)
-    return Lattice(lattice.world_points(torch.float32)[None], _step(region, stride))
+    return Grid(tuple(size), tuple(s * stride for s in region.spacing), tuple(origin), region.direction)
+
+
+def downsize(region: Grid, stride: int, generator: torch.Generator) -> Lattice:
+    """The points of :func:`downsize_grid`."""
+    return Lattice(downsize_grid(region, stride, generator).world_points(torch.float32)[None], _step(region, stride))
 
 
 def patches(region: Grid, size: int, count: int, generator: torch.Generator) -> Lattice:

@@ -17,7 +17,7 @@ import torch
 from ..alignment import head_center, head_moments, principal_axes
 from ..errors import RegodeError
 from ..io import Image
-from ..refine import polish_rigid
+from ..refine import polish_bspline, polish_rigid
 from ..pipeline import Result, initial_linear, output_paths, read_inputs, resolve_device, working_image, write_outputs
 from ..transforms import Compose, DisplacementField
 from .checkpoint import file_hash, load_model, weights_dir
@@ -40,8 +40,8 @@ class RegisterConfig:
     """models that start with a rigid stage: start from the best principal-axes alignment (or the
     head centres' translation, whichever shares more mutual information); see regode.alignment."""
     polish: bool = True
-    """after the rigid stage, a short mutual-information optimisation of a rigid correction
-    (regode.refine): the network brings the pair near the truth, the optimiser lands on it."""
+    """after the rigid and the B-spline networks, a short mutual-information optimisation of their
+    result (regode.refine): the network brings the pair near the truth, the optimiser lands on it."""
     initial_transform: list = field(default_factory=list)
     """transform specs (antsApplyTransforms order) of the starting fixed -> moving mapping."""
     device: str = "auto"
@@ -103,7 +103,7 @@ def register_images(fixed: Image, moving: Image, config: RegisterConfig, models:
         return pyramids[n]
 
     timings["preprocess"] = time.perf_counter() - start
-    field_transform, polish = None, None
+    field_transform, polish = None, {}
     for kind, (model, _) in models.items():
         t0 = time.perf_counter()
         model = model.to(device)
@@ -117,14 +117,18 @@ def register_images(fixed: Image, moving: Image, config: RegisterConfig, models:
         if kind == "rigid":
             linear = Compose([linear, model.transform(theta, None, c_fix[None])]).as_affine()
         else:
-            state_grid = model.state_grid(fixed_grid)
-            core = model.transform(theta, state_grid)
-            field_transform = DisplacementField(fixed_grid, core.displacement(fixed_grid).detach())
+            core = model.transform(theta, model.state_grid(fixed_grid))
         timings[kind] = time.perf_counter() - t0
-        if kind == "rigid" and config.polish:
+        if config.polish and kind in ("rigid", "bspline"):
             t0 = time.perf_counter()
-            linear, polish = polish_rigid(*levels(max(2, model.config.levels)), linear, c_fix, seed=config.seed)
-            timings["polish"] = time.perf_counter() - t0
+            pyramids_ = levels(max(2, model.config.levels))
+            if kind == "rigid":
+                linear, polish[kind] = polish_rigid(*pyramids_, linear, c_fix, seed=config.seed)
+            else:
+                core, polish[kind] = polish_bspline(*pyramids_, linear, core, seed=config.seed)
+            timings[f"{kind}_polish"] = time.perf_counter() - t0
+        if kind != "rigid":
+            field_transform = DisplacementField(fixed_grid, core.displacement(fixed_grid).detach())
     timings["total"] = time.perf_counter() - start
     stats = {"timings_s": timings, "nfe": nfe, "device": str(device), "working_spacing_mm": spacing,
              "head_center_fixed": c_fix.tolist(), "head_center_moving": c_mov.tolist(),
