@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .losses import mattes_mutual_information
+from .optim import Adam
 from .sampling import sample
 from .transforms import Affine, BSpline, Compose, Rigid
 
@@ -38,25 +39,6 @@ TRANSLATION_STEP = 0.5
 """Adam's step for the translation (mm)."""
 
 
-class Adam:
-    """Adam (Kingma & Ba) on one tensor. Written out because ``torch.optim`` imports torch's
-    compiler on first use: about 2 s of start-up for a command that runs once."""
-
-    def __init__(self, tensor: torch.Tensor, betas=(0.9, 0.999), eps: float = 1e-8):
-        self.tensor, self.betas, self.eps, self.count = tensor, betas, eps, 0
-        self.mean, self.square = torch.zeros_like(tensor), torch.zeros_like(tensor)
-
-    @torch.no_grad()
-    def step(self, lr: float) -> None:
-        (b1, b2), grad = self.betas, self.tensor.grad
-        self.count += 1
-        self.mean.mul_(b1).add_(grad, alpha=1 - b1)
-        self.square.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        mean_hat, square_hat = self.mean / (1 - b1**self.count), self.square / (1 - b2**self.count)
-        self.tensor.sub_(lr * mean_hat / (square_hat.sqrt() + self.eps))
-        self.tensor.grad = None
-
-
 def polish_rigid(fixed: list, moving: list, linear: Affine, center: torch.Tensor, levels=LEVELS,
                  seed: int = 0) -> tuple[Affine, dict]:
     """``linear`` (fixed -> moving) composed with the rigid map about ``center`` (world mm) that
@@ -72,7 +54,7 @@ def polish_rigid(fixed: list, moving: list, linear: Affine, center: torch.Tensor
     # Adam moves every unknown about one unit per step: units of ROTATION_STEP rad and TRANSLATION_STEP mm
     units = torch.tensor([ROTATION_STEP] * 3 + [TRANSLATION_STEP] * 3, dtype=dtype, device=device)
     unknowns = torch.zeros(1, 6, dtype=dtype, device=device, requires_grad=True)
-    adam = Adam(unknowns)
+    adam = Adam([unknowns])
     record = {"levels": [], "iterations": 0}
     for level in levels:
         iterations = level.iterations
@@ -117,7 +99,7 @@ def polish_bspline(fixed: list, moving: list, linear: Affine, bspline: BSpline, 
     matrix = linear.homogeneous()[0].detach().double().cpu().numpy()
     start = bspline.coefficients.detach().to(device=device, dtype=dtype)
     change = torch.zeros_like(start, requires_grad=True)  # in units of BSPLINE_STEP mm
-    adam = Adam(change)
+    adam = Adam([change])
     record = {"levels": [], "iterations": 0}
     for level in levels:
         fix, mov = _level(fixed, moving, level)

@@ -22,6 +22,7 @@ from ..errors import RegodeError
 from ..grid import Grid
 from ..io import Image
 from ..losses import bending_energy, folding_penalty, jacobian_energy, lattice_jacobian, local_ncc, mattes_mutual_information
+from ..optim import Adam
 from ..pipeline import Result, initial_linear, output_paths, read_inputs, resolve_device, working_image, write_outputs
 from ..sampling import sample
 from ..transforms import Affine, Compose, DisplacementField
@@ -260,14 +261,13 @@ def fit_images(fixed: Image, moving: Image, config: FitConfig, progress: bool = 
     if affine is not None:  # a linear stage first, on the coarse lattice, as ANTs' Affine before SyN
         t0 = time.perf_counter()
         fix_img, mov_img = coarse
-        optimizer = torch.optim.Adam(affine.parameters(), lr=config.lr)
+        optimizer = Adam(affine.parameters())
         for it in range(config.affine_iterations):
             lattice = _lattice("downsize", region, factor, config, generator, device)
             loss = similarity(config.metric, sample(fix_img, fixed_grid, lattice.points),
                               sample(mov_img, moving_at, affine(lattice.points)), config.ncc_window)
-            optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            optimizer.step(config.lr)
             if it % 10 == 0 or it == config.affine_iterations - 1:
                 history.append({"field": 0, "stride": factor, "iteration": it, "loss": float(loss.detach())})
         affine.requires_grad_(False)
@@ -280,7 +280,7 @@ def fit_images(fixed: Image, moving: Image, config: FitConfig, progress: bool = 
                 f.requires_grad_(False)
             current = NeuralField(fixed_grid, FieldConfig(**asdict(config.network))).to(device)
             fields.append(current)
-            optimizer = torch.optim.Adam(current.parameters(), lr=config.lr)
+            optimizer = Adam(current.parameters())
             task = bar.add_task(f"field {number} ({stages[-1][0]})", total=sum(s[-1] for s in stages), info="")
             for kind, stride, fix_img, mov_img, iterations in stages:
                 for it in range(iterations):
@@ -293,9 +293,8 @@ def fit_images(fixed: Image, moving: Image, config: FitConfig, progress: bool = 
                     loss = sim + config.lambda_fold * folding_penalty(jac) + config.lambda_grad * jacobian_energy(jac)
                     if config.lambda_bending:
                         loss = loss + config.lambda_bending * bending_energy(moved_points, lattice.step)
-                    optimizer.zero_grad(set_to_none=True)
                     loss.backward()
-                    optimizer.step()
+                    optimizer.step(config.lr)
                     if not torch.isfinite(loss):
                         raise RegodeError("the fit diverged (non-finite loss): lower --lr or raise the regularisation")
                     if it % 10 == 0 or it == iterations - 1:
