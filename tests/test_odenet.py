@@ -344,3 +344,20 @@ def test_train_cli_default_batch(tmp_path):
     assert result.exit_code == 0, result.output
     doc = checkpoint.load(out)
     assert doc["train_config"]["batch"] == 2 and doc["train_config"]["motion"]["ramp_pairs"] == 1  # 0.5 * 1 step * 2 pairs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_blur_paths_agree(dtype):
+    """Without gradients the blur runs in SciPy, with them as a convolution: the same filter,
+    replicated borders included (one axis shorter than the kernel), sigma-free axes untouched."""
+    from regode.odenet.preprocess import blur
+
+    volume = torch.rand(2, 3, 5, 21, 22, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    sigmas = (0.7, 0.05, 2.4)  # x, y (left alone), z: radius 8 along an axis of 5
+    fast = blur(volume, sigmas)
+    graded = blur(volume.clone().requires_grad_(True), sigmas)
+    assert graded.requires_grad and fast.dtype == dtype
+    torch.testing.assert_close(fast, graded.detach(), rtol=0, atol=1e-6 if dtype == torch.float32 else 1e-12)
+    # a constant stays constant
+    torch.testing.assert_close(blur(torch.full_like(volume, 0.5), sigmas), torch.full_like(volume, 0.5))
+    assert not torch.allclose(fast, volume)
