@@ -88,29 +88,47 @@ def sample_labels(volume: torch.Tensor, grid: Grid, points: torch.Tensor, paddin
     size = torch.as_tensor(grid.size, device=points.device)
     index = torch.maximum(torch.minimum(index, size - 1.0), torch.zeros_like(index))  # border within half a voxel
     base = index.floor().long().clamp(max=size - 2).clamp(min=0)
-    frac = (index - base).to(torch.float32)
-    flat = volume.reshape(volume.shape[0], -1)
-    corner_labels, corner_weights = [], []
-    for dz in (0, 1):
-        for dy in (0, 1):
-            for dx in (0, 1):
-                offset = torch.tensor([dx, dy, dz], device=points.device)
-                idx = torch.minimum(base + offset, size - 1)
-                lin = (idx[..., 2] * size[1] + idx[..., 1]) * size[0] + idx[..., 0]
-                corner_labels.append(torch.gather(flat.expand(lin.shape[0], -1), 1, lin))
-                w = torch.where(offset.bool(), frac, 1 - frac).prod(-1)
-                corner_weights.append(w)
-    labels = torch.stack(corner_labels, -1)  # [B, N, 8]
-    weights = torch.stack(corner_weights, -1)  # [B, N, 8]
-    best = labels[..., 0].clone()
-    # only points whose corners disagree need a vote (most points of a label image do not)
-    mixed = (labels != labels[..., :1]).any(-1)
-    lab, w = labels[mixed], weights[mixed]
-    # score of each corner's label: the total weight of the corners carrying the same label
-    scores = ((lab[:, :, None] == lab[:, None, :]) * w[:, None, :]).sum(-1)
-    best[mixed] = torch.gather(lab, -1, scores.argmax(-1, keepdim=True))[:, 0]
-    best = torch.where(inside, best.to(torch.float64), torch.as_tensor(padding, dtype=torch.float64))
-    return best.reshape(points.shape[0], 1, *points.shape[1:-1])
+    batch = max(volume.shape[0], points.shape[0])
+    flat = volume.reshape(volume.shape[0], -1).expand(batch, -1)
+    base_lin = _linear_index(base, size).expand(batch, -1)
+    best = torch.gather(flat, 1, base_lin)
+    # only points in a cell whose 8 corners disagree need a vote: few, in a label image
+    mixed = ~torch.gather(_uniform_cells(volume).expand(batch, -1), 1, base_lin)
+    if bool(mixed.any()):
+        rows = torch.arange(batch, device=points.device)[:, None].expand_as(mixed)[mixed]
+        cell, frac = base.expand(batch, -1, -1)[mixed], (index.expand(batch, -1, -1)[mixed] - base.expand(batch, -1, -1)[mixed]).to(torch.float32)
+        corner_labels, corner_weights = [], []
+        for dz in (0, 1):
+            for dy in (0, 1):
+                for dx in (0, 1):
+                    offset = torch.tensor([dx, dy, dz], device=points.device)
+                    corner_labels.append(flat[rows, _linear_index(torch.minimum(cell + offset, size - 1), size)])
+                    corner_weights.append(torch.where(offset.bool(), frac, 1 - frac).prod(-1))
+        lab, w = torch.stack(corner_labels, -1), torch.stack(corner_weights, -1)  # [M, 8]
+        # score of each corner's label: the total weight of the corners carrying the same label
+        scores = ((lab[:, :, None] == lab[:, None, :]) * w[:, None, :]).sum(-1)
+        best[mixed] = torch.gather(lab, -1, scores.argmax(-1, keepdim=True))[:, 0]
+    best = torch.where(inside.expand(batch, -1), best.to(torch.float64), torch.as_tensor(padding, dtype=torch.float64))
+    return best.reshape(batch, 1, *points.shape[1:-1])
+
+
+def _linear_index(index: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+    """Flat indices of integer (i, j, k) indices ``[..., 3]`` into a ``size`` (x, y, z) volume."""
+    return (index[..., 2] * size[1] + index[..., 1]) * size[0] + index[..., 0]
+
+
+def _uniform_cells(volume: torch.Tensor) -> torch.Tensor:
+    """``[B, nz * ny * nx]``: whether the 8 corners of the cell starting at each voxel (the last
+    voxel repeated beyond the border) carry one label, for ``volume [B, 1, nz, ny, nx]``."""
+    v = volume[:, 0]
+
+    def next_along(t, dim):
+        return torch.cat([t.narrow(dim, 1, t.shape[dim] - 1), t.narrow(dim, t.shape[dim] - 1, 1)], dim)
+
+    same = v == next_along(v, 3)  # the x edge
+    same = same & next_along(same, 2) & (v == next_along(v, 2))  # the xy face
+    same = same & next_along(same, 1) & (v == next_along(v, 1))  # the cell
+    return same.reshape(v.shape[0], -1)
 
 
 def sample_bspline(volume: torch.Tensor, grid: Grid, points: torch.Tensor, padding: float = 0.0) -> torch.Tensor:

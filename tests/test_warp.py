@@ -278,3 +278,35 @@ def test_only_sampling_calls_grid_sample():
     root = Path(__file__).resolve().parents[1] / "regode"
     callers = [p.relative_to(root).as_posix() for p in root.rglob("*.py") if re.search(r"\.grid_sample\(", p.read_text())]
     assert callers == ["sampling.py"]
+
+
+def test_label_interpolation_matches_a_direct_vote():
+    """sample_labels (which votes only in cells whose corners disagree) against the definition
+    evaluated point by point: each of the 8 corners' labels scores the trilinear weights of the
+    corners carrying it, the best wins (ties: the first corner in z, y, x order), outside: padding."""
+    from regode.sampling import sample_labels
+
+    grid = Grid((9, 8, 7), (1.5, 1.0, 2.0), (-5.0, -3.0, -6.0))
+    gen = torch.Generator().manual_seed(4)
+    labels = torch.randint(0, 3, (1, 1, 7, 8, 9), generator=gen).double()
+    labels[..., :4, :, :] = 2.0  # a uniform block, where no vote is needed
+    points = torch.as_tensor(grid.center)[None, None] + torch.randn(1, 3000, 3, generator=gen, dtype=torch.float64) * 6
+    ours = sample_labels(labels, grid, points, padding=-1.0)[0, 0].numpy()
+    volume, size = labels[0, 0].numpy(), np.array(grid.size)
+    index = grid.world_to_index(points[0].numpy())
+    for n, p in enumerate(index):
+        if np.any(p < -0.5) or np.any(p > size - 0.5):
+            assert ours[n] == -1.0
+            continue
+        p = np.clip(p, 0, size - 1)
+        base = np.clip(np.floor(p).astype(int), 0, np.maximum(size - 2, 0))
+        frac = p - base
+        corners = [(dz, dy, dx) for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)]
+        values, weights = [], []
+        for dz, dy, dx in corners:
+            i, j, k = np.minimum(base + [dx, dy, dz], size - 1)
+            values.append(volume[k, j, i])
+            weights.append(np.prod([f if o else 1 - f for f, o in zip(frac, (dx, dy, dz))]))
+        scores = [sum(w for v2, w in zip(values, weights) if v2 == v) for v in values]
+        assert ours[n] == values[int(np.argmax(scores))], n
+    assert len(np.unique(ours)) == 4  # three labels and the padding all occur
