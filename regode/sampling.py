@@ -74,6 +74,31 @@ def sample(
     return torch.where(inside, values, torch.as_tensor(padding, dtype=values.dtype, device=values.device))
 
 
+def sample_on_grid(volume: torch.Tensor, grid: Grid, target: Grid, padding: float = 0.0) -> torch.Tensor:
+    """``volume`` (on ``grid``) linearly interpolated at every voxel centre of ``target``:
+    ``[B, C, *target.shape]``, as :func:`sample` at ``target.world_points()``. When the two grids'
+    axes are parallel (a field up-sampled to the fixed image's grid) the coordinates are built
+    per axis, without a world point per voxel: 3 times faster at 1 mm."""
+    m = grid.matrix("world", "normalised") @ target.matrix("index", "world")
+    block = m[:3, :3]
+    if not np.allclose(block, np.diag(np.diag(block)), atol=1e-9 * np.abs(block).max()):
+        points = target.world_points(dtype=volume.dtype, device=volume.device)[None]
+        return sample(volume, grid, points, padding=padding).reshape(volume.shape[0], volume.shape[1], *target.shape)
+    _, _, limit = _world_to_normalised(grid, torch.float64, str(volume.device))
+    axes, inside = [], []
+    for axis, n in enumerate(target.size):  # (i, j, k): x, y, z
+        u = torch.as_tensor(m[axis, axis] * np.arange(n) + m[axis, 3], dtype=torch.float64, device=volume.device)
+        axes.append(u.to(volume.dtype))
+        inside.append(u.abs() <= limit[axis])
+    nx, ny, nz = target.size
+    coords = torch.stack([axes[0][None, None, :].expand(nz, ny, nx), axes[1][None, :, None].expand(nz, ny, nx),
+                          axes[2][:, None, None].expand(nz, ny, nx)], -1)
+    values = F.grid_sample(volume, coords[None].expand(volume.shape[0], -1, -1, -1, -1), mode="bilinear",
+                           padding_mode="border", align_corners=True)
+    mask = inside[2][:, None, None] & inside[1][None, :, None] & inside[0][None, None, :]
+    return torch.where(mask, values, torch.as_tensor(padding, dtype=values.dtype, device=values.device))
+
+
 def sample_labels(volume: torch.Tensor, grid: Grid, points: torch.Tensor, padding: float = 0.0) -> torch.Tensor:
     """Label-preserving interpolation (ITK/ANTs GenericLabel with a linear kernel).
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .grid import Grid
-from .sampling import sample
+from .sampling import sample, sample_on_grid
 
 
 def _store(module: nn.Module, name: str, value: torch.Tensor) -> None:
@@ -182,7 +182,7 @@ class DisplacementField(Transform):
     def displacement(self, grid: Grid) -> torch.Tensor:
         if grid.same_as(self.grid, tol=1e-6):
             return self.field
-        return super().displacement(grid)
+        return sample_on_grid(self.field, self.grid, grid)
 
     def map_grid(self, grid: Grid, slab: slice = slice(None), dtype: torch.dtype | None = None) -> torch.Tensor:
         if not grid.same_as(self.grid, tol=1e-6):
