@@ -149,6 +149,7 @@ METHODS: dict[str, Callable[[], Method]] = {
     "regode:nir-diffeo": lambda: NeuralField(diffeomorphic=True),
     # inter-subject pairs: an affine stage first, then a more flexible field (docs/nir.md)
     "regode:nir-affine": lambda: NeuralField(affine=True, center_of_mass=True, lambda_grad=1.0, lambda_fold=100.0),
+    "regode:nir-affine-mind": lambda: NeuralField(affine=True, center_of_mass=True, lambda_grad=1.0, lambda_fold=100.0, metric="mind"),
     "regode:nir-fourier": lambda: NeuralField(network=FieldConfig(encoding="fourier"), lr=1e-2),
     "regode:nir-siren": lambda: NeuralField(network=FieldConfig(encoding="none", activation="sine"), lr=1e-3),
 }
