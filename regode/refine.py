@@ -1,12 +1,13 @@
-"""Rigid polish: a short per-pair optimisation of a rigid correction after the learned rigid stage.
+"""The polish: a short per-pair optimisation after each of ``regode register``'s networks.
 
-MS-ODENet's rigid network brings a pair from anywhere (up to 75° away) into the neighbourhood of
-the truth, where mutual information has a single basin (docs/encoder.md measured it at least 120°
-and 60 mm wide on BraTS). A few Adam steps on the six rigid parameters, maximising Mattes mutual
-information on coarse-to-fine lattices of the fixed head's bounding box, then land on the basin's
-floor: the classical optimiser does the last millimetre, which a network trained on synthetic
-heads does not. Deterministic for a seed (the lattices' random offsets come from it).
-"""
+The principal-axes start (regode.alignment) and the rigid network bring a pair into mutual
+information's basin (docs/benchmarks.md measured it at least 120° and 60 mm wide on BraTS, T1
+against FLAIR or T2); the B-spline network moves control points in the direction of the MI force.
+Neither, trained on synthetic heads on a CPU, lands on the basin's floor. A few dozen Adam steps
+do: on a rigid correction composed onto the rigid result (:func:`polish_rigid`), then on the
+B-spline's control points (:func:`polish_bspline`), maximising Mattes mutual information on
+lattices of the fixed head's bounding box. Deterministic for a seed (the lattices' random offsets
+come from it)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ from .transforms import Affine, BSpline, Compose, Rigid
 
 
 @dataclass(frozen=True)
-class Level:
+class PolishLevel:
+    """One level of a polish: how many Adam steps, on which pyramid level, on how coarse a lattice."""
+
     coarseness: int
     """the image pyramid level (regode.odenet.model.pyramid) it runs on: 0 is the working grid,
     each next one has twice the spacing and is smoothed to match."""
@@ -30,7 +33,7 @@ class Level:
     iterations: int
 
 
-LEVELS = (Level(1, 2, 40), Level(0, 2, 20))
+LEVELS = (PolishLevel(1, 2, 40), PolishLevel(0, 2, 20))
 """on the 2 mm working grid: 40 steps on an 8 mm lattice of the 4 mm images, then 20 on a 4 mm
 lattice of the 2 mm images."""
 ROTATION_STEP = 0.01
@@ -78,7 +81,7 @@ def polish_rigid(fixed: list, moving: list, linear: Affine, center: torch.Tensor
     return Compose([linear, correction]).as_affine(), record
 
 
-BSPLINE_LEVELS = (Level(0, 3, 40),)
+BSPLINE_LEVELS = (PolishLevel(0, 3, 40),)
 """the B-spline polish: 40 steps on a 6 mm lattice of the 2 mm working images."""
 BSPLINE_STEP = 0.3
 """Adam's step for the control-point displacements (mm)."""
@@ -92,7 +95,7 @@ def polish_bspline(fixed: list, moving: list, linear: Affine, bspline: BSpline, 
     optimised for the mutual information of two images given as pyramids (see :func:`polish_rigid`),
     with fit-field's folding penalty and smoothness term on the mapping's Jacobian; and a record."""
     from .losses import folding_penalty, jacobian_energy, lattice_jacobian
-    from .nir.samplers import _step, downsize_grid, region_of
+    from .nir.samplers import downsize_grid, lattice_step, region_of
 
     generator = torch.Generator().manual_seed(seed)
     device, dtype = fixed[-1].volume.device, fixed[-1].volume.dtype
@@ -105,7 +108,7 @@ def polish_bspline(fixed: list, moving: list, linear: Affine, bspline: BSpline, 
         fix, mov = _level(fixed, moving, level)
         region = region_of(fix.volume, fix.grid, margin=0.0)
         moving_at = mov.grid.pulled_back(matrix)
-        step = _step(region, level.stride).to(device=device, dtype=dtype)
+        step = lattice_step(region, level.stride).to(device=device, dtype=dtype)
         values = []
         for it in range(level.iterations):
             lattice = downsize_grid(region, level.stride, generator)
@@ -126,7 +129,7 @@ def polish_bspline(fixed: list, moving: list, linear: Affine, bspline: BSpline, 
     return BSpline(bspline.control_grid, coefficients), record
 
 
-def _level(fixed: list, moving: list, level: Level):
+def _level(fixed: list, moving: list, level: PolishLevel):
     if level.coarseness >= min(len(fixed), len(moving)):
         raise ValueError(f"the pyramids have {min(len(fixed), len(moving))} levels; the polish needs {level.coarseness + 1}")
     return fixed[-1 - level.coarseness], moving[-1 - level.coarseness]

@@ -195,7 +195,7 @@ def test_bspline_polish_undoes_a_deformation_across_contrasts():
     assert error(found) < 0.75 * error(start)  # 3.8 -> 2.7 mm; flat label interiors do not show motion
     points = GRID.world_points(torch.float64)[None]
     from regode.losses import lattice_jacobian
-    from regode.nir.samplers import _step
+    from regode.nir.samplers import lattice_step
 
-    det = torch.linalg.det(lattice_jacobian(found(points), _step(GRID, 1).double()))
+    det = torch.linalg.det(lattice_jacobian(found(points), lattice_step(GRID, 1).double()))
     assert float(det.min()) > 0 and record["iterations"] == 40

@@ -47,7 +47,8 @@ def region_of(volume: torch.Tensor, grid: Grid, margin: float, threshold: float 
     return Grid(tuple(hi_ijk - lo_ijk + 1), grid.spacing, tuple(grid.index_to_world(lo_ijk)), grid.direction)
 
 
-def _step(grid: Grid, factor: float) -> torch.Tensor:
+def lattice_step(grid: Grid, factor: float) -> torch.Tensor:
+    """``[3, 3]``: the world vectors (columns, mm) of ``factor`` voxel steps of ``grid`` along i, j, k."""
     return torch.as_tensor(grid.direction_matrix * np.asarray(grid.spacing)[None, :] * factor, dtype=torch.float32)
 
 
@@ -63,7 +64,7 @@ def downsize_grid(region: Grid, stride: int, generator: torch.Generator) -> Grid
 
 def downsize(region: Grid, stride: int, generator: torch.Generator) -> Lattice:
     """The points of :func:`downsize_grid`."""
-    return Lattice(downsize_grid(region, stride, generator).world_points(torch.float32)[None], _step(region, stride))
+    return Lattice(downsize_grid(region, stride, generator).world_points(torch.float32)[None], lattice_step(region, stride))
 
 
 def patches(region: Grid, size: int, count: int, generator: torch.Generator) -> Lattice:
@@ -74,4 +75,4 @@ def patches(region: Grid, size: int, count: int, generator: torch.Generator) -> 
     starts = torch.rand(count, 3, generator=generator, dtype=torch.float64).numpy() * room
     base = Grid(tuple(n), region.spacing, region.origin, region.direction).world_points(torch.float32)
     corner = torch.as_tensor(region.index_to_world(starts) - np.asarray(region.origin), dtype=torch.float32)
-    return Lattice(base[None] + corner[:, None, None, None, :], _step(region, 1))
+    return Lattice(base[None] + corner[:, None, None, None, :], lattice_step(region, 1))

@@ -121,11 +121,11 @@ def register_images(fixed: Image, moving: Image, config: RegisterConfig, models:
         timings[kind] = time.perf_counter() - t0
         if config.polish and kind in ("rigid", "bspline"):
             t0 = time.perf_counter()
-            pyramids_ = levels(max(2, model.config.levels))
+            images = levels(max(2, model.config.levels))  # the polish works on the 4 and 2 mm levels
             if kind == "rigid":
-                linear, polish[kind] = polish_rigid(*pyramids_, linear, c_fix, seed=config.seed)
+                linear, polish[kind] = polish_rigid(*images, linear, c_fix, seed=config.seed)
             else:
-                core, polish[kind] = polish_bspline(*pyramids_, linear, core, seed=config.seed)
+                core, polish[kind] = polish_bspline(*images, linear, core, seed=config.seed)
             timings[f"{kind}_polish"] = time.perf_counter() - t0
         if kind != "rigid":
             field_transform = DisplacementField(fixed_grid, core.displacement(fixed_grid).detach())
