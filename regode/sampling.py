@@ -78,7 +78,8 @@ def sample_on_grid(volume: torch.Tensor, grid: Grid, target: Grid, padding: floa
     """``volume`` (on ``grid``) linearly interpolated at every voxel centre of ``target``:
     ``[B, C, *target.shape]``, as :func:`sample` at ``target.world_points()``. When the two grids'
     axes are parallel (a field up-sampled to the fixed image's grid) the coordinates are built
-    per axis, without a world point per voxel: 3 times faster at 1 mm."""
+    per axis, without a world point per voxel (a 2 mm field onto a 1 mm brain grid: 0.69 s against
+    0.91 s on 2 threads)."""
     m = grid.matrix("world", "normalised") @ target.matrix("index", "world")
     block = m[:3, :3]
     if not np.allclose(block, np.diag(np.diag(block)), atol=1e-9 * np.abs(block).max()):

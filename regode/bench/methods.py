@@ -136,7 +136,7 @@ METHODS: dict[str, Callable[[], Method]] = {
     "ants:SyN": lambda: Ants("SyN"),
     "ants:SyNRA": lambda: Ants("SyNRA"),
     **{f"regode:{m}": (lambda m=m: Regode(m)) for m in ("rigid", "bspline", "dense", "rigid+bspline", "rigid+dense")},
-    # the networks alone, without the mutual-information polish of the rigid stage (regode.refine)
+    # the networks alone, without the mutual-information polish after each (regode.refine)
     **{f"regode:{m}-net": (lambda m=m: Regode(m, polish=False)) for m in ("rigid", "bspline", "rigid+bspline")},
     # the start and the polish without the networks (their velocities zeroed)
     **{f"regode:{m}-polish-only": (lambda m=m: Regode(m, networks=False)) for m in ("rigid", "bspline", "rigid+bspline")},

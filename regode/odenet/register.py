@@ -17,8 +17,8 @@ import torch
 from ..alignment import head_center, head_moments, principal_axes
 from ..errors import RegodeError
 from ..io import Image
-from ..refine import polish_bspline, polish_rigid
 from ..pipeline import Result, initial_linear, output_paths, read_inputs, resolve_device, working_image, write_outputs
+from ..refine import polish_bspline, polish_rigid
 from ..transforms import Compose, DisplacementField
 from .checkpoint import file_hash, load_model, weights_dir
 from .model import MSODENet, pyramid
