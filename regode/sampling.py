@@ -100,13 +100,15 @@ def sample_on_grid(volume: torch.Tensor, grid: Grid, target: Grid, padding: floa
     return torch.where(mask, values, torch.as_tensor(padding, dtype=values.dtype, device=values.device))
 
 
-def sample_labels(volume: torch.Tensor, grid: Grid, points: torch.Tensor, padding: float = 0.0) -> torch.Tensor:
+def sample_labels(volume: torch.Tensor, grid: Grid, points: torch.Tensor, padding: float = 0.0,
+                  cells: torch.Tensor | None = None) -> torch.Tensor:
     """Label-preserving interpolation (ITK/ANTs GenericLabel with a linear kernel).
 
     Every label among the 8 voxels around a point gets the sum of the trilinear weights of the
     voxels that carry it, and the point takes the label with the largest sum: the result is
     always one of the neighbouring labels (no invented values) and thin structures do not break
-    up as under nearest-neighbour sampling. ``volume [B, 1, nz, ny, nx]`` holds label values.
+    up as under nearest-neighbour sampling. ``volume [B, 1, nz, ny, nx]`` holds label values;
+    ``cells``: its :func:`uniform_cells`, if already known (a caller sampling it slab by slab).
     """
     if volume.shape[1] != 1:
         raise ValueError("label interpolation needs a single-channel label volume")
@@ -119,7 +121,8 @@ def sample_labels(volume: torch.Tensor, grid: Grid, points: torch.Tensor, paddin
     base_lin = _linear_index(base, size).expand(batch, -1)
     best = torch.gather(flat, 1, base_lin)
     # only points in a cell whose 8 corners disagree need a vote: few, in a label image
-    mixed = ~torch.gather(_uniform_cells(volume).expand(batch, -1), 1, base_lin)
+    cells = uniform_cells(volume) if cells is None else cells
+    mixed = ~torch.gather(cells.expand(batch, -1), 1, base_lin)
     if bool(mixed.any()):
         rows = torch.arange(batch, device=points.device)[:, None].expand_as(mixed)[mixed]
         cell, frac = base.expand(batch, -1, -1)[mixed], (index.expand(batch, -1, -1)[mixed] - base.expand(batch, -1, -1)[mixed]).to(torch.float32)
@@ -143,7 +146,7 @@ def _linear_index(index: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
     return (index[..., 2] * size[1] + index[..., 1]) * size[0] + index[..., 0]
 
 
-def _uniform_cells(volume: torch.Tensor) -> torch.Tensor:
+def uniform_cells(volume: torch.Tensor) -> torch.Tensor:
     """``[B, nz * ny * nx]``: whether the 8 corners of the cell starting at each voxel (the last
     voxel repeated beyond the border) carry one label, for ``volume [B, 1, nz, ny, nx]``."""
     v = volume[:, 0]

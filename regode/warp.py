@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .grid import Grid
-from .sampling import sample, sample_bspline, sample_labels
+from .sampling import sample, sample_bspline, sample_labels, uniform_cells
 from .transforms import Compose, Transform
 
 
@@ -48,6 +50,8 @@ def resample(
     centre x takes the value of the volume at ``transform(x)``. Works through slabs of reference
     slices to bound memory; B-spline interpolation runs in one pass (its prefilter is global)."""
     sampler = INTERPOLATORS[interp]
+    if interp == "label":  # which cells need a vote: once for all slabs
+        sampler = functools.partial(sample_labels, cells=uniform_cells(volume))
     dtype = torch.float32 if interp != "bspline" else torch.float64
     transform, grid = _fold_last_linear(transform, grid)
     transform = transform.to(dtype)
