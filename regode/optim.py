@@ -15,14 +15,10 @@ class Adam:
     without weight decay or amsgrad; :meth:`step` takes the learning rate, so callers can decay it."""
 
     def __init__(self, tensors, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        self.tensors = [t for t in tensors]
+        self.tensors = list(tensors)
         self.betas, self.eps, self.count = betas, eps, 0
         self.means = [torch.zeros_like(t) for t in self.tensors]
         self.squares = [torch.zeros_like(t) for t in self.tensors]
-
-    def zero_grad(self) -> None:
-        for t in self.tensors:
-            t.grad = None
 
     @torch.no_grad()
     def step(self, lr: float) -> None:
@@ -37,4 +33,4 @@ class Adam:
             mean.mul_(b1).add_(t.grad, alpha=1 - b1)
             square.mul_(b2).addcmul_(t.grad, t.grad, value=1 - b2)
             t.sub_(lr / correction1 * mean / (square.sqrt() / correction2**0.5 + self.eps))
-        self.zero_grad()
+            t.grad = None

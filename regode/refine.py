@@ -48,7 +48,7 @@ def polish_rigid(fixed: list, moving: list, linear: Affine, center: torch.Tensor
     maximises the mutual information of two images, given as their pyramids (lists of
     :class:`regode.odenet.model.Level`, coarse to fine, values in [0, 1]); and a record (the
     correction's parameters and the MI at each level's first and last step)."""
-    from .nir.samplers import downsize, region_of
+    from .nir.samplers import downsize
 
     generator = torch.Generator().manual_seed(seed)
     device, dtype = fixed[-1].volume.device, fixed[-1].volume.dtype
@@ -60,21 +60,16 @@ def polish_rigid(fixed: list, moving: list, linear: Affine, center: torch.Tensor
     adam = Adam([unknowns])
     record = {"levels": [], "iterations": 0}
     for level in levels:
-        iterations = level.iterations
-        fix, mov = _level(fixed, moving, level)
-        region = region_of(fix.volume, fix.grid, margin=0.0)
-        # sampling the moving image at linear(y) = sampling it on its grid pulled back through linear
-        moving_at = mov.grid.pulled_back(matrix)
+        fix, mov, region, moving_at = _level(fixed, moving, level, matrix)
         values = []
-        for it in range(iterations):
+        for it in range(level.iterations):
             points = downsize(region, level.stride, generator).points.to(device=device, dtype=dtype)
             moved = Rigid(unknowns * units, c)(points)
             mi = mattes_mutual_information(sample(mov.volume, moving_at, moved), sample(fix.volume, fix.grid, points))
             (-mi).backward()
-            adam.step(1.0 - 0.9 * it / max(1, iterations - 1))  # the step decays to a tenth over the level
+            adam.step(_decay(it, level.iterations))
             values.append(float(mi.detach()))
-        record["levels"].append({"coarseness": level.coarseness, "stride": level.stride, "iterations": iterations, "mi_first": values[0], "mi_last": values[-1]})
-        record["iterations"] += iterations
+        _log(record, level, values)
     params = (unknowns * units).detach().double().cpu()
     correction = Rigid(params, c.double().cpu())
     record["correction"] = params[0].tolist()
@@ -95,7 +90,7 @@ def polish_bspline(fixed: list, moving: list, linear: Affine, bspline: BSpline, 
     optimised for the mutual information of two images given as pyramids (see :func:`polish_rigid`),
     with fit-field's folding penalty and smoothness term on the mapping's Jacobian; and a record."""
     from .losses import folding_penalty, jacobian_energy, lattice_jacobian
-    from .nir.samplers import downsize_grid, lattice_step, region_of
+    from .nir.samplers import downsize_grid, lattice_step
 
     generator = torch.Generator().manual_seed(seed)
     device, dtype = fixed[-1].volume.device, fixed[-1].volume.dtype
@@ -105,9 +100,7 @@ def polish_bspline(fixed: list, moving: list, linear: Affine, bspline: BSpline, 
     adam = Adam([change])
     record = {"levels": [], "iterations": 0}
     for level in levels:
-        fix, mov = _level(fixed, moving, level)
-        region = region_of(fix.volume, fix.grid, margin=0.0)
-        moving_at = mov.grid.pulled_back(matrix)
+        fix, mov, region, moving_at = _level(fixed, moving, level, matrix)
         step = lattice_step(region, level.stride).to(device=device, dtype=dtype)
         values = []
         for it in range(level.iterations):
@@ -119,17 +112,33 @@ def polish_bspline(fixed: list, moving: list, linear: Affine, bspline: BSpline, 
             jacobian = lattice_jacobian(mapped, step)
             loss = -mi + LAMBDA_FOLD * folding_penalty(jacobian) + LAMBDA_GRAD * jacobian_energy(jacobian)
             loss.backward()
-            adam.step(1.0 - 0.9 * it / max(1, level.iterations - 1))
+            adam.step(_decay(it, level.iterations))
             values.append(float(mi.detach()))
-        record["levels"].append({"coarseness": level.coarseness, "stride": level.stride, "iterations": level.iterations,
-                                 "mi_first": values[0], "mi_last": values[-1]})
-        record["iterations"] += level.iterations
+        _log(record, level, values)
     coefficients = (start + BSPLINE_STEP * change).detach().to(bspline.coefficients.dtype).cpu()
     record["largest_change_mm"] = float((coefficients - bspline.coefficients.cpu()).norm(dim=1).max())
     return BSpline(bspline.control_grid, coefficients), record
 
 
-def _level(fixed: list, moving: list, level: PolishLevel):
+def _level(fixed: list, moving: list, level: PolishLevel, matrix):
+    """The fixed and moving pyramid levels a polish level runs on, the fixed head's bounding box
+    on that level (where the lattices lie) and the moving grid pulled back through ``matrix`` (the
+    4x4 world -> world start): sampling it at world points ``y`` samples the moving image at
+    ``matrix @ y``."""
+    from .nir.samplers import region_of
+
     if level.coarseness >= min(len(fixed), len(moving)):
         raise ValueError(f"the pyramids have {min(len(fixed), len(moving))} levels; the polish needs {level.coarseness + 1}")
-    return fixed[-1 - level.coarseness], moving[-1 - level.coarseness]
+    fix, mov = fixed[-1 - level.coarseness], moving[-1 - level.coarseness]
+    return fix, mov, region_of(fix.volume, fix.grid, margin=0.0), mov.grid.pulled_back(matrix)
+
+
+def _decay(it: int, iterations: int) -> float:
+    """Adam's step factor at step ``it`` of a level: 1, decaying linearly to a tenth."""
+    return 1.0 - 0.9 * it / max(1, iterations - 1)
+
+
+def _log(record: dict, level: PolishLevel, values: list[float]) -> None:
+    record["levels"].append({"coarseness": level.coarseness, "stride": level.stride, "iterations": level.iterations,
+                             "mi_first": values[0], "mi_last": values[-1]})
+    record["iterations"] += level.iterations
