@@ -156,7 +156,7 @@ def register(
     initial_transform: Annotated[Optional[list[str]], typer.Option("--initial-transform", help="Linear transform file(s) to start from (fixed -> moving, -t order); '[f.mat,1]' inverts.")] = None,
     no_center_of_mass: Annotated[bool, typer.Option("--no-center-of-mass", help="Start from the identity (no translation between the head centres, no principal axes).")] = False,
     no_principal_axes: Annotated[bool, typer.Option("--no-principal-axes", help="Rigid models: start from the translation between the head centres only, not from the best principal-axes alignment.")] = False,
-    polish: Annotated[bool, typer.Option("--polish/--no-polish", help="After the rigid and the B-spline networks, optimise their result by mutual information (a few dozen Adam steps, about 0.6 s each at 2 mm); --no-polish runs the networks alone.")] = True,
+    polish: Annotated[bool, typer.Option("--polish/--no-polish", help="After each network, optimise its result by mutual information (a few dozen Adam steps at 2 mm; for dense a 10 mm B-spline correction of its field); --no-polish runs the networks alone.")] = True,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (the polish's sample lattices; the networks are deterministic).")] = 0,

@@ -18,7 +18,7 @@ import torch
 from .losses import mattes_mutual_information
 from .optim import Adam
 from .sampling import sample
-from .transforms import Affine, BSpline, Compose, Rigid
+from .transforms import Affine, BSpline, Compose, DisplacementField, Rigid
 
 
 @dataclass(frozen=True)
@@ -85,10 +85,12 @@ LAMBDA_FOLD, LAMBDA_GRAD = 10.0, 5.0
 
 
 def polish_bspline(fixed: list, moving: list, linear: Affine, bspline: BSpline, levels=BSPLINE_LEVELS,
-                   seed: int = 0) -> tuple[BSpline, dict]:
+                   seed: int = 0, base: DisplacementField | None = None) -> tuple[BSpline, dict]:
     """The control-point displacements of ``bspline`` (applied to fixed points before ``linear``)
     optimised for the mutual information of two images given as pyramids (see :func:`polish_rigid`),
-    with fit-field's folding penalty and smoothness term on the mapping's Jacobian; and a record."""
+    with fit-field's folding penalty and smoothness term on the mapping's Jacobian; and a record.
+    With ``base``, the mapping is ``linear(x + base(x) + bspline(x))``: the B-spline is a correction
+    of a fixed displacement field (:func:`polish_dense`), and the smoothness term is the correction's."""
     from .losses import folding_penalty, jacobian_energy, lattice_jacobian
     from .nir.samplers import downsize_grid, lattice_step
 
@@ -108,9 +110,12 @@ def polish_bspline(fixed: list, moving: list, linear: Affine, bspline: BSpline, 
             points = lattice.world_points(dtype, device)[None]
             current = BSpline(bspline.control_grid, start + BSPLINE_STEP * change)
             mapped = points + current.displacement(lattice).movedim(1, -1)  # separable: lattice and control grid are parallel
+            smoothness = jacobian = lattice_jacobian(mapped, step)
+            if base is not None:  # the smoothness term is the correction's; no folding of the whole mapping
+                mapped = mapped + base.displacement(lattice).detach().to(dtype).movedim(1, -1)
+                jacobian = lattice_jacobian(mapped, step)
             mi = mattes_mutual_information(sample(mov.volume, moving_at, mapped), sample(fix.volume, fix.grid, points))
-            jacobian = lattice_jacobian(mapped, step)
-            loss = -mi + LAMBDA_FOLD * folding_penalty(jacobian) + LAMBDA_GRAD * jacobian_energy(jacobian)
+            loss = -mi + LAMBDA_FOLD * folding_penalty(jacobian) + LAMBDA_GRAD * jacobian_energy(smoothness)
             loss.backward()
             adam.step(_decay(it, level.iterations))
             values.append(float(mi.detach()))
@@ -118,6 +123,24 @@ def polish_bspline(fixed: list, moving: list, linear: Affine, bspline: BSpline, 
     coefficients = (start + BSPLINE_STEP * change).detach().to(bspline.coefficients.dtype).cpu()
     record["largest_change_mm"] = float((coefficients - bspline.coefficients.cpu()).norm(dim=1).max())
     return BSpline(bspline.control_grid, coefficients), record
+
+
+DENSE_CONTROL_SPACING = 10.0
+"""the dense polish's correction: a B-spline with half the B-spline model's control spacing (mm)."""
+
+
+def polish_dense(fixed: list, moving: list, linear: Affine, field: DisplacementField, levels=BSPLINE_LEVELS,
+                 seed: int = 0, control_spacing: float = DENSE_CONTROL_SPACING) -> tuple[DisplacementField, dict]:
+    """The dense network's displacement ``field`` (fixed points, before ``linear``) plus a smooth
+    correction, a B-spline of ``control_spacing`` mm optimised as in :func:`polish_bspline`; the
+    result is a displacement field on ``field``'s grid, and a record."""
+    dtype, device = field.field.dtype, field.field.device
+    grid = BSpline.control_grid_for(field.grid, control_spacing)
+    zero = BSpline(grid, torch.zeros(1, 3, *grid.shape, dtype=dtype, device=device))
+    correction, record = polish_bspline(fixed, moving, linear, zero, levels, seed, base=field)
+    with torch.no_grad():
+        total = field.field + correction.displacement(field.grid).to(dtype)
+    return DisplacementField(field.grid, total), record
 
 
 def _level(fixed: list, moving: list, level: PolishLevel, matrix):

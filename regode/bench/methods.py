@@ -14,6 +14,7 @@ from typing import Callable, Protocol
 
 from ..io import Image, load_transform_chain
 from ..nir.fields import FieldConfig
+from ..odenet.register import MODELS
 from ..transforms import Compose, Transform
 
 
@@ -135,11 +136,11 @@ METHODS: dict[str, Callable[[], Method]] = {
     "ants:Rigid": lambda: Ants("Rigid"),
     "ants:SyN": lambda: Ants("SyN"),
     "ants:SyNRA": lambda: Ants("SyNRA"),
-    **{f"regode:{m}": (lambda m=m: Regode(m)) for m in ("rigid", "bspline", "dense", "rigid+bspline", "rigid+dense")},
+    **{f"regode:{m}": (lambda m=m: Regode(m)) for m in MODELS},
     # the networks alone, without the mutual-information polish after each (regode.refine)
-    **{f"regode:{m}-net": (lambda m=m: Regode(m, polish=False)) for m in ("rigid", "bspline", "rigid+bspline")},
+    **{f"regode:{m}-net": (lambda m=m: Regode(m, polish=False)) for m in MODELS},
     # the start and the polish without the networks (their velocities zeroed)
-    **{f"regode:{m}-polish-only": (lambda m=m: Regode(m, networks=False)) for m in ("rigid", "bspline", "rigid+bspline")},
+    **{f"regode:{m}-polish-only": (lambda m=m: Regode(m, networks=False)) for m in MODELS},
     "regode:principal-axes": PrincipalAxes,
     "regode:nir": NeuralField,
     "regode:nir-ncc": lambda: NeuralField(metric="ncc"),

@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .preprocess import blur
+
 
 def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv3d(cin, cout, 3, stride, 1), nn.LeakyReLU(0.2, inplace=True))
@@ -115,13 +117,17 @@ class BSplineNet(nn.Module):
 
 
 class UNet(nn.Module):
-    """A small 3D U-Net working at half the level's resolution (velocities are smooth), its output
-    upsampled to the level grid: voxel velocities (``scale`` mm per unit output), ``[B, 3, nz, ny, nx]``."""
+    """A small 3D U-Net working at half the level's resolution, its output upsampled to the level
+    grid: voxel velocities (``scale`` mm per unit output), ``[B, 3, nz, ny, nx]``. The velocity (the
+    learned term plus the step times the force) is smoothed by a Gaussian of ``smoothing`` voxels of
+    the level, as SyN and demons smooth their update fields: the force of a 2 mm image is a field of
+    edges, and a displacement that follows it unsmoothed tears the image apart."""
 
-    def __init__(self, width: int = 16, scale: float = 5.0, step: float = 2.0):
+    def __init__(self, width: int = 16, scale: float = 5.0, step: float = 25.0, smoothing: float = 4.0):
         super().__init__()
         w = width
         self.step = nn.Parameter(torch.tensor(step))
+        self.smoothing = smoothing
         self.enc = nn.ModuleList([_block(IN_CHANNELS, w, 2), _block(w, 2 * w, 2), _block(2 * w, 2 * w, 2), _block(2 * w, 2 * w, 2)])
         self.dec = nn.ModuleList([_block(4 * w, 2 * w), _block(4 * w, 2 * w), _block(3 * w, w)])
         self.out = nn.Conv3d(w, 3, 3, 1, 1)
@@ -141,9 +147,12 @@ class UNet(nn.Module):
             skip = skips.pop()
             x = F.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=False)
             x = layer(torch.cat([x, skip], dim=1))
-        learned = F.interpolate(self.out(x), size=size, mode="trilinear", align_corners=False) * self.scale
-        smooth = F.interpolate(_pool(force, 2), size=size, mode="trilinear", align_corners=False)
-        return learned + self.step * smooth
+        learned = self.out(x) * self.scale  # at half the level's resolution
+        guided = F.interpolate(_pool(force, 2), size=learned.shape[2:], mode="trilinear", align_corners=False)
+        velocity = learned + self.step * guided
+        if self.smoothing > 0:  # smoothed at half resolution: the same filter on 8 times fewer voxels
+            velocity = blur(velocity, (self.smoothing / 2,) * 3)
+        return F.interpolate(velocity, size=size, mode="trilinear", align_corners=False)
 
 
 NETWORKS = {"rigid": RigidNet, "bspline": BSplineNet, "dense": UNet}

@@ -18,7 +18,7 @@ from ..alignment import head_center, head_moments, principal_axes
 from ..errors import RegodeError
 from ..io import Image
 from ..pipeline import Result, initial_linear, output_paths, read_inputs, resolve_device, working_image, write_outputs
-from ..refine import polish_bspline, polish_rigid
+from ..refine import polish_bspline, polish_dense, polish_rigid
 from ..transforms import Compose, DisplacementField
 from .checkpoint import file_hash, load_model, weights_dir
 from .model import MSODENet, pyramid
@@ -40,8 +40,8 @@ class RegisterConfig:
     """models that start with a rigid stage: start from the best principal-axes alignment (or the
     head centres' translation, whichever shares more mutual information); see regode.alignment."""
     polish: bool = True
-    """after the rigid and the B-spline networks, a short mutual-information optimisation of their
-    result (regode.refine): the network brings the pair near the truth, the optimiser lands on it."""
+    """after each network, a short mutual-information optimisation of its result (regode.refine):
+    the network brings the pair near the truth, the optimiser lands on it."""
     initial_transform: list = field(default_factory=list)
     """transform specs (antsApplyTransforms order) of the starting fixed -> moving mapping."""
     device: str = "auto"
@@ -119,13 +119,15 @@ def register_images(fixed: Image, moving: Image, config: RegisterConfig, models:
         else:
             core = model.transform(theta, model.state_grid(fixed_grid))
         timings[kind] = time.perf_counter() - t0
-        if config.polish and kind in ("rigid", "bspline"):
+        if config.polish:
             t0 = time.perf_counter()
             images = levels(max(2, model.config.levels))  # the polish works on the 4 and 2 mm levels
             if kind == "rigid":
                 linear, polish[kind] = polish_rigid(*images, linear, c_fix, seed=config.seed)
-            else:
+            elif kind == "bspline":
                 core, polish[kind] = polish_bspline(*images, linear, core, seed=config.seed)
+            else:
+                core, polish[kind] = polish_dense(*images, linear, core, seed=config.seed)
             timings[f"{kind}_polish"] = time.perf_counter() - t0
         if kind != "rigid":
             field_transform = DisplacementField(fixed_grid, core.displacement(fixed_grid).detach())
