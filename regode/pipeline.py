@@ -108,38 +108,42 @@ def write_outputs(result: Result, fixed: Image, moving: Image, labels: Image | N
                   document: dict, inverse_iterations: int = 30, start: float | None = None) -> None:
     """Write the transforms, the warped images (and labels) and the JSON ``document`` (with the
     result's statistics, and the wall time since ``start`` (``time.perf_counter()``), added)
-    under ``paths``; nothing is written if anything fails before."""
+    under ``paths`` (all in one folder). Each file is written in the background as soon as it is
+    computed, into a private folder, and the files are moved into place together once every one
+    is written: a failure anywhere leaves none of them."""
     from .io import save_transform, write_image
-    from .io.atomic import atomic_output
+    from .io.atomic import StagedOutputs
 
     t0 = time.perf_counter()
     linear, grid = result.linear, fixed.grid
-    outputs = {"affine": linear}
     chain, inverse_chain = [linear], [linear.inverse()]
-    if result.field is not None:
-        # float32 copies (the caller's result keeps its precision): the files' precision, and twice
-        # as fast at 1 mm
-        work = copy.deepcopy(result.field).float()
-        forward = DisplacementField(grid, work.displacement(grid))
-        inverse_work = copy.deepcopy(result.inverse_field).float() if result.inverse_field is not None else work.inverse(inverse_iterations)
-        inverse = DisplacementField(grid, inverse_work.displacement(grid))
-        outputs.update(warp=forward, inverse_warp=inverse)
-        chain.append(forward)
-        inverse_chain.insert(0, inverse)
-    warped = resample(moving.data, moving.grid, grid, Compose(chain))
-    inverse_warped = resample(fixed.data, fixed.grid, moving.grid, Compose(inverse_chain))
-    warped_labels = resample(labels.data, labels.grid, grid, Compose(chain), "label") if labels is not None else None
-    result.stats.setdefault("timings_s", {})["outputs"] = time.perf_counter() - t0
-    for key in ("affine", "warp", "inverse_warp"):
-        if key in outputs:
-            save_transform(outputs[key], paths[key])
-    write_image(warped, grid, paths["warped"], np.float32)
-    write_image(inverse_warped, moving.grid, paths["inverse_warped"], np.float32)
-    if warped_labels is not None:
-        write_image(warped_labels, grid, paths["labels"], labels.dtype)
-    document.update({"outputs": {k: str(v) for k, v in paths.items()}, "torch": torch.__version__,
-                     "threads": torch.get_num_threads(), "machine": platform.platform(), **result.stats})
-    if start is not None:
-        document["timings_s"]["wall"] = time.perf_counter() - start
-    with atomic_output(paths["json"]) as tmp:
-        Path(tmp).write_text(json.dumps(document, indent=2))
+    with StagedOutputs(paths["json"].parent) as staged:
+        staged.write(paths["affine"], lambda path: save_transform(linear, path))
+        if result.field is not None:
+            # float32 copies (the caller's result keeps its precision): the files' precision, and
+            # twice as fast at 1 mm
+            work = copy.deepcopy(result.field).float()
+            forward = DisplacementField(grid, work.displacement(grid))
+            staged.write(paths["warp"], lambda path: save_transform(forward, path))
+            inverse_work = copy.deepcopy(result.inverse_field).float() if result.inverse_field is not None else work.inverse(inverse_iterations)
+            inverse = DisplacementField(grid, inverse_work.displacement(grid))
+            staged.write(paths["inverse_warp"], lambda path: save_transform(inverse, path))
+            chain.append(forward)
+            inverse_chain.insert(0, inverse)
+        warped = resample(moving.data, moving.grid, grid, Compose(chain))
+        staged.write(paths["warped"], lambda path: write_image(warped, grid, path, np.float32))
+        inverse_warped = resample(fixed.data, fixed.grid, moving.grid, Compose(inverse_chain))
+        staged.write(paths["inverse_warped"], lambda path: write_image(inverse_warped, moving.grid, path, np.float32))
+        if labels is not None:
+            warped_labels = resample(labels.data, labels.grid, grid, Compose(chain), "label")
+            staged.write(paths["labels"], lambda path: write_image(warped_labels, grid, path, labels.dtype))
+        result.stats.setdefault("timings_s", {})["outputs"] = time.perf_counter() - t0
+        document.update({"outputs": {k: str(v) for k, v in paths.items()}, "torch": torch.__version__,
+                         "threads": torch.get_num_threads(), "machine": platform.platform(), **result.stats})
+        waited = time.perf_counter()
+        staged.pending[-1].result()  # the last image written: the JSON records the wall time up to here
+        document["timings_s"]["writing_after_outputs"] = time.perf_counter() - waited
+        if start is not None:
+            document["timings_s"]["wall"] = time.perf_counter() - start
+        staged.write(paths["json"], lambda path: Path(path).write_text(json.dumps(document, indent=2)))
+        staged.commit()

@@ -74,28 +74,39 @@ def sample(
     return torch.where(inside, values, torch.as_tensor(padding, dtype=values.dtype, device=values.device))
 
 
+def _lerp_along(values: torch.Tensor, dim: int, position: torch.Tensor) -> torch.Tensor:
+    """``values`` linearly interpolated along dimension ``dim`` at the (float64) index
+    ``position`` of each output slice, positions outside clamped to the border."""
+    n = values.shape[dim]
+    position = position.clamp(0, n - 1)
+    low = position.floor().clamp(max=max(n - 2, 0))
+    weight = (position - low).to(values.dtype).reshape([-1 if d == dim else 1 for d in range(values.dim())])
+    low = low.long()
+    a = values.index_select(dim, low)
+    b = values.index_select(dim, (low + 1).clamp(max=n - 1))
+    return torch.lerp(a, b, weight)
+
+
 def sample_on_grid(volume: torch.Tensor, grid: Grid, target: Grid, padding: float = 0.0) -> torch.Tensor:
     """``volume`` (on ``grid``) linearly interpolated at every voxel centre of ``target``:
     ``[B, C, *target.shape]``, as :func:`sample` at ``target.world_points()``. When the two grids'
-    axes are parallel (a field up-sampled to the fixed image's grid) the coordinates are built
-    per axis, without a world point per voxel (a 2 mm field onto a 1 mm brain grid: 0.69 s against
-    0.91 s on 2 threads)."""
+    axes are parallel (a field up-sampled to the fixed image's grid) trilinear interpolation is
+    three one-dimensional ones, one axis after the other, without a world point per voxel (a 2 mm
+    field onto a 1 mm brain grid: about 0.15 s, against 0.5 s for ``grid_sample`` on per-axis
+    coordinates and 0.9 s at world points, 2 threads)."""
     m = grid.matrix("world", "normalised") @ target.matrix("index", "world")
     block = m[:3, :3]
     if not np.allclose(block, np.diag(np.diag(block)), atol=1e-9 * np.abs(block).max()):
         points = target.world_points(dtype=volume.dtype, device=volume.device)[None]
         return sample(volume, grid, points, padding=padding).reshape(volume.shape[0], volume.shape[1], *target.shape)
     _, _, limit = _world_to_normalised(grid, torch.float64, str(volume.device))
-    axes, inside = [], []
-    for axis, n in enumerate(target.size):  # (i, j, k): x, y, z
+    values, inside = volume, []
+    for axis, n in enumerate(target.size):  # (i, j, k): x, y, z, i.e. tensor dimensions 4, 3, 2
         u = torch.as_tensor(m[axis, axis] * np.arange(n) + m[axis, 3], dtype=torch.float64, device=volume.device)
-        axes.append(u.to(volume.dtype))
         inside.append(u.abs() <= limit[axis])
-    nx, ny, nz = target.size
-    coords = torch.stack([axes[0][None, None, :].expand(nz, ny, nx), axes[1][None, :, None].expand(nz, ny, nx),
-                          axes[2][:, None, None].expand(nz, ny, nx)], -1)
-    values = F.grid_sample(volume, coords[None].expand(volume.shape[0], -1, -1, -1, -1), mode="bilinear",
-                           padding_mode="border", align_corners=True)
+        values = _lerp_along(values, 4 - axis, (u + 1) / 2 * (grid.size[axis] - 1))
+    if all(bool(i.all()) for i in inside):
+        return values
     mask = inside[2][:, None, None] & inside[1][None, :, None] & inside[0][None, None, :]
     return torch.where(mask, values, torch.as_tensor(padding, dtype=values.dtype, device=values.device))
 

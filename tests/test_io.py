@@ -1,6 +1,8 @@
 """Transform files regode writes are read by SimpleITK (and antspyx) to the same mapping, and
 files SimpleITK writes are read by regode to the same mapping."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -165,3 +167,33 @@ def test_vector_fields_are_gzip_files_that_every_reader_takes(tmp_path, awkward_
     back = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "a.nii.gz")))  # [z, y, x, 3]
     np.testing.assert_allclose(back, field[0].permute(1, 2, 3, 0).numpy(), atol=1e-6)
     assert not [p.name for p in tmp_path.iterdir() if p.name not in ("a.nii.gz", "b.nii.gz")]
+
+
+def test_staged_outputs_appear_together_or_not_at_all(tmp_path):
+    """Files written through StagedOutputs appear only at commit; a failing write (here the second)
+    leaves none of them, nor the private folder; a file outside the folder is refused."""
+    from regode.io.atomic import StagedOutputs
+
+    def text(path, value):
+        Path(path).write_text(value)
+
+    def broken(path):
+        Path(path).write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        with StagedOutputs(tmp_path) as staged:
+            staged.write(tmp_path / "a.txt", text, "a")
+            staged.write(tmp_path / "b.txt", broken)
+            staged.write(tmp_path / "c.txt", text, "c")
+            staged.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    with StagedOutputs(tmp_path) as staged:
+        staged.write(tmp_path / "a.txt", text, "a")
+        staged.write(tmp_path / "c.txt", text, "c")
+        assert not (tmp_path / "a.txt").exists()
+        (tmp_path / "sub").mkdir()
+        with pytest.raises(ValueError):
+            staged.write(tmp_path / "sub" / "d.txt", text, "d")
+        staged.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "c.txt", "sub"] and (tmp_path / "c.txt").read_text() == "c"

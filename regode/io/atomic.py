@@ -38,3 +38,41 @@ def atomic_output(path: str | os.PathLike) -> Iterator[str]:
             os.replace(os.path.join(tmpdir, name), path.parent / name)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+class StagedOutputs:
+    """Several output files that appear together or not at all, written in the background.
+
+    ``write(path, function, *args)`` runs ``function(staged_path, *args)`` on a writer thread
+    (file writing releases the GIL, so it overlaps with the caller's next computation), where
+    ``staged_path`` lies in a private folder inside ``folder``, where every ``path`` must lie.
+    ``commit()`` waits for every write, re-raises the first failure, and only then moves every
+    file written into place (a MetaImage ``.mhd`` brings its ``.raw``); leaving the ``with`` block
+    without a commit (an exception) removes the private folder and everything in it."""
+
+    def __init__(self, folder: str | os.PathLike):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.folder = Path(folder)
+        self.tmpdir = tempfile.mkdtemp(prefix=".regode-", dir=self.folder)
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="regode-writer")
+        self.pending: list = []
+
+    def write(self, path: str | os.PathLike, function, *args) -> None:
+        path = check_writable(path)
+        if path.parent.resolve() != self.folder.resolve():
+            raise ValueError(f"{path} is not in {self.folder}")
+        self.pending.append(self.pool.submit(function, os.path.join(self.tmpdir, path.name), *args))
+
+    def commit(self) -> None:
+        for future in self.pending:
+            future.result()
+        for name in os.listdir(self.tmpdir):
+            os.replace(os.path.join(self.tmpdir, name), self.folder / name)
+
+    def __enter__(self) -> "StagedOutputs":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
