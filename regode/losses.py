@@ -9,22 +9,34 @@ def mutual_information(a: torch.Tensor, b: torch.Tensor, bins: int = 32, max_sam
     """Mutual information (nats) between intensities in [0, 1] of ``a`` and ``b`` (same shape
     ``[B, ...]``), mean over the batch, with Gaussian Parzen windows (differentiable). At most
     ``max_samples`` voxels per volume enter, on a regular stride."""
-    batch = a.shape[0]
-    a, b = a.reshape(batch, -1), b.reshape(batch, -1)
-    step = max(1, a.shape[1] // max_samples)
-    a, b = a[:, ::step], b[:, ::step]
-    centers = torch.linspace(0, 1, bins, dtype=a.dtype, device=a.device)
-    sigma = 0.5 / (bins - 1)
+    return MutualInformationTo(b, bins, max_samples)(a)
 
-    def window(v):
-        w = torch.exp(-0.5 * ((v[..., None] - centers) / sigma) ** 2)
+
+class MutualInformationTo:
+    """:func:`mutual_information` of many images against one reference ``b`` (``[B or 1, ...]``):
+    the reference's Parzen windows are computed once (MS-ODENet asks for the force against the
+    same fixed level at every function evaluation)."""
+
+    def __init__(self, b: torch.Tensor, bins: int = 32, max_samples: int = 60_000):
+        flat = b.reshape(b.shape[0], -1)
+        self.count, self.step = flat.shape[1], max(1, flat.shape[1] // max_samples)
+        self.centers = torch.linspace(0, 1, bins, dtype=b.dtype, device=b.device)
+        self.sigma = 0.5 / (bins - 1)
+        self.wb = self._window(flat[:, :: self.step].clamp(0, 1))
+
+    def _window(self, v: torch.Tensor) -> torch.Tensor:
+        w = torch.exp(-0.5 * ((v[..., None] - self.centers) / self.sigma) ** 2)
         return w / w.sum(-1, keepdim=True).clamp(min=1e-12)
 
-    wa, wb = window(a.clamp(0, 1)), window(b.clamp(0, 1))
-    joint = wa.transpose(1, 2) @ wb / a.shape[1]  # [B, bins, bins]
-    pa, pb = joint.sum(2, keepdim=True), joint.sum(1, keepdim=True)
-    eps = 1e-10
-    return (joint * (torch.log(joint + eps) - torch.log(pa @ pb + eps))).sum((1, 2)).mean()
+    def __call__(self, a: torch.Tensor) -> torch.Tensor:
+        a = a.reshape(a.shape[0], -1)
+        if a.shape[1] != self.count:
+            raise ValueError(f"mutual information of {a.shape[1]} voxels against {self.count}")
+        wa = self._window(a[:, :: self.step].clamp(0, 1))
+        joint = wa.transpose(1, 2) @ self.wb / wa.shape[1]  # [B, bins, bins]
+        pa, pb = joint.sum(2, keepdim=True), joint.sum(1, keepdim=True)
+        eps = 1e-10
+        return (joint * (torch.log(joint + eps) - torch.log(pa @ pb + eps))).sum((1, 2)).mean()
 
 
 def mattes_mutual_information(a: torch.Tensor, b: torch.Tensor, bins: int = 32) -> torch.Tensor:

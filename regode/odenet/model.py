@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from ..grid import Grid
-from ..losses import mutual_information
+from ..losses import MutualInformationTo
 from ..sampling import sample
 from ..transforms import BSpline, Compose, DisplacementField, Rigid, Transform, rotation_matrix
 from .networks import NETWORKS
@@ -146,6 +146,7 @@ class Dynamics(nn.Module):
         dtype, device = fixed.volume.dtype, fixed.volume.device
         self.direction = _direction(fixed.grid, fixed.volume)
         self.nfe = 0
+        self.similarity = MutualInformationTo(fixed.volume.detach())  # the fixed level's Parzen windows, once
         if model.config.kind == "rigid":
             c = torch.as_tensor(center, dtype=torch.float64).detach().cpu().reshape(-1, 3).numpy()
             self.center_index = torch.as_tensor(fixed.grid.world_to_index(c), dtype=dtype, device=device).reshape(-1, 3)
@@ -172,7 +173,7 @@ class Dynamics(nn.Module):
         with torch.enable_grad():
             u = torch.zeros_like(points, requires_grad=True)
             warped = sample(self.moving.volume, self.moving.grid, points + u)
-            (force,) = torch.autograd.grad(mutual_information(warped, self.fixed.volume) * warped.shape[0], u, retain_graph=training)
+            (force,) = torch.autograd.grad(self.similarity(warped) * warped.shape[0], u, retain_graph=training)
         if not training:
             warped = warped.detach()
         force = (force.detach() @ d).movedim(-1, 1)  # world -> grid axes, [B, 3, nz, ny, nx]
