@@ -32,7 +32,12 @@ class MutualInformationTo:
         a = a.reshape(a.shape[0], -1)
         if a.shape[1] != self.count:
             raise ValueError(f"mutual information of {a.shape[1]} voxels against {self.count}")
-        wa = self._window(a[:, :: self.step].clamp(0, 1))
+        return self.of_samples(a[:, :: self.step])
+
+    def of_samples(self, a: torch.Tensor) -> torch.Tensor:
+        """The same from the only voxels that enter, ``a.reshape(B, -1)[:, ::self.step]`` (``[B, n]``):
+        a caller that needs the gradient need not produce the others."""
+        wa = self._window(a.clamp(0, 1))
         joint = wa.transpose(1, 2) @ self.wb / wa.shape[1]  # [B, bins, bins]
         pa, pb = joint.sum(2, keepdim=True), joint.sum(1, keepdim=True)
         eps = 1e-10

@@ -170,13 +170,17 @@ class Dynamics(nn.Module):
         # the gradient of the similarity with respect to a displacement of every fixed point (times
         # the number of voxels): the force a classical optimiser would follow, given to the network
         # as an input, as learned optimisers are given their gradient (no second derivatives)
+        warped = sample(self.moving.volume, self.moving.grid, points)
+        # MI reads every step-th voxel only: the gradient is zero elsewhere, so only those points
+        # are sampled again, with a displacement u to differentiate
+        flat = points.reshape(points.shape[0], -1, 3)
         with torch.enable_grad():
-            u = torch.zeros_like(points, requires_grad=True)
-            warped = sample(self.moving.volume, self.moving.grid, points + u)
-            (force,) = torch.autograd.grad(self.similarity(warped) * warped.shape[0], u, retain_graph=training)
-        if not training:
-            warped = warped.detach()
-        force = (force.detach() @ d).movedim(-1, 1)  # world -> grid axes, [B, 3, nz, ny, nx]
+            u = torch.zeros_like(flat[:, :: self.similarity.step], requires_grad=True)
+            values = sample(self.moving.volume, self.moving.grid, flat[:, :: self.similarity.step].detach() + u)
+            (grad,) = torch.autograd.grad(self.similarity.of_samples(values.reshape(values.shape[0], -1)) * values.shape[0], u)
+        force = torch.zeros_like(flat, dtype=grad.dtype)
+        force[:, :: self.similarity.step] = grad
+        force = (force.reshape(points.shape) @ d).movedim(-1, 1)  # world -> grid axes, [B, 3, nz, ny, nx]
         force = force * force[0, 0].numel()  # per-voxel scale, independent of the image size; vanishes at the optimum
         kind = self.model.config.kind
         if kind == "rigid":
