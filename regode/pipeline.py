@@ -141,7 +141,7 @@ def write_outputs(result: Result, fixed: Image, moving: Image, labels: Image | N
         document.update({"outputs": {k: str(v) for k, v in paths.items()}, "torch": torch.__version__,
                          "threads": torch.get_num_threads(), "machine": platform.platform(), **result.stats})
         waited = time.perf_counter()
-        staged.pending[-1].result()  # the last image written: the JSON records the wall time up to here
+        staged.wait()  # every image written: the JSON records the wall time up to here
         document["timings_s"]["writing_after_outputs"] = time.perf_counter() - waited
         if start is not None:
             document["timings_s"]["wall"] = time.perf_counter() - start

@@ -5,9 +5,9 @@ information's basin (docs/benchmarks.md measured it at least 120° and 60 mm wid
 against FLAIR or T2); the B-spline network moves control points in the direction of the MI force.
 Neither, trained on synthetic heads on a CPU, lands on the basin's floor. A few dozen Adam steps
 do: on a rigid correction composed onto the rigid result (:func:`polish_rigid`), then on the
-B-spline's control points (:func:`polish_bspline`), maximising Mattes mutual information on
-lattices of the fixed head's bounding box. Deterministic for a seed (the lattices' random offsets
-come from it)."""
+B-spline's control points (:func:`polish_bspline`), or on a B-spline correction of the dense
+network's field (:func:`polish_dense`), maximising Mattes mutual information on lattices of the
+fixed head's bounding box. Deterministic for a seed (the lattices' random offsets come from it)."""
 
 from __future__ import annotations
 

@@ -46,8 +46,8 @@ class StagedOutputs:
     ``write(path, function, *args)`` runs ``function(staged_path, *args)`` on a writer thread
     (file writing releases the GIL, so it overlaps with the caller's next computation), where
     ``staged_path`` lies in a private folder inside ``folder``, where every ``path`` must lie.
-    ``commit()`` waits for every write, re-raises the first failure, and only then moves every
-    file written into place (a MetaImage ``.mhd`` brings its ``.raw``); leaving the ``with`` block
+    ``wait()`` waits for the writes so far and re-raises the first failure; ``commit()`` waits,
+    and only then moves every file written into place (a MetaImage ``.mhd`` brings its ``.raw``); leaving the ``with`` block
     without a commit (an exception) removes the private folder and everything in it."""
 
     def __init__(self, folder: str | os.PathLike):
@@ -64,9 +64,12 @@ class StagedOutputs:
             raise ValueError(f"{path} is not in {self.folder}")
         self.pending.append(self.pool.submit(function, os.path.join(self.tmpdir, path.name), *args))
 
-    def commit(self) -> None:
+    def wait(self) -> None:
         for future in self.pending:
             future.result()
+
+    def commit(self) -> None:
+        self.wait()
         for name in os.listdir(self.tmpdir):
             os.replace(os.path.join(self.tmpdir, name), self.folder / name)
 

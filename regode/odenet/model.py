@@ -163,7 +163,6 @@ class Dynamics(nn.Module):
 
     def forward(self, t, theta):
         self.nfe += 1
-        training = torch.is_grad_enabled()
         transform = self.model.transform(theta, self.state_grid, self.center, self.pre)
         points = transform.map_grid(self.fixed.grid, dtype=self.fixed.volume.dtype)
         d = self.direction
