@@ -21,7 +21,7 @@ from .errors import RegodeError
 from .grid import Grid
 from .io import Image
 from .transforms import Affine, Compose, DisplacementField, Transform
-from .warp import resample
+from .warp import resample, resample_many
 
 
 @dataclass
@@ -130,13 +130,14 @@ def write_outputs(result: Result, fixed: Image, moving: Image, labels: Image | N
             staged.write(paths["inverse_warp"], lambda path: save_transform(inverse, path))
             chain.append(forward)
             inverse_chain.insert(0, inverse)
-        warped = resample(moving.data, moving.grid, grid, Compose(chain))
+        # the labels lie on the moving grid (read_inputs checks): one pass of mapped points for both
+        moved = [(moving.data, "linear")] + ([(labels.data, "label")] if labels is not None else [])
+        warped, *warped_labels = resample_many(moved, moving.grid, grid, Compose(chain))
         staged.write(paths["warped"], lambda path: write_image(warped, grid, path, np.float32))
+        if labels is not None:
+            staged.write(paths["labels"], lambda path: write_image(warped_labels[0], grid, path, labels.dtype))
         inverse_warped = resample(fixed.data, fixed.grid, moving.grid, Compose(inverse_chain))
         staged.write(paths["inverse_warped"], lambda path: write_image(inverse_warped, moving.grid, path, np.float32))
-        if labels is not None:
-            warped_labels = resample(labels.data, labels.grid, grid, Compose(chain), "label")
-            staged.write(paths["labels"], lambda path: write_image(warped_labels, grid, path, labels.dtype))
         result.stats.setdefault("timings_s", {})["outputs"] = time.perf_counter() - t0
         document.update({"outputs": {k: str(v) for k, v in paths.items()}, "torch": torch.__version__,
                          "threads": torch.get_num_threads(), "machine": platform.platform(), **result.stats})

@@ -49,16 +49,29 @@ def resample(
     """Resample ``volume [1, C, nz, ny, nx]`` (on ``grid``) onto ``reference``: each reference voxel
     centre x takes the value of the volume at ``transform(x)``. Works through slabs of reference
     slices to bound memory; B-spline interpolation runs in one pass (its prefilter is global)."""
-    sampler = INTERPOLATORS[interp]
-    if interp == "label":  # which cells need a vote: once for all slabs
-        sampler = functools.partial(sample_labels, cells=uniform_cells(volume))
-    dtype = torch.float32 if interp != "bspline" else torch.float64
+    return resample_many([(volume, interp)], grid, reference, transform, padding, slab_voxels)[0]
+
+
+@torch.no_grad()
+def resample_many(volumes: list, grid: Grid, reference: Grid, transform: Transform, padding: float = 0.0,
+                  slab_voxels: int = 1 << 20) -> list[torch.Tensor]:
+    """:func:`resample` of several ``(volume, interp)`` pairs on the same ``grid`` (an image and its
+    labels) through one transform: the mapped points are computed once per slab for all of them."""
+    samplers = []
+    for volume, interp in volumes:
+        sampler = INTERPOLATORS[interp]
+        if interp == "label":  # which cells need a vote: once for all slabs
+            sampler = functools.partial(sample_labels, cells=uniform_cells(volume))
+        samplers.append(sampler)
+    whole = any(interp == "bspline" for _, interp in volumes)
+    dtype = torch.float64 if whole else torch.float32
     transform, grid = _fold_last_linear(transform, grid)
     transform = transform.to(dtype)
     nz, ny, nx = reference.shape
-    step = nz if interp == "bspline" else max(1, slab_voxels // (ny * nx))
-    out = torch.empty(1, volume.shape[1], nz, ny, nx, dtype=torch.float32)
+    step = nz if whole else max(1, slab_voxels // (ny * nx))
+    outs = [torch.empty(1, volume.shape[1], nz, ny, nx, dtype=torch.float32) for volume, _ in volumes]
     for k in range(0, nz, step):
         moved = transform.map_grid(reference, slice(k, k + step), dtype)
-        out[:, :, k : k + step] = sampler(volume, grid, moved, padding).to(torch.float32)
-    return out
+        for out, (volume, _), sampler in zip(outs, volumes, samplers):
+            out[:, :, k : k + step] = sampler(volume, grid, moved, padding).to(torch.float32)
+    return outs
