@@ -28,12 +28,14 @@ def one_run(args, prefix: Path) -> dict:
                "--model", args.model, "--threads", str(args.threads)]
     if args.labels:
         command += ["--moving-labels", args.labels]
-    start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"regode register failed: {process.stderr.read().strip()}")
+    with tempfile.TemporaryFile(mode="w+") as errors:  # a file, not a pipe: the child never blocks on it
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors, text=True)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - start
+        if os.waitstatus_to_exitcode(status) != 0:
+            errors.seek(0)
+            raise SystemExit(f"regode register failed: {errors.read().strip()}")
     stages = json.loads(Path(f"{prefix}regode.json").read_text())["timings_s"]
     return {"wall_s": wall, "peak_mb": usage.ru_maxrss / 1024, "stages": stages}
 
