@@ -20,13 +20,26 @@ class MutualInformationTo:
     def __init__(self, b: torch.Tensor, bins: int = 32, max_samples: int = 60_000):
         flat = b.reshape(b.shape[0], -1)
         self.count, self.step = flat.shape[1], max(1, flat.shape[1] // max_samples)
-        self.centers = torch.linspace(0, 1, bins, dtype=b.dtype, device=b.device)
-        self.sigma = 0.5 / (bins - 1)
+        self.bins = bins
         self.wb = self._window(flat[:, :: self.step].clamp(0, 1))
 
+    REACH = 3
+    """bins on each side of a sample's nearest bin centre that its window covers"""
+
     def _window(self, v: torch.Tensor) -> torch.Tensor:
-        w = torch.exp(-0.5 * ((v[..., None] - self.centers) / self.sigma) ** 2)
-        return w / w.sum(-1, keepdim=True).clamp(min=1e-12)
+        """Each sample's normalised Gaussian window over the bins ``[..., bins]``: bin centres
+        ``k / (bins - 1)``, sigma half a bin. Computed on the ``2 * REACH + 1`` bins around the
+        nearest centre and scattered: a bin further out would weigh exp(-2 * 3.5^2) = 2e-11 of the
+        nearest, below float32's resolution."""
+        u = v * (self.bins - 1)  # in bins
+        nearest = u.detach().round()
+        bins = nearest[..., None] + torch.arange(-self.REACH, self.REACH + 1, dtype=v.dtype, device=v.device)
+        w = torch.exp(-2.0 * (u[..., None] - bins) ** 2)
+        w = torch.where((bins >= 0) & (bins <= self.bins - 1), w, torch.zeros((), dtype=w.dtype, device=w.device))
+        w = w / w.sum(-1, keepdim=True)  # the nearest bin weighs 1 or more
+        padded = torch.zeros(*w.shape[:-1], self.bins + 2 * self.REACH, dtype=w.dtype, device=w.device)
+        # bins - (-REACH): column of the padded table; the padding columns only ever receive zeros
+        return padded.scatter(-1, (bins + self.REACH).long(), w)[..., self.REACH : self.REACH + self.bins]
 
     def __call__(self, a: torch.Tensor) -> torch.Tensor:
         a = a.reshape(a.shape[0], -1)
@@ -53,18 +66,20 @@ def mattes_mutual_information(a: torch.Tensor, b: torch.Tensor, bins: int = 32) 
     # bin centres 1 .. bins-2 hold [0, 1]: the kernel (support +-2 bins) never leaves the table
     pos_a, pos_b = 1 + a * (bins - 3), 1 + b * (bins - 3)
 
-    def weights(pos):
-        base = pos.detach().floor() - 1  # the 4 bins base .. base+3 around pos
-        offsets = torch.arange(4, dtype=pos.dtype, device=pos.device)
-        d = (pos[:, None] - base[:, None] - offsets).abs()
-        w = torch.where(d < 1, 2 / 3 - d**2 + d**3 / 2, (2 - d).clamp(min=0) ** 3 / 6)
-        return w, (base.long()[:, None] + offsets.long()).clamp(0, bins - 1)
+    def weights(pos):  # the cubic B-spline weights of bins floor(pos) - 1 .. floor(pos) + 2, and that first bin
+        first = pos.detach().floor()
+        f = pos - first
+        f2, f3, g = f * f, f * f * f, 1 - f
+        w = torch.stack([g * g * g, 3 * f3 - 6 * f2 + 4, 3 * (f2 + f - f3) + 1, f3], -1) / 6
+        return w, first.long() - 1
 
-    wa, ia = weights(pos_a)
-    wb, ib = weights(pos_b)
-    index = (ia[:, :, None] * bins + ib[:, None, :]).reshape(-1)
-    joint = torch.zeros(bins * bins, dtype=a.dtype, device=a.device).index_add(0, index, (wa[:, :, None] * wb[:, None, :]).reshape(-1))
-    joint = joint.reshape(bins, bins) / joint.sum()
+    (wa, fa), (wb, fb) = weights(pos_a), weights(pos_b)
+    size = bins + 1  # a value of exactly 1 puts a zero weight in bin `bins`: one spare row and column
+    taps = torch.arange(4, device=a.device)
+    index = ((fa * size + fb)[:, None] + (taps[:, None] * size + taps).reshape(-1)).reshape(-1)
+    joint = torch.zeros(size * size, dtype=a.dtype, device=a.device).index_add(0, index, (wa[:, :, None] * wb[:, None, :]).reshape(-1))
+    joint = joint.reshape(size, size)[:bins, :bins]
+    joint = joint / joint.sum()
     pa, pb = joint.sum(1, keepdim=True), joint.sum(0, keepdim=True)
     eps = 1e-10
     return (joint * (torch.log(joint + eps) - torch.log(pa * pb + eps))).sum()

@@ -22,8 +22,24 @@ import torch.nn.functional as F
 from .preprocess import blur
 
 
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` that always runs oneDNN's kernel on a CPU (float32, zero padding). PyTorch's
+    heuristic sends batch-1 volumes whose first four dimensions hold fewer than 20480 values (the
+    deep layers of these networks) to its im2col kernel, 5 to 8 times slower here. Same parameters
+    and state dict; the same results to float rounding; differentiable."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and x.dtype == torch.float32 and self.padding_mode == "zeros" and _onednn():
+            return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups)
+        return super().forward(x)
+
+
+def _onednn() -> bool:
+    return torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+
+
 def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv3d(cin, cout, 3, stride, 1), nn.LeakyReLU(0.2, inplace=True))
+    return nn.Sequential(Conv3d(cin, cout, 3, stride, 1), nn.LeakyReLU(0.2, inplace=True))
 
 
 IN_CHANNELS = 6
@@ -56,7 +72,7 @@ class RigidNet(nn.Module):
         self.step = nn.Parameter(torch.tensor(step))  # mm per unit time along the normalised force
         w = width
         self.features = nn.Sequential(_block(IN_CHANNELS, w, 2), _block(w, 2 * w, 2), _block(2 * w, 2 * w, 2), _block(2 * w, 2 * w))
-        self.flow = nn.Conv3d(2 * w, 4, 3, 1, 1)
+        self.flow = Conv3d(2 * w, 4, 3, 1, 1)
         nn.init.zeros_(self.flow.weight)
         nn.init.zeros_(self.flow.bias)
         self.scale, self.ridge, self.stride = scale, ridge, 8
@@ -104,7 +120,7 @@ class BSplineNet(nn.Module):
         w = width
         self.step = nn.Parameter(torch.tensor(step))
         self.features = nn.Sequential(_block(IN_CHANNELS, w, 2), _block(w, 2 * w, 2), _block(2 * w, 2 * w))
-        self.head = nn.Sequential(_block(2 * w, 2 * w), nn.Conv3d(2 * w, 3, 3, 1, 1))
+        self.head = nn.Sequential(_block(2 * w, 2 * w), Conv3d(2 * w, 3, 3, 1, 1))
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
         self.scale = scale
@@ -130,7 +146,7 @@ class UNet(nn.Module):
         self.smoothing = smoothing
         self.enc = nn.ModuleList([_block(IN_CHANNELS, w, 2), _block(w, 2 * w, 2), _block(2 * w, 2 * w, 2), _block(2 * w, 2 * w, 2)])
         self.dec = nn.ModuleList([_block(4 * w, 2 * w), _block(4 * w, 2 * w), _block(3 * w, w)])
-        self.out = nn.Conv3d(w, 3, 3, 1, 1)
+        self.out = Conv3d(w, 3, 3, 1, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
         self.scale = scale
