@@ -33,9 +33,12 @@ class PolishLevel:
     iterations: int
 
 
-LEVELS = (PolishLevel(1, 2, 40), PolishLevel(0, 2, 20))
-"""on the 2 mm working grid: 40 steps on an 8 mm lattice of the 4 mm images, then 20 on a 4 mm
-lattice of the 2 mm images."""
+LEVELS = (PolishLevel(1, 2, 40), PolishLevel(0, 3, 20))
+"""on the 2 mm working grid: 40 steps on an 8 mm lattice of the 4 mm images, then 20 on a 6 mm
+lattice of the 2 mm images. On BraTS (10 pairs per task) this measured the same as the earlier 4 mm
+lattice (rigid task: Dice 92.6 against 92.7, RMSE(phi) 0.50 mm for both; rigid+deformable: 76.1 /
+2.78 mm against 75.8 / 2.83 mm) at a third of the finest level's cost. Ten steps instead of 20
+measured as well on BraTS but stopped 1.5–2 mm short on the phantom of tests/test_alignment.py."""
 ROTATION_STEP = 0.01
 """Adam's step for the rotation vector (radians: about 0.6° per step at the start)."""
 TRANSLATION_STEP = 0.5

@@ -28,11 +28,10 @@ def _world_to_normalised(grid: Grid, dtype: torch.dtype, device: str) -> tuple[t
     return m[:3, :3].T.contiguous(), m[:3, 3].contiguous(), limit
 
 
-def _to_normalised(grid: Grid, points: torch.Tensor, mask: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Normalised coordinates of world points and the mask of points inside the buffer."""
-    matrix, offset, limit = _world_to_normalised(grid, points.dtype, str(points.device))
-    coords = torch.addmm(offset, points.reshape(-1, 3), matrix).reshape(points.shape)
-    return coords, (coords.abs() <= limit).all(dim=-1) if mask else None
+def _to_normalised(grid: Grid, points: torch.Tensor) -> torch.Tensor:
+    """Normalised coordinates of world points."""
+    matrix, offset, _ = _world_to_normalised(grid, points.dtype, str(points.device))
+    return torch.addmm(offset, points.reshape(-1, 3), matrix).reshape(points.shape)
 
 
 def _to_index(grid: Grid, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,25 +51,39 @@ def sample(
 
     Differentiable with respect to the volume and the points (linear mode).
     """
+    return sample_normalised(volume, grid, _to_normalised(grid, points), mode, padding)
+
+
+def normalised_map(grid: Grid, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
+    """The 4x4 world -> normalised matrix of ``grid`` (the coordinates of :func:`sample_normalised`)."""
+    return torch.as_tensor(grid.matrix("world", "normalised"), dtype=dtype, device=device)
+
+
+def sample_normalised(
+    volume: torch.Tensor, grid: Grid, coords: torch.Tensor, mode: str = "linear", padding: float | None = 0.0
+) -> torch.Tensor:
+    """:func:`sample` at points given as ``grid``'s normalised coordinates ``[B, *S, 3]`` (world
+    points through :func:`normalised_map`): a caller that builds them directly skips the world
+    points."""
     if mode not in ("linear", "nearest"):
         raise ValueError(f"sample() supports linear and nearest, not {mode!r}")
-    batch = max(volume.shape[0], points.shape[0])
-    spatial = points.shape[1:-1]
-    coords, inside = _to_normalised(grid, points, mask=padding is not None)
-    coords = coords.reshape(points.shape[0], 1, 1, -1, 3).to(volume.dtype).expand(batch, -1, -1, -1, -1)
+    batch = max(volume.shape[0], coords.shape[0])
+    spatial = coords.shape[1:-1]
+    flat = coords.reshape(coords.shape[0], 1, 1, -1, 3).to(volume.dtype).expand(batch, -1, -1, -1, -1)
     # grid_sample reads the last coordinate axis as (x, y, z) = (i, j, k), i.e. the reverse of the
     # tensor's (D, H, W) dimensions; regode's coordinates are already in that order.
     values = F.grid_sample(
         volume.expand(batch, -1, -1, -1, -1),
-        coords,
+        flat,
         mode="bilinear" if mode == "linear" else "nearest",
         padding_mode="border",
         align_corners=True,
     )
     values = values.reshape(batch, volume.shape[1], *spatial)
-    if inside is None:
+    if padding is None:
         return values
-    inside = inside.reshape(points.shape[0], 1, *spatial)
+    limit = _world_to_normalised(grid, coords.dtype, str(coords.device))[2]
+    inside = (coords.abs() <= limit).all(dim=-1).reshape(coords.shape[0], 1, *spatial)
     return torch.where(inside, values, torch.as_tensor(padding, dtype=values.dtype, device=values.device))
 
 

@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from ..grid import Grid
 from ..losses import MutualInformationTo
-from ..sampling import sample
+from ..sampling import normalised_map, sample, sample_normalised
 from ..transforms import BSpline, Compose, DisplacementField, Rigid, Transform, rotation_matrix
 from .networks import NETWORKS
 from .preprocess import blur
@@ -142,11 +142,19 @@ class Dynamics(nn.Module):
     def __init__(self, model: "MSODENet", level: int, fixed: Level, moving: Level, state_grid: Grid, center, pre):
         super().__init__()
         self.model, self.net = model, model.nets[level]
-        self.fixed, self.moving, self.state_grid, self.center, self.pre = fixed, moving, state_grid, center, pre
+        self.fixed, self.moving, self.state_grid, self.center = fixed, moving, state_grid, center
         dtype, device = fixed.volume.dtype, fixed.volume.device
         self.direction = _direction(fixed.grid, fixed.volume)
         self.nfe = 0
         self.similarity = MutualInformationTo(fixed.volume.detach())  # the fixed level's Parzen windows, once
+        # world -> the moving level's normalised coordinates, after the fixed ``pre`` map: the
+        # moving image is sampled at lead(T_theta(x)) without building world points
+        to_moving = normalised_map(moving.grid, torch.float64, device)[None]
+        self.lead = to_moving if pre is None else to_moving @ pre.homogeneous().to(torch.float64)  # [1 or B, 4, 4]
+        self.world_step = to_moving[:, :3, :3].transpose(-1, -2).to(dtype)  # a world displacement (row) -> normalised
+        self.direct = model.config.kind == "rigid" or (
+            model.config.kind == "bspline"
+            and BSpline(state_grid, torch.zeros(1, 3, *state_grid.shape, dtype=dtype))._separable(fixed.grid) is not None)
         if model.config.kind == "rigid":
             c = torch.as_tensor(center, dtype=torch.float64).detach().cpu().reshape(-1, 3).numpy()
             self.center_index = torch.as_tensor(fixed.grid.world_to_index(c), dtype=dtype, device=device).reshape(-1, 3)
@@ -163,23 +171,23 @@ class Dynamics(nn.Module):
 
     def forward(self, t, theta):
         self.nfe += 1
-        transform = self.model.transform(theta, self.state_grid, self.center, self.pre)
-        points = transform.map_grid(self.fixed.grid, dtype=self.fixed.volume.dtype)
+        coords = self.moving_coordinates(theta)
         d = self.direction
         # the gradient of the similarity with respect to a displacement of every fixed point (times
         # the number of voxels): the force a classical optimiser would follow, given to the network
         # as an input, as learned optimisers are given their gradient (no second derivatives)
-        warped = sample(self.moving.volume, self.moving.grid, points)
+        warped = sample_normalised(self.moving.volume, self.moving.grid, coords)
         # MI reads every step-th voxel only: the gradient is zero elsewhere, so only those points
-        # are sampled again, with a displacement u to differentiate
-        flat = points.reshape(points.shape[0], -1, 3)
+        # are sampled again, moved by a world displacement u (mm, in the moving image's space) to differentiate
+        flat = coords.reshape(coords.shape[0], -1, 3)
         with torch.enable_grad():
             u = torch.zeros_like(flat[:, :: self.similarity.step], requires_grad=True)
-            values = sample(self.moving.volume, self.moving.grid, flat[:, :: self.similarity.step].detach() + u)
+            moved = flat[:, :: self.similarity.step].detach() + u @ self.world_step
+            values = sample_normalised(self.moving.volume, self.moving.grid, moved)
             (grad,) = torch.autograd.grad(self.similarity.of_samples(values.reshape(values.shape[0], -1)) * values.shape[0], u)
         force = torch.zeros_like(flat, dtype=grad.dtype)
         force[:, :: self.similarity.step] = grad
-        force = (force.reshape(points.shape) @ d).movedim(-1, 1)  # world -> grid axes, [B, 3, nz, ny, nx]
+        force = (force.reshape(coords.shape) @ d).movedim(-1, 1)  # world -> grid axes, [B, 3, nz, ny, nx]
         force = force * force[0, 0].numel()  # per-voxel scale, independent of the image size; vanishes at the optimum
         kind = self.model.config.kind
         if kind == "rigid":
@@ -197,6 +205,34 @@ class Dynamics(nn.Module):
             if self.fixed.grid != self.state_grid:
                 v = sample(v, self.fixed.grid, self.state_points)
         return torch.einsum("ij,bj...->bi...", d, v)
+
+    def moving_coordinates(self, theta: torch.Tensor) -> torch.Tensor:
+        """``pre(T_theta(x))`` for the fixed level's voxel centres x, in the moving level's
+        normalised coordinates: ``[B, nz, ny, nx, 3]``. A rigid theta and a B-spline on a control
+        grid parallel to the level go straight from voxel indices (the B-spline's coefficients are
+        turned into normalised units first: the map is linear in them); other transforms through
+        world points."""
+        kind, lead, dtype = self.model.config.kind, self.lead, theta.dtype
+        if not self.direct:
+            points = self.model.transform(theta, self.state_grid, self.center).map_grid(self.fixed.grid, dtype=dtype)
+            flat = points.reshape(points.shape[0], -1, 3)
+            m = lead.to(dtype)
+            return (flat @ m[:, :3, :3].transpose(-1, -2) + m[:, None, :3, 3]).reshape(points.shape)
+        if kind == "rigid":
+            return voxel_images(self.fixed.grid, lead @ Rigid(theta.double(), self.center.double()).homogeneous(), dtype)
+        coefficients = torch.einsum("bij,bj...->bi...", lead[:, :3, :3].to(dtype).expand(theta.shape[0], -1, -1), theta)
+        shift = BSpline(self.state_grid, coefficients)._separable(self.fixed.grid)  # [B, 3, nz, ny, nx]
+        return voxel_images(self.fixed.grid, lead, dtype) + shift.movedim(1, -1)
+
+
+def voxel_images(grid: Grid, matrix: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The images ``[B, nz, ny, nx, 3]`` (``dtype``) of ``grid``'s voxel centres under the 4x4 maps
+    ``matrix [B, 4, 4]`` of world points: built from three axis vectors by broadcasting, as
+    :meth:`Grid.world_points`, so one full-size pass instead of a matrix product per point."""
+    m = (matrix @ torch.as_tensor(grid.matrix("index", "world"), dtype=matrix.dtype, device=matrix.device)).to(dtype)
+    k, j, i = (torch.arange(n, dtype=dtype, device=matrix.device) for n in grid.shape)
+    col = lambda c: m[:, None, None, None, :3, c]  # noqa: E731  [B, 1, 1, 1, 3]
+    return col(3) + i[:, None] * col(0) + j[:, None, None] * col(1) + k[:, None, None, None] * col(2)
 
 
 class MSODENet(nn.Module):
