@@ -1,6 +1,7 @@
 """Metrics on hand-made volumes with known answers, the motion generator, and `regode bench`."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -174,6 +175,28 @@ def test_identity_method_is_exact_on_unmoved_pair(awkward_grid):
     row = evaluate(case, METHODS["identity"](), seed=0)
     assert row["dice"] == pytest.approx(100) and row["rmse_phi"] == 0 and row["rmse_x"] == pytest.approx(0, abs=1e-6)
     assert isinstance(Compose([]).displacement(awkward_grid), torch.Tensor)
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="peak memory is read from Linux's /proc")
+def test_memory_is_what_the_method_needed(awkward_grid):
+    """memory_mb: the rise of the resident memory while a method ran, not the process's size: a
+    method that touches 300 MB reports about that, identity about nothing, in either order."""
+    from regode.bench.methods import Identity
+    from regode.bench.run import Case, evaluate
+    from regode.io import Image
+
+    class Hungry(Identity):
+        def register(self, fixed, moving, seed):
+            block = np.ones(300 * 2**20 // 8)  # 300 MB, written
+            assert block.sum() > 0
+            return Compose([])
+
+    labels = phantom_labels(awkward_grid, 8, seed=2)
+    img = Image(render(labels, awkward_grid, seed=2), awkward_grid, np.dtype(np.float32))
+    case = Case("same", img, img, labels, labels)
+    rows = [evaluate(case, method, seed=0) for method in (Hungry(), Identity(), Hungry())]
+    assert 280 < rows[0]["memory_mb"] < 340 and 280 < rows[2]["memory_mb"] < 340
+    assert rows[1]["memory_mb"] < 30
 
 
 def test_principal_axes_method_undoes_a_large_rotation():

@@ -24,7 +24,11 @@ from .motion import TASKS, MotionConfig, inverse_on, sample_motion
 CONTRASTS = ("t1", "t1c", "t2", "flair", "pd")
 LABEL_FILES = ("seg", "labels")
 NOT_CONTRASTS = LABEL_FILES + ("wml", "mask", "brainmask")
-METRICS = ("dice", "rmse_x", "rmse_phi", "neg_jac_pct", "sdlogj", "hd95", "seconds")
+METRICS = ("dice", "rmse_x", "rmse_phi", "neg_jac_pct", "sdlogj", "hd95", "seconds", "memory_mb", "gpu_memory_mb")
+HEADINGS = {"dice": "Dice (%)", "rmse_x": "RMSE(x)", "rmse_phi": "RMSE(phi) mm", "neg_jac_pct": "% det J<=0", "sdlogj": "SDlogJ",
+            "hd95": "HD95 mm", "seconds": "s / pair", "memory_mb": "memory MB", "gpu_memory_mb": "GPU memory MB"}
+FORMATS = {"dice": ".1f", "rmse_x": ".4f", "rmse_phi": ".2f", "neg_jac_pct": ".3f", "sdlogj": ".3f", "hd95": ".2f", "seconds": ".2f",
+           "memory_mb": ".0f", "gpu_memory_mb": ".0f"}
 ALL_TASKS = TASKS + ("inter-subject",)
 
 
@@ -152,11 +156,39 @@ def build_cases(config: BenchConfig, subjects: list[Subject]) -> list[Case]:
     return cases
 
 
+def _resident_mb(field: str = "VmRSS") -> float | None:
+    """This process's resident memory (``VmRSS``) or its peak since the last reset (``VmHWM``), MB;
+    None where /proc is not Linux's."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) / 1024 for line in status if line.startswith(field + ":"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def _reset_peak() -> bool:
+    """Restart the kernel's record of this process's peak resident memory (Linux 4.0+)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def evaluate(case: Case, method, seed: int) -> dict:
-    """Register one case with one method and measure it."""
+    """Register one case with one method and measure it. ``memory_mb``: how far the process's
+    resident memory rose above its level at the start while the method ran (on a GPU: the most
+    the method held allocated there, ``gpu_memory_mb``)."""
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        gpu_before = torch.cuda.memory_allocated()
+    before = _resident_mb() if _reset_peak() else None
     start = time.perf_counter()
     transform = method.register(case.fixed, case.moving, seed)
     seconds = time.perf_counter() - start
+    peak = _resident_mb("VmHWM") if before is not None else None
     grid, mask = case.fixed.grid, case.mask
     with torch.no_grad():
         disp = transform.displacement(grid)[0].detach().double().numpy()
@@ -164,6 +196,10 @@ def evaluate(case: Case, method, seed: int) -> dict:
     det = metrics.jacobian_determinant(disp, grid)
     row = {m: None for m in METRICS}
     row.update(seconds=seconds, neg_jac_pct=metrics.folding_percent(det, mask), sdlogj=metrics.sd_log_jacobian(det, mask))
+    if peak is not None:
+        row["memory_mb"] = max(0.0, peak - before)
+    if cuda:
+        row["gpu_memory_mb"] = (torch.cuda.max_memory_allocated() - gpu_before) / 2**20
     if case.truth_image is not None:
         row["rmse_x"] = metrics.rmse_intensity(registered, case.truth_image, mask)
         row["rmse_phi"] = metrics.rmse_displacement(disp, case.truth_displacement, mask)
@@ -187,19 +223,27 @@ def summarise(rows: list[dict], methods: list[str]) -> dict:
     return summary
 
 
+def _shown(summary: dict) -> list[str]:
+    """The metrics measured for at least one method (GPU memory only on a GPU, and so on)."""
+    return [m for m in METRICS if any(m in stats for stats in summary.values())]
+
+
 def markdown_table(summary: dict, config: BenchConfig, notes: list[str]) -> str:
-    head = ["method", "Dice (%)", "RMSE(x)", "RMSE(phi) mm", "% det J<=0", "SDlogJ", "HD95 mm", "s / pair"]
+    shown = _shown(summary)
+    head = ["method"] + [HEADINGS[m] for m in shown]
     pairing = f", {config.contrasts} contrasts" if config.task != "inter-subject" else ""
     lines = [f"Task `{config.task}`{pairing}, {config.pairs} pairs, seed {config.seed}, "
              f"{config.resolution or 'native'} mm, {config.threads} threads.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    fmt = {"dice": ".1f", "rmse_x": ".4f", "rmse_phi": ".2f", "neg_jac_pct": ".3f", "sdlogj": ".3f", "hd95": ".2f", "seconds": ".2f"}
     for name, stats in summary.items():
         cells = [f"`{name}`"]
-        for metric in METRICS:
+        for metric in shown:
             s = stats.get(metric)
-            cells.append(f"{s['mean']:{fmt[metric]}} ± {s['sd']:{fmt[metric]}}" if s else "–")
+            cells.append(f"{s['mean']:{FORMATS[metric]}} ± {s['sd']:{FORMATS[metric]}}" if s else "–")
         lines.append("| " + " | ".join(cells) + " |")
+    if "memory_mb" in shown:
+        notes = ["memory MB: how far the process's resident memory rose above its level at the start of a "
+                 "registration while it ran (the images already loaded)", *notes]
     lines += [""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
@@ -247,10 +291,11 @@ def run(config: BenchConfig, out_prefix: str | Path, progress: bool = True) -> d
         Path(tmp).write_text(markdown_table(summary, config, notes))
 
     table = Table(title=f"regode bench: {config.task}, {config.pairs} pairs ({config.resolution or 'native'} mm)")
-    for col in ("method", *METRICS):
+    shown = _shown(summary)
+    for col in ("method", *shown):
         table.add_column(col, justify="right")
     for name, stats in summary.items():
-        table.add_row(name, *[f"{stats[m]['mean']:.3g} ± {stats[m]['sd']:.2g}" if m in stats else "–" for m in METRICS])
+        table.add_row(name, *[f"{stats[m]['mean']:.3g} ± {stats[m]['sd']:.2g}" if m in stats else "–" for m in shown])
     Console(width=max(Console().width, 150)).print(table)
     for n in notes:
         Console().print(n)
