@@ -113,10 +113,15 @@ def sample_on_grid(volume: torch.Tensor, grid: Grid, target: Grid, padding: floa
         points = target.world_points(dtype=volume.dtype, device=volume.device)[None]
         return sample(volume, grid, points, padding=padding).reshape(volume.shape[0], volume.shape[1], *target.shape)
     _, _, limit = _world_to_normalised(grid, torch.float64, str(volume.device))
-    values, inside = volume, []
-    for axis, n in enumerate(target.size):  # (i, j, k): x, y, z, i.e. tensor dimensions 4, 3, 2
+    values, inside = volume, [None] * 3
+    # (i, j, k): x, y, z, i.e. tensor dimensions 4, 3, 2. Interpolating along x gathers strided
+    # columns, the slow one: first when the volume grows (up-sampling), last when it shrinks (a
+    # coarse lattice: 4 times faster than x first)
+    shrinks = target.size[1] * target.size[2] < grid.size[1] * grid.size[2]
+    for axis in (2, 1, 0) if shrinks else (0, 1, 2):
+        n = target.size[axis]
         u = torch.as_tensor(m[axis, axis] * np.arange(n) + m[axis, 3], dtype=torch.float64, device=volume.device)
-        inside.append(u.abs() <= limit[axis])
+        inside[axis] = u.abs() <= limit[axis]
         values = _lerp_along(values, 4 - axis, (u + 1) / 2 * (grid.size[axis] - 1))
     if all(bool(i.all()) for i in inside):
         return values

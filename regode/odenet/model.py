@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from ..grid import Grid
 from ..losses import MutualInformationTo
-from ..sampling import normalised_map, sample, sample_normalised
+from ..sampling import normalised_map, sample, sample_normalised, sample_on_grid
 from ..transforms import BSpline, Compose, DisplacementField, Rigid, Transform, rotation_matrix
 from .networks import NETWORKS
 from .preprocess import blur
@@ -152,9 +152,10 @@ class Dynamics(nn.Module):
         to_moving = normalised_map(moving.grid, torch.float64, device)[None]
         self.lead = to_moving if pre is None else to_moving @ pre.homogeneous().to(torch.float64)  # [1 or B, 4, 4]
         self.world_step = to_moving[:, :3, :3].transpose(-1, -2).to(dtype)  # a world displacement (row) -> normalised
-        self.direct = model.config.kind == "rigid" or (
-            model.config.kind == "bspline"
-            and BSpline(state_grid, torch.zeros(1, 3, *state_grid.shape, dtype=dtype))._separable(fixed.grid) is not None)
+        kind = model.config.kind
+        self.direct = kind == "rigid" or (
+            kind == "bspline" and BSpline(state_grid, torch.zeros(1, 3, *state_grid.shape, dtype=dtype))._separable(fixed.grid) is not None
+        ) or (kind == "dense" and _parallel(state_grid, fixed.grid))
         if model.config.kind == "rigid":
             c = torch.as_tensor(center, dtype=torch.float64).detach().cpu().reshape(-1, 3).numpy()
             self.center_index = torch.as_tensor(fixed.grid.world_to_index(c), dtype=dtype, device=device).reshape(-1, 3)
@@ -166,8 +167,6 @@ class Dynamics(nn.Module):
             index = torch.minimum(torch.clamp(index, min=0), torch.as_tensor(fixed.grid.size, dtype=torch.float64) - 1)
             inside = torch.as_tensor(fixed.grid.index_to_world(index.numpy()))
             self.control_points = inside.reshape(1, *cpts.shape[:-1], 3).to(dtype=dtype, device=device)
-        if model.config.kind == "dense":
-            self.state_points = state_grid.world_points(dtype=dtype, device=device)[None]
 
     def forward(self, t, theta):
         self.nfe += 1
@@ -203,15 +202,15 @@ class Dynamics(nn.Module):
         else:
             v = self.net(warped, self.fixed.volume, t, force)
             if self.fixed.grid != self.state_grid:
-                v = sample(v, self.fixed.grid, self.state_points)
+                v = sample_on_grid(v, self.fixed.grid, self.state_grid)
         return torch.einsum("ij,bj...->bi...", d, v)
 
     def moving_coordinates(self, theta: torch.Tensor) -> torch.Tensor:
         """``pre(T_theta(x))`` for the fixed level's voxel centres x, in the moving level's
-        normalised coordinates: ``[B, nz, ny, nx, 3]``. A rigid theta and a B-spline on a control
-        grid parallel to the level go straight from voxel indices (the B-spline's coefficients are
-        turned into normalised units first: the map is linear in them); other transforms through
-        world points."""
+        normalised coordinates: ``[B, nz, ny, nx, 3]``. A rigid theta, and a B-spline or a
+        displacement field on a grid parallel to the level, go straight from voxel indices (the
+        displacements are turned into normalised units: the map is linear in them); anything else
+        through world points."""
         kind, lead, dtype = self.model.config.kind, self.lead, theta.dtype
         if not self.direct:
             points = self.model.transform(theta, self.state_grid, self.center).map_grid(self.fixed.grid, dtype=dtype)
@@ -220,9 +219,21 @@ class Dynamics(nn.Module):
             return (flat @ m[:, :3, :3].transpose(-1, -2) + m[:, None, :3, 3]).reshape(points.shape)
         if kind == "rigid":
             return voxel_images(self.fixed.grid, lead @ Rigid(theta.double(), self.center.double()).homogeneous(), dtype)
-        coefficients = torch.einsum("bij,bj...->bi...", lead[:, :3, :3].to(dtype).expand(theta.shape[0], -1, -1), theta)
-        shift = BSpline(self.state_grid, coefficients)._separable(self.fixed.grid)  # [B, 3, nz, ny, nx]
+        linear = lead[:, :3, :3].to(dtype).expand(theta.shape[0], -1, -1)
+        if kind == "bspline":
+            coefficients = torch.einsum("bij,bj...->bi...", linear, theta)
+            shift = BSpline(self.state_grid, coefficients)._separable(self.fixed.grid)  # [B, 3, nz, ny, nx]
+        else:  # the displacement field at this level's voxel centres (zero outside its grid), then normalised
+            field = theta if self.fixed.grid == self.state_grid else sample_on_grid(theta, self.state_grid, self.fixed.grid)
+            shift = torch.einsum("bij,bj...->bi...", linear, field)
         return voxel_images(self.fixed.grid, lead, dtype) + shift.movedim(1, -1)
+
+
+def _parallel(a: Grid, b: Grid) -> bool:
+    """Whether the axes of two grids are parallel (one a resampling of the other's field of view)."""
+    m = a.matrix("index", "world")[:3, :3]
+    n = b.matrix("world", "index")[:3, :3] @ m
+    return bool(np.allclose(n, np.diag(np.diag(n)), atol=1e-9 * np.abs(n).max()))
 
 
 def voxel_images(grid: Grid, matrix: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
