@@ -153,9 +153,7 @@ class Dynamics(nn.Module):
         self.lead = to_moving if pre is None else to_moving @ pre.homogeneous().to(torch.float64)  # [1 or B, 4, 4]
         self.world_step = to_moving[:, :3, :3].transpose(-1, -2).to(dtype)  # a world displacement (row) -> normalised
         kind = model.config.kind
-        self.direct = kind == "rigid" or (
-            kind == "bspline" and BSpline(state_grid, torch.zeros(1, 3, *state_grid.shape, dtype=dtype))._separable(fixed.grid) is not None
-        ) or (kind == "dense" and _parallel(state_grid, fixed.grid))
+        self.direct = kind == "rigid" or _parallel(state_grid, fixed.grid)
         if model.config.kind == "rigid":
             c = torch.as_tensor(center, dtype=torch.float64).detach().cpu().reshape(-1, 3).numpy()
             self.center_index = torch.as_tensor(fixed.grid.world_to_index(c), dtype=dtype, device=device).reshape(-1, 3)
@@ -181,7 +179,7 @@ class Dynamics(nn.Module):
         flat = coords.reshape(coords.shape[0], -1, 3)
         with torch.enable_grad():
             u = torch.zeros_like(flat[:, :: self.similarity.step], requires_grad=True)
-            moved = flat[:, :: self.similarity.step].detach() + u @ self.world_step
+            moved = flat[:, :: self.similarity.step].detach() + u @ self.world_step.to(u.dtype)
             values = sample_normalised(self.moving.volume, self.moving.grid, moved)
             (grad,) = torch.autograd.grad(self.similarity.of_samples(values.reshape(values.shape[0], -1)) * values.shape[0], u)
         force = torch.zeros_like(flat, dtype=grad.dtype)
@@ -219,7 +217,8 @@ class Dynamics(nn.Module):
             return (flat @ m[:, :3, :3].transpose(-1, -2) + m[:, None, :3, 3]).reshape(points.shape)
         if kind == "rigid":
             return voxel_images(self.fixed.grid, lead @ Rigid(theta.double(), self.center.double()).homogeneous(), dtype)
-        linear = lead[:, :3, :3].to(dtype).expand(theta.shape[0], -1, -1)
+        batch = max(lead.shape[0], theta.shape[0])
+        linear, theta = lead[:, :3, :3].to(dtype).expand(batch, -1, -1), theta.expand(batch, *theta.shape[1:])
         if kind == "bspline":
             coefficients = torch.einsum("bij,bj...->bi...", linear, theta)
             shift = BSpline(self.state_grid, coefficients)._separable(self.fixed.grid)  # [B, 3, nz, ny, nx]

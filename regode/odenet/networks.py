@@ -29,7 +29,7 @@ class Conv3d(nn.Conv3d):
     and state dict; the same results to float rounding; differentiable."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type == "cpu" and x.dtype == torch.float32 and self.padding_mode == "zeros"
+        if (x.dim() == 5 and x.device.type == "cpu" and x.dtype == torch.float32 and self.padding_mode == "zeros"
                 and not isinstance(self.padding, str) and _onednn()):
             return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups)
         return super().forward(x)
