@@ -12,8 +12,7 @@ Issue 4's figure: ``-f BraTS-GLI-00001-000/t1.nii.gz -m .../flair.nii.gz --label
 The machine's speed drifts by up to a third between spells, so two versions compare only in
 alternating runs: ``--against DIR`` times this checkout and the one in DIR (e.g. ``git worktree
 add DIR COMMIT``) in the order A B B A, ``--runs`` times each, and prints both medians. Both run
-from their source folders through the same start-up code, with pip's editable-install hook
-removed: it would otherwise import the installed checkout whatever PYTHONPATH says.
+from their source folders through the same start-up code.
 """
 
 from __future__ import annotations
@@ -30,9 +29,8 @@ import time
 from pathlib import Path
 
 START_FROM_SOURCE = (
-    "import sys; source = sys.argv.pop(1); "
-    "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in (repr(f) + getattr(f, '__name__', '')).lower()]; "
-    "sys.path.insert(0, source); sys.argv[0] = 'regode'; from regode.cli import main; main()"
+    "import sys; source = sys.argv.pop(1); sys.path.insert(0, source); sys.argv[0] = 'regode'; "
+    "from regode.cli import main; main()"
 )
 """``python -c`` code that runs the ``regode`` command of the checkout given as its first argument."""
 

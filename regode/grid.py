@@ -152,6 +152,12 @@ class Grid:
             + k[:, None, None, None] * m[:3, 2]
         )
 
+    def parallel_to(self, other: "Grid") -> bool:
+        """True if the two grids' axes are parallel, each index axis of one along the same index
+        axis of the other (so resampling one onto the other is separable, axis by axis)."""
+        n = other.matrix("world", "index")[:3, :3] @ self.matrix("index", "world")[:3, :3]
+        return bool(np.allclose(n, np.diag(np.diag(n)), atol=1e-9 * np.abs(n).max()))
+
     def same_as(self, other: "Grid", tol: float = 1e-4) -> bool:
         """True if both grids describe the same voxels (within ``tol`` mm / direction cosine)."""
         return (

@@ -107,11 +107,10 @@ def sample_on_grid(volume: torch.Tensor, grid: Grid, target: Grid, padding: floa
     three one-dimensional ones, one axis after the other, without a world point per voxel (a 2 mm
     field onto a 1 mm brain grid: about 0.2 s, against 0.5 s for ``grid_sample`` on per-axis
     coordinates and 0.9 s at world points, 2 threads)."""
-    m = grid.matrix("world", "normalised") @ target.matrix("index", "world")
-    block = m[:3, :3]
-    if not np.allclose(block, np.diag(np.diag(block)), atol=1e-9 * np.abs(block).max()):
+    if not target.parallel_to(grid):
         points = target.world_points(dtype=volume.dtype, device=volume.device)[None]
         return sample(volume, grid, points, padding=padding).reshape(volume.shape[0], volume.shape[1], *target.shape)
+    m = grid.matrix("world", "normalised") @ target.matrix("index", "world")  # diagonal: one scale and shift per axis
     _, _, limit = _world_to_normalised(grid, torch.float64, str(volume.device))
     values, inside = volume, [None] * 3
     # (i, j, k): x, y, z, i.e. tensor dimensions 4, 3, 2. Interpolating along x gathers strided

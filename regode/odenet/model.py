@@ -153,7 +153,7 @@ class Dynamics(nn.Module):
         self.lead = to_moving if pre is None else to_moving @ pre.homogeneous().to(torch.float64)  # [1 or B, 4, 4]
         self.world_step = to_moving[:, :3, :3].transpose(-1, -2).to(dtype)  # a world displacement (row) -> normalised
         kind = model.config.kind
-        self.direct = kind == "rigid" or _parallel(state_grid, fixed.grid)
+        self.direct = kind == "rigid" or state_grid.parallel_to(fixed.grid)
         if model.config.kind == "rigid":
             c = torch.as_tensor(center, dtype=torch.float64).detach().cpu().reshape(-1, 3).numpy()
             self.center_index = torch.as_tensor(fixed.grid.world_to_index(c), dtype=dtype, device=device).reshape(-1, 3)
@@ -221,18 +221,11 @@ class Dynamics(nn.Module):
         linear, theta = lead[:, :3, :3].to(dtype).expand(batch, -1, -1), theta.expand(batch, *theta.shape[1:])
         if kind == "bspline":
             coefficients = torch.einsum("bij,bj...->bi...", linear, theta)
-            shift = BSpline(self.state_grid, coefficients)._separable(self.fixed.grid)  # [B, 3, nz, ny, nx]
+            shift = BSpline(self.state_grid, coefficients).displacement(self.fixed.grid)  # separable, [B, 3, nz, ny, nx]
         else:  # the displacement field at this level's voxel centres (zero outside its grid), then normalised
             field = theta if self.fixed.grid == self.state_grid else sample_on_grid(theta, self.state_grid, self.fixed.grid)
             shift = torch.einsum("bij,bj...->bi...", linear, field)
         return voxel_images(self.fixed.grid, lead, dtype) + shift.movedim(1, -1)
-
-
-def _parallel(a: Grid, b: Grid) -> bool:
-    """Whether the axes of two grids are parallel (one a resampling of the other's field of view)."""
-    m = a.matrix("index", "world")[:3, :3]
-    n = b.matrix("world", "index")[:3, :3] @ m
-    return bool(np.allclose(n, np.diag(np.diag(n)), atol=1e-9 * np.abs(n).max()))
 
 
 def voxel_images(grid: Grid, matrix: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
