@@ -154,10 +154,10 @@ class Dynamics(nn.Module):
         self.world_step = to_moving[:, :3, :3].transpose(-1, -2).to(dtype)  # a world displacement (row) -> normalised
         kind = model.config.kind
         self.direct = kind == "rigid" or state_grid.parallel_to(fixed.grid)
-        if model.config.kind == "rigid":
+        if kind == "rigid":
             c = torch.as_tensor(center, dtype=torch.float64).detach().cpu().reshape(-1, 3).numpy()
             self.center_index = torch.as_tensor(fixed.grid.world_to_index(c), dtype=dtype, device=device).reshape(-1, 3)
-        if model.config.kind == "bspline":
+        if kind == "bspline":
             # control points in this level's grid, clamped into its buffer (outer control points
             # take the nearest border features)
             cpts = state_grid.world_points(dtype=torch.float64)
