@@ -208,6 +208,7 @@ def train(
     lambda_sim: Annotated[float, typer.Option(help="Weight of L_sim.")] = 1.0,
     lambda_self: Annotated[float, typer.Option(help="Weight of L_self (known motion).")] = 1.0,
     lambda_reg: Annotated[Optional[float], typer.Option(help="Weight of L_reg (default 2 bspline, 10 dense).")] = None,
+    lambda_basin: Annotated[Optional[float], typer.Option(min=0, help="Encoder: weight of the capture-range term, content distance growing with misalignment (default 0: off).")] = None,
     curriculum: Annotated[float, typer.Option(help="Fraction of the steps over which the motion ranges grow from 20 % to 100 %.")] = 0.5,
     max_rotation: Annotated[float, typer.Option(min=0, help="Rigid: rotations U(-a, a) degrees per axis.")] = 80.0,
     max_translation: Annotated[float, typer.Option(min=0, help="Rigid: translations U(-t, t) mm per axis.")] = 20.0,
@@ -238,20 +239,24 @@ def train(
     if model == ModelKind.encoder:
         if label_map or similarity != "mi" or encoder:
             raise RegodeError("--label-map, --similarity and --encoder are for MS-ODENet models, not for training the encoder")
+        basin = {} if lambda_basin is None else {"lambda_basin": lambda_basin}
         from .encoder.networks import EncoderConfig
         from .encoder.train import EncoderTrainConfig, train as train_encoder
 
         try:
             config = EncoderTrainConfig(model=EncoderConfig(width=width, spacing=spacing), data=str(data) if data else None,
                                         steps=steps or 6000, batch=batch, lr=lr, size=size, seed=seed,
-                                        checkpoint_every=checkpoint_every, validate_every=validate_every)
+                                        checkpoint_every=checkpoint_every, validate_every=validate_every, **basin)
         except ValueError as exc:
             raise RegodeError(str(exc)) from None
         result = train_encoder(config, out, resume=resume, progress=not quiet, steps=steps)
         last = result["history"][-1]
         print(f"wrote {out}: {result['steps']} steps in {result['seconds'] / 60:.1f} min, validation cross-translation L1 "
-              f"{last['cross_l1']:.3f}, content ratio aligned/shifted {last['content_ratio']:.3f}")
+              f"{last['cross_l1']:.3f}, content ratio aligned/shifted {last['content_ratio']:.3f}"
+              + (f", distances in order of misalignment {last['ordered']:.2f}" if "ordered" in last else ""))
         return
+    if lambda_basin is not None:
+        raise RegodeError("--lambda-basin is for training the encoder (--model encoder)")
     try:
         config = TrainConfig(
             model=ModelConfig(kind=model.value, levels=levels, horizon=float(levels), schedule=schedule, spacing=spacing, width=width),

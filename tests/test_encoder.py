@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 
 from regode.bench.capture import Metrics, basin, moved_by
 from regode.cli import app
-from regode.encoder.data import SyntheticSubjects, cut_slabs
+from regode.encoder.data import SyntheticSubjects, cut_slabs, moved_slabs, slab_points
 from regode.encoder.features import content_distance, content_volume, e3d, mind, slice_positions
 from regode.encoder.networks import EncoderConfig, Translator
-from regode.encoder.train import EncoderTrainConfig, generator_losses, load_encoder, train
+from regode.encoder.train import EncoderTrainConfig, basin_loss, generator_losses, load_encoder, motion_distances, train, validate
 from regode.errors import RegodeError
 from regode.odenet import checkpoint
 
@@ -83,11 +83,53 @@ def test_cut_slabs_stacks_adjacent_slices():
     assert torch.equal(cut_slabs(v, 4, [2], 3)[0], v[0, 0].permute(2, 0, 1)[1:4])
 
 
+def test_moved_slabs_are_the_slabs_of_the_moved_volume():
+    gen = torch.Generator().manual_seed(0)
+    volume = torch.rand(1, 1, 9, 9, 9, generator=gen)
+    for axis in (2, 3, 4):  # no motion: exactly cut_slabs, border slices replicated as there
+        points = slab_points(volume.shape[2:], axis, [0, 4, 8], 5)
+        still = torch.stack([moved_slabs(volume, p, torch.zeros(3), torch.zeros(3)) for p in points])
+        assert torch.allclose(still, cut_slabs(volume, axis, [0, 4, 8], 5), atol=1e-6)
+    points = slab_points(volume.shape[2:], 2, [4], 5)[0]  # the 5 middle axial slices
+    # a shift of 2 voxels along x: the values 2 voxels on, zeros past the edge
+    shifted = moved_slabs(volume, points, torch.zeros(3), torch.tensor([0.0, 0.0, 2.0]))
+    assert torch.allclose(shifted[..., :-2], volume[0, 0, 2:7, :, 2:], atol=1e-6) and shifted[..., -2:].abs().max() == 0
+    # a quarter turn about the z axis through the centre: the volume turned in its (y, x) plane
+    turned = moved_slabs(volume, points, torch.tensor([torch.pi / 2, 0.0, 0.0]), torch.zeros(3))
+    assert torch.allclose(turned, torch.rot90(volume[0, 0, 2:7], -1, dims=(1, 2)), atol=1e-5)
+
+
+def test_batches_with_motions():
+    plain = SyntheticSubjects(TINY.modalities, size=24, spacing=8.0, batch=3).batch(5)
+    source = SyntheticSubjects(TINY.modalities, size=24, spacing=8.0, batch=3, motions=3)
+    s, again = source.batch(5), source.batch(5)
+    assert plain.moved is None and torch.equal(s.a, plain.a) and torch.equal(s.b, plain.b)  # old runs resume exactly
+    assert s.moved.shape == (3, 3, 5, 24, 24) and torch.equal(s.moved, again.moved) and s.fractions == again.fractions
+    assert 0 < s.fractions[0] <= s.fractions[1] <= s.fractions[2] <= 1
+    # the moved slabs are the b slabs moved: closest to them at the smallest fraction
+    gaps = [float((m - s.b).abs().mean()) for m in s.moved]
+    assert 0 < gaps[0] < gaps[2]
+
+
+def test_basin_loss_asks_the_distance_to_grow_with_the_motion():
+    fractions = (0.25, 0.5, 1.0)
+    rising = torch.tensor([1.0, 2.0, 4.0, 16.0])  # log d rises by at least 2 per unit fraction
+    assert float(basin_loss(rising, fractions, 2.0)) == 0.0
+    assert float(basin_loss(rising, fractions, 4.0)) > 0  # not by 4
+    d = torch.tensor([1.0, 3.0, 2.0, 16.0], requires_grad=True)  # 0.25 farther than 0.5
+    loss = basin_loss(d, fractions, 0.0)
+    assert float(loss.detach()) > 0
+    loss.backward()
+    assert d.grad[1] > 0 and d.grad[2] < 0  # descent lowers d(0.25) and raises d(0.5)
+
+
 def test_a_few_training_steps_lower_the_loss():
     torch.manual_seed(0)
-    config = _tiny_run()
+    config = _tiny_run(lambda_basin=1.0)
     model = Translator(TINY)
-    s = SyntheticSubjects(TINY.modalities, size=24, spacing=8.0, batch=4).batch(0)
+    s = SyntheticSubjects(TINY.modalities, size=24, spacing=8.0, batch=4, motions=3).batch(0)
+    assert "basin" not in generator_losses(model, s, _tiny_run())[1]  # off by default
+    assert "basin" in generator_losses(model, s, config)[1]
     params = [p for n, p in model.named_parameters() if not n.startswith("discriminator.")]
     optimizer = torch.optim.Adam(params, lr=3e-3)
     first = None
@@ -98,6 +140,13 @@ def test_a_few_training_steps_lower_the_loss():
         loss.backward()
         optimizer.step()
     assert float(generator_losses(model, s, config)[0].detach()) < 0.7 * first
+    model.eval()
+    with torch.no_grad():
+        d = motion_distances(model.content, model.content(s.a), s).tolist()
+    in_order = [d[i] < d[j] for i in range(4) for j in range(i + 1, 4)]
+    figures = validate(model, [s], margin=0.0)
+    assert figures["ordered"] == pytest.approx(sum(in_order) / 6)
+    assert figures["basin"] == pytest.approx(float(basin_loss(torch.tensor(d), s.fractions, 0.0)), abs=1e-6)
 
 
 def test_checkpoint_round_trip_and_exact_resume(tmp_path):
@@ -142,11 +191,17 @@ def test_foreign_and_corrupt_checkpoints_are_refused(tmp_path):
 def test_train_cli_encoder(tmp_path):
     out = tmp_path / "enc.pt"
     result = runner.invoke(app, ["train", "--model", "encoder", "--synthetic", "--out", str(out), "--steps", "2", "--size", "24",
-                                 "--spacing", "8", "--width", "4", "--batch", "2", "--validate-every", "1", "--quiet"])
+                                 "--spacing", "8", "--width", "4", "--batch", "2", "--validate-every", "1", "--quiet",
+                                 "--lambda-basin", "0.5"])
     assert result.exit_code == 0, result.output
-    assert "content ratio" in result.output
+    assert "content ratio" in result.output and "in order of misalignment" in result.output
     model, doc = load_encoder(out)
     assert doc["train_config"]["batch"] == 2 and doc["model_config"]["spacing"] == 8.0 and model.config.width == 4
+    assert doc["train_config"]["lambda_basin"] == 0.5
+    log = [json.loads(line) for line in (tmp_path / "enc.pt.log.jsonl").read_text().splitlines()]
+    assert all("basin" in r for r in log[1:])  # the term was trained
+    result = runner.invoke(app, ["train", "--model", "rigid", "--out", str(tmp_path / "r.pt"), "--lambda-basin", "1", "--quiet"])
+    assert result.exit_code == 1 and "--lambda-basin" in result.output
     result = runner.invoke(app, ["train", "--model", "encoder", "--out", str(tmp_path / "x.pt"), "--label-map", str(out), "--quiet"])
     assert result.exit_code == 1 and "--label-map" in result.output
 

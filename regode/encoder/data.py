@@ -42,6 +42,40 @@ class Slabs:
     b: torch.Tensor
     modality_a: torch.Tensor  # [B] indices into the model's modalities
     modality_b: torch.Tensor
+    moved: torch.Tensor | None = None
+    """``[F, B, slices, h, w]``: the slabs of ``b`` cut at the same voxels after the subject's ``b``
+    volume was moved by growing fractions of one rigid motion (see :meth:`SubjectSource.batch`)."""
+    fractions: tuple[float, ...] = ()
+    """the F fractions of that motion, increasing, in (0, 1]."""
+
+
+def slab_points(shape, axis: int, centers: list[int], slices: int) -> torch.Tensor:
+    """Voxel indices ``[len(centers), slices, h, w, 3]`` (z, y, x) of the voxels :func:`cut_slabs`
+    takes from a volume of ``shape`` (nz, ny, nx), in the same order."""
+    half = slices // 2
+    axes = [torch.arange(n, dtype=torch.float32) for n in shape]
+    out = []
+    for c in centers:
+        axes[axis - 2] = torch.arange(c - half, c + half + 1).clamp(0, shape[axis - 2] - 1).float()
+        zyx = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)  # [nz', ny', nx', 3]
+        out.append(zyx.movedim(axis - 2, 0))
+    return torch.stack(out)
+
+
+def moved_slabs(volume: torch.Tensor, points: torch.Tensor, rotvec: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``volume [1, 1, nz, ny, nx]`` sampled (trilinear, zeros outside) at voxel ``points [..., 3]``
+    (z, y, x) mapped by ``p -> R (p - o) + o + shift``: R the rotation of ``rotvec`` (radians, about
+    the volume's centre o), ``shift`` in voxels. Cutting slabs of the volume moved by the inverse
+    motion gives the same values."""
+    from ..transforms import rotation_matrix
+
+    shape = torch.tensor(volume.shape[2:], dtype=torch.float32)
+    origin = (shape - 1) / 2
+    mapped = (points - origin) @ rotation_matrix(rotvec[None].float())[0].T + origin + shift
+    normalised = (2 * mapped / (shape - 1) - 1).flip(-1)  # grid_sample wants (x, y, z) in [-1, 1]
+    flat = normalised.reshape(1, -1, *points.shape[-3:-1], 3)
+    out = torch.nn.functional.grid_sample(volume, flat, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return out.reshape(points.shape[:-1])
 
 
 def cut_slabs(volumes: torch.Tensor, axis: int, centers: list[int], slices: int) -> torch.Tensor:
@@ -63,9 +97,11 @@ class SubjectSource:
     indices); ``batch(step)`` cuts slabs of two random modalities."""
 
     def __init__(self, modalities: tuple[str, ...], size: int = 96, spacing: float = 2.0, seed: int = 0,
-                 slices: int = 5, batch: int = 4, reuse: int = 4):
+                 slices: int = 5, batch: int = 4, reuse: int = 4, motions: int = 0, max_angle: float = 180.0,
+                 max_shift: float = 40.0):
         self.modalities, self.size, self.spacing, self.seed = tuple(modalities), size, spacing, seed
         self.slices, self.batch_size, self.reuse = slices, batch, reuse
+        self.motions, self.max_angle, self.max_shift = motions, max_angle, max_shift
         self._cache: tuple[int, tuple] | None = None
 
     def subject(self, index: int, gen: torch.Generator) -> tuple[torch.Tensor, list[int]]:
@@ -79,7 +115,10 @@ class SubjectSource:
 
     def batch(self, step: int) -> Slabs:
         """Slabs of step ``step``: one subject per ``reuse`` steps, two different modalities per
-        slab, slab centres inside the head along a random axis."""
+        slab, slab centres inside the head along a random axis. With ``motions`` > 0, also the b
+        slabs after ``motions`` growing fractions of one random rigid motion of the b volume: a
+        rotation about a random axis through the volume's centre by up to ``max_angle`` degrees
+        and a shift in a random direction of up to ``max_shift`` mm."""
         volumes, present = self._subject(step // self.reuse)
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + 7 * step + 2)
         axis = 2 + int(torch.randint(3, (1,), generator=gen))
@@ -89,14 +128,30 @@ class SubjectSource:
             inside = torch.arange(volumes.shape[axis])
         centers = inside[torch.randint(inside.numel(), (self.batch_size,), generator=gen)].tolist()
         a, b = [], []
-        ma, mb = [], []
+        ma, mb, rows_b = [], [], []
         for c in centers:
             i, j = torch.randperm(len(present), generator=gen)[:2].tolist()
             a.append(cut_slabs(volumes[i : i + 1], axis, [c], self.slices))
             b.append(cut_slabs(volumes[j : j + 1], axis, [c], self.slices))
             ma.append(present[i])
             mb.append(present[j])
-        return Slabs(torch.cat(a), torch.cat(b), torch.tensor(ma), torch.tensor(mb))
+            rows_b.append(j)
+        slabs = Slabs(torch.cat(a), torch.cat(b), torch.tensor(ma), torch.tensor(mb))
+        if self.motions:
+            slabs.fractions, slabs.moved = self._moved(volumes, axis, centers, rows_b, gen)
+        return slabs
+
+    def _moved(self, volumes, axis, centers, which, gen):
+        direction = torch.randn(2, 3, generator=gen, dtype=torch.float64)
+        direction = direction / direction.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        size = torch.rand(2, generator=gen, dtype=torch.float64)
+        rotvec = direction[0] * size[0] * self.max_angle * torch.pi / 180
+        shift = direction[1] * size[1] * self.max_shift / self.spacing
+        fractions = torch.rand(self.motions, generator=gen, dtype=torch.float64).sort().values.clamp_min(0.02).tolist()
+        points = slab_points(volumes.shape[2:], axis, centers, self.slices)
+        moved = torch.stack([torch.stack([moved_slabs(volumes[k : k + 1], points[n], (f * rotvec).float(), (f * shift).float())
+                                          for n, k in enumerate(which)]) for f in fractions])
+        return tuple(fractions), moved
 
 
 def render_modalities(labels: torch.Tensor, grid, modalities, gen: torch.Generator) -> torch.Tensor:

@@ -10,11 +10,16 @@ co-registered) and computes, with c = E^c(x), s = E^s(x, m) and G(c, s, m):
 - style reconstruction   |E^s(G(c_a, s_b, b), b) - s_b|
 - shared content         |c_a - c_b|: the two contrasts of one anatomy have one content, which is
                          exactly what registration asks of the features
+- basin                  the content distance d(f) = mean (c_a - E^c(b moved by a fraction f of
+                         one random rigid motion))^2 must grow with f (d(0) = the aligned pair):
+                         a hinge on log d(f) - log d(g) + margin (g - f) for every f < g. It asks
+                         the features to tell a larger misalignment from a smaller one, which
+                         is what a wide capture range is, up to rotations of ``basin_angle``.
 - adversarial            least-squares GAN (LSGAN) with a conditional PatchGAN; chosen over WGAN-GP
                          because it is stable without the gradient penalty's double backward pass,
                          which would double the step time on a CPU.
 
-The first six are L1; every term appears for both directions. Checkpoints carry both optimisers
+The first six are L1; every term but the basin appears for both directions. Checkpoints carry both optimisers
 and the step; a batch is a pure function of (seed, step), so ``--resume`` continues exactly.
 """
 
@@ -35,6 +40,8 @@ from .networks import EncoderConfig, Translator
 
 FORMAT = "regode.encoder"
 VALIDATION_OFFSET = 10_000_000
+VALIDATION_MOTIONS = 4
+"""moved copies per validation batch (for the ``ordered`` figure), whether or not the run trains the basin term."""
 
 
 @dataclass
@@ -60,6 +67,16 @@ class EncoderTrainConfig:
     lambda_style: float = 1.0
     lambda_shared: float = 1.0
     lambda_adv: float = 1.0
+    lambda_basin: float = 0.0
+    """the basin term's weight; off by default (measured: it did not widen the capture range on BraTS, docs/encoder.md)."""
+    basin_motions: int = 3
+    """moved copies of the b slabs per step (fractions of one motion)."""
+    basin_angle: float = 180.0
+    """degrees: the largest rotation of the basin term's motions (about a random axis)."""
+    basin_shift: float = 40.0
+    """mm: the largest shift of the basin term's motions."""
+    basin_margin: float = 2.0
+    """the least rise of log d per unit of motion fraction the basin term asks for."""
     checkpoint_every: int = 100
     validate_every: int = 250
     val_batches: int = 4
@@ -76,14 +93,35 @@ class EncoderTrainConfig:
         return cls(**d)
 
 
-def make_source(config: EncoderTrainConfig):
+def make_source(config: EncoderTrainConfig, motions: int | None = None):
+    """The run's slab source; ``motions`` moved copies per batch (default: the basin term's, none
+    when it is off)."""
+    if motions is None:
+        motions = config.basin_motions if config.lambda_basin > 0 else 0
     common = dict(modalities=config.model.modalities, size=config.size, spacing=config.model.spacing, seed=config.seed,
-                  slices=config.model.slices, batch=config.batch, reuse=config.reuse)
+                  slices=config.model.slices, batch=config.batch, reuse=config.reuse, motions=motions,
+                  max_angle=config.basin_angle, max_shift=config.basin_shift)
     return FolderSubjects(config.data, **common) if config.data else SyntheticSubjects(**common)
 
 
 def l1(x, y):
     return (x - y).abs().mean()
+
+
+def motion_distances(content, ca: torch.Tensor, s: Slabs) -> torch.Tensor:
+    """``[1 + F]``: the content distance of the a slabs' features ``ca`` to the b slabs aligned,
+    then moved by each of the batch's motion fractions (mean over the batch, as E3D's distance)."""
+    moved = s.moved.flatten(0, 1)
+    features = torch.cat([content(s.b), content(moved)]).unflatten(0, (1 + len(s.moved), len(ca)))
+    return (features - ca).square().mean(dim=(1, 2, 3, 4))
+
+
+def basin_loss(distances: torch.Tensor, fractions, margin: float) -> torch.Tensor:
+    """Mean over f < g of relu(log d(f) - log d(g) + margin (g - f)), with fraction 0 first."""
+    f = torch.tensor([0.0, *fractions], dtype=distances.dtype)
+    i, j = torch.triu_indices(len(f), len(f), 1)
+    log = distances.clamp_min(1e-12).log()
+    return torch.relu(log[i] - log[j] + margin * (f[j] - f[i])).mean()
 
 
 def generator_losses(model: Translator, s: Slabs, config: EncoderTrainConfig) -> tuple[torch.Tensor, dict]:
@@ -103,6 +141,8 @@ def generator_losses(model: Translator, s: Slabs, config: EncoderTrainConfig) ->
         "shared": l1(ca, cb),
         "adv": (D(ab, s.modality_b) - 1).square().mean() + (D(ba, s.modality_a) - 1).square().mean(),
     }
+    if config.lambda_basin > 0 and s.moved is not None:
+        terms["basin"] = basin_loss(motion_distances(E, ca, s), s.fractions, config.basin_margin)
     total = sum(getattr(config, f"lambda_{k}") * v for k, v in terms.items())
     return total, {"translated": (ab.detach(), ba.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
 
@@ -115,19 +155,31 @@ def discriminator_loss(model: Translator, s: Slabs, ab: torch.Tensor, ba: torch.
 
 
 @torch.no_grad()
-def validate(model: Translator, batches: list[Slabs]) -> dict:
+def validate(model: Translator, batches: list[Slabs], margin: float = 2.0) -> dict:
     """cross_l1: mean |G(c_a, s_b, b) - x_b| (translation error); content_ratio: the content
     distance of the aligned contrasts over that with x_b shifted by 3 pixels (lower: the content
-    features tell aligned from misaligned better; 1: they cannot)."""
+    features tell aligned from misaligned better; 1: they cannot); ordered (batches with moved
+    slabs): the fraction of motion pairs f < g, fraction 0 included, whose distances are in order,
+    d(f) < d(g) (1: the distance grows with the misalignment on every batch); basin: the basin
+    term with ``margin`` (0: every pair in order by at least the margin)."""
     model.eval()
-    cross, aligned, shifted = [], [], []
+    cross, aligned, shifted, ordered, hinge = [], [], [], [], []
     for s in batches:
         cross.append(float(l1(model.translate(s.a, s.b, s.modality_b), s.b)))
         ca, cb = model.content(s.a), model.content(torch.cat([s.b, s.b.roll(3, -1)]))
         aligned.append(float((ca - cb[: len(ca)]).square().mean()))
         shifted.append(float((ca - cb[len(ca):]).square().mean()))
+        if s.moved is not None:
+            d = motion_distances(model.content, ca, s)
+            i, j = torch.triu_indices(len(d), len(d), 1)
+            ordered.extend((d[i] < d[j]).tolist())
+            hinge.append(float(basin_loss(d, s.fractions, margin)))
     model.train()
-    return {"cross_l1": sum(cross) / len(cross), "content_ratio": sum(aligned) / max(sum(shifted), 1e-12)}
+    figures = {"cross_l1": sum(cross) / len(cross), "content_ratio": sum(aligned) / max(sum(shifted), 1e-12)}
+    if ordered:
+        figures["ordered"] = sum(ordered) / len(ordered)
+        figures["basin"] = sum(hinge) / len(hinge)
+    return figures
 
 
 def save_samples(model: Translator, s: Slabs, path: Path, modalities) -> None:
@@ -190,7 +242,7 @@ def train(config: EncoderTrainConfig, out: Path, resume: bool = False, progress:
         console.print(f"resuming {ckpt_path} at step {step}")
     source = make_source(config)
     val_source = copy.copy(source)  # shares a folder's loaded subjects
-    val_source.reuse, val_source._cache = 1, None
+    val_source.reuse, val_source._cache, val_source.motions = 1, None, VALIDATION_MOTIONS
     val = [val_source.batch(VALIDATION_OFFSET + i) for i in range(config.val_batches)]
 
     def save(path: Path, final: bool) -> None:
@@ -202,7 +254,7 @@ def train(config: EncoderTrainConfig, out: Path, resume: bool = False, progress:
             f.write(json.dumps(record) + "\n")
 
     if step == 0 and not history:
-        history.append({"step": 0, **validate(model, val), "seconds": 0.0})
+        history.append({"step": 0, **validate(model, val, config.basin_margin), "seconds": 0.0})
         log(history[-1])
     model.train()
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
@@ -226,13 +278,14 @@ def train(config: EncoderTrainConfig, out: Path, resume: bool = False, progress:
             seconds += elapsed
             record = {"step": step, "loss": float(loss.detach()), "d_loss": float(d_loss.detach()), **info, "seconds": round(seconds, 2)}
             if step % config.validate_every == 0 or step == config.steps:
-                figures = validate(model, val)
+                figures = validate(model, val, config.basin_margin)
                 record.update(figures)
                 history.append({"step": step, **figures, "seconds": round(seconds, 1)})
                 save_samples(model, val[0], samples / f"step_{step:06d}.png", config.model.modalities)
             log(record)
             last = history[-1]
-            bar.update(job, advance=1, info=f"loss {record['loss']:.3f} ({1 / elapsed:.1f} it/s) val cross {last['cross_l1']:.3f} ratio {last['content_ratio']:.3f}")
+            bar.update(job, advance=1, info=f"loss {record['loss']:.3f} ({1 / elapsed:.1f} it/s) val cross {last['cross_l1']:.3f} ratio {last['content_ratio']:.3f}"
+                       + (f" ordered {last['ordered']:.2f}" if "ordered" in last else ""))
             if step % config.checkpoint_every == 0 or step == config.steps:
                 save(ckpt_path, final=False)
     save(out, final=True)
