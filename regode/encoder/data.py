@@ -67,15 +67,15 @@ def moved_slabs(volume: torch.Tensor, points: torch.Tensor, rotvec: torch.Tensor
     (z, y, x) mapped by ``p -> R (p - o) + o + shift``: R the rotation of ``rotvec`` (radians, about
     the volume's centre o), ``shift`` in voxels. Cutting slabs of the volume moved by the inverse
     motion gives the same values."""
+    from ..grid import Grid
+    from ..sampling import sample
     from ..transforms import rotation_matrix
 
     shape = torch.tensor(volume.shape[2:], dtype=torch.float32)
     origin = (shape - 1) / 2
     mapped = (points - origin) @ rotation_matrix(rotvec[None].float())[0].T + origin + shift
-    normalised = (2 * mapped / (shape - 1) - 1).flip(-1)  # grid_sample wants (x, y, z) in [-1, 1]
-    flat = normalised.reshape(1, -1, *points.shape[-3:-1], 3)
-    out = torch.nn.functional.grid_sample(volume, flat, mode="bilinear", padding_mode="zeros", align_corners=True)
-    return out.reshape(points.shape[:-1])
+    voxels = Grid(tuple(volume.shape[2:][::-1]), (1.0, 1.0, 1.0))  # world = voxel index (x, y, z)
+    return sample(volume, voxels, mapped.flip(-1).reshape(1, -1, 3)).reshape(points.shape[:-1])
 
 
 def cut_slabs(volumes: torch.Tensor, axis: int, centers: list[int], slices: int) -> torch.Tensor:
