@@ -142,7 +142,7 @@ def test_a_few_training_steps_lower_the_loss():
     assert float(generator_losses(model, s, config)[0].detach()) < 0.7 * first
     model.eval()
     with torch.no_grad():
-        d = motion_distances(model.content, model.content(s.a), s).tolist()
+        d = motion_distances(model.content, model.content(s.a), model.content(s.b), s).tolist()
     in_order = [d[i] < d[j] for i in range(4) for j in range(i + 1, 4)]
     figures = validate(model, [s], margin=0.0)
     assert figures["ordered"] == pytest.approx(sum(in_order) / 6)

@@ -118,7 +118,8 @@ class SubjectSource:
         slab, slab centres inside the head along a random axis. With ``motions`` > 0, also the b
         slabs after ``motions`` growing fractions of one random rigid motion of the b volume: a
         rotation about a random axis through the volume's centre by up to ``max_angle`` degrees
-        and a shift in a random direction of up to ``max_shift`` mm."""
+        and a shift in a random direction of up to ``max_shift`` mm (volumes are isotropic at
+        ``spacing``; the motion is drawn in voxel (z, y, x) axes)."""
         volumes, present = self._subject(step // self.reuse)
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + 7 * step + 2)
         axis = 2 + int(torch.randint(3, (1,), generator=gen))

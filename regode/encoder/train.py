@@ -19,8 +19,8 @@ co-registered) and computes, with c = E^c(x), s = E^s(x, m) and G(c, s, m):
                          because it is stable without the gradient penalty's double backward pass,
                          which would double the step time on a CPU.
 
-The first six are L1; every term but the basin appears for both directions. Checkpoints carry both optimisers
-and the step; a batch is a pure function of (seed, step), so ``--resume`` continues exactly.
+The first six are L1; every term but the basin term appears for both directions. Checkpoints
+carry both optimisers and the step; a batch is a pure function of (seed, step), so ``--resume`` continues exactly.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ from .networks import EncoderConfig, Translator
 FORMAT = "regode.encoder"
 VALIDATION_OFFSET = 10_000_000
 VALIDATION_MOTIONS = 4
-"""moved copies per validation batch (for the ``ordered`` figure), whether or not the run trains the basin term."""
+"""moved copies per validation batch (for the ``ordered`` and ``basin`` figures), whether or not
+the run trains the basin term."""
 
 
 @dataclass
@@ -93,11 +94,9 @@ class EncoderTrainConfig:
         return cls(**d)
 
 
-def make_source(config: EncoderTrainConfig, motions: int | None = None):
-    """The run's slab source; ``motions`` moved copies per batch (default: the basin term's, none
-    when it is off)."""
-    if motions is None:
-        motions = config.basin_motions if config.lambda_basin > 0 else 0
+def make_source(config: EncoderTrainConfig):
+    """The run's slab source, with the basin term's moved copies when the term is on."""
+    motions = config.basin_motions if config.lambda_basin > 0 else 0
     common = dict(modalities=config.model.modalities, size=config.size, spacing=config.model.spacing, seed=config.seed,
                   slices=config.model.slices, batch=config.batch, reuse=config.reuse, motions=motions,
                   max_angle=config.basin_angle, max_shift=config.basin_shift)
@@ -108,12 +107,12 @@ def l1(x, y):
     return (x - y).abs().mean()
 
 
-def motion_distances(content, ca: torch.Tensor, s: Slabs) -> torch.Tensor:
-    """``[1 + F]``: the content distance of the a slabs' features ``ca`` to the b slabs aligned,
-    then moved by each of the batch's motion fractions (mean over the batch, as E3D's distance)."""
-    moved = s.moved.flatten(0, 1)
-    features = torch.cat([content(s.b), content(moved)]).unflatten(0, (1 + len(s.moved), len(ca)))
-    return (features - ca).square().mean(dim=(1, 2, 3, 4))
+def motion_distances(content, ca: torch.Tensor, cb: torch.Tensor, s: Slabs) -> torch.Tensor:
+    """``[1 + F]``: the content distance of the a slabs' features ``ca`` to the b slabs' ``cb``
+    (aligned), then to the b slabs moved by each of the batch's motion fractions (means over the
+    batch, as E3D's distance)."""
+    moved = content(s.moved.flatten(0, 1)).unflatten(0, (len(s.moved), len(ca)))
+    return torch.cat([(cb - ca).square().mean()[None], (moved - ca).square().mean(dim=(1, 2, 3, 4))])
 
 
 def basin_loss(distances: torch.Tensor, fractions, margin: float) -> torch.Tensor:
@@ -142,7 +141,7 @@ def generator_losses(model: Translator, s: Slabs, config: EncoderTrainConfig) ->
         "adv": (D(ab, s.modality_b) - 1).square().mean() + (D(ba, s.modality_a) - 1).square().mean(),
     }
     if config.lambda_basin > 0 and s.moved is not None:
-        terms["basin"] = basin_loss(motion_distances(E, ca, s), s.fractions, config.basin_margin)
+        terms["basin"] = basin_loss(motion_distances(E, ca, cb, s), s.fractions, config.basin_margin)
     total = sum(getattr(config, f"lambda_{k}") * v for k, v in terms.items())
     return total, {"translated": (ab.detach(), ba.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
 
@@ -170,7 +169,7 @@ def validate(model: Translator, batches: list[Slabs], margin: float = 2.0) -> di
         aligned.append(float((ca - cb[: len(ca)]).square().mean()))
         shifted.append(float((ca - cb[len(ca):]).square().mean()))
         if s.moved is not None:
-            d = motion_distances(model.content, ca, s)
+            d = motion_distances(model.content, ca, cb[: len(ca)], s)
             i, j = torch.triu_indices(len(d), len(d), 1)
             ordered.extend((d[i] < d[j]).tolist())
             hinge.append(float(basin_loss(d, s.fractions, margin)))
