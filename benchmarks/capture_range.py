@@ -6,7 +6,8 @@ truth is the identity), both at ``--spacing`` mm. The moving image is rotated ab
 centre (about the world z axis: in the axial plane) from -60 to 60 degrees, and shifted along x
 from -30 to 30 mm (the values are the parameters of the fixed -> moving map, ITK's convention); each metric (lower is better) is recorded at each position. For each curve:
 where its minimum lies and how wide its basin is (the interval around the minimum over which it
-never decreases away from it). Writes PREFIX.png, PREFIX.md and PREFIX.json.
+never decreases away from it). ``--max-angle 0`` or ``--max-shift 0`` leaves that motion out.
+Writes PREFIX.png, PREFIX.md and PREFIX.json.
 
     python benchmarks/capture_range.py --data ../shared/data/brats [--encoder weights/encoder.pt] [--out capture_range]
 """
@@ -53,6 +54,10 @@ def main() -> None:
     shifts = np.arange(-args.max_shift, args.max_shift + 1e-9, args.shift_step)
     pairs = [tuple(p.split(":")) for p in args.pairs.split(",")]
     device = torch.device("cpu")
+    # a motion whose range is 0 (--max-angle 0 or --max-shift 0) is left out
+    motions = [m for m in (("rotation", angles, args.axis), ("translation", shifts, args.shift_axis)) if len(m[1]) > 1]
+    if not motions:
+        raise SystemExit("nothing to measure: --max-angle and --max-shift are both 0")
     curves = []
     start = time.perf_counter()
     for subject in discover(args.data):
@@ -68,7 +73,7 @@ def main() -> None:
                 moving = to_grid(moving_image, grid)
             center = head_center(fixed, grid)
             metrics = Metrics(fixed, encoder, args.slices)
-            for kind, values, axis in (("rotation", angles, args.axis), ("translation", shifts, args.shift_axis)):
+            for kind, values, axis in motions:
                 rows = {m: [] for m in METRICS}
                 for v in values:
                     moved = moved_by(moving, grid, center, axis, angle_deg=v if kind == "rotation" else 0.0,
@@ -119,10 +124,11 @@ def plot(curves, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     pairs = sorted({c["pair"] for c in curves})
-    fig, axes = plt.subplots(2, len(pairs), figsize=(5.5 * len(pairs), 7), squeeze=False)
+    kinds = [k for k in ("rotation", "translation") if any(c["kind"] == k for c in curves)]
+    fig, axes = plt.subplots(len(kinds), len(pairs), figsize=(5.5 * len(pairs), 3.5 * len(kinds)), squeeze=False)
     colours = {"content": "tab:red", "mi": "tab:blue", "mind": "tab:green"}
     for col, pair in enumerate(pairs):
-        for row, kind in enumerate(("rotation", "translation")):
+        for row, kind in enumerate(kinds):
             ax = axes[row, col]
             for c in curves:
                 if c["pair"] != pair or c["kind"] != kind:
