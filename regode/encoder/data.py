@@ -49,14 +49,20 @@ class Slabs:
     """the F fractions of that motion, increasing, in (0, 1]."""
 
 
+def slab_indices(center: int, slices: int, n: int) -> torch.Tensor:
+    """The ``slices`` slice indices of the slab centred at ``center`` on an axis of ``n`` slices
+    (borders replicated)."""
+    half = slices // 2
+    return torch.arange(center - half, center + half + 1).clamp(0, n - 1)
+
+
 def slab_points(shape, axis: int, centers: list[int], slices: int) -> torch.Tensor:
     """Voxel indices ``[len(centers), slices, h, w, 3]`` (z, y, x) of the voxels :func:`cut_slabs`
     takes from a volume of ``shape`` (nz, ny, nx), in the same order."""
-    half = slices // 2
     axes = [torch.arange(n, dtype=torch.float32) for n in shape]
     out = []
     for c in centers:
-        axes[axis - 2] = torch.arange(c - half, c + half + 1).clamp(0, shape[axis - 2] - 1).float()
+        axes[axis - 2] = slab_indices(c, slices, shape[axis - 2]).float()
         zyx = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)  # [nz', ny', nx', 3]
         out.append(zyx.movedim(axis - 2, 0))
     return torch.stack(out)
@@ -82,14 +88,8 @@ def cut_slabs(volumes: torch.Tensor, axis: int, centers: list[int], slices: int)
     """Stacks of ``slices`` adjacent slices ``[len(centers) * V, slices, h, w]`` of volumes
     ``[V, 1, nz, ny, nx]`` along tensor ``axis`` (2, 3 or 4) around each centre (borders
     replicated)."""
-    half = slices // 2
     v = volumes[:, 0].movedim(axis - 1, 1)  # [V, n, h, w]
-    n = v.shape[1]
-    out = []
-    for c in centers:
-        index = torch.arange(c - half, c + half + 1).clamp(0, n - 1)
-        out.append(v[:, index])
-    return torch.cat(out)
+    return torch.cat([v[:, slab_indices(c, slices, v.shape[1])] for c in centers])
 
 
 class SubjectSource:
