@@ -1,10 +1,10 @@
 """Principal-axes alignment: a start for rigid registration that does not depend on how far the
 moving image is rotated.
 
-Each image's head (see :func:`head_mask`) has a centre and three principal axes. The
+Each image's head (see :func:`regode.preprocess.head_mask`) has a centre and three principal axes. The
 rotations that carry the fixed image's axes onto the moving image's are known up to the axes'
 signs (four proper rotations); together with the plain translation between the head centres (the
-start of every registration, :func:`head_center`) they are the candidates, and the one under which
+start of every registration, :func:`regode.preprocess.head_center`) they are the candidates, and the one under which
 the images share the most mutual information on a coarse grid wins. A head that is nearly round
 (close principal variances), or no head at all, has no reliable axes: then the start is kept. The rigid MS-ODENet stage starts
 from the winner.
@@ -15,8 +15,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .errors import RegodeError
 from .grid import Grid
+from .io import load_transform_chain
 from .losses import mattes_mutual_information
+from .preprocess import blur, head_center, head_moments
 from .sampling import sample
 from .transforms import Affine
 
@@ -24,52 +27,6 @@ MIN_RATIO = 1.1
 """the principal variances of both heads must differ by this factor (brains: 1.24 or more; a
 sphere-like head has no axes to align), else only the start (the head centres' translation) is used."""
 SIGNS = np.array([[1, 1, 1], [-1, -1, 1], [-1, 1, -1], [1, -1, -1]], dtype=float)
-
-
-def head_mask(volume: np.ndarray) -> np.ndarray:
-    """The head: voxels above 10 % of the way from the 2nd to the 98th intensity percentile (the
-    robust threshold of FSL's BET), holes filled so that dark tissue inside counts too."""
-    from scipy import ndimage
-
-    values = volume.reshape(-1)
-    low, high = np.percentile(values[:: max(1, values.size // 1_000_000)], [2, 98])
-    return ndimage.binary_fill_holes(volume > low + 0.1 * (high - low))
-
-
-def moments(volume: torch.Tensor, grid: Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Centre (mm), principal variances (mm², ascending) and axes (columns, world) of the
-    foreground of the first volume of ``[B, 1, nz, ny, nx]``."""
-    v = volume[0, 0].detach().double().cpu().numpy()
-    mask = head_mask(v)
-    index = np.argwhere(mask)[:, ::-1].astype(float)  # (i, j, k)
-    if len(index) < 10:
-        raise ValueError("too few foreground voxels for a principal-axes alignment")
-    points = grid.index_to_world(index)
-    center = points.mean(0)
-    variances, axes = np.linalg.eigh(np.cov((points - center).T))
-    return center, variances, axes
-
-
-def head_moments(volume: torch.Tensor, grid: Grid) -> tuple | None:
-    """:func:`moments`, or None when the image has no head to measure."""
-    try:
-        return moments(volume, grid)
-    except ValueError:
-        return None
-
-
-def head_center(volume: torch.Tensor, grid: Grid, head: tuple | None = None) -> torch.Tensor:
-    """World position (mm, float64) of the centre of the head mask of ``[B, 1, ...]``'s first
-    volume (``head``: its :func:`head_moments`, if already known): unlike the intensity-weighted
-    centre of mass it hardly depends on the contrast (on BraTS pairs of two contrasts the weighted
-    centres differ by a few mm, which a deformable model without a linear stage must then undo).
-    Falls back to the centre of mass without a head."""
-    from .odenet.preprocess import center_of_mass
-
-    head = head if head is not None else head_moments(volume, grid)
-    if head is None:
-        return center_of_mass(volume, grid).double()
-    return torch.as_tensor(head[0], dtype=torch.float64)
 
 
 def candidates(fixed: tuple, moving: tuple) -> list[Affine]:
@@ -89,8 +46,6 @@ def principal_axes(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, 
     share the most mutual information, measured at ``spacing`` mm; and a record of the choice.
     Without reliable axes (a round or empty head) ``start`` is returned. ``heads``: the two
     images' :func:`head_moments`, if already known."""
-    from .odenet.preprocess import blur
-
     maps, record = [start.double()], {}
     fixed_moments, moving_moments = heads if heads is not None else (head_moments(fixed, fixed_grid), head_moments(moving, moving_grid))
     if fixed_moments is None or moving_moments is None:
@@ -114,3 +69,31 @@ def principal_axes(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, 
         scores.append(float(mattes_mutual_information(warped, f)))
     best = int(np.argmax(scores))
     return maps[best], {**record, "candidate_mi": scores, "chosen": best}
+
+
+def initial_linear(specs: list[str], center_of_mass: bool, c_fix: torch.Tensor, c_mov: torch.Tensor) -> Affine:
+    """The starting fixed -> moving linear map: ``specs`` (antsApplyTransforms order) if given,
+    else the translation between the head centres ``c_fix`` and ``c_mov`` (with
+    ``center_of_mass``), else the identity (float64)."""
+    if specs:
+        linear = load_transform_chain(specs)
+        if not linear.is_linear:
+            raise RegodeError("--initial-transform must be linear (rigid or affine)")
+        return linear.as_affine().double()
+    if center_of_mass:
+        return Affine(torch.eye(3, dtype=torch.float64), (c_mov.double() - c_fix.double())[None])
+    return Affine(torch.eye(3, dtype=torch.float64))
+
+
+def starting_point(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid, specs: list[str],
+                   center_of_mass: bool, axes: bool) -> tuple[Affine, torch.Tensor, torch.Tensor, dict | None]:
+    """The fixed -> moving linear map a registration starts from (``specs``, the head centres'
+    translation, or with ``axes`` the best principal-axes alignment), the two head centres (world
+    mm) and the record of the principal-axes choice (or None), for two working images."""
+    heads = head_moments(fixed, fixed_grid), head_moments(moving, moving_grid)
+    c_fix, c_mov = head_center(fixed, fixed_grid, heads[0]), head_center(moving, moving_grid, heads[1])
+    linear = initial_linear(specs, center_of_mass, c_fix, c_mov)
+    alignment = None
+    if axes and center_of_mass and not specs:
+        linear, alignment = principal_axes(fixed, fixed_grid, moving, moving_grid, linear, heads=heads)
+    return linear, c_fix, c_mov, alignment

@@ -7,26 +7,27 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.console import Console
+from rich.table import Table
+
+from .bench.metrics import mean_dice
+from .bench.motion import inverse_on
+from .grid import Grid
+from .io import load_transform_chain, read_image, write_image
+from .odenet.config import RegisterConfig
+from .odenet.kinds import KINDS
+from .pipeline import register_files
+from .synthetic import phantom_labels, random_bspline, render
+from .transforms import Affine, Compose, euler_matrix
+from .warp import resample
 
 
 def run_demo(out: Path | None, seed: int = 0, model: str = "rigid", threads: int | None = None,
-             checkpoints: dict | None = None) -> dict:
+             checkpoints: tuple = ()) -> dict:
     """Generate an oblique, anisotropic 30-label phantom seen in two contrasts, move the second by a
     known rotation + translation (+ a smooth warp for deformable models), register it back with
-    ``regode register`` (``checkpoints``: kind -> model file, as ``--checkpoint``) and compare the
+    ``regode register`` (``checkpoints``: model files, as ``--checkpoint``) and compare the
     result with the truth."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from .bench.metrics import mean_dice
-    from .bench.motion import inverse_on
-    from .grid import Grid
-    from .io import load_transform_chain, read_image, write_image
-    from .odenet.register import RegisterConfig, register_files
-    from .synthetic import phantom_labels, random_bspline, render
-    from .transforms import Affine, Compose, euler_matrix
-    from .warp import resample
-
     console = Console()
     folder = Path(out) if out else Path(tempfile.mkdtemp(prefix="regode-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -40,16 +41,17 @@ def run_demo(out: Path | None, seed: int = 0, model: str = "rigid", threads: int
     angles = (torch.rand(1, 3, generator=gen, dtype=torch.float64) * 2 - 1) * np.deg2rad(25)
     shift = (torch.rand(1, 3, generator=gen, dtype=torch.float64) * 2 - 1) * 10
     rigid = Affine(euler_matrix(angles), shift, torch.as_tensor(grid.center)[None])
-    truth = Compose([rigid, random_bspline(grid, 40.0, 4.0, seed)]) if model != "rigid" else Compose([rigid])
+    config = RegisterConfig(model=model, checkpoints=tuple(checkpoints), threads=threads, seed=seed)
+    deformable = not KINDS[config.stages[-1]].linear
+    truth = Compose([rigid, random_bspline(grid, 40.0, 4.0, seed)]) if deformable else Compose([rigid])
     inverse = inverse_on(truth, grid)
     write_image(fixed, grid, folder / "fixed.nii.gz")
     write_image(resample(source, grid, grid, inverse), grid, folder / "moving.nii.gz")
     write_image(labels, grid, folder / "fixed_labels.nii.gz", np.int16)
     write_image(resample(labels.float(), grid, grid, inverse, "label"), grid, folder / "moving_labels.nii.gz", np.int16)
 
-    config = RegisterConfig(model=model, checkpoints=dict(checkpoints or {}), threads=threads, seed=seed)
     doc = register_files(folder / "fixed.nii.gz", folder / "moving.nii.gz", folder / "demo_", config, folder / "moving_labels.nii.gz")
-    specs = [str(folder / "demo_1Warp.nii.gz")] if model != "rigid" else []
+    specs = [str(folder / "demo_1Warp.nii.gz")] if deformable else []
     found = load_transform_chain(specs + [str(folder / "demo_0GenericAffine.mat")])
 
     mask = (labels[0, 0] > 0).numpy()

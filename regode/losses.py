@@ -1,8 +1,10 @@
-"""Similarity and regularisation losses shared by MS-ODENet training and neural-field fitting."""
+"""Similarity and regularisation losses shared by MS-ODENet, its polish and neural-field fitting,
+and MIND, the hand-made modality-independent descriptor."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def mutual_information(a: torch.Tensor, b: torch.Tensor, bins: int = 32, max_samples: int = 60_000) -> torch.Tensor:
@@ -146,3 +148,24 @@ def bending_energy(mapped: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
         second = mapped.narrow(axis, 2, n - 2) - 2 * mapped.narrow(axis, 1, n - 2) + mapped.narrow(axis, 0, n - 2)
         terms.append(second.square().sum(-1).mean() / length**4)
     return sum(terms) if terms else mapped.new_zeros(())
+
+
+def mind(volume: torch.Tensor, radius: int = 1, dilation: int = 2) -> torch.Tensor:
+    """MIND (Heinrich et al. 2012) with the six-neighbourhood: ``[B, 6, nz, ny, nx]``, each channel
+    exp(-D_k / V) normalised to a maximum of 1 per voxel, D_k the patch distance (box of
+    ``2 radius + 1``) to the voxel ``dilation`` away along one direction, V the mean of the D_k."""
+    shifts = [(dilation, 0, 0), (-dilation, 0, 0), (0, dilation, 0), (0, -dilation, 0), (0, 0, dilation), (0, 0, -dilation)]
+    pad = dilation
+    padded = F.pad(volume, (pad,) * 6, mode="replicate")
+    nz, ny, nx = volume.shape[2:]
+    distances = []
+    for dz, dy, dx in shifts:
+        shifted = padded[:, :, pad + dz : pad + dz + nz, pad + dy : pad + dy + ny, pad + dx : pad + dx + nx]
+        d = (volume - shifted).square()
+        k = 2 * radius + 1
+        distances.append(F.avg_pool3d(F.pad(d, (radius,) * 6, mode="replicate"), k, stride=1))
+    d = torch.cat(distances, 1)
+    v = d.mean(1, keepdim=True)
+    v = v.clamp(min=1e-3 * float(v.mean()) + 1e-12)
+    m = torch.exp(-d / v)
+    return m / m.amax(1, keepdim=True)

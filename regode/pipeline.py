@@ -1,7 +1,8 @@
-"""What ``regode register`` and ``regode fit-field`` share: devices, working images, the starting
-linear transform, and the ANTs-named outputs written at the fixed image's full resolution.
+"""Registration from files to files: ``regode register`` and ``regode fit-field`` read the images,
+run their method (regode.odenet, regode.nir) and write ANTs-named outputs at the fixed image's full
+resolution, with the resolved config, model hashes and timings in ``PREFIXregode.json``.
 
-A registration result is the fixed -> moving mapping ``linear(field(x))``: ANTs'
+A registration result (regode.result) is the fixed -> moving mapping ``linear(field(x))``: ANTs'
 ``-t PREFIX1Warp.nii.gz -t PREFIX0GenericAffine.mat``.
 """
 
@@ -11,70 +12,25 @@ import copy
 import json
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ._version import __version__
+from .checkpoint import file_hash
 from .errors import RegodeError
-from .grid import Grid
-from .io import Image
-from .transforms import Affine, Compose, DisplacementField, Transform
+from .io import Image, read_image, save_transform, write_image
+from .io.atomic import StagedOutputs, check_writable
+from .nir.config import FitConfig
+from .nir.fit import fit_images
+from .odenet.config import RegisterConfig
+from .odenet.kinds import KINDS
+from .odenet.register import load_models, register_images
+from .result import Result
+from .transforms import Compose, DisplacementField
 from .warp import resample, resample_many
-
-
-@dataclass
-class Result:
-    linear: Affine
-    """the linear part (initial transform and rigid stage), fixed -> moving."""
-    field: DisplacementField | None
-    """the deformable part on the fixed working grid (applied first to fixed points), or None."""
-    stats: dict
-    inverse_field: DisplacementField | None = None
-    """the deformable part's inverse, when the method knows it (else a fixed-point inverse)."""
-
-    @property
-    def transform(self) -> Transform:
-        return Compose([self.linear, self.field]) if self.field is not None else Compose([self.linear])
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RegodeError("--device cuda was asked for, but torch sees no CUDA device")
-    if name not in ("cpu", "cuda"):
-        raise RegodeError(f"unknown device {name!r}: use auto, cpu or cuda")
-    return torch.device(name)
-
-
-def working_image(image: Image, spacing: float, device: torch.device) -> tuple[torch.Tensor, Grid]:
-    """The image on an isotropic grid of ``spacing`` mm over its own field of view, anti-aliased
-    and normalised to [0, 1]."""
-    from .odenet.preprocess import to_grid
-
-    if not bool(torch.isfinite(image.data).all()):
-        raise RegodeError(f"{image.path or 'image'} contains NaN or infinite values")
-    if float(image.data.max()) <= float(image.data.min()):
-        raise RegodeError(f"{image.path or 'image'} is constant: nothing to register")
-    grid = image.grid.with_spacing(spacing)
-    return to_grid(image, grid).to(device), grid
-
-
-def initial_linear(specs: list[str], center_of_mass: bool, c_fix: torch.Tensor, c_mov: torch.Tensor) -> Affine:
-    """The starting fixed -> moving linear map: ``specs`` (antsApplyTransforms order) if given,
-    else the translation between the centres of mass, else the identity (float64)."""
-    from .io import load_transform_chain
-
-    if specs:
-        linear = load_transform_chain(specs)
-        if not linear.is_linear:
-            raise RegodeError("--initial-transform must be linear (rigid or affine)")
-        return linear.as_affine().double()
-    if center_of_mass:
-        return Affine(torch.eye(3, dtype=torch.float64), (c_mov.double() - c_fix.double())[None])
-    return Affine(torch.eye(3, dtype=torch.float64))
 
 
 def output_paths(prefix: str | Path, deformable: bool, labels: bool) -> dict[str, Path]:
@@ -89,9 +45,6 @@ def output_paths(prefix: str | Path, deformable: bool, labels: bool) -> dict[str
 
 def read_inputs(fixed_path, moving_path, moving_labels, paths: dict[str, Path]) -> tuple[Image, Image, Image | None]:
     """Check every output can be written, then read the images (one clear error otherwise)."""
-    from .io import read_image
-    from .io.atomic import check_writable
-
     for p in paths.values():
         check_writable(p)
     fixed = read_image(fixed_path, what="fixed image")
@@ -111,9 +64,6 @@ def write_outputs(result: Result, fixed: Image, moving: Image, labels: Image | N
     under ``paths`` (all in one folder). Each file is written in the background as soon as it is
     computed, into a private folder, and the files are moved into place together once every one
     is written: a failure anywhere leaves none of them."""
-    from .io import save_transform, write_image
-    from .io.atomic import StagedOutputs
-
     t0 = time.perf_counter()
     linear, grid = result.linear, fixed.grid
     chain, inverse_chain = [linear], [linear.inverse()]
@@ -148,3 +98,38 @@ def write_outputs(result: Result, fixed: Image, moving: Image, labels: Image | N
             document["timings_s"]["wall"] = time.perf_counter() - start
         staged.write(paths["json"], lambda path: Path(path).write_text(json.dumps(document, indent=2)))
         staged.commit()
+
+
+def _document(command: str, fixed_path, moving_path, moving_labels, config) -> dict:
+    return {"regode": __version__, "command": command, "fixed": str(fixed_path), "moving": str(moving_path),
+            "moving_labels": str(moving_labels) if moving_labels else None, "config": asdict(config)}
+
+
+def register_files(fixed_path, moving_path, prefix, config: RegisterConfig, moving_labels=None) -> dict:
+    """``regode register``: read, register with MS-ODENet, and write ANTs-named outputs at the fixed
+    image's full resolution; returns the JSON record."""
+    start = time.perf_counter()
+    paths = output_paths(prefix, not KINDS[config.stages[-1]].linear, moving_labels is not None)
+    models = load_models(config)
+    fixed, moving, labels = read_inputs(fixed_path, moving_path, moving_labels, paths)
+    read_s = time.perf_counter() - start
+    result = register_images(fixed, moving, config, models)
+    result.stats["timings_s"]["read"] = read_s
+    document = _document("register", fixed_path, moving_path, moving_labels, config)
+    document["models"] = {kind: {"path": str(p), "sha256": file_hash(p), "config": asdict(m.config)} for kind, (m, p) in models.items()}
+    write_outputs(result, fixed, moving, labels, paths, document, config.inverse_iterations, start)
+    return document
+
+
+def fit_files(fixed_path, moving_path, prefix, config: FitConfig, moving_labels=None, progress: bool = False) -> dict:
+    """``regode fit-field``: read, fit neural fields, and write ANTs-named outputs at the fixed
+    image's full resolution; returns the JSON record."""
+    start = time.perf_counter()
+    paths = output_paths(prefix, True, moving_labels is not None)
+    fixed, moving, labels = read_inputs(fixed_path, moving_path, moving_labels, paths)
+    read_s = time.perf_counter() - start
+    result = fit_images(fixed, moving, config, progress)
+    result.stats["timings_s"]["read"] = read_s
+    document = _document("fit-field", fixed_path, moving_path, moving_labels, config)
+    write_outputs(result, fixed, moving, labels, paths, document, config.inverse_iterations, start)
+    return document

@@ -212,3 +212,13 @@ def sample_bspline(volume: torch.Tensor, grid: Grid, points: torch.Tensor, paddi
         values[:, ~inside[min(b, inside.shape[0] - 1)]] = padding
         out.append(values)
     return torch.as_tensor(np.stack(out), dtype=volume.dtype if volume.is_floating_point() else torch.float64)
+
+
+def voxel_images(grid: Grid, matrix: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The images ``[B, nz, ny, nx, 3]`` (``dtype``) of ``grid``'s voxel centres under the 4x4 maps
+    ``matrix [B, 4, 4]`` of world points: built from three axis vectors by broadcasting, as
+    :meth:`Grid.world_points`, so one full-size pass instead of a matrix product per point."""
+    m = (matrix @ torch.as_tensor(grid.matrix("index", "world"), dtype=matrix.dtype, device=matrix.device)).to(dtype)
+    k, j, i = (torch.arange(n, dtype=dtype, device=matrix.device) for n in grid.shape)
+    col = lambda c: m[:, None, None, None, :3, c]  # noqa: E731  [B, 1, 1, 1, 3]
+    return col(3) + i[:, None] * col(0) + j[:, None, None] * col(1) + k[:, None, None, None] * col(2)

@@ -1,4 +1,10 @@
-"""Synthetic brain-like volumes and smooth deformations for tests, demos and training data.
+"""Synthetic heads and smooth deformations: the one place that generates images.
+
+- :func:`phantom_labels` and :func:`render`: a fixed, compact Voronoi phantom and its contrasts,
+  for tests and ``regode demo`` (reproducible from a seed alone);
+- :func:`random_head` and :func:`render_contrast`: random head-shaped label maps and random
+  MRI-like contrasts of them (SynthMorph-style), the training data of every model
+  (regode.odenet.data, regode.encoder.data), drawn from a ``torch.Generator``.
 
 Everything here is seeded: the same seed gives the same volume on every machine.
 """
@@ -9,6 +15,7 @@ import numpy as np
 import torch
 
 from .grid import Grid
+from .preprocess import blur, normalise
 from .transforms import BSpline
 
 
@@ -60,3 +67,54 @@ def render(labels: torch.Tensor, grid: Grid, seed: int = 0, noise: float = 0.02,
     gen = torch.Generator().manual_seed(seed + 2)
     image = image * torch.exp(field) + noise * torch.randn(image.shape, generator=gen, dtype=torch.float64)
     return (image * (labels > 0)).to(torch.float32)
+
+
+def training_grid(size: int, spacing: float, center=(0.0, 0.0, 0.0)) -> Grid:
+    """A ``size``-cubed axis-aligned grid of ``spacing`` mm centred on ``center`` (world LPS)."""
+    origin = np.asarray(center, dtype=float) - spacing * (size - 1) / 2
+    return Grid((size,) * 3, (spacing,) * 3, tuple(origin), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+
+
+def smooth_field(grid: Grid, spacing: float, sigma: float, gen: torch.Generator) -> torch.Tensor:
+    """A smooth random 3-vector field ``[1, 3, nz, ny, nx]`` (float32, mm): the cubic B-spline of
+    N(0, sigma^2) control displacements ``spacing`` mm apart, drawn from ``gen``."""
+    control = BSpline.control_grid_for(grid, spacing)
+    coef = torch.randn(1, 3, *control.shape, generator=gen, dtype=torch.float32) * sigma
+    return BSpline(control, coef).displacement(grid)  # [1, 3, nz, ny, nx]
+
+
+def random_head(grid: Grid, gen: torch.Generator) -> torch.Tensor:
+    """A random head-like label map ``[1, 1, nz, ny, nx]`` (int64): a distorted ellipsoid of brain
+    size (0 outside), a 'CSF' rim (label 1) and 6-16 smooth random regions inside (SynthMorph-style
+    argmax of smooth noise)."""
+    u = lambda lo, hi, n=1: lo + (hi - lo) * torch.rand(n, generator=gen)  # noqa: E731
+    points = grid.world_points(dtype=torch.float32)[None]
+    center = torch.as_tensor(grid.center, dtype=torch.float32) + u(-10, 10, 3)
+    radii = torch.cat([u(55, 72), u(68, 90), u(50, 68)])
+    local = points - center + smooth_field(grid, 40.0, float(u(2, 8)), gen).movedim(1, -1)
+    r = (local / radii).norm(dim=-1)[:, None]
+    n = int(u(6, 17))
+    noise = torch.cat([smooth_field(grid, float(u(12, 30)), 1.0, gen) for _ in range((n + 2) // 3)], dim=1)[:, :n]
+    labels = noise.argmax(dim=1, keepdim=True) + 2
+    rim = float(u(0.88, 0.95))
+    labels = torch.where(r > rim, torch.ones_like(labels), labels)
+    return torch.where(r > 1, torch.zeros_like(labels), labels)
+
+
+def render_contrast(labels: torch.Tensor, grid: Grid, gen: torch.Generator, means: torch.Tensor | None = None) -> torch.Tensor:
+    """One random MRI-like contrast of a label map: a random intensity per label (background dark;
+    or the given ``means`` per label), partial-volume blur, thick slices along a random axis, a
+    smooth bias field, noise and a gamma change, normalised as ``regode register`` normalises its
+    inputs. ``[1, 1, nz, ny, nx]`` float32."""
+    u = lambda lo, hi: float(lo + (hi - lo) * torch.rand(1, generator=gen))  # noqa: E731
+    if means is None:
+        means = torch.rand(int(labels.max()) + 1, generator=gen)
+        means[0] = u(0.0, 0.1) if torch.rand(1, generator=gen) < 0.2 else 0.0
+    image = means[labels.long()] + 0.03 * torch.randn(labels.shape, generator=gen) * (labels > 0)
+    sigmas = [u(0.3, 1.0)] * 3
+    sigmas[int(torch.randint(3, (1,), generator=gen))] = u(0.3, 2.0)  # thicker slices on one axis
+    image = blur(image, sigmas)
+    image = image * torch.exp(smooth_field(grid, 80.0, u(0.0, 0.2), gen)[:, :1])
+    image = image.clamp(min=0) + u(0.0, 0.04) * torch.randn(image.shape, generator=gen).abs()
+    image = image ** float(np.exp(u(-0.3, 0.3)))
+    return normalise(image)

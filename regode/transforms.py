@@ -48,6 +48,18 @@ class Transform(nn.Module):
         ref = self._reference_tensor()
         return self(grid.world_points(dtype=dtype or ref.dtype, device=ref.device, slab=slab)[None])
 
+    def map_lattice(self, lattice) -> torch.Tensor:
+        """The images of a :class:`~regode.lattice.Lattice`'s points ``[B, d, h, w, 3]`` (what a
+        per-pair fit evaluates at every step)."""
+        return self(lattice.points)
+
+    def displacement_at(self, lattice) -> torch.Tensor:
+        """The displacement ``[B, d, h, w, 3]`` (mm) at a lattice's points (its grid's, when it
+        has one: field transforms then interpolate separably)."""
+        if lattice.grid is not None:
+            return self.displacement(lattice.grid).movedim(1, -1)
+        return self(lattice.points) - lattice.points
+
     def _reference_tensor(self) -> torch.Tensor:
         for t in self.parameters():
             return t
@@ -99,22 +111,58 @@ class Affine(Linear):
 
     def __init__(self, matrix: torch.Tensor, translation: torch.Tensor | None = None, center: torch.Tensor | None = None):
         super().__init__()
-        matrix = torch.as_tensor(matrix)
-        if matrix.dim() == 2:
-            matrix = matrix[None]
+        if not isinstance(matrix, nn.Parameter):  # a Parameter (fitted per pair) is kept as it is
+            matrix = torch.as_tensor(matrix)
+            matrix = matrix[None] if matrix.dim() == 2 else matrix
         _store(self, "matrix", matrix)
         if translation is None:
             translation = torch.zeros(matrix.shape[0], 3, dtype=matrix.dtype, device=matrix.device)
-        _store(self, "translation", torch.as_tensor(translation, dtype=matrix.dtype).reshape(-1, 3))
+        if not isinstance(translation, nn.Parameter):
+            translation = torch.as_tensor(translation, dtype=matrix.dtype).reshape(-1, 3)
+        _store(self, "translation", translation)
         self._set_center(center, matrix)
+
+
+def skew(v: torch.Tensor) -> torch.Tensor:
+    """The cross-product matrices ``[..., 3, 3]`` of vectors ``[..., 3]``: ``skew(v) @ w = v x w``."""
+    x, y, z = v.unbind(-1)
+    zero = torch.zeros_like(x)
+    return torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).reshape(*v.shape[:-1], 3, 3)
+
+
+def right_jacobian_inverse(rotvec: torch.Tensor) -> torch.Tensor:
+    """J_r^-1 of SO(3) at ``rotvec [B, 3]``: R(phi + J_r^-1 w dt) = R(phi) exp([w] dt)."""
+    angle = rotvec.norm(dim=-1)[:, None, None]
+    k = skew(rotvec)
+    small = angle < 1e-3
+    safe = torch.where(small, torch.ones_like(angle), angle)
+    coef = torch.where(small, 1 / 12 + angle**2 / 720, 1 / safe**2 - (1 + torch.cos(safe)) / (2 * safe * torch.sin(safe)))
+    return torch.eye(3, dtype=rotvec.dtype, device=rotvec.device) + 0.5 * k + coef * (k @ k)
+
+
+def rotvec_from_matrix(r: torch.Tensor) -> torch.Tensor:
+    """The rotation vector ``[3]`` (float64, radians) of a rotation matrix ``[3, 3]``."""
+    from scipy.spatial.transform import Rotation  # scipy.spatial costs 0.3 s to import: only here
+
+    return torch.as_tensor(Rotation.from_matrix(r.detach().cpu().numpy()).as_rotvec(), dtype=torch.float64)
+
+
+def integrate_velocity(velocity, points: torch.Tensor, steps: int, solver: str, reverse: bool = False) -> torch.Tensor:
+    """Positions at t = 1 of ``points [..., 3]`` (world mm) moved by the stationary velocity field
+    ``velocity`` (a function of points, mm per unit time; t = -1 when ``reverse``: the inverse
+    mapping), integrated with ``steps`` fixed steps of torchdiffeq's ``solver``."""
+    from torchdiffeq import odeint
+
+    sign = -1.0 if reverse else 1.0
+    times = torch.tensor([0.0, 1.0], dtype=points.dtype, device=points.device)
+    path = odeint(lambda t, y: sign * velocity(y), points, times, method=solver, options={"step_size": 1.0 / steps})
+    return path[-1]
 
 
 def rotation_matrix(rotvec: torch.Tensor) -> torch.Tensor:
     """Rotation matrices ``[B, 3, 3]`` from rotation vectors ``[B, 3]`` (axis * angle in radians), Rodrigues."""
     angle = rotvec.norm(dim=-1, keepdim=True)[..., None]  # [B, 1, 1]
-    x, y, z = rotvec.unbind(-1)
-    zero = torch.zeros_like(x)
-    k = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).reshape(*rotvec.shape[:-1], 3, 3)
+    k = skew(rotvec)
     eye = torch.eye(3, dtype=rotvec.dtype, device=rotvec.device).expand_as(k)
     small = angle < 1e-4
     safe = torch.where(small, torch.ones_like(angle), angle)
@@ -206,42 +254,6 @@ class DisplacementField(Transform):
         return DisplacementField(self.grid, v.movedim(-1, 1))
 
 
-def compose_fields(grid: Grid, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-    """Displacement of ``x -> x + u1(x) -> ... + u2(x + u1(x))`` on ``grid``: ``first`` is applied
-    to points first (both ``[B, 3, nz, ny, nx]`` mm on ``grid``)."""
-    points = grid.world_points(dtype=first.dtype, device=first.device)[None]
-    u1 = first.movedim(1, -1)
-    return (u1 + sample(second, grid, points + u1).movedim(1, -1)).movedim(-1, 1)
-
-
-class StationaryVelocityField(Transform):
-    """Diffeomorphism ``exp(v)`` of a stationary velocity field ``v [B, 3, nz, ny, nx]`` (mm on
-    ``grid``), integrated by scaling and squaring with ``2**steps`` sub-steps."""
-
-    def __init__(self, grid: Grid, velocity: torch.Tensor, steps: int = 7):
-        super().__init__()
-        velocity = torch.as_tensor(velocity)
-        if velocity.dim() == 4:
-            velocity = velocity[None]
-        self.grid, self.steps = grid, steps
-        _store(self, "velocity", velocity)
-
-    def to_displacement(self) -> DisplacementField:
-        u = self.velocity / 2**self.steps
-        for _ in range(self.steps):
-            u = compose_fields(self.grid, u, u)
-        return DisplacementField(self.grid, u)
-
-    def forward(self, points: torch.Tensor) -> torch.Tensor:
-        return self.to_displacement()(points)
-
-    def displacement(self, grid: Grid) -> torch.Tensor:
-        return self.to_displacement().displacement(grid)
-
-    def inverse(self) -> "StationaryVelocityField":
-        return StationaryVelocityField(self.grid, -self.velocity, self.steps)
-
-
 # --------------------------------------------------------------------------------- B-spline
 def bspline_kernel(d: torch.Tensor) -> torch.Tensor:
     """Uniform cubic B-spline basis beta3(d)."""
@@ -315,6 +327,12 @@ class BSpline(Transform):
         points = grid.world_points(dtype=dtype, device=disp.device, slab=slab)[None]
         return points + disp[:, :, slab].movedim(1, -1).to(dtype)
 
+    def map_lattice(self, lattice) -> torch.Tensor:
+        disp = self._separable(lattice.grid) if lattice.grid is not None else None
+        if disp is None:
+            return super().map_lattice(lattice)
+        return lattice.points + disp.movedim(1, -1).to(lattice.points.dtype)
+
     def _separable(self, grid: Grid) -> torch.Tensor | None:
         c = self.coefficients
         m = self.control_grid.matrix("world", "index") @ grid.matrix("index", "world")
@@ -382,10 +400,12 @@ __all__ = [
     "Affine",
     "Rigid",
     "DisplacementField",
-    "StationaryVelocityField",
     "BSpline",
     "Compose",
     "rotation_matrix",
     "euler_matrix",
-    "compose_fields",
+    "skew",
+    "right_jacobian_inverse",
+    "rotvec_from_matrix",
+    "integrate_velocity",
 ]

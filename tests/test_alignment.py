@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from regode.alignment import candidates, head_mask, moments, principal_axes
+from regode.alignment import candidates, principal_axes
+from regode.preprocess import head_mask, moments
 from regode.grid import Grid
-from regode.odenet.preprocess import center_of_mass, normalise
+from regode.preprocess import center_of_mass, normalise
 from regode.synthetic import phantom_labels, render
 from regode.transforms import Affine, euler_matrix
 from regode.warp import resample
@@ -129,7 +130,7 @@ def test_principal_axes_across_grids():
 def test_head_centres_of_two_contrasts_agree():
     """The start of every registration: the head-mask centres of two contrasts of one head agree to
     a fraction of a voxel, where intensity-weighted centres of mass differ by millimetres."""
-    from regode.alignment import head_center
+    from regode.preprocess import head_center
 
     fixed, moving, _ = _pair([0.0, 0.0, 0.0], [0.0, 0.0, 0.0])
     heads = float((head_center(fixed, GRID) - head_center(moving, GRID)).norm())
@@ -140,7 +141,7 @@ def test_head_centres_of_two_contrasts_agree():
 # ------------------------------------------------------------------------ the rigid polish
 def _polish(fixed, moving, start, seed=0, grid=GRID):
     from regode.odenet.model import pyramid
-    from regode.refine import polish_rigid
+    from regode.odenet.polish import polish_rigid
 
     return polish_rigid(pyramid(fixed, grid, 2), pyramid(moving, grid, 2), start, torch.as_tensor(grid.center), seed=seed)
 
@@ -152,7 +153,7 @@ def test_polish_lands_on_the_truth_across_contrasts():
     start = _centres_of_mass(fixed, GRID, moving, GRID)
     found, record = _polish(fixed, moving, start)
     assert _error_mm(start, truth) > 8.0 and _error_mm(found, truth) < 1.0
-    assert record["iterations"] == 60 and record["levels"][-1]["mi_last"] > record["levels"][0]["mi_first"]
+    assert record["iterations"] == 60 and record["stages"][-1]["history"][-1]["similarity"] < record["stages"][0]["history"][0]["similarity"]
     assert abs(float(torch.det(found.matrix[0])) - 1) < 1e-9  # still rigid
 
 
@@ -166,7 +167,7 @@ def test_polish_is_reproducible_for_a_seed():
 
 def test_polish_needs_the_coarse_level():
     from regode.odenet.model import pyramid
-    from regode.refine import polish_rigid
+    from regode.odenet.polish import polish_rigid
 
     fixed, moving, _ = _pair([0.0, 0.0, 0.0], [0.0, 0.0, 0.0])
     start = _centres_of_mass(fixed, GRID, moving, GRID)
@@ -178,7 +179,7 @@ def test_bspline_polish_undoes_a_deformation_across_contrasts():
     """A smooth deformation (40 mm control spacing, 8 mm per axis) between two contrasts: from zero
     control displacements the B-spline polish recovers a good part of it, without folding."""
     from regode.odenet.model import pyramid
-    from regode.refine import polish_bspline
+    from regode.odenet.polish import polish_bspline
     from regode.synthetic import random_bspline
     from regode.transforms import BSpline
 
@@ -195,7 +196,7 @@ def test_bspline_polish_undoes_a_deformation_across_contrasts():
     assert error(found) < 0.75 * error(start)  # 3.8 -> 2.7 mm; flat label interiors do not show motion
     points = GRID.world_points(torch.float64)[None]
     from regode.losses import lattice_jacobian
-    from regode.nir.samplers import lattice_step
+    from regode.lattice import lattice_step
 
     det = torch.linalg.det(lattice_jacobian(found(points), lattice_step(GRID, 1).double()))
     assert float(det.min()) > 0 and record["iterations"] == 40
@@ -206,7 +207,7 @@ def test_dense_polish_corrects_a_displacement_field():
     deformation it gets closer to the truth, and from the truth it stays there (the field it is
     given is kept, not replaced)."""
     from regode.odenet.model import pyramid
-    from regode.refine import polish_dense
+    from regode.odenet.polish import polish_dense
     from regode.synthetic import random_bspline
     from regode.transforms import DisplacementField
 
@@ -222,6 +223,6 @@ def test_dense_polish_corrects_a_displacement_field():
     half = DisplacementField(GRID, 0.5 * true_field)
     found, record = polish_dense(*images, identity, half)
     assert isinstance(found, DisplacementField) and found.grid.same_as(GRID)
-    assert error(found) < 0.8 * error(half) and record["levels"][0]["mi_last"] > record["levels"][0]["mi_first"]
+    assert error(found) < 0.8 * error(half) and record["stages"][0]["history"][-1]["similarity"] < record["stages"][0]["history"][0]["similarity"]
     kept, _ = polish_dense(*images, identity, DisplacementField(GRID, true_field.clone()))
     assert error(kept) < 1.0  # from zero the same polish ends near 3 mm

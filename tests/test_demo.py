@@ -16,11 +16,12 @@ def test_demo_runs_register_and_reports_against_the_truth(tmp_path):
 def test_demo_takes_a_user_checkpoint_for_deformable_models(tmp_path):
     """`regode demo --model rigid+bspline --checkpoint B.pt` runs the hybrid with the user's model
     (here an untrained one) instead of the shipped one, and writes the warp."""
-    from regode.odenet import checkpoint
-    from regode.odenet.model import ModelConfig, MSODENet
-    from regode.odenet.train import TrainConfig
+    from regode import checkpoint
+    from regode.odenet.config import ModelConfig
+    from regode.odenet.model import MSODENet
+    from regode.odenet.config import TrainConfig
 
     model = MSODENet(ModelConfig(kind="bspline"))
-    checkpoint.save(tmp_path / "b.pt", model, TrainConfig(model=model.config), 0, 0.0, [])
-    results = run_demo(tmp_path / "out", seed=1, model="rigid+bspline", checkpoints={"bspline": str(tmp_path / "b.pt")})
+    checkpoint.save(tmp_path / "b.pt", "regode.msodenet", model, TrainConfig(model=model.config), 0, 0.0, [])
+    results = run_demo(tmp_path / "out", seed=1, model="rigid+bspline", checkpoints=(str(tmp_path / "b.pt"),))
     assert (tmp_path / "out" / "demo_1Warp.nii.gz").exists() and results["rmse_phi_before"] > 5

@@ -12,11 +12,13 @@ from typer.testing import CliRunner
 from regode.bench.capture import Metrics, basin, moved_by
 from regode.cli import app
 from regode.encoder.data import SyntheticSubjects, cut_slabs, moved_slabs, slab_points
-from regode.encoder.features import content_distance, content_volume, e3d, mind, slice_positions
-from regode.encoder.networks import EncoderConfig, Translator
-from regode.encoder.train import EncoderTrainConfig, basin_loss, generator_losses, load_encoder, motion_distances, train, validate
+from regode.encoder.features import content_distance, content_volume, e3d, load_encoder, slice_positions
+from regode.losses import mind
+from regode.encoder.config import EncoderConfig, EncoderTrainConfig
+from regode.encoder.networks import Translator
+from regode.encoder.train import basin_loss, generator_losses, motion_distances, train, validate
 from regode.errors import RegodeError
-from regode.odenet import checkpoint
+from regode import checkpoint
 
 runner = CliRunner()
 TINY = EncoderConfig(width=4, content=8, style=4, blocks=1, spacing=8.0)
@@ -62,7 +64,7 @@ def test_modalities_follow_tissue_contrasts():
     """CSF (the rim, label 1) is dark in T1 and FLAIR and bright in T2; white-matter-like regions
     (brightest in T1) are darker in T2 than in T1."""
     from regode.encoder.data import render_modalities
-    from regode.odenet.data import random_head, training_grid
+    from regode.synthetic import random_head, training_grid
 
     grid = training_grid(40, 5.0)
     gen = torch.Generator().manual_seed(1)
@@ -155,7 +157,7 @@ def test_checkpoint_round_trip_and_exact_resume(tmp_path):
     model, doc = load_encoder(straight)
     torch.manual_seed(0)
     initial = Translator(EncoderConfig(**doc["model_config"])).eval()  # the run's seed-0 initial weights
-    trained = checkpoint.load(tmp_path / "straight.pt.ckpt", fmt="regode.encoder", what="encoder")["model"]
+    trained = checkpoint.load(tmp_path / "straight.pt.ckpt", "regode.encoder", "encoder")["model"]
     x = torch.rand(1, 5, 24, 24)
     assert not torch.equal(model.content(x), initial.content(x))  # the file holds the trained weights
     initial.load_state_dict(trained)  # and they are the step-3 checkpoint's, tensor for tensor
@@ -174,11 +176,12 @@ def test_checkpoint_round_trip_and_exact_resume(tmp_path):
 
 
 def test_foreign_and_corrupt_checkpoints_are_refused(tmp_path):
-    from regode.odenet.model import MSODENet, ModelConfig
-    from regode.odenet.train import TrainConfig
+    from regode.odenet.config import ModelConfig
+    from regode.odenet.model import MSODENet
+    from regode.odenet.config import TrainConfig
 
     msodenet = tmp_path / "rigid.pt"
-    checkpoint.save(msodenet, MSODENet(ModelConfig()), TrainConfig(), 0, 0.0, [])
+    checkpoint.save(msodenet, "regode.msodenet", MSODENet(ModelConfig()), TrainConfig(), 0, 0.0, [])
     with pytest.raises(RegodeError, match="not a regode encoder checkpoint"):
         load_encoder(msodenet)
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
@@ -251,8 +254,8 @@ def test_basin_of_a_curve():
 def test_capture_curves_have_their_minimum_at_the_truth(head):
     """On a synthetic T1/T2 pair MI and MIND are lowest at the true alignment (the content metric
     needs a trained encoder: measured by benchmarks/capture_range.py)."""
-    from regode.alignment import head_center
-    from regode.odenet.data import training_grid
+    from regode.preprocess import head_center
+    from regode.synthetic import training_grid
 
     t1, t2 = head
     grid = training_grid(32, 6.0)
@@ -268,7 +271,7 @@ def test_capture_curves_have_their_minimum_at_the_truth(head):
 
 
 def test_msodenet_trains_with_the_content_similarity(tmp_path):
-    from regode.odenet.checkpoint import load_model
+    from regode.odenet.model import load_model
 
     encoder = tmp_path / "enc.pt"
     train(_tiny_run(steps=1, model=EncoderConfig(width=4, content=8, style=4, blocks=1, spacing=6.0)), encoder, progress=False)
@@ -285,4 +288,4 @@ def test_msodenet_trains_with_the_content_similarity(tmp_path):
     result = runner.invoke(app, base + ["--spacing", "4", "--encoder", str(encoder), "--out", str(tmp_path / "x.pt")])
     assert result.exit_code == 1 and "trained on 6 mm slices" in result.output
     result = runner.invoke(app, base[:-1] + ["psnr", "--out", str(tmp_path / "y.pt")])
-    assert result.exit_code == 1 and "unknown similarity" in result.output
+    assert result.exit_code == 2 and "psnr" in result.output  # not one of the --similarity choices

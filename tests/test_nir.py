@@ -14,14 +14,16 @@ from typer.testing import CliRunner
 
 from regode.bench.metrics import jacobian_determinant
 from regode.bench.motion import inverse_on
-from regode.cli import app, fit_field
+from regode.cli import app
 from regode.errors import RegodeError
 from regode.grid import Grid
 from regode.io import Image, load_transform_chain, write_image
 from regode.losses import folding_penalty, lattice_jacobian, local_ncc
-from regode.nir.fields import FieldConfig, NeuralField, flow
-from regode.nir.fit import FitConfig, evaluate_on, fit_images
-from regode.nir.samplers import downsize, patches, region_of
+from regode.nir.config import FieldConfig, FitConfig
+from regode.nir.fields import FieldTransform, NeuralField
+from regode.transforms import integrate_velocity as flow
+from regode.nir.fit import fit_images
+from regode.lattice import downsize, patches, region_of
 from regode.synthetic import phantom_labels, random_bspline, render
 from regode.transforms import Affine, Rigid, euler_matrix
 from regode.warp import resample
@@ -58,8 +60,9 @@ def test_untrained_field_is_the_identity(encoding, activation):
     with torch.no_grad():
         assert float(field(points).abs().max()) == 0.0
     assert torch.allclose(flow(field, points, 4, "rk4"), points)
-    config = FitConfig(diffeomorphic=True)
-    assert float(evaluate_on(GRID, [field], config).abs().max()) == 0.0
+    with torch.no_grad():
+        for diffeomorphic in (False, True):
+            assert float(FieldTransform(field, diffeomorphic).displacement(GRID).abs().max()) == 0.0
 
 
 def test_flow_of_a_constant_velocity_is_a_translation_and_reverses():
@@ -300,21 +303,44 @@ def test_fit_field_bad_inputs(pair_files, tmp_path):
 
 
 def test_cli_defaults_are_the_config_defaults():
-    """``regode fit-field`` and FitConfig must not drift apart."""
-    from regode import cli
-    from regode.nir import fields, fit
+    """``regode fit-field`` offers FitConfig's choices and defaults (read from the config classes)."""
+    from regode.cli import fit_field as command
+    from regode.nir import config as nir
 
-    for choices, values in ((cli.Sampler, fit.SAMPLERS), (cli.Metric, fit.METRICS), (cli.Solver, fit.SOLVERS),
-                            (cli.Encoding, fields.ENCODINGS), (cli.Activation, fields.ACTIVATIONS)):
+    for choices, values in ((command.Sampler, nir.SAMPLERS), (command.Metric, nir.METRICS), (command.Solver, nir.SOLVERS),
+                            (command.Encoding, nir.ENCODINGS), (command.Activation, nir.ACTIVATIONS)):
         assert tuple(c.value for c in choices) == values
     config, network = FitConfig(), FieldConfig()
-    for name, parameter in inspect.signature(fit_field).parameters.items():
+    checked = 0
+    for name, parameter in inspect.signature(command.fit_field).parameters.items():
         default = parameter.default
         default = getattr(default, "value", default)
         if hasattr(config, name) and default is not None and name not in ("initial_transform",):
             assert getattr(config, name) == default, name
+            checked += 1
         elif hasattr(network, name):
             assert getattr(network, name) == default, name
+            checked += 1
+    assert checked >= 23
+
+
+def test_field_transform_is_a_transform_with_a_separable_grid_path():
+    """A neural field is a Transform: its grid evaluation (separable, in slabs) equals mapping the
+    grid's points, and a velocity field's inverse undoes it."""
+    torch.manual_seed(3)
+    network = NeuralField(GRID, FieldConfig())
+    for p in network.mlp[-1].parameters():
+        p.data.normal_(0, 0.5)
+    points = GRID.world_points(torch.float32)[None]
+    with torch.no_grad():
+        field = FieldTransform(network)
+        torch.testing.assert_close(field.map_grid(GRID), field(points), atol=1e-4, rtol=0)
+        assert float((field(points) - points).abs().max()) > 0.1
+        velocity = FieldTransform(network, diffeomorphic=True, steps=8, solver="rk4")
+        back = velocity.inverse()(velocity(points))
+        assert float((back - points).norm(dim=-1).max()) < 1e-2
+    with pytest.raises(ValueError):
+        field.inverse()
 
 
 def test_mind_fit_works_across_contrasts(warped_pair):
@@ -331,8 +357,9 @@ def test_mind_fit_works_across_contrasts(warped_pair):
 
 
 def test_fit_field_content_metric_uses_the_given_encoder(pair_files, tmp_path):
-    from regode.encoder.networks import EncoderConfig
-    from regode.encoder.train import EncoderTrainConfig, train as train_encoder
+    from regode.encoder.config import EncoderConfig
+    from regode.encoder.config import EncoderTrainConfig
+    from regode.encoder.train import train as train_encoder
 
     folder, _ = pair_files
     encoder = tmp_path / "enc.pt"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -12,10 +14,11 @@ from regode.cli import app
 from regode.errors import RegodeError
 from regode.grid import Grid
 from regode.io import load_transform, read_image, write_image
-from regode.odenet import checkpoint
-from regode.odenet.data import MotionRange, SyntheticPairs, recenter
-from regode.odenet.model import MSODENet, ModelConfig, parse_schedule, pyramid
-from regode.odenet.train import TrainConfig, losses, train
+from regode import checkpoint
+from regode.odenet.data import SyntheticPairs, recenter
+from regode.odenet.config import ModelConfig, MotionRange, TrainConfig, parse_schedule
+from regode.odenet.model import MSODENet, load_model, pyramid
+from regode.odenet.train import losses, train
 from regode.synthetic import phantom_labels, render
 from regode.transforms import Rigid, euler_matrix, rotation_matrix
 from regode.warp import resample
@@ -70,7 +73,7 @@ def test_schedule_parsing():
     assert solvers[0].kwargs() == {"method": "adaptive_heun", "rtol": 1e-3, "atol": 1e-3}
     assert solvers[2].kwargs() == {"method": "euler", "options": {"step_size": 0.1}}
     for bad in ("F(0.1)-F(0.1)", "X(1)-F(1)-F(1)", "F(0.1)F(0.2)-F(1)", "F(-1)-F(1)-F(1)"):
-        with pytest.raises(ValueError):
+        with pytest.raises(RegodeError, match="schedule"):
             parse_schedule(bad, 3)
 
 
@@ -93,8 +96,8 @@ def test_checkpoint_round_trip(tmp_path, kind):
     model = MSODENet(config.model)
     for p in model.parameters():  # make the zero-initialised heads non-trivial
         p.data.add_(0.05 * torch.randn_like(p))
-    checkpoint.save(tmp_path / "m.pt", model, config, 7, 1.0, [])
-    again, doc = checkpoint.load_model(tmp_path / "m.pt", kind)
+    checkpoint.save(tmp_path / "m.pt", "regode.msodenet", model, config, 7, 1.0, [])
+    again, doc = load_model(tmp_path / "m.pt", kind)
     assert doc["step"] == 7 and again.config == model.config
     pair = SyntheticPairs(kind, size=24, spacing=6.0, seed=3).batch(0, 1)
     with torch.no_grad():
@@ -123,7 +126,7 @@ def test_training_lowers_the_loss():
 def test_adjoint_gradients_match_backprop():
     """With an accurate solver (rk4) the adjoint ODE gives the gradients of plain backprop."""
     config = _tiny("bspline")
-    config.model = ModelConfig(kind="bspline", levels=2, horizon=2.0, schedule="R(0.25)-R(0.25)", spacing=6.0, width=4)
+    config = replace(config, model=ModelConfig(kind="bspline", levels=2, horizon=2.0, schedule="R(0.25)-R(0.25)", spacing=6.0, width=4))
     torch.manual_seed(0)
     model = MSODENet(config.model)
     for p in model.parameters():
@@ -143,13 +146,13 @@ def test_adjoint_gradients_match_backprop():
 def test_resume_continues_exactly(tmp_path):
     config = _tiny("rigid")
     train(config, tmp_path / "full.pt", progress=False)
-    config.steps = 2
+    config = replace(config, steps=2)
     train(config, tmp_path / "part.pt", progress=False)
     train(config, tmp_path / "part.pt", resume=True, progress=False, steps=3)
-    a = checkpoint.load(tmp_path / "full.pt")["model"]
-    b = checkpoint.load(tmp_path / "part.pt")["model"]
+    a = checkpoint.load(tmp_path / "full.pt", "regode.msodenet", "MS-ODENet")["model"]
+    b = checkpoint.load(tmp_path / "part.pt", "regode.msodenet", "MS-ODENet")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert checkpoint.load(tmp_path / "part.pt")["step"] == 3
+    assert checkpoint.load(tmp_path / "part.pt", "regode.msodenet", "MS-ODENet")["step"] == 3
 
 
 def test_train_cli_writes_model_and_log(tmp_path):
@@ -158,7 +161,7 @@ def test_train_cli_writes_model_and_log(tmp_path):
                                  "--spacing", "6", "--levels", "2", "--schedule", "F(0.5)-F(1)", "--width", "4",
                                  "--batch", "1", "--validate-every", "1", "--max-sigma", "4", "--quiet"])
     assert result.exit_code == 0, result.output
-    model, doc = checkpoint.load_model(out, "dense")
+    model, doc = load_model(out, "dense")
     assert "optimizer" not in doc and doc["step"] == 2 and doc["train_config"]["lambda_reg"] == 10.0
     assert doc["train_config"]["motion"]["max_sigma"] == 4.0
     # the untrained model's validation (step 0) is the baseline, then one per step
@@ -222,7 +225,7 @@ def test_register_writes_the_fixed_to_moving_mapping(tmp_path):
     write_image(resample(render(labels, grid, 1), grid, grid, truth.inverse()), grid, tmp_path / "m.nii.gz")
     write_image(resample(labels.float(), grid, grid, truth.inverse(), "label"), grid, tmp_path / "ml.nii.gz", np.int16)
     model = _identity_model("rigid")
-    checkpoint.save(tmp_path / "r.pt", model, TrainConfig(model=model.config), 0, 0.0, [])
+    checkpoint.save(tmp_path / "r.pt", "regode.msodenet", model, TrainConfig(model=model.config), 0, 0.0, [])
     out = str(tmp_path / "t_")
     result = runner.invoke(app, ["register", "-f", str(tmp_path / "f.nii.gz"), "-m", str(tmp_path / "m.nii.gz"), "-o", out,
                                  "--model", "rigid", "--checkpoint", str(tmp_path / "r.pt"), "--moving-labels", str(tmp_path / "ml.nii.gz")])
@@ -254,7 +257,7 @@ def test_register_starts_rigid_models_from_the_principal_axes(tmp_path):
     model = MSODENet(ModelConfig(kind="rigid", spacing=3.0))
     for net in model.nets:
         net.step.data.zero_()
-    checkpoint.save(tmp_path / "r.pt", model, TrainConfig(model=model.config), 0, 0.0, [])
+    checkpoint.save(tmp_path / "r.pt", "regode.msodenet", model, TrainConfig(model=model.config), 0, 0.0, [])
     pts = torch.as_tensor(grid.center)[None, None] + torch.randn(1, 200, 3, dtype=torch.float64) * 30
     errors = {}
     from regode.io import save_transform
@@ -281,7 +284,7 @@ def test_register_writes_ants_readable_deformable_outputs(rotated_pair, tmp_path
 
     folder, _ = rotated_pair
     model = _identity_model("bspline")
-    checkpoint.save(tmp_path / "b.pt", model, TrainConfig(model=model.config), 0, 0.0, [])
+    checkpoint.save(tmp_path / "b.pt", "regode.msodenet", model, TrainConfig(model=model.config), 0, 0.0, [])
     out = str(tmp_path / "h_")
     result = runner.invoke(app, ["register", "-f", str(folder / "fixed.nii.gz"), "-m", str(folder / "moving.nii.gz"), "-o", out,
                                  "--model", "rigid+bspline", "--checkpoint", str(tmp_path / "b.pt"), "--device", "cpu", "--no-polish"])
@@ -332,9 +335,9 @@ def test_register_rejects_a_mismatched_label_image(rotated_pair, tmp_path):
 
 def test_load_model_checks_the_kind(tmp_path):
     model = MSODENet(ModelConfig(kind="dense"))
-    checkpoint.save(tmp_path / "d.pt", model, TrainConfig(model=model.config), 0, 0.0, [])
+    checkpoint.save(tmp_path / "d.pt", "regode.msodenet", model, TrainConfig(model=model.config), 0, 0.0, [])
     with pytest.raises(RegodeError, match="dense model"):
-        checkpoint.load_model(tmp_path / "d.pt", "rigid")
+        load_model(tmp_path / "d.pt", "rigid")
 
 
 def test_train_cli_default_batch(tmp_path):
@@ -342,7 +345,7 @@ def test_train_cli_default_batch(tmp_path):
     result = runner.invoke(app, ["train", "--model", "rigid", "--out", str(out), "--steps", "1", "--size", "24", "--spacing", "6",
                                  "--levels", "2", "--schedule", "F(0.5)-F(1)", "--width", "4", "--validate-every", "1", "--quiet"])
     assert result.exit_code == 0, result.output
-    doc = checkpoint.load(out)
+    doc = checkpoint.load(out, "regode.msodenet", "MS-ODENet")
     assert doc["train_config"]["batch"] == 2 and doc["train_config"]["motion"]["ramp_pairs"] == 1  # 0.5 * 1 step * 2 pairs
 
 
@@ -350,7 +353,7 @@ def test_train_cli_default_batch(tmp_path):
 def test_blur_paths_agree(dtype):
     """Without gradients the blur runs in SciPy, with them as a convolution: the same filter,
     replicated borders included (one axis shorter than the kernel), sigma-free axes untouched."""
-    from regode.odenet.preprocess import blur
+    from regode.preprocess import blur
 
     volume = torch.rand(2, 3, 5, 21, 22, generator=torch.Generator().manual_seed(0), dtype=dtype)
     sigmas = (0.7, 0.05, 2.4)  # x, y (left alone), z: radius 8 along an axis of 5

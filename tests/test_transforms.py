@@ -12,7 +12,7 @@ from regode.transforms import (
     Compose,
     DisplacementField,
     Rigid,
-    StationaryVelocityField,
+    integrate_velocity,
     euler_matrix,
     rotation_matrix,
 )
@@ -109,20 +109,27 @@ def test_displacement_field_inverse_converges_everywhere():
     assert float((full.field - early.field).abs().max()) < 2e-3
 
 
-def test_velocity_field_zero_is_identity_and_inverse_is_negation():
+def test_velocity_integration_zero_is_identity_and_reverse_is_the_inverse():
+    """The one velocity integrator (regode.transforms.integrate_velocity) on a sampled velocity field."""
     grid = Grid((20, 22, 18), (2.0, 2.0, 2.0))
     pts = grid.world_points(dtype=torch.float64)[None]
-    zero = StationaryVelocityField(grid, torch.zeros(1, 3, *grid.shape, dtype=torch.float64))
-    torch.testing.assert_close(zero(pts), pts)
-    v = random_bspline(grid, 12.0, 2.0, seed=4).displacement(grid)
-    svf = StationaryVelocityField(grid, v)
-    err = (svf.inverse()(svf(pts)) - pts).norm(dim=-1)[:, 3:-3, 3:-3, 3:-3]
-    assert err.median() < 0.05
-    # exp(v) for a constant velocity is a translation by v
+
+    def velocity_of(field):
+        sampled = DisplacementField(grid, field)
+        return lambda y: sampled(y) - y
+
+    zero = velocity_of(torch.zeros(1, 3, *grid.shape, dtype=torch.float64))
+    torch.testing.assert_close(integrate_velocity(zero, pts, 4, "rk4"), pts)
+    v = velocity_of(random_bspline(grid, 12.0, 2.0, seed=4).displacement(grid))
+    there = integrate_velocity(v, pts, 8, "rk4")
+    err = (integrate_velocity(v, there, 8, "rk4", reverse=True) - pts).norm(dim=-1)[:, 3:-3, 3:-3, 3:-3]
+    assert err.median() < 0.05 and float((there - pts).norm(dim=-1).max()) > 1.0
+    # a constant velocity integrates to a translation by it
     const = torch.zeros(1, 3, *grid.shape, dtype=torch.float64)
     const[:, 0] = 1.5
-    moved = StationaryVelocityField(grid, const)(pts[:, 5:-5, 5:-5, 5:-5])
-    torch.testing.assert_close(moved - pts[:, 5:-5, 5:-5, 5:-5], torch.tensor([1.5, 0, 0], dtype=torch.float64).expand_as(moved))
+    inner = pts[:, 5:-5, 5:-5, 5:-5]
+    moved = integrate_velocity(velocity_of(const), inner, 3, "euler")
+    torch.testing.assert_close(moved - inner, torch.tensor([1.5, 0, 0], dtype=torch.float64).expand_as(moved))
 
 
 def test_bspline_separable_equals_pointwise(awkward_grid):

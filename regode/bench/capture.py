@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from ..grid import Grid
-from ..losses import mattes_mutual_information
+from ..encoder.features import e3d, e3d_distance, slice_positions
+from ..losses import mattes_mutual_information, mind
 from ..sampling import sample
 from ..transforms import Rigid
 
@@ -34,8 +35,6 @@ class Metrics:
     """Cost functions (lower is better) of a moved volume against one fixed volume on ``grid``."""
 
     def __init__(self, fixed: torch.Tensor, encoder=None, slices_per_axis: int = 8, seed: int = 0):
-        from ..encoder.features import e3d, mind, slice_positions
-
         self.fixed, self.encoder = fixed, encoder
         self.fixed_mind = mind(fixed)
         if encoder is not None:
@@ -46,8 +45,6 @@ class Metrics:
 
     @torch.no_grad()
     def __call__(self, name: str, moved: torch.Tensor) -> float:
-        from ..encoder.features import e3d, e3d_distance, mind
-
         if name == "mi":
             return -float(mattes_mutual_information(moved, self.fixed))
         if name == "mind":

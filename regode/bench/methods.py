@@ -9,12 +9,22 @@ name used with ``--methods`` to a factory; a method whose dependency is missing 
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Protocol
 
+import numpy as np
+import torch
+
+from ..alignment import starting_point
+from ..errors import RegodeError
 from ..io import Image, load_transform_chain
-from ..nir.fields import FieldConfig
-from ..odenet.register import MODELS
+from ..nir.config import FieldConfig, FitConfig
+from ..nir.fit import fit_images
+from ..odenet.config import MODELS, RegisterConfig
+from ..odenet.model import MSODENet
+from ..odenet.register import load_models, register_images
+from ..preprocess import working_image
 from ..transforms import Compose, Transform
 
 
@@ -35,8 +45,7 @@ class Identity:
 
 def to_ants(image: Image):
     """An in-memory ANTs image with the same grid (ANTs arrays are indexed (i, j, k))."""
-    import ants
-    import numpy as np
+    import ants  # optional (regode[bench])
 
     g = image.grid
     array = image.data[0, 0].numpy().transpose(2, 1, 0).astype(np.float32)
@@ -71,9 +80,6 @@ class Regode:
     and the polish alone: the ablation of the networks); ``overrides``: RegisterConfig fields."""
 
     def __init__(self, model: str, networks: bool = True, **overrides):
-        from ..errors import RegodeError
-        from ..odenet.register import RegisterConfig, load_models
-
         self.config = RegisterConfig(model=model, **overrides)
         try:
             self.models = load_models(self.config)
@@ -82,8 +88,6 @@ class Regode:
             self.unavailable = str(exc)
             return
         if not networks:  # untrained networks (zero last layers) with zero force steps: zero velocity
-            from ..odenet.model import MSODENet
-
             for kind, (net, path) in self.models.items():
                 blank = MSODENet(net.config)
                 for level in blank.nets:
@@ -91,10 +95,7 @@ class Regode:
                 self.models[kind] = (blank, path)
 
     def register(self, fixed: Image, moving: Image, seed: int) -> Transform:
-        from ..odenet.register import register_images
-
-        self.config.seed = seed
-        return register_images(fixed, moving, self.config, self.models).transform
+        return register_images(fixed, moving, replace(self.config, seed=seed), self.models).transform
 
 
 class PrincipalAxes:
@@ -104,14 +105,9 @@ class PrincipalAxes:
     unavailable = None
 
     def register(self, fixed: Image, moving: Image, seed: int) -> Transform:
-        import torch
-
-        from ..odenet.register import RegisterConfig, starting_point
-        from ..pipeline import working_image
-
         f, f_grid = working_image(fixed, 2.0, torch.device("cpu"))
         m, m_grid = working_image(moving, 2.0, torch.device("cpu"))
-        return starting_point(f, f_grid, m, m_grid, RegisterConfig(), rigid=True)[0]
+        return starting_point(f, f_grid, m, m_grid, (), center_of_mass=True, axes=True)[0]
 
 
 class NeuralField:
@@ -120,15 +116,10 @@ class NeuralField:
     unavailable = None
 
     def __init__(self, **overrides):
-        from ..nir.fit import FitConfig
-
         self.config = FitConfig(**overrides)
 
     def register(self, fixed: Image, moving: Image, seed: int) -> Transform:
-        from ..nir.fit import fit_images
-
-        self.config.seed = seed
-        return fit_images(fixed, moving, self.config).transform
+        return fit_images(fixed, moving, replace(self.config, seed=seed)).transform
 
 
 METHODS: dict[str, Callable[[], Method]] = {
@@ -137,7 +128,7 @@ METHODS: dict[str, Callable[[], Method]] = {
     "ants:SyN": lambda: Ants("SyN"),
     "ants:SyNRA": lambda: Ants("SyNRA"),
     **{f"regode:{m}": (lambda m=m: Regode(m)) for m in MODELS},
-    # the networks alone, without the mutual-information polish after each (regode.refine)
+    # the networks alone, without the mutual-information polish after each (regode.odenet.polish)
     **{f"regode:{m}-net": (lambda m=m: Regode(m, polish=False)) for m in MODELS},
     # the start and the polish without the networks (their velocities zeroed)
     **{f"regode:{m}-polish-only": (lambda m=m: Regode(m, networks=False)) for m in MODELS},

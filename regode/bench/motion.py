@@ -7,33 +7,13 @@ contrast resampled through ``truth``'s inverse, so ``moving(truth(x)) = contrast
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from ..grid import Grid
 from ..transforms import Affine, BSpline, Compose, DisplacementField, Transform, euler_matrix
+from .config import TASKS, MotionConfig
 
-TASKS = ("rigid", "deformable", "rigid+deformable")
-
-
-@dataclass(frozen=True)
-class MotionConfig:
-    """Distributions of the synthetic motion; defaults are the paper's."""
-
-    max_rotation: float = 75.0
-    """rigid task: rotations U(-max, max) degrees about each axis (x, y, z; ITK Euler order)."""
-    max_translation: float = 20.0
-    """rigid task: translations U(-max, max) mm on each axis."""
-    hybrid_max_rotation: float = 40.0
-    """rigid+deformable task: rotation range in degrees."""
-    hybrid_max_translation: float = 10.0
-    """rigid+deformable task: translation range in mm."""
-    bspline_sigma: float = 8.0
-    """deformable tasks: control-point displacements N(0, sigma^2) mm on each axis."""
-    control_spacing: float = 40.0
-    """deformable tasks: B-spline control-point spacing in mm (coarse enough to stay invertible)."""
 
 
 def rigid_about_center(angles_deg: np.ndarray, translation: np.ndarray, center: np.ndarray) -> Affine:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..datasets import Subject, discover
 from ..errors import RegodeError
 from ..grid import Grid
 from ..io import Image, read_image
@@ -19,66 +20,14 @@ from ..transforms import Compose
 from ..warp import resample
 from . import metrics
 from .methods import METHODS
-from .motion import TASKS, MotionConfig, inverse_on, sample_motion
+from .config import BenchConfig
+from .motion import inverse_on, sample_motion
 
-CONTRASTS = ("t1", "t1c", "t2", "flair", "pd")
-LABEL_FILES = ("seg", "labels")
-NOT_CONTRASTS = LABEL_FILES + ("wml", "mask", "brainmask")
 METRICS = ("dice", "rmse_x", "rmse_phi", "neg_jac_pct", "sdlogj", "hd95", "seconds", "memory_mb", "gpu_memory_mb")
 HEADINGS = {"dice": "Dice (%)", "rmse_x": "RMSE(x)", "rmse_phi": "RMSE(phi) mm", "neg_jac_pct": "% det J<=0", "sdlogj": "SDlogJ",
             "hd95": "HD95 mm", "seconds": "s / pair", "memory_mb": "memory MB", "gpu_memory_mb": "GPU memory MB"}
 FORMATS = {"dice": ".1f", "rmse_x": ".4f", "rmse_phi": ".2f", "neg_jac_pct": ".3f", "sdlogj": ".3f", "hd95": ".2f", "seconds": ".2f",
            "memory_mb": ".0f", "gpu_memory_mb": ".0f"}
-ALL_TASKS = TASKS + ("inter-subject",)
-
-
-@dataclass
-class BenchConfig:
-    """Everything that defines a benchmark run (saved in the JSON)."""
-
-    data: str
-    """dataset folder: DIR/<subject>/<contrast>.nii.gz, optional seg.nii.gz or labels.nii.gz."""
-    task: str = "rigid"
-    """rigid, deformable, rigid+deformable (synthetic motion) or inter-subject."""
-    methods: list[str] = field(default_factory=lambda: ["identity"])
-    """method names, as in regode.bench.methods.METHODS."""
-    pairs: int = 5
-    """number of cases."""
-    seed: int = 0
-    """seed of case selection, motion and the methods."""
-    resolution: float | None = 2.0
-    """isotropic working spacing in mm (None: the fixed image's own grid)."""
-    threads: int = 0
-    """CPU threads for every method (0: all cores)."""
-    contrasts: str = "different"
-    """synthetic-motion tasks: the moving image is another contrast of the subject (different)
-    or the same contrast (same, a mono-modal case)."""
-    motion: MotionConfig = field(default_factory=MotionConfig)
-    """synthetic motion distributions."""
-
-
-@dataclass
-class Subject:
-    name: str
-    contrasts: dict[str, Path]
-    labels: Path | None
-
-
-def discover(data: str | Path) -> list[Subject]:
-    """Subjects of a dataset folder, contrasts in the order t1 t1c t2 flair pd, then others."""
-    root = Path(data)
-    if not root.is_dir():
-        raise RegodeError(f"dataset folder not found: {root}")
-    subjects = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        files = {p.name[: -len(".nii.gz")]: p for p in folder.glob("*.nii.gz")}
-        names = [c for c in CONTRASTS if c in files] + sorted(c for c in files if c not in CONTRASTS and c not in NOT_CONTRASTS)
-        labels = next((files[n] for n in LABEL_FILES if n in files), None)
-        if names:
-            subjects.append(Subject(folder.name, {c: files[c] for c in names}, labels))
-    if not subjects:
-        raise RegodeError(f"no subjects with <contrast>.nii.gz images in {root}")
-    return subjects
 
 
 @dataclass
@@ -264,15 +213,12 @@ def run(config: BenchConfig, out_prefix: str | Path, progress: bool = True) -> d
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    if config.task not in ALL_TASKS:
-        raise RegodeError(f"unknown task {config.task!r}: choose from {', '.join(ALL_TASKS)}")
-    unknown = [m for m in config.methods if m not in METHODS]
-    if unknown:
-        raise RegodeError(f"unknown method(s) {', '.join(unknown)}: available {', '.join(METHODS)}")
     out_prefix = Path(out_prefix)
     json_path, md_path = out_prefix.with_name(out_prefix.name + ".json"), out_prefix.with_name(out_prefix.name + ".md")
     check_writable(json_path)
     console = Console(stderr=True)
+    if config.threads:
+        torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     subjects = discover(config.data)
     methods, notes = {}, []

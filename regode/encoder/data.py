@@ -1,7 +1,7 @@
 """Training slabs for the translation model: co-registered contrasts of one anatomy, cut into
 stacks of adjacent slices, from two sources behind one interface.
 
-- :class:`SyntheticSubjects`: random heads (the MS-ODENet generator's label maps) whose regions get
+- :class:`SyntheticSubjects`: random heads (regode.synthetic's label maps) whose regions get
   a tissue class (white matter, grey matter, deep grey matter, CSF, lesion), rendered as each
   modality with that modality's tissue contrast (T1: CSF dark, white matter bright; T2: the
   reverse; FLAIR: CSF dark, lesions bright; T1c: lesions enhance), jittered per subject and
@@ -18,9 +18,14 @@ from dataclasses import dataclass
 
 import torch
 
+from ..datasets import discover
 from ..errors import RegodeError
-from ..odenet.data import random_head, render_contrast, training_grid
-from ..odenet.preprocess import center_of_mass, to_grid
+from ..grid import Grid
+from ..io import read_image
+from ..preprocess import center_of_mass, to_grid
+from ..sampling import sample
+from ..synthetic import random_head, render_contrast, training_grid
+from ..transforms import rotation_matrix
 
 # mean intensity of each tissue class (rows: CSF, GM, WM, deep GM, lesion) in each modality
 TISSUE_MEANS = {
@@ -73,10 +78,6 @@ def moved_slabs(volume: torch.Tensor, points: torch.Tensor, rotvec: torch.Tensor
     (z, y, x) mapped by ``p -> R (p - o) + o + shift``: R the rotation of ``rotvec`` (radians, about
     the volume's centre o), ``shift`` in voxels. Cutting slabs of the volume moved by the inverse
     motion gives the same values."""
-    from ..grid import Grid
-    from ..sampling import sample
-    from ..transforms import rotation_matrix
-
     shape = torch.tensor(volume.shape[2:], dtype=torch.float32)
     origin = (shape - 1) / 2
     mapped = (points - origin) @ rotation_matrix(rotvec[None].float())[0].T + origin + shift
@@ -186,9 +187,6 @@ class FolderSubjects(SubjectSource):
 
     def __init__(self, data, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        from ..bench.run import discover
-        from ..io import read_image
-
         self.subjects = []
         for subject in discover(data):
             names = [c for c in subject.contrasts if c in self.modalities]

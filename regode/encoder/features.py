@@ -1,5 +1,5 @@
-"""Content features of volumes for registration: E3D, the content distance, dense feature
-volumes, and MIND (the hand-made modality-independent descriptor, for comparison).
+"""Content features of volumes for registration: E3D, the content distance and dense feature
+volumes (the hand-made MIND descriptor they are compared with is in regode.losses).
 
 E3D (paper section 2.2): the 2D content encoder applied to stacks of adjacent slices at N slice
 positions along each of the three axes. The positions are drawn with a seeded generator inside
@@ -12,9 +12,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..odenet.preprocess import blur
+from .. import checkpoint
+from .. import config as configs
+from ..errors import RegodeError
+from ..preprocess import blur
 from .data import cut_slabs
-from .networks import ContentEncoder
+from .networks import ContentEncoder, EncoderConfig, Translator
+
+FORMAT = "regode.encoder"
+"""the checkpoint format of content-encoder model files (regode.checkpoint)."""
 
 SMOOTH = 1.0
 """voxels: the Gaussian applied to a volume before it is encoded. Without it the features react
@@ -78,22 +84,18 @@ def content_volume(encoder: ContentEncoder, volume: torch.Tensor, slices: int, c
     return total / 3
 
 
-def mind(volume: torch.Tensor, radius: int = 1, dilation: int = 2) -> torch.Tensor:
-    """MIND (Heinrich et al. 2012) with the six-neighbourhood: ``[B, 6, nz, ny, nx]``, each channel
-    exp(-D_k / V) normalised to a maximum of 1 per voxel, D_k the patch distance (box of
-    ``2 radius + 1``) to the voxel ``dilation`` away along one direction, V the mean of the D_k."""
-    shifts = [(dilation, 0, 0), (-dilation, 0, 0), (0, dilation, 0), (0, -dilation, 0), (0, 0, dilation), (0, 0, -dilation)]
-    pad = dilation
-    padded = F.pad(volume, (pad,) * 6, mode="replicate")
-    nz, ny, nx = volume.shape[2:]
-    distances = []
-    for dz, dy, dx in shifts:
-        shifted = padded[:, :, pad + dz : pad + dz + nz, pad + dy : pad + dy + ny, pad + dx : pad + dx + nx]
-        d = (volume - shifted).square()
-        k = 2 * radius + 1
-        distances.append(F.avg_pool3d(F.pad(d, (radius,) * 6, mode="replicate"), k, stride=1))
-    d = torch.cat(distances, 1)
-    v = d.mean(1, keepdim=True)
-    v = v.clamp(min=1e-3 * float(v.mean()) + 1e-12)
-    m = torch.exp(-d / v)
-    return m / m.amax(1, keepdim=True)
+def load_encoder(path=None, spacing: float | None = None) -> tuple[Translator, dict]:
+    """The translation model in ``path`` (None: the shipped ``weights/encoder.pt``; eval mode) and
+    its checkpoint document. With ``spacing`` (mm), an encoder trained at another spacing is refused:
+    its features are not scale-invariant."""
+    path = path or checkpoint.weights_dir() / "encoder.pt"
+    document = checkpoint.load(path, FORMAT, "encoder")
+    try:
+        model = Translator(configs.from_dict(EncoderConfig, document["model_config"]))
+        model.load_state_dict(document["model"])
+    except (TypeError, ValueError, RuntimeError, KeyError, RegodeError) as exc:
+        raise RegodeError(f"{path} does not hold a valid encoder: {str(exc).splitlines()[0][:200]}") from None
+    trained = model.config.spacing
+    if spacing is not None and abs(trained - spacing) > 0.01 * spacing:
+        raise RegodeError(f"{path} was trained on {trained:g} mm slices, the images are registered at {spacing:g} mm (use --spacing {trained:g})")
+    return model.eval(), document

@@ -16,48 +16,11 @@ Only E^c is used for registration; the rest exists to train it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-MODALITIES = ("t1", "t1c", "t2", "flair")
-
-
-@dataclass
-class EncoderConfig:
-    """Architecture of the translation model (saved in every checkpoint)."""
-
-    modalities: tuple[str, ...] = MODALITIES
-    """the modality one-hot codes, in this order (contrast names of the benchmark layout)."""
-    slices: int = 5
-    """adjacent slices stacked as input channels."""
-    width: int = 16
-    """channels of the first conv layer."""
-    content: int = 32
-    """content feature channels (half resolution)."""
-    style: int = 8
-    """style vector length."""
-    blocks: int = 2
-    """residual blocks in E^c and in G."""
-    spacing: float = 2.0
-    """mm: the spacing of the slices the model is trained on (and expects)."""
-
-    def __post_init__(self):
-        self.modalities = tuple(self.modalities)
-        if len(set(self.modalities)) != len(self.modalities) or not self.modalities:
-            raise ValueError("modalities must be distinct names")
-        if self.slices < 1 or self.slices % 2 == 0:
-            raise ValueError("slices must be an odd number")
-        if min(self.width, self.content, self.style, self.blocks) < 1 or not self.spacing > 0:
-            raise ValueError("width, content, style, blocks and spacing must be positive")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["modalities"] = list(self.modalities)
-        return d
-
+from .config import EncoderConfig
 
 def one_hot(index: torch.Tensor, count: int, like: torch.Tensor) -> torch.Tensor:
     """The one-hot codes of ``index [B]`` as constant channels ``[B, count, h, w]`` shaped like ``like``."""
@@ -190,9 +153,3 @@ class Translator(nn.Module):
     def translate(self, image: torch.Tensor, style_image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``image``'s content rendered in the style of ``style_image`` (of modality ``target``)."""
         return self.generator(self.content(image), self.style(style_image, target), target, image.shape[-2:])
-
-    def modality_index(self, name: str) -> int:
-        try:
-            return self.config.modalities.index(name)
-        except ValueError:
-            raise KeyError(f"modality {name!r} is not one of {', '.join(self.config.modalities)}") from None

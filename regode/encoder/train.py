@@ -26,72 +26,21 @@ carry both optimisers and the step; a batch is a pure function of (seed, step), 
 from __future__ import annotations
 
 import copy
-import json
-import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from .. import training
 from ..errors import RegodeError
-from ..odenet import checkpoint
+from .config import EncoderTrainConfig
 from .data import FolderSubjects, Slabs, SyntheticSubjects
-from .networks import EncoderConfig, Translator
+from .features import FORMAT
+from .networks import Translator
 
-FORMAT = "regode.encoder"
 VALIDATION_OFFSET = 10_000_000
 VALIDATION_MOTIONS = 4
 """moved copies per validation batch (for the ``ordered`` and ``basin`` figures), whether or not
 the run trains the basin term."""
-
-
-@dataclass
-class EncoderTrainConfig:
-    """Everything that defines an encoder training run (saved in every checkpoint)."""
-
-    model: EncoderConfig = field(default_factory=EncoderConfig)
-    data: str | None = None
-    """dataset folder (benchmark layout); None: synthetic subjects."""
-    steps: int = 6000
-    batch: int = 4
-    """slab pairs per step."""
-    lr: float = 1e-4
-    size: int = 96
-    """subjects are SIZE^3 voxels at the model's spacing; slabs are SIZE x SIZE."""
-    reuse: int = 4
-    """steps that share one subject (generating a head costs more than a step)."""
-    seed: int = 0
-    lambda_image: float = 10.0
-    lambda_cross: float = 10.0
-    lambda_cycle: float = 10.0
-    lambda_content: float = 1.0
-    lambda_style: float = 1.0
-    lambda_shared: float = 1.0
-    lambda_adv: float = 1.0
-    lambda_basin: float = 0.0
-    """the basin term's weight; off by default (measured: it did not widen the capture range on BraTS, docs/encoder.md)."""
-    basin_motions: int = 3
-    """moved copies of the b slabs per step (fractions of one motion)."""
-    basin_angle: float = 180.0
-    """degrees: the largest rotation of the basin term's motions (about a random axis)."""
-    basin_shift: float = 40.0
-    """mm: the largest shift of the basin term's motions."""
-    basin_margin: float = 2.0
-    """the least rise of log d per unit of motion fraction the basin term asks for."""
-    checkpoint_every: int = 100
-    validate_every: int = 250
-    val_batches: int = 4
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["model"] = self.model.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "EncoderTrainConfig":
-        d = dict(d)
-        d["model"] = EncoderConfig(**d["model"])
-        return cls(**d)
 
 
 def make_source(config: EncoderTrainConfig):
@@ -212,97 +161,49 @@ def save_samples(model: Translator, s: Slabs, path: Path, modalities) -> None:
     plt.close(fig)
 
 
+class Run:
+    """One encoder training run (a regode.training.Run): the generator side (E^c, E^s, G) and the
+    discriminator take turns, each with its own Adam."""
+
+    def __init__(self, config: EncoderTrainConfig, out: Path):
+        self.config, self.samples = config, out.with_name(out.name + ".samples")
+        self.model = Translator(config.model)
+        g_params = [p for n, p in self.model.named_parameters() if not n.startswith("discriminator.")]
+        self.optimizers = {"g": torch.optim.Adam(g_params, lr=config.lr, betas=(0.5, 0.999)),
+                           "d": torch.optim.Adam(self.model.discriminator.parameters(), lr=config.lr, betas=(0.5, 0.999))}
+        self.source = make_source(config)
+        val_source = copy.copy(self.source)  # shares a folder's loaded subjects
+        val_source.reuse, val_source._cache, val_source.motions = 1, None, VALIDATION_MOTIONS
+        self.val = [val_source.batch(VALIDATION_OFFSET + i) for i in range(config.val_batches)]
+        self.title = "train encoder"
+
+    def step(self, step: int) -> dict:
+        slabs = self.source.batch(step)
+        loss, info = generator_losses(self.model, slabs, self.config)
+        self.optimizers["g"].zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizers["g"].step()
+        d_loss = discriminator_loss(self.model, slabs, *info.pop("translated"))
+        self.optimizers["d"].zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.optimizers["d"].step()
+        if not torch.isfinite(loss):
+            raise RegodeError(f"training diverged at step {step} (non-finite loss): lower --lr")
+        return {"loss": float(loss.detach()), "d_loss": float(d_loss.detach()), **info}
+
+    def validate(self) -> dict:
+        return validate(self.model, self.val, self.config.basin_margin)
+
+    def describe(self, record: dict, last: dict, seconds: float) -> str:
+        return (f"loss {record['loss']:.3f} ({1 / seconds:.1f} it/s) val cross {last['cross_l1']:.3f} ratio {last['content_ratio']:.3f}"
+                + (f" ordered {last['ordered']:.2f}" if "ordered" in last else ""))
+
+    def after_validation(self, step: int) -> None:
+        save_samples(self.model, self.val[0], self.samples / f"step_{step:06d}.png", self.config.model.modalities)
+
+
 def train(config: EncoderTrainConfig, out: Path, resume: bool = False, progress: bool = True, steps: int | None = None) -> dict:
     """Train (or resume) and write ``out`` (final model), ``out.ckpt`` (resumable state),
     ``out.log.jsonl`` and sample translations in ``out.samples/``."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     out = Path(out)
-    ckpt_path, log_path = checkpoint.training_files(out)
-    samples = out.with_name(out.name + ".samples")
-    console = Console(stderr=True)
-    state = None
-    if resume:
-        state = checkpoint.resume_state(out, fmt=FORMAT, what="encoder")
-        config = EncoderTrainConfig.from_dict(state["train_config"])
-        config.steps = steps or config.steps
-    torch.manual_seed(config.seed)
-    model = Translator(config.model)
-    g_params = [p for n, p in model.named_parameters() if not n.startswith("discriminator.")]
-    opt_g = torch.optim.Adam(g_params, lr=config.lr, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=config.lr, betas=(0.5, 0.999))
-    step, seconds, history = 0, 0.0, []
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt_g.load_state_dict(state["optimizer"]["g"])
-        opt_d.load_state_dict(state["optimizer"]["d"])
-        step, seconds, history = state["step"], state["seconds"], state["history"]
-        console.print(f"resuming {ckpt_path} at step {step}")
-    source = make_source(config)
-    val_source = copy.copy(source)  # shares a folder's loaded subjects
-    val_source.reuse, val_source._cache, val_source.motions = 1, None, VALIDATION_MOTIONS
-    val = [val_source.batch(VALIDATION_OFFSET + i) for i in range(config.val_batches)]
-
-    def save(path: Path, final: bool) -> None:
-        optimizer = None if final else {"g": opt_g.state_dict(), "d": opt_d.state_dict()}
-        checkpoint.save(path, model, config, step, seconds, history, optimizer, fmt=FORMAT)
-
-    def log(record: dict) -> None:
-        with open(log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    if step == 0 and not history:
-        history.append({"step": 0, **validate(model, val, config.basin_margin), "seconds": 0.0})
-        log(history[-1])
-    model.train()
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not progress) as bar:
-        job = bar.add_task("train encoder", total=config.steps, completed=step, info="")
-        while step < config.steps:
-            start = time.perf_counter()
-            slabs = source.batch(step)
-            loss, info = generator_losses(model, slabs, config)
-            opt_g.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_g.step()
-            d_loss = discriminator_loss(model, slabs, *info.pop("translated"))
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-            if not torch.isfinite(loss):
-                raise RegodeError(f"training diverged at step {step} (non-finite loss): lower --lr")
-            step += 1
-            elapsed = time.perf_counter() - start
-            seconds += elapsed
-            record = {"step": step, "loss": float(loss.detach()), "d_loss": float(d_loss.detach()), **info, "seconds": round(seconds, 2)}
-            if step % config.validate_every == 0 or step == config.steps:
-                figures = validate(model, val, config.basin_margin)
-                record.update(figures)
-                history.append({"step": step, **figures, "seconds": round(seconds, 1)})
-                save_samples(model, val[0], samples / f"step_{step:06d}.png", config.model.modalities)
-            log(record)
-            last = history[-1]
-            bar.update(job, advance=1, info=f"loss {record['loss']:.3f} ({1 / elapsed:.1f} it/s) val cross {last['cross_l1']:.3f} ratio {last['content_ratio']:.3f}"
-                       + (f" ordered {last['ordered']:.2f}" if "ordered" in last else ""))
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                save(ckpt_path, final=False)
-    save(out, final=True)
-    return {"steps": step, "seconds": seconds, "history": history}
-
-
-def load_encoder(path=None, spacing: float | None = None) -> tuple[Translator, dict]:
-    """The translation model in ``path`` (None: the shipped ``weights/encoder.pt``; eval mode) and
-    its checkpoint document. With ``spacing`` (mm), an encoder trained at another spacing is refused:
-    its features are not scale-invariant."""
-    path = path or checkpoint.weights_dir() / "encoder.pt"
-    document = checkpoint.load(path, fmt=FORMAT, what="encoder")
-    try:
-        model = Translator(EncoderConfig(**document["model_config"]))
-        model.load_state_dict(document["model"])
-    except (TypeError, ValueError, RuntimeError, KeyError) as exc:
-        raise RegodeError(f"{path} does not hold a valid encoder: {str(exc).splitlines()[0][:200]}") from None
-    trained = model.config.spacing
-    if spacing is not None and abs(trained - spacing) > 0.01 * spacing:
-        raise RegodeError(f"{path} was trained on {trained:g} mm slices, the images are registered at {spacing:g} mm (use --spacing {trained:g})")
-    return model.eval(), document
+    return training.train(lambda c: Run(c, out), config, out, FORMAT, "encoder", resume, progress, steps)

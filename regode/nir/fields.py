@@ -10,8 +10,9 @@ every fit starts from the identity. Encodings:
 - ``none``: the normalised coordinates themselves (with ``activation="sine"``: SIREN).
 
 ``activation`` is ``relu`` or ``sine`` (SIREN's initialisation, first-layer frequency ``omega0``).
-A field's output is a displacement, or a stationary velocity integrated over [0, 1] by
-:func:`flow` (torchdiffeq, fixed steps), which gives a diffeomorphic mapping.
+:class:`FieldTransform` makes a field a :class:`~regode.transforms.Transform`: its output is a
+displacement, or a stationary velocity integrated over [0, 1] (regode.transforms.integrate_velocity,
+fixed steps), which gives a diffeomorphic mapping.
 """
 
 from __future__ import annotations
@@ -25,34 +26,8 @@ from torch import nn
 
 from ..grid import Grid
 from ..sampling import sample
-
-ENCODINGS = ("grid", "fourier", "none")
-ACTIVATIONS = ("relu", "sine")
-
-
-@dataclass
-class FieldConfig:
-    encoding: str = "grid"
-    activation: str = "relu"
-    hidden: int = 32
-    layers: int = 2
-    """hidden layers of the MLP."""
-    grid_levels: int = 4
-    grid_coarsest: float = 32.0
-    """node spacing (mm) of the coarsest feature grid; each level halves it."""
-    grid_features: int = 4
-    fourier_features: int = 64
-    fourier_sigma: float = 4.0
-    omega0: float = 30.0
-
-    def check(self) -> None:
-        from ..errors import RegodeError
-
-        if self.encoding not in ENCODINGS:
-            raise RegodeError(f"unknown encoding {self.encoding!r}: choose from {', '.join(ENCODINGS)}")
-        if self.activation not in ACTIVATIONS:
-            raise RegodeError(f"unknown activation {self.activation!r}: choose from {', '.join(ACTIVATIONS)}")
-
+from ..transforms import Transform, integrate_velocity
+from .config import FieldConfig
 
 def feature_grid(domain: Grid, spacing: float) -> Grid:
     """An isotropic grid in ``domain``'s orientation whose nodes cover ``domain`` with one node to
@@ -130,7 +105,6 @@ class NeuralField(nn.Module):
 
     def __init__(self, domain: Grid, config: FieldConfig):
         super().__init__()
-        config.check()
         self.config = config
         # world -> [-1, 1] over the domain, for the coordinate encodings
         m = torch.as_tensor(domain.matrix("world", "normalised"), dtype=torch.float32)
@@ -174,12 +148,47 @@ class NeuralField(nn.Module):
         return self.mlp(features)
 
 
-def flow(velocity: nn.Module, points: torch.Tensor, steps: int, solver: str, reverse: bool = False) -> torch.Tensor:
-    """Positions at t = 1 of ``points`` moved by the stationary velocity field (t = -1 when
-    ``reverse``: the inverse mapping), integrated with ``steps`` fixed steps of ``solver``."""
-    from torchdiffeq import odeint
+CHUNK = 1 << 18
+"""points per evaluation of a whole grid without gradients (bounded memory at 1 mm)."""
 
-    sign = -1.0 if reverse else 1.0
-    times = torch.tensor([0.0, 1.0], dtype=points.dtype, device=points.device)
-    path = odeint(lambda t, y: sign * velocity(y), points, times, method=solver, options={"step_size": 1.0 / steps})
-    return path[-1]
+
+class FieldTransform(Transform):
+    """A neural field as a transform: ``x -> x + f(x)``, or with ``diffeomorphic`` the flow of the
+    stationary velocity ``f`` over [0, 1] (``reverse``: over [0, -1], its inverse)."""
+
+    def __init__(self, network: NeuralField, diffeomorphic: bool = False, steps: int = 6, solver: str = "euler",
+                 reverse: bool = False):
+        super().__init__()
+        self.network, self.diffeomorphic, self.steps, self.solver, self.reverse = network, diffeomorphic, steps, solver, reverse
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() or points[..., 0].numel() <= CHUNK:
+            return self._map(points)
+        flat = points.reshape(-1, 3)
+        return torch.cat([self._map(part) for part in flat.split(CHUNK)]).reshape(points.shape)
+
+    def _map(self, points: torch.Tensor) -> torch.Tensor:
+        if self.diffeomorphic:
+            return integrate_velocity(self.network, points, self.steps, self.solver, self.reverse)
+        return points + self.network(points)
+
+    def map_grid(self, grid: Grid, slab: slice = slice(None), dtype: torch.dtype | None = None) -> torch.Tensor:
+        """A displacement field's values at the voxels of ``grid`` are computed separably (see
+        :meth:`NeuralField.on_grid`), a few slices at a time."""
+        if self.diffeomorphic:
+            return super().map_grid(grid, slab, dtype)
+        ref = self._reference_tensor()
+        nz, ny, nx = grid.shape
+        rows = range(nz)[slab]
+        step = max(1, CHUNK // (ny * nx))
+        parts = []
+        for k in range(rows.start, rows.stop, step):
+            part = slice(k, min(k + step, rows.stop))
+            points = grid.world_points(dtype or ref.dtype, ref.device, part)
+            parts.append(points + self.network.on_grid(grid, part).to(points.dtype))
+        return torch.cat(parts)[None]
+
+    def inverse(self) -> "FieldTransform":
+        if not self.diffeomorphic:
+            raise ValueError("only velocity fields have a closed-form inverse")
+        return FieldTransform(self.network, True, self.steps, self.solver, not self.reverse)

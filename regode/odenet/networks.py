@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .preprocess import blur
+from ..preprocess import blur
+from ..transforms import skew
 
 
 class Conv3d(nn.Conv3d):
@@ -98,9 +99,7 @@ def fit_rigid_velocity(v: torch.Tensor, weight: torch.Tensor, center_index: torc
     axes = [torch.arange(n, dtype=v.dtype, device=v.device) * stride + offset for n in (nx, ny, nz)]
     index = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).permute(2, 1, 0, 3).reshape(1, -1, 3)  # z, y, x order
     r = (index - center_index[:, None, :].to(v.dtype)) * spacing  # [B, N, 3] mm from the centre
-    zero = torch.zeros_like(r[..., 0])
-    x, y, z = r.unbind(-1)
-    cross = torch.stack([zero, z, -y, -z, zero, x, y, -x, zero], -1).reshape(*r.shape[:2], 3, 3)  # omega x r = cross @ omega
+    cross = skew(-r)  # omega x r = -(r x omega) = skew(-r) @ omega
     a = torch.cat([cross, torch.eye(3, dtype=v.dtype, device=v.device).expand_as(cross)], -1)  # [B, N, 3, 6]
     w = weight.flatten(2).transpose(1, 2)[..., None]  # [B, N, 1, 1]
     m = (a.transpose(-1, -2) @ (w * a)).sum(1)  # [B, 6, 6]
@@ -171,5 +170,3 @@ class UNet(nn.Module):
             velocity = blur(velocity, (self.smoothing / 2,) * 3)
         return F.interpolate(velocity, size=size, mode="trilinear", align_corners=False)
 
-
-NETWORKS = {"rigid": RigidNet, "bspline": BSplineNet, "dense": UNet}

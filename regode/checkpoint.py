@@ -1,40 +1,45 @@
-"""MS-ODENet checkpoints: written atomically, read with ``torch.load(weights_only=True)`` and
-checked before use, so a corrupt or foreign file ends in one clear error."""
+"""Model files and training checkpoints of every model family: written atomically, read with
+``torch.load(weights_only=True)`` and checked (format, version) before use, so a corrupt or foreign
+file ends in one clear error. The shipped weights are package data (``regode/weights/``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from pathlib import Path
 
 import torch
 
-from ..errors import RegodeError
-from ..io.atomic import atomic_output
+from .errors import RegodeError
+from .io.atomic import atomic_output
 
-FORMAT = "regode.msodenet"
 VERSION = 1
 
 
-def save(path, model, config, step: int, seconds: float, history: list, optimizer=None, fmt: str = FORMAT) -> None:
-    """Write a checkpoint atomically; ``optimizer`` is an optimiser or a dict of state dicts."""
+def save(path, fmt: str, model, config, step: int, seconds: float, history: list, optimizer: dict | None = None) -> None:
+    """Write a checkpoint of format ``fmt`` (e.g. ``regode.msodenet``) atomically: the model's and
+    the run's configs, the step, the time and the validation history, the weights and (for a
+    resumable checkpoint) ``optimizer``, the state dicts of the run's optimisers."""
     document = {
         "format": fmt,
         "version": VERSION,
-        "model_config": model.config.to_dict(),
-        "train_config": config.to_dict(),
+        "model_config": dataclasses.asdict(model.config),
+        "train_config": dataclasses.asdict(config),
         "step": step,
         "seconds": seconds,
         "history": history,
         "model": model.state_dict(),
     }
     if optimizer is not None:
-        document["optimizer"] = optimizer.state_dict() if hasattr(optimizer, "state_dict") else optimizer
+        document["optimizer"] = optimizer
     with atomic_output(path) as tmp:
         torch.save(document, tmp)
 
 
-def load(path, expect_optimizer: bool = False, fmt: str = FORMAT, what: str = "MS-ODENet") -> dict:
+def load(path, fmt: str, what: str, expect_optimizer: bool = False) -> dict:
+    """The checkpoint document in ``path``, checked to be of format ``fmt`` (``what`` names the
+    model family in the error)."""
     path = Path(path)
     if not path.is_file():
         raise RegodeError(f"checkpoint not found: {path}")
@@ -58,28 +63,12 @@ def training_files(out) -> tuple[Path, Path]:
     return out.with_name(out.name + ".ckpt"), out.with_name(out.name + ".log.jsonl")
 
 
-def resume_state(out, fmt: str = FORMAT, what: str = "MS-ODENet") -> dict:
+def resume_state(out, fmt: str, what: str) -> dict:
     """The training checkpoint to resume a run writing ``out`` from (with its optimiser state)."""
     ckpt_path = training_files(out)[0]
     if not ckpt_path.exists():
         raise RegodeError(f"nothing to resume: {ckpt_path} does not exist")
-    return load(ckpt_path, expect_optimizer=True, fmt=fmt, what=what)
-
-
-def load_model(path, kind: str | None = None):
-    """The MS-ODENet stored in ``path`` (eval mode); ``kind`` checks it is the expected kind."""
-    from .model import MSODENet, ModelConfig
-
-    document = load(path)
-    try:
-        config = ModelConfig(**document["model_config"])
-        model = MSODENet(config)
-        model.load_state_dict(document["model"])
-    except (TypeError, ValueError, RuntimeError, KeyError) as exc:
-        raise RegodeError(f"{path} does not hold a valid MS-ODENet: {str(exc).splitlines()[0][:200]}") from None
-    if kind is not None and config.kind != kind:
-        raise RegodeError(f"{path} holds a {config.kind} model, a {kind} model is needed here")
-    return model.eval(), document
+    return load(ckpt_path, fmt, what, expect_optimizer=True)
 
 
 def file_hash(path) -> str:
@@ -91,5 +80,6 @@ def file_hash(path) -> str:
 
 
 def weights_dir() -> Path:
-    """The shipped weights: ``$REGODE_WEIGHTS`` or the repository's ``weights/`` folder."""
-    return Path(os.environ.get("REGODE_WEIGHTS", Path(__file__).resolve().parents[2] / "weights"))
+    """The shipped weights: ``$REGODE_WEIGHTS`` or the package's own ``weights/`` folder (package
+    data, so a non-editable install has them too)."""
+    return Path(os.environ.get("REGODE_WEIGHTS", Path(__file__).resolve().parent / "weights"))

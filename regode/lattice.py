@@ -1,8 +1,8 @@
-"""Coordinate samplers: where a neural field is evaluated at one optimisation step.
+"""Lattices: where a per-pair optimisation (regode.fitting) evaluates its mapping at one step.
 
-Every sampler returns a :class:`Lattice`: batches of points on regular lattices in the fixed
-image's orientation, so that windowed similarity (local NCC) and finite-difference Jacobians can
-be computed on them.
+Every sampler returns a :class:`Lattice`: batches of world points (LPS mm) on regular lattices in
+the fixed image's orientation, so that windowed similarity (local NCC) and finite-difference
+Jacobians can be computed on them. They lie in :func:`region_of` the fixed image's foreground.
 
 - ``downsize``: one lattice ``stride`` times coarser than the working grid over the region,
   shifted by a random sub-step offset at every step (so, over the steps, every part is seen);
@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..grid import Grid
+from .grid import Grid
+from .preprocess import foreground
 
 
 @dataclass
@@ -26,12 +27,17 @@ class Lattice:
     """world points ``[B, d, h, w, 3]`` (mm)."""
     step: torch.Tensor
     """``[3, 3]``: columns are the world vectors (mm) of one lattice step along i, j, k."""
+    grid: Grid | None = None
+    """the lattice as a grid, when it is one (``B`` = 1): transforms may map it separably."""
+
+    def to(self, device=None, dtype=None) -> "Lattice":
+        return Lattice(self.points.to(device=device, dtype=dtype), self.step.to(device=device, dtype=dtype), self.grid)
 
 
-def region_of(volume: torch.Tensor, grid: Grid, margin: float, threshold: float = 0.05) -> Grid:
-    """The sub-grid of ``grid`` (same spacing and direction) bounding the voxels of ``volume``
-    (``[1, 1, nz, ny, nx]``, in [0, 1]) above ``threshold``, grown by ``margin`` mm."""
-    mask = (volume[0, 0] > threshold).cpu().numpy()
+def region_of(volume: torch.Tensor, grid: Grid, margin: float) -> Grid:
+    """The sub-grid of ``grid`` (same spacing and direction) bounding the foreground of the working
+    image ``volume`` (``[1, 1, nz, ny, nx]``, in [0, 1]), grown by ``margin`` mm."""
+    mask = foreground(volume[0, 0]).cpu().numpy()
     if not mask.any():
         return grid
     lo, hi = [], []
@@ -64,7 +70,8 @@ def downsize_grid(region: Grid, stride: int, generator: torch.Generator) -> Grid
 
 def downsize(region: Grid, stride: int, generator: torch.Generator) -> Lattice:
     """The points of :func:`downsize_grid`."""
-    return Lattice(downsize_grid(region, stride, generator).world_points(torch.float32)[None], lattice_step(region, stride))
+    grid = downsize_grid(region, stride, generator)
+    return Lattice(grid.world_points(torch.float32)[None], lattice_step(region, stride), grid)
 
 
 def patches(region: Grid, size: int, count: int, generator: torch.Generator) -> Lattice:

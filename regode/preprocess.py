@@ -1,13 +1,20 @@
-"""Pre-processing shared by training and ``regode register``: smoothing, robust intensity
-normalisation and centres of mass."""
+"""Pre-processing that every command shares: smoothing, robust intensity normalisation, the
+working images, the head (its mask, moments and centre) and the foreground of a working image.
+
+Working images are isotropic, normalised to [0, 1]; :data:`FOREGROUND` is the one threshold that
+tells their foreground (the lattices' region, feature statistics, validation masks)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
-from ..grid import Grid
+from .errors import RegodeError
+from .grid import Grid
+from .transforms import Compose
+from .warp import resample
 
 
 def blur(volume: torch.Tensor, sigmas) -> torch.Tensor:
@@ -18,8 +25,6 @@ def blur(volume: torch.Tensor, sigmas) -> torch.Tensor:
     otherwise it is a differentiable convolution, the same filter."""
     radii = [max(1, int(np.ceil(3 * sigma))) for sigma in sigmas]
     if volume.device.type == "cpu" and not (volume.requires_grad and torch.is_grad_enabled()):
-        from scipy import ndimage
-
         out = volume.detach().reshape(-1, *volume.shape[2:]).numpy().copy()
         for axis, (sigma, radius) in enumerate(zip(sigmas, radii)):
             if sigma >= 0.1:  # x is the last array axis
@@ -59,11 +64,70 @@ def normalise(volume: torch.Tensor, low: float = 0.5, high: float = 99.5) -> tor
 def to_grid(image, grid: Grid) -> torch.Tensor:
     """``image`` (an :class:`~regode.io.Image`) resampled onto ``grid`` (world LPS, linear), smoothed
     first along every axis the new grid samples more coarsely, and normalised to [0, 1]."""
-    from ..transforms import Compose
-    from ..warp import resample
-
     sigmas = [0.5 * (new / old) if new > old * 1.01 else 0.0 for old, new in zip(image.grid.spacing, grid.spacing)]
     return normalise(resample(blur(image.data, sigmas), image.grid, grid, Compose([])))
+
+
+FOREGROUND = 0.05
+"""a working image's voxels above this (of [0, 1]) are its foreground."""
+
+
+def foreground(volume: torch.Tensor) -> torch.Tensor:
+    """The foreground mask of a working image ``[..., nz, ny, nx]`` (values in [0, 1])."""
+    return volume > FOREGROUND
+
+
+def working_image(image, spacing: float, device: torch.device) -> tuple[torch.Tensor, Grid]:
+    """``image`` (an :class:`~regode.io.Image`) on an isotropic grid of ``spacing`` mm over its own
+    field of view, anti-aliased and normalised to [0, 1], on ``device``."""
+    if not bool(torch.isfinite(image.data).all()):
+        raise RegodeError(f"{image.path or 'image'} contains NaN or infinite values")
+    if float(image.data.max()) <= float(image.data.min()):
+        raise RegodeError(f"{image.path or 'image'} is constant: nothing to register")
+    grid = image.grid.with_spacing(spacing)
+    return to_grid(image, grid).to(device), grid
+
+
+def head_mask(volume: np.ndarray) -> np.ndarray:
+    """The head: voxels above 10 % of the way from the 2nd to the 98th intensity percentile (the
+    robust threshold of FSL's BET), holes filled so that dark tissue inside counts too."""
+    values = volume.reshape(-1)
+    low, high = np.percentile(values[:: max(1, values.size // 1_000_000)], [2, 98])
+    return ndimage.binary_fill_holes(volume > low + 0.1 * (high - low))
+
+
+def moments(volume: torch.Tensor, grid: Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Centre (mm), principal variances (mm², ascending) and axes (columns, world) of the
+    head (:func:`head_mask`) of the first volume of ``[B, 1, nz, ny, nx]``."""
+    v = volume[0, 0].detach().double().cpu().numpy()
+    mask = head_mask(v)
+    index = np.argwhere(mask)[:, ::-1].astype(float)  # (i, j, k)
+    if len(index) < 10:
+        raise ValueError("too few foreground voxels for a principal-axes alignment")
+    points = grid.index_to_world(index)
+    center = points.mean(0)
+    variances, axes = np.linalg.eigh(np.cov((points - center).T))
+    return center, variances, axes
+
+
+def head_moments(volume: torch.Tensor, grid: Grid) -> tuple | None:
+    """:func:`moments`, or None when the image has no head to measure."""
+    try:
+        return moments(volume, grid)
+    except ValueError:
+        return None
+
+
+def head_center(volume: torch.Tensor, grid: Grid, head: tuple | None = None) -> torch.Tensor:
+    """World position (mm, float64) of the centre of the head mask of ``[B, 1, ...]``'s first
+    volume (``head``: its :func:`head_moments`, if already known): the centre every command starts
+    from. Unlike the intensity-weighted centre of mass it hardly depends on the contrast (on BraTS
+    pairs of two contrasts the weighted centres differ by a few mm). Falls back to the centre of
+    mass without a head."""
+    head = head if head is not None else head_moments(volume, grid)
+    if head is None:
+        return center_of_mass(volume, grid).double()
+    return torch.as_tensor(head[0], dtype=torch.float64)
 
 
 def center_of_mass(volume: torch.Tensor, grid: Grid) -> torch.Tensor:

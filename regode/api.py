@@ -1,0 +1,69 @@
+"""regode's public API: what the command line, the benchmark and users' scripts call.
+
+    import regode
+    fixed, moving = regode.read_image("t1.nii.gz"), regode.read_image("flair.nii.gz")
+    result = regode.register(fixed, moving, regode.RegisterConfig(model="rigid"))
+    moved = regode.warp(moving, fixed.grid, result.transform)
+    regode.register_files("t1.nii.gz", "flair.nii.gz", "out_", regode.RegisterConfig())  # files to files
+
+Images are :class:`~regode.io.Image` (data, grid in world LPS mm); a :class:`~regode.result.Result`
+holds the fixed -> moving mapping ``linear(field(x))``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import RegodeError
+from .grid import Grid
+from .io import Image, load_transform_chain, read_grid, read_image, save_transform, write_image
+from .io.atomic import check_writable
+from .nir.config import FieldConfig, FitConfig
+from .nir.fit import fit_images
+from .odenet.config import RegisterConfig
+from .odenet.register import load_models, register_images
+from .pipeline import fit_files, register_files
+from .result import Result
+from .transforms import Transform
+from .warp import resample
+
+
+def register(fixed: Image, moving: Image, config: RegisterConfig = RegisterConfig(), models: dict | None = None) -> Result:
+    """MS-ODENet registration of two images in memory (``models``: :func:`load_models`' result, to
+    load the weights once for many pairs)."""
+    return register_images(fixed, moving, config, models)
+
+
+def fit_field(fixed: Image, moving: Image, config: FitConfig = FitConfig()) -> Result:
+    """Neural-field registration (NIR) of two images in memory."""
+    return fit_images(fixed, moving, config)
+
+
+def load_transforms(specs: list[str]) -> Transform:
+    """ITK/ANTs transform files in antsApplyTransforms ``-t`` order (``"[file.mat,1]"`` inverts a
+    linear one) as one fixed -> moving transform."""
+    return load_transform_chain(list(specs))
+
+
+def warp(image: Image, reference: Grid, transform: Transform, interp: str = "linear", default_value: float = 0.0) -> torch.Tensor:
+    """``image`` resampled onto ``reference`` through ``transform`` (fixed -> moving)."""
+    return resample(image.data, image.grid, reference, transform, interp, default_value)
+
+
+def warp_files(input, reference, output, specs: list[str], interp: str = "linear", default_value: float = 0.0,
+               threads: int | None = None) -> None:
+    """``regode warp``: read, resample onto the reference's grid, write with the input's pixel type."""
+    if threads:
+        torch.set_num_threads(threads)
+    check_writable(output)
+    image = read_image(input, components=None, what="input image")
+    grid = read_grid(reference, what="reference image")
+    chain = load_transforms(specs)
+    if interp == "label" and image.data.shape[1] != 1:
+        raise RegodeError(f"label interpolation needs a scalar label image, {input} has vectors")
+    write_image(warp(image, grid, chain, interp, default_value), grid, output, image.dtype)
+
+
+from . import API  # noqa: E402  (the names regode/__init__.py exports, in one place)
+
+__all__ = list(API)

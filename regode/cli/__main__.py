@@ -1,0 +1,5 @@
+"""``python -m regode.cli``: the console script."""
+
+from . import main
+
+main()

@@ -1,0 +1,95 @@
+"""``regode train``: train an MS-ODENet kind or the content encoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..encoder.config import EncoderConfig, EncoderTrainConfig
+from ..odenet.config import KINDS, SIMILARITIES, ModelConfig, MotionRange, TrainConfig
+from .app import app, choices, user_errors
+
+Model = choices("Model", KINDS + ("encoder",))
+Similarity = choices("Similarity", SIMILARITIES)
+T, M = TrainConfig, MotionRange  # the defaults below are theirs (encoder: EncoderTrainConfig's where they differ)
+
+
+@app.command()
+@user_errors
+def train(
+    model: Annotated[Model, typer.Option("--model", help="Transformation family of the MS-ODENet, or encoder: the content encoder (translation model) of the learned similarity.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Final model file (OUT.ckpt holds the resumable state, OUT.log.jsonl the log).")],
+    data: Annotated[Optional[Path], typer.Option("--data", help="Dataset folder DIR/<subject>/<contrast>.nii.gz (co-registered contrasts).")] = None,
+    synthetic: Annotated[bool, typer.Option("--synthetic", help="Train on generated heads (the default when --data is not given).")] = False,
+    label_map: Annotated[Optional[list[Path]], typer.Option("--label-map", help="Label map to render as well (synthetic data), repeatable.")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help=f"Optimiser steps (default {T.steps}, encoder {EncoderTrainConfig.steps}; with --resume: the saved run's, or this).")] = None,
+    batch: Annotated[Optional[int], typer.Option("--batch", help=f"Pairs (encoder: slab pairs) per step (default {T.batch}, encoder {EncoderTrainConfig.batch}).")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help=f"Adam learning rate (default {T.lr:g}, encoder {EncoderTrainConfig.lr:g}).")] = None,
+    schedule: Annotated[str, typer.Option("--schedule", help="Solvers per level, e.g. A(1e-3)-A(1e-3)-F(0.1) (default: the kind's).")] = ModelConfig.schedule,
+    levels: Annotated[int, typer.Option("--levels", help="Pyramid levels L (= T).")] = ModelConfig.levels,
+    spacing: Annotated[float, typer.Option("--spacing", help="Finest working spacing (mm).")] = ModelConfig.spacing,
+    width: Annotated[int, typer.Option("--width", help="Channels of the first conv layer.")] = ModelConfig.width,
+    size: Annotated[int, typer.Option("--size", help="Training volumes are SIZE^3 voxels.")] = T.size,
+    similarity: Annotated[Similarity, typer.Option("--similarity", help="MS-ODENet L_sim: mi (mutual information) or content (learned content features of --encoder).")] = Similarity(T.similarity),
+    encoder: Annotated[Optional[Path], typer.Option("--encoder", help="--similarity content: encoder from `regode train --model encoder` (default: the shipped weights/encoder.pt).")] = None,
+    lambda_sim: Annotated[float, typer.Option(help="Weight of L_sim.")] = T.lambda_sim,
+    lambda_self: Annotated[float, typer.Option(help="Weight of L_self (known motion).")] = T.lambda_self,
+    lambda_reg: Annotated[Optional[float], typer.Option(help="Weight of L_reg (default 2 bspline, 10 dense).")] = None,
+    lambda_basin: Annotated[Optional[float], typer.Option(help="Encoder: weight of the capture-range term, content distance growing with misalignment (default 0: off).")] = None,
+    curriculum: Annotated[float, typer.Option(help="Fraction of the steps over which the motion ranges grow from 20 % to 100 %.")] = 0.5,
+    max_rotation: Annotated[float, typer.Option(help="Rigid: rotations U(-a, a) degrees per axis.")] = M.max_rotation,
+    max_translation: Annotated[float, typer.Option(help="Rigid: translations U(-t, t) mm per axis.")] = M.max_translation,
+    max_sigma: Annotated[float, typer.Option(help="Deformable: B-spline displacement sd U(0, s) mm.")] = M.max_sigma,
+    adjoint: Annotated[bool, typer.Option("--adjoint", help="Backpropagate with the adjoint method (less memory).")] = T.adjoint,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = T.checkpoint_every,
+    validate_every: Annotated[int, typer.Option(help="Steps between validations.")] = T.validate_every,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the initial weights and of the data.")] = T.seed,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT.ckpt with its saved config (--steps may extend it).")] = False,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads (default: all cores).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Train an MS-ODENet (rigid, bspline or dense) or the content encoder on synthetic or folder data."""
+    import torch
+
+    from ..errors import RegodeError
+    from ..io.atomic import check_writable
+
+    if data is not None and synthetic:
+        raise RegodeError("use either --data DIR or --synthetic, not both")
+    if threads:
+        torch.set_num_threads(threads)
+    check_writable(out)
+    data = str(data) if data else None
+    if model.value == "encoder":
+        from ..encoder.train import train as run
+
+        if label_map or similarity.value != T.similarity or encoder:
+            raise RegodeError("--label-map, --similarity and --encoder are for MS-ODENet models, not for training the encoder")
+        given = {k: v for k, v in (("steps", steps), ("batch", batch), ("lr", lr), ("lambda_basin", lambda_basin)) if v is not None}
+        config = EncoderTrainConfig(model=EncoderConfig(width=width, spacing=spacing), data=data, size=size, seed=seed,
+                                    checkpoint_every=checkpoint_every, validate_every=validate_every, **given)
+        result = run(config, out, resume=resume, progress=not quiet, steps=steps)
+        last = result["history"][-1]
+        print(f"wrote {out}: {result['steps']} steps in {result['seconds'] / 60:.1f} min, validation cross-translation L1 "
+              f"{last['cross_l1']:.3f}, content ratio aligned/shifted {last['content_ratio']:.3f}"
+              + (f", distances in order of misalignment {last['ordered']:.2f}" if "ordered" in last else ""))
+        return
+    from ..odenet.config import curriculum_pairs
+    from ..odenet.train import train as run
+
+    if lambda_basin is not None:
+        raise RegodeError("--lambda-basin is for training the encoder (--model encoder)")
+    steps_ = T.steps if steps is None else steps
+    batch_ = T.batch if batch is None else batch
+    config = TrainConfig(
+        model=ModelConfig(kind=model.value, levels=levels, horizon=float(levels), schedule=schedule, spacing=spacing, width=width),
+        data=data, label_maps=tuple(str(p) for p in label_map or ()), steps=steps_, batch=batch_, lr=T.lr if lr is None else lr,
+        similarity=similarity.value, encoder=str(encoder) if encoder else None, lambda_sim=lambda_sim, lambda_self=lambda_self,
+        lambda_reg=lambda_reg, size=size, seed=seed, adjoint=adjoint, checkpoint_every=checkpoint_every, validate_every=validate_every,
+        motion=MotionRange(max_rotation, max_translation, max_sigma, ramp_pairs=curriculum_pairs(curriculum, steps_, batch_)),
+    )
+    result = run(config, out, resume=resume, progress=not quiet, steps=steps)
+    last = result["history"][-1]["val_rmse_mm"] if result["history"] else float("nan")
+    print(f"wrote {out}: {result['steps']} steps in {result['seconds'] / 60:.1f} min, validation RMSE(phi) {last:.2f} mm")

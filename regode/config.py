@@ -1,0 +1,77 @@
+"""Run configurations: frozen dataclasses, validated one way.
+
+Every run (register, fit-field, train, bench) is described by a frozen dataclass whose
+``__post_init__`` checks each field with the helpers below; a bad value raises
+:class:`~regode.errors.RegodeError` naming the command-line option (``--lr``), so the library and
+the command line refuse it with the same line. The resolved config is saved beside every output
+(``dataclasses.asdict``) and rebuilt from it with :func:`from_dict`.
+
+This module and the config modules of the method packages import no torch: the command line
+reads its choices and defaults from them, and ``regode --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+
+from .errors import RegodeError
+
+
+def option(name: str) -> str:
+    """The command-line spelling of a config field: ``lambda_fold`` -> ``--lambda-fold``."""
+    return "--" + name.replace("_", "-")
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise RegodeError(message)
+
+
+def positive(config, *names: str) -> None:
+    """Each field is a finite number above zero."""
+    for name in names:
+        value = getattr(config, name)
+        require(isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+                f"{option(name)} must be a positive number, not {value}")
+
+
+def at_least(config, low: float, *names: str) -> None:
+    """Each field is a finite number of at least ``low``."""
+    for name in names:
+        value = getattr(config, name)
+        require(isinstance(value, (int, float)) and math.isfinite(value) and value >= low,
+                f"{option(name)} must be at least {low:g}, not {value}")
+
+
+def one_of(config, name: str, allowed) -> None:
+    value = getattr(config, name)
+    require(value in allowed, f"unknown {option(name)} {value!r}: choose from {', '.join(allowed)}")
+
+
+def threads(config) -> None:
+    """``threads``: None (all cores) or a positive count."""
+    require(config.threads is None or (isinstance(config.threads, int) and config.threads >= 1),
+            f"--threads must be a positive number of threads, not {config.threads}")
+
+
+def from_dict(cls, values: dict):
+    """The config ``cls`` from a dict written by ``dataclasses.asdict`` (nested configs rebuilt,
+    lists back to tuples where the field is a tuple); unknown keys are an error."""
+    values = dict(values)
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    require(not unknown, f"unknown setting(s) for {cls.__name__}: {', '.join(sorted(unknown))}")
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind) and isinstance(values[f.name], dict):
+            values[f.name] = from_dict(kind, values[f.name])
+        elif typing.get_origin(kind) is tuple and isinstance(values[f.name], list):
+            (item,) = {a for a in typing.get_args(kind) if a is not Ellipsis}
+            values[f.name] = tuple(from_dict(item, v) if dataclasses.is_dataclass(item) and isinstance(v, dict) else v
+                                   for v in values[f.name])
+    return cls(**values)

@@ -1,0 +1,250 @@
+"""MS-ODENet's configurations: the model, its training, the registration and its polish.
+
+No torch here (see regode.config): the command line reads its choices and defaults from these
+classes. :data:`KINDS` names the model kinds; their behaviour lives in regode.odenet.kinds.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .. import config as check
+from ..errors import RegodeError
+
+KINDS = ("rigid", "bspline", "dense")
+"""the MS-ODENet model kinds (transformation families), registered in regode.odenet.kinds."""
+MODELS = ("rigid", "bspline", "dense", "rigid+bspline", "rigid+dense")
+"""``register --model``: one kind, or a cascade of kinds run in order."""
+DEFAULT_LAMBDA_REG = {"rigid": 0.0, "bspline": 2.0, "dense": 10.0}
+"""the paper's weights of L_reg per kind."""
+SIMILARITIES = ("mi", "content")
+DEVICES = ("auto", "cpu", "cuda")
+SOLVERS = {"F": "euler", "A": "adaptive_heun", "R": "rk4"}
+
+
+@dataclass(frozen=True)
+class Solver:
+    """One level's solver: ``F(dt)`` Euler with a fixed step, ``R(dt)`` fixed-step Runge-Kutta 4,
+    ``A(tol)`` adaptive Heun with relative and absolute tolerance ``tol``."""
+
+    letter: str
+    value: float
+
+    @property
+    def method(self) -> str:
+        return SOLVERS[self.letter]
+
+    def kwargs(self) -> dict:
+        if self.letter == "A":
+            return {"method": self.method, "rtol": self.value, "atol": self.value}
+        return {"method": self.method, "options": {"step_size": self.value}}
+
+    def __str__(self) -> str:
+        return f"{self.letter}({self.value:g})"
+
+
+def parse_schedule(text: str, levels: int) -> list[Solver]:
+    """``"A(1e-3)-A(1e-3)-F(0.1)"`` -> one :class:`Solver` per level (coarse to fine)."""
+    # tolerances such as 1e-3 contain '-': read the levels as LETTER(number) tokens
+    parts = re.findall(r"([FAR])\(\s*([0-9.eE+-]+)\s*\)", text)
+    rebuilt = "-".join(f"{a}({b})" for a, b in parts)
+    if not parts or rebuilt.replace(" ", "") != text.replace(" ", ""):
+        raise RegodeError(f"bad --schedule {text!r}: write e.g. A(1e-3)-A(1e-3)-F(0.1) (F Euler, R rk4, A adaptive Heun)")
+    if len(parts) != levels:
+        raise RegodeError(f"--schedule {text!r} has {len(parts)} levels, the model has {levels}")
+    try:
+        solvers = [Solver(letter, float(value)) for letter, value in parts]
+    except ValueError:
+        raise RegodeError(f"bad number in --schedule {text!r}") from None
+    if any(not s.value > 0 for s in solvers):
+        raise RegodeError(f"solver steps and tolerances must be positive in --schedule {text!r}")
+    return solvers
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that defines an MS-ODENet (saved in every checkpoint)."""
+
+    kind: str = "rigid"
+    """one of :data:`KINDS`."""
+    levels: int = 3
+    """pyramid levels L (factor 2 per level)."""
+    horizon: float = 3.0
+    """integration time T; level l is solved on [(l-1)T/L, lT/L]."""
+    schedule: str = ""
+    """solver per level, coarse to fine (empty: Euler with steps of 0.25, 0.5 on the finest of 3 levels)."""
+    spacing: float = 2.0
+    """finest working spacing in mm (isotropic)."""
+    width: int = 16
+    """channels of the first conv layer."""
+    control_spacing: float = 20.0
+    """B-spline control-point spacing in mm."""
+
+    def __post_init__(self):
+        check.one_of(self, "kind", KINDS)
+        check.at_least(self, 1, "levels")
+        check.at_least(self, 2, "width")
+        check.positive(self, "horizon", "spacing", "control_spacing")
+        if not self.schedule:  # every level F(0.25); 4 + 4 + 2 function evaluations with 3 levels
+            object.__setattr__(self, "schedule", "F(0.25)-F(0.25)-F(0.5)" if self.levels == 3 else "-".join(["F(0.25)"] * self.levels))
+        parse_schedule(self.schedule, self.levels)
+
+
+@dataclass(frozen=True)
+class MotionRange:
+    """Random motion used in training (rotations as ITK Euler angles about x, y, z)."""
+
+    max_rotation: float = 80.0
+    """degrees, U(-a, a) per axis (rigid)."""
+    max_translation: float = 20.0
+    """mm, U(-t, t) per axis (rigid)."""
+    max_sigma: float = 10.0
+    """B-spline control displacement sd in mm, drawn U(0, max) per pair (deformable)."""
+    control_spacings: tuple[float, ...] = (30.0, 40.0, 50.0)
+    """B-spline control spacings (mm) of the deformable motion, one drawn per pair."""
+    ramp_pairs: int = 0
+    """curriculum: the motion ranges grow linearly from 20 % to 100 % over the first ``ramp_pairs``
+    training pairs (0: no ramp)."""
+
+    def __post_init__(self):
+        check.at_least(self, 0, "max_rotation", "max_translation", "max_sigma", "ramp_pairs")
+        check.require(len(self.control_spacings) > 0 and all(s > 0 for s in self.control_spacings),
+                      "the motion's control spacings must be positive")
+
+    def at(self, index: int) -> "MotionRange":
+        """The ranges for training pair ``index``."""
+        if not self.ramp_pairs or index >= self.ramp_pairs:
+            return self
+        f = 0.2 + 0.8 * index / self.ramp_pairs
+        return MotionRange(self.max_rotation * f, self.max_translation * f, self.max_sigma * f, self.control_spacings, 0)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines an MS-ODENet training run (saved in every checkpoint)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: str | None = None
+    """dataset folder (benchmark layout); None: synthetic data."""
+    label_maps: tuple[str, ...] = ()
+    """label-map images to render as well as random heads (synthetic data)."""
+    steps: int = 2000
+    batch: int = 2
+    lr: float = 1e-4
+    similarity: str = "mi"
+    """L_sim: "mi" (mutual information) or "content" (||E3D(warped) - E3D(fixed)||^2 with the
+    content encoder ``encoder``)."""
+    encoder: str | None = None
+    """content similarity: the encoder checkpoint (None: the shipped ``weights/encoder.pt``)."""
+    lambda_sim: float = 1.0
+    lambda_self: float = 1.0
+    lambda_reg: float | None = None
+    """None: the kind's :data:`DEFAULT_LAMBDA_REG`."""
+    size: int = 96
+    """training volumes are size^3 voxels at the model's spacing."""
+    seed: int = 0
+    adjoint: bool = False
+    """backpropagate with torchdiffeq's adjoint method instead of through the solver."""
+    checkpoint_every: int = 25
+    validate_every: int = 100
+    val_pairs: int = 8
+    motion: MotionRange = field(default_factory=MotionRange)
+
+    def __post_init__(self):
+        check.one_of(self, "similarity", SIMILARITIES)
+        check.at_least(self, 1, "steps", "batch", "checkpoint_every", "validate_every", "val_pairs")
+        check.at_least(self, 16, "size")
+        check.positive(self, "lr")
+        if self.lambda_reg is None:
+            object.__setattr__(self, "lambda_reg", DEFAULT_LAMBDA_REG[self.model.kind])
+        check.at_least(self, 0, "lambda_sim", "lambda_self", "lambda_reg")
+
+
+def curriculum_pairs(curriculum: float, steps: int, batch: int) -> int:
+    """The training pairs over which the motion ranges grow: a ``curriculum`` fraction of the run."""
+    check.require(0 <= curriculum <= 1, f"--curriculum must be between 0 and 1, not {curriculum}")
+    return int(curriculum * steps * batch)
+
+
+@dataclass(frozen=True)
+class PolishLevel:
+    """One level of a polish: how many Adam steps, on which pyramid level, on how coarse a lattice."""
+
+    coarseness: int
+    """the image pyramid level it runs on: 0 is the working grid, each next one has twice the
+    spacing and is smoothed to match."""
+    stride: int
+    """the lattice step, in voxels of that level."""
+    iterations: int
+
+
+@dataclass(frozen=True)
+class PolishConfig:
+    """The polish after each network (regode.odenet.polish): a short mutual-information fit of its
+    result. The defaults were measured on BraTS (docs/msodenet.md)."""
+
+    rigid: tuple[PolishLevel, ...] = (PolishLevel(1, 2, 40), PolishLevel(0, 3, 20))
+    """a rigid correction: 40 steps on an 8 mm lattice of the 4 mm images, then 20 on a 6 mm lattice
+    of the 2 mm images."""
+    deformable: tuple[PolishLevel, ...] = (PolishLevel(0, 3, 40),)
+    """the B-spline's control points (or the dense field's B-spline correction): 40 steps on a 6 mm
+    lattice of the 2 mm images."""
+    rotation_step: float = 0.01
+    """Adam's step for the rotation vector (radians: about 0.6° per step at the start); every step
+    decays linearly to a tenth over a level."""
+    translation_step: float = 0.5
+    """Adam's step for the translation (mm)."""
+    bspline_step: float = 0.3
+    """Adam's step for control-point displacements (mm)."""
+    lambda_fold: float = 10.0
+    lambda_grad: float = 5.0
+    """the folding penalty and the weight of ``||J - I||^2`` (as fit-field's defaults)."""
+    dense_control_spacing: float = 10.0
+    """the dense polish's correction: a B-spline with half the B-spline model's control spacing (mm)."""
+
+    def __post_init__(self):
+        check.positive(self, "rotation_step", "translation_step", "bspline_step", "dense_control_spacing")
+        check.at_least(self, 0, "lambda_fold", "lambda_grad")
+        for level in self.rigid + self.deformable:
+            check.require(level.coarseness >= 0 and level.stride >= 1 and level.iterations >= 1,
+                          f"bad polish level {level}: coarseness >= 0, stride and iterations >= 1")
+
+
+@dataclass(frozen=True)
+class RegisterConfig:
+    """Everything that defines a registration (saved in ``PREFIXregode.json``)."""
+
+    model: str = "rigid"
+    """one of :data:`MODELS`."""
+    checkpoints: tuple[str, ...] = ()
+    """model files replacing the shipped ``weights/<kind>.pt`` of the kind each holds."""
+    center_of_mass: bool = True
+    """start from the translation between the centres of the images' head masks
+    (regode.preprocess.head_center)."""
+    principal_axes: bool = True
+    """models that start with a rigid stage: start from the best principal-axes alignment (or the
+    head centres' translation, whichever shares more mutual information); see regode.alignment."""
+    polish: bool = True
+    """after each network, a short mutual-information optimisation of its result: the network
+    brings the pair near the truth, the optimiser lands on it."""
+    polish_schedule: PolishConfig = field(default_factory=PolishConfig)
+    initial_transform: tuple[str, ...] = ()
+    """transform specs (antsApplyTransforms order) of the starting fixed -> moving mapping."""
+    device: str = "auto"
+    threads: int | None = None
+    seed: int = 0
+    inverse_iterations: int = 30
+
+    def __post_init__(self):
+        check.one_of(self, "model", MODELS)
+        check.one_of(self, "device", DEVICES)
+        check.threads(self)
+        check.at_least(self, 1, "inverse_iterations")
+        object.__setattr__(self, "checkpoints", tuple(str(p) for p in self.checkpoints))
+        object.__setattr__(self, "initial_transform", tuple(str(p) for p in self.initial_transform))
+
+    @property
+    def stages(self) -> list[str]:
+        """The model kinds, in the order they run."""
+        return self.model.split("+")

@@ -1,0 +1,217 @@
+"""MS-ODENet's model kinds: each transformation family as one class, registered in :data:`KINDS`.
+
+A kind owns everything that differs between families: where theta lives (its state grid) and its
+identity, the transform theta stands for, the network and how its output becomes d theta/dt, the
+fast path from theta to the moving level's coordinates, the training losses that compare theta
+with the truth, how a registration result is assembled and the polish after the network.
+
+Frames: theta is world LPS (mm, and radians for rotations); the networks see and return vectors in
+the level grid's axes, turned into world vectors here with the level's direction matrix.
+
+Adding a kind: subclass :class:`Kind`, name it in regode.odenet.config.KINDS, add it to
+:data:`KINDS` (docs/architecture.md has a worked example).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..grid import Grid
+from ..losses import gradient_energy
+from ..sampling import sample, sample_on_grid, voxel_images
+from ..transforms import Affine, BSpline, Compose, DisplacementField, Rigid, Transform, right_jacobian_inverse, rotation_matrix
+from .config import KINDS as KIND_NAMES
+from .config import PolishConfig
+from .networks import BSplineNet, RigidNet, UNet
+from .polish import polish_bspline, polish_dense, polish_rigid
+
+ARC_RADIUS = 50.0
+"""mm: in L_self a rotation-vector error of 1 rad counts as 50 mm."""
+
+
+class Kind:
+    """The base of the kinds: a field-valued theta (``[B, 3, *state grid]``, mm)."""
+
+    name: str
+    network: type[nn.Module]
+    linear = False
+    """theta is a linear map (composed into the result's affine part)."""
+
+    def state_grid(self, config, fine: Grid) -> Grid | None:
+        """Where theta lives, given the finest working grid."""
+        raise NotImplementedError
+
+    def identity(self, config, fine: Grid, batch: int, dtype, device) -> torch.Tensor:
+        grid = self.state_grid(config, fine)
+        return torch.zeros((batch, 3, *grid.shape), dtype=dtype, device=device)
+
+    def transform(self, theta: torch.Tensor, state_grid: Grid | None, center=None) -> Transform:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ the dynamics on one level
+    def prepare(self, dyn) -> None:
+        """Per-level constants of the dynamics ``dyn`` (regode.odenet.model.Dynamics)."""
+
+    def direct(self, dyn) -> bool:
+        """Whether :meth:`coordinates` applies on this level (else world points are used)."""
+        return dyn.state_grid.parallel_to(dyn.fixed.grid)
+
+    def velocity(self, dyn, t, theta: torch.Tensor, warped: torch.Tensor, force: torch.Tensor) -> torch.Tensor:
+        """d theta / dt from the level network's output (grid axes -> world)."""
+        raise NotImplementedError
+
+    def shift(self, dyn, theta: torch.Tensor, linear: torch.Tensor) -> torch.Tensor:
+        """theta's displacement at the level's voxel centres, ``[B, 3, nz, ny, nx]``, after the
+        ``linear`` part ``[B, 3, 3]`` of the start (world -> the moving level's normalised units)."""
+        raise NotImplementedError
+
+    def coordinates(self, dyn, theta: torch.Tensor) -> torch.Tensor:
+        """``pre(T_theta(x))`` for the level's voxel centres, in the moving level's normalised
+        coordinates ``[B, nz, ny, nx, 3]``, straight from voxel indices: the displacement is turned
+        into normalised units first (the map is linear in it)."""
+        lead, dtype = dyn.lead, theta.dtype
+        batch = max(lead.shape[0], theta.shape[0])
+        linear, theta = lead[:, :3, :3].to(dtype).expand(batch, -1, -1), theta.expand(batch, *theta.shape[1:])
+        return voxel_images(dyn.fixed.grid, lead, dtype) + self.shift(dyn, theta, linear).movedim(1, -1)
+
+    # ------------------------------------------------------------------ training
+    def self_loss(self, theta: torch.Tensor, displacement: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        """L_self (cm^2): the predicted displacement against the known one."""
+        return (displacement - truth).square().mean() / 100
+
+    def regulariser(self, displacement: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """L_reg: ``||grad phi||^2`` of the displacement."""
+        return gradient_energy(displacement, grid.spacing)
+
+    def truth_displacement(self, truth: torch.Tensor, center: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """A pair's known motion as a displacement ``[B, 3, ...]`` on its grid."""
+        return truth
+
+    # ------------------------------------------------------------------ registration
+    def result(self, model, theta: torch.Tensor, linear: Affine, center: torch.Tensor, fixed_grid: Grid):
+        """The (linear, deformable) parts after this stage, from its theta (CPU, float64)."""
+        return linear, self.transform(theta, model.state_grid(fixed_grid))
+
+    def polish(self, fixed: list, moving: list, linear: Affine, core, center: torch.Tensor, seed: int, config: PolishConfig):
+        """The stage's result optimised for mutual information: (linear, core, record)."""
+        raise NotImplementedError
+
+
+class RigidKind(Kind):
+    """``[B, 6]``: rotation vector (rad) and translation (mm) about a centre (a :class:`Rigid`)."""
+
+    name, network, linear = "rigid", RigidNet, True
+
+    def state_grid(self, config, fine):
+        return None
+
+    def identity(self, config, fine, batch, dtype, device):
+        return torch.zeros((batch, 6), dtype=dtype, device=device)
+
+    def transform(self, theta, state_grid, center=None):
+        return Rigid(theta, center)
+
+    def prepare(self, dyn):
+        c = torch.as_tensor(dyn.center, dtype=torch.float64).detach().cpu().reshape(-1, 3).numpy()
+        dyn.center_index = torch.as_tensor(dyn.fixed.grid.world_to_index(c), dtype=dyn.fixed.volume.dtype,
+                                           device=dyn.fixed.volume.device).reshape(-1, 3)
+
+    def direct(self, dyn):
+        return True
+
+    def velocity(self, dyn, t, theta, warped, force):
+        # the network's rigid velocity acts in fixed space, before the current motion:
+        # phi <- phi o (1 + [omega] dt, t dt), i.e. R <- R exp([omega] dt) and translation += R t dt
+        d = dyn.direction
+        v = dyn.net(warped, dyn.fixed.volume, t, force, dyn.center_index, float(dyn.fixed.grid.spacing[0]))
+        omega, shift = torch.det(d) * v[:, :3] @ d.T, v[:, 3:] @ d.T
+        rotvec = theta[:, :3]
+        rdot = (right_jacobian_inverse(rotvec) @ omega[..., None])[..., 0]
+        return torch.cat([rdot, (rotation_matrix(rotvec) @ shift[..., None])[..., 0]], dim=1)
+
+    def coordinates(self, dyn, theta):
+        return voxel_images(dyn.fixed.grid, dyn.lead @ Rigid(theta.double(), dyn.center.double()).homogeneous(), theta.dtype)
+
+    def self_loss(self, theta, displacement, truth):
+        diff = theta - truth
+        return torch.cat([diff[:, :3] * ARC_RADIUS, diff[:, 3:]], 1).square().mean() / 100
+
+    def regulariser(self, displacement, grid):
+        return torch.zeros(())
+
+    def truth_displacement(self, truth, center, grid):
+        return Rigid(truth, center).displacement(grid)
+
+    def result(self, model, theta, linear, center, fixed_grid):
+        return Compose([linear, Rigid(theta, center[None])]).as_affine(), None
+
+    def polish(self, fixed, moving, linear, core, center, seed, config):
+        linear, record = polish_rigid(fixed, moving, linear, center, config, seed)
+        return linear, core, record
+
+
+class BSplineKind(Kind):
+    """``[B, 3, *control]``: control-point displacements in mm (a :class:`BSpline`)."""
+
+    name, network = "bspline", BSplineNet
+
+    def state_grid(self, config, fine):
+        return BSpline.control_grid_for(fine, config.control_spacing)
+
+    def transform(self, theta, state_grid, center=None):
+        return BSpline(state_grid, theta)
+
+    def prepare(self, dyn):
+        # control points in this level's grid, clamped into its buffer (outer control points take
+        # the nearest border features)
+        grid = dyn.fixed.grid
+        cpts = dyn.state_grid.world_points(dtype=torch.float64)
+        index = torch.as_tensor(grid.world_to_index(cpts.reshape(-1, 3).numpy()))
+        index = torch.minimum(torch.clamp(index, min=0), torch.as_tensor(grid.size, dtype=torch.float64) - 1)
+        inside = torch.as_tensor(grid.index_to_world(index.numpy()))
+        dyn.control_points = inside.reshape(1, *cpts.shape[:-1], 3).to(dtype=dyn.fixed.volume.dtype, device=dyn.fixed.volume.device)
+
+    def velocity(self, dyn, t, theta, warped, force):
+        v = dyn.net(warped, dyn.fixed.volume, t, force, lambda f: sample(f, dyn.fixed.grid, dyn.control_points))
+        return torch.einsum("ij,bj...->bi...", dyn.direction, v)
+
+    def shift(self, dyn, theta, linear):
+        coefficients = torch.einsum("bij,bj...->bi...", linear, theta)
+        return BSpline(dyn.state_grid, coefficients).displacement(dyn.fixed.grid)  # separable
+
+    def polish(self, fixed, moving, linear, core, center, seed, config):
+        core, record = polish_bspline(fixed, moving, linear, core, config, seed)
+        return linear, core, record
+
+
+class DenseKind(Kind):
+    """``[B, 3, nz, ny, nx]``: displacements in mm on the finest level (a :class:`DisplacementField`)."""
+
+    name, network = "dense", UNet
+
+    def state_grid(self, config, fine):
+        return fine
+
+    def transform(self, theta, state_grid, center=None):
+        return DisplacementField(state_grid, theta)
+
+    def velocity(self, dyn, t, theta, warped, force):
+        v = dyn.net(warped, dyn.fixed.volume, t, force)
+        if dyn.fixed.grid != dyn.state_grid:
+            v = sample_on_grid(v, dyn.fixed.grid, dyn.state_grid)
+        return torch.einsum("ij,bj...->bi...", dyn.direction, v)
+
+    def shift(self, dyn, theta, linear):
+        # the displacement field at this level's voxel centres (zero outside its grid)
+        field = theta if dyn.fixed.grid == dyn.state_grid else sample_on_grid(theta, dyn.state_grid, dyn.fixed.grid)
+        return torch.einsum("bij,bj...->bi...", linear, field)
+
+    def polish(self, fixed, moving, linear, core, center, seed, config):
+        core, record = polish_dense(fixed, moving, linear, core, config, seed)
+        return linear, core, record
+
+
+KINDS: dict[str, Kind] = {kind.name: kind for kind in (RigidKind(), BSplineKind(), DenseKind())}
+if tuple(KINDS) != KIND_NAMES:  # the torch-free names the command line offers (regode.odenet.config)
+    raise ImportError(f"regode.odenet.kinds registers {tuple(KINDS)}, regode.odenet.config names {KIND_NAMES}")
