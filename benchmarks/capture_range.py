@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from regode.odenet.checkpoint import weights_dir
 
 from regode.alignment import head_center
 from regode.bench.capture import METRICS, Metrics, basin, moved_by
 from regode.bench.run import discover
 from regode.encoder.train import load_encoder
 from regode.io import read_image
-from regode.odenet.checkpoint import weights_dir
 from regode.pipeline import working_image
 
 

@@ -16,13 +16,12 @@ import torch
 
 from .errors import RegodeError
 from .grid import Grid
-from .io import Image, load_transform_chain, read_grid, read_image, save_transform, write_image
+from .io import Image, load_transform_chain, read_grid, read_image, write_image
 from .io.atomic import check_writable
-from .nir.config import FieldConfig, FitConfig
+from .nir.config import FitConfig
 from .nir.fit import fit_images
 from .odenet.config import RegisterConfig
-from .odenet.register import load_models, register_images
-from .pipeline import fit_files, register_files
+from .odenet.register import register_images
 from .result import Result
 from .transforms import Transform
 from .warp import resample

@@ -17,8 +17,9 @@ from .io import load_transform_chain, read_image, write_image
 from .odenet.config import RegisterConfig
 from .odenet.kinds import KINDS
 from .pipeline import register_files
+from .rotations import euler_matrix
 from .synthetic import phantom_labels, random_bspline, render
-from .transforms import Affine, Compose, euler_matrix
+from .transforms import Affine, Compose
 from .warp import resample
 
 

@@ -100,7 +100,6 @@ def gradient_energy(field: torch.Tensor, spacing) -> torch.Tensor:
 def local_ncc(a: torch.Tensor, b: torch.Tensor, window: int = 5, eps: float = 1e-5) -> torch.Tensor:
     """Mean squared local normalised cross-correlation (in [0, 1]) of ``[B, 1, d, h, w]``
     volumes over cubic windows of ``window`` points (windows wholly inside the volumes)."""
-    import torch.nn.functional as F
 
     w = max(1, min(window, *a.shape[2:]))
     pool = lambda v: F.avg_pool3d(v, w, stride=1)  # noqa: E731

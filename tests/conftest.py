@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from regode.grid import Grid
+from regode.rotations import euler_matrix
 from regode.synthetic import phantom_labels, render
-from regode.transforms import euler_matrix
 
 
 def oblique_direction(angles=(0.35, -0.25, 0.5)) -> tuple[float, ...]:

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from regode.alignment import candidates, principal_axes
-from regode.preprocess import head_mask, moments
 from regode.grid import Grid
-from regode.preprocess import center_of_mass, normalise
+from regode.preprocess import center_of_mass, head_mask, moments, normalise
+from regode.rotations import euler_matrix
 from regode.synthetic import phantom_labels, render
-from regode.transforms import Affine, euler_matrix
+from regode.transforms import Affine
 from regode.warp import resample
 
 OBLIQUE = tuple(euler_matrix(torch.tensor([0.1, 0.2, -0.3], dtype=torch.float64)).numpy().ravel())
@@ -195,8 +195,8 @@ def test_bspline_polish_undoes_a_deformation_across_contrasts():
     error = lambda t: float(np.sqrt(((t.displacement(GRID) - truth.displacement(GRID))[0].numpy() ** 2).sum(0)[head].mean()))  # noqa: E731
     assert error(found) < 0.75 * error(start)  # 3.8 -> 2.7 mm; flat label interiors do not show motion
     points = GRID.world_points(torch.float64)[None]
-    from regode.losses import lattice_jacobian
     from regode.lattice import lattice_step
+    from regode.losses import lattice_jacobian
 
     det = torch.linalg.det(lattice_jacobian(found(points), lattice_step(GRID, 1).double()))
     assert float(det.min()) > 0 and record["iterations"] == 40

@@ -17,9 +17,8 @@ def test_demo_takes_a_user_checkpoint_for_deformable_models(tmp_path):
     """`regode demo --model rigid+bspline --checkpoint B.pt` runs the hybrid with the user's model
     (here an untrained one) instead of the shipped one, and writes the warp."""
     from regode import checkpoint
-    from regode.odenet.config import ModelConfig
+    from regode.odenet.config import ModelConfig, TrainConfig
     from regode.odenet.model import MSODENet
-    from regode.odenet.config import TrainConfig
 
     model = MSODENet(ModelConfig(kind="bspline"))
     checkpoint.save(tmp_path / "b.pt", "regode.msodenet", model, TrainConfig(model=model.config), 0, 0.0, [])

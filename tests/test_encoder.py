@@ -9,16 +9,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from regode import checkpoint
 from regode.bench.capture import Metrics, basin, moved_by
 from regode.cli import app
+from regode.encoder.config import EncoderConfig, EncoderTrainConfig
 from regode.encoder.data import SyntheticSubjects, cut_slabs, moved_slabs, slab_points
 from regode.encoder.features import content_distance, content_volume, e3d, load_encoder, slice_positions
-from regode.losses import mind
-from regode.encoder.config import EncoderConfig, EncoderTrainConfig
 from regode.encoder.networks import Translator
 from regode.encoder.train import basin_loss, generator_losses, motion_distances, train, validate
 from regode.errors import RegodeError
-from regode import checkpoint
+from regode.losses import mind
 
 runner = CliRunner()
 TINY = EncoderConfig(width=4, content=8, style=4, blocks=1, spacing=8.0)
@@ -176,9 +176,8 @@ def test_checkpoint_round_trip_and_exact_resume(tmp_path):
 
 
 def test_foreign_and_corrupt_checkpoints_are_refused(tmp_path):
-    from regode.odenet.config import ModelConfig
+    from regode.odenet.config import ModelConfig, TrainConfig
     from regode.odenet.model import MSODENet
-    from regode.odenet.config import TrainConfig
 
     msodenet = tmp_path / "rigid.pt"
     checkpoint.save(msodenet, "regode.msodenet", MSODENet(ModelConfig()), TrainConfig(), 0, 0.0, [])

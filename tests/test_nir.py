@@ -18,14 +18,15 @@ from regode.cli import app
 from regode.errors import RegodeError
 from regode.grid import Grid
 from regode.io import Image, load_transform_chain, write_image
+from regode.lattice import downsize, patches, region_of
 from regode.losses import folding_penalty, lattice_jacobian, local_ncc
 from regode.nir.config import FieldConfig, FitConfig
 from regode.nir.fields import FieldTransform, NeuralField
-from regode.transforms import integrate_velocity as flow
 from regode.nir.fit import fit_images
-from regode.lattice import downsize, patches, region_of
+from regode.rotations import euler_matrix
 from regode.synthetic import phantom_labels, random_bspline, render
-from regode.transforms import Affine, Rigid, euler_matrix
+from regode.transforms import Affine, Rigid
+from regode.transforms import integrate_velocity as flow
 from regode.warp import resample
 
 from .conftest import oblique_direction
@@ -357,8 +358,7 @@ def test_mind_fit_works_across_contrasts(warped_pair):
 
 
 def test_fit_field_content_metric_uses_the_given_encoder(pair_files, tmp_path):
-    from regode.encoder.config import EncoderConfig
-    from regode.encoder.config import EncoderTrainConfig
+    from regode.encoder.config import EncoderConfig, EncoderTrainConfig
     from regode.encoder.train import train as train_encoder
 
     folder, _ = pair_files

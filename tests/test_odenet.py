@@ -10,17 +10,18 @@ import torch
 import torch.nn as nn
 from typer.testing import CliRunner
 
+from regode import checkpoint
 from regode.cli import app
 from regode.errors import RegodeError
 from regode.grid import Grid
 from regode.io import load_transform, read_image, write_image
-from regode import checkpoint
-from regode.odenet.data import SyntheticPairs, recenter
 from regode.odenet.config import ModelConfig, MotionRange, TrainConfig, parse_schedule
+from regode.odenet.data import SyntheticPairs, recenter
 from regode.odenet.model import MSODENet, load_model, pyramid
 from regode.odenet.train import losses, train
+from regode.rotations import euler_matrix, rotation_matrix
 from regode.synthetic import phantom_labels, render
-from regode.transforms import Rigid, euler_matrix, rotation_matrix
+from regode.transforms import Rigid
 from regode.warp import resample
 
 runner = CliRunner()

@@ -21,7 +21,6 @@ from regode.transforms import Affine, Compose, DisplacementField, Rigid
 from regode.warp import resample
 
 from .conftest import oblique_direction
-from .test_io import random_affine, random_rigid
 
 runner = CliRunner()
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..grid import Grid
 from ..encoder.features import e3d, e3d_distance, slice_positions
+from ..grid import Grid
 from ..losses import mattes_mutual_information, mind
 from ..sampling import sample
 from ..transforms import Rigid

@@ -4,6 +4,7 @@ displacements are ``[3, nz, ny, nx]`` world mm."""
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from ..grid import Grid
 
@@ -52,7 +53,6 @@ def sd_log_jacobian(det: np.ndarray, mask: np.ndarray) -> float:
 
 def hd95(a: np.ndarray, b: np.ndarray, spacing: tuple[float, float, float]) -> float | None:
     """Mean over labels present in both maps of the 95th percentile symmetric surface distance (mm)."""
-    from scipy import ndimage
 
     sampling = spacing[::-1]  # array axes are (z, y, x)
     values = []

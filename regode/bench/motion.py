@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 from ..grid import Grid
-from ..transforms import Affine, BSpline, Compose, DisplacementField, Transform, euler_matrix
+from ..rotations import euler_matrix
+from ..transforms import Affine, BSpline, Compose, DisplacementField, Transform
 from .config import TASKS, MotionConfig
-
 
 
 def rigid_about_center(angles_deg: np.ndarray, translation: np.ndarray, center: np.ndarray) -> Affine:

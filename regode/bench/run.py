@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import torch
+from rich.console import Console
+from rich.table import Table
 
 from ..datasets import Subject, discover
 from ..errors import RegodeError
 from ..grid import Grid
 from ..io import Image, read_image
 from ..io.atomic import atomic_output, check_writable
+from ..progress import bar
+from ..progress import console as progress_console
 from ..transforms import Compose
 from ..warp import resample
 from . import metrics
-from .methods import METHODS
 from .config import BenchConfig
+from .methods import METHODS
 from .motion import inverse_on, sample_motion
 
 METRICS = ("dice", "rmse_x", "rmse_phi", "neg_jac_pct", "sdlogj", "hd95", "seconds", "memory_mb", "gpu_memory_mb")
@@ -119,8 +125,6 @@ def _reset_peak() -> bool:
     """Hand the allocator's free memory back to the system (glibc keeps freed blocks resident, and
     a method reusing them would seem to need nothing) and restart the kernel's record of this
     process's peak resident memory (Linux 4.0+)."""
-    import ctypes
-    import gc
 
     gc.collect()
     try:
@@ -209,14 +213,11 @@ def markdown_table(summary: dict, config: BenchConfig, notes: list[str]) -> str:
 
 def run(config: BenchConfig, out_prefix: str | Path, progress: bool = True) -> dict:
     """Run a benchmark; writes ``PREFIX.json`` and ``PREFIX.md`` and returns the JSON document."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
 
     out_prefix = Path(out_prefix)
     json_path, md_path = out_prefix.with_name(out_prefix.name + ".json"), out_prefix.with_name(out_prefix.name + ".md")
     check_writable(json_path)
-    console = Console(stderr=True)
+    console = progress_console()
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -230,15 +231,14 @@ def run(config: BenchConfig, out_prefix: str | Path, progress: bool = True) -> d
         else:
             methods[name] = method
     rows = []
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, disable=not progress) as bar:
-        job = bar.add_task("preparing cases", total=config.pairs * max(1, len(methods)))
+    with bar(progress, info=False) as progress_bar:
+        job = progress_bar.add_task("preparing cases", total=config.pairs * max(1, len(methods)))
         cases = build_cases(config, subjects)
         for case in cases:
             for name, method in methods.items():
-                bar.update(job, description=f"{case.name} {name}")
+                progress_bar.update(job, description=f"{case.name} {name}")
                 rows.append({"method": name, "case": case.name, **evaluate(case, method, config.seed)})
-                bar.advance(job)
+                progress_bar.advance(job)
     summary = summarise(rows, list(methods))
     document = {"summary": summary, "cases": rows, "config": asdict(config), "notes": notes}
     with atomic_output(json_path) as tmp:

@@ -23,9 +23,9 @@ from ..errors import RegodeError
 from ..grid import Grid
 from ..io import read_image
 from ..preprocess import center_of_mass, to_grid
+from ..rotations import rotation_matrix
 from ..sampling import sample
 from ..synthetic import random_head, render_contrast, training_grid
-from ..transforms import rotation_matrix
 
 # mean intensity of each tissue class (rows: CSF, GM, WM, deep GM, lesion) in each modality
 TISSUE_MEANS = {

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from .config import EncoderConfig
 
+
 def one_hot(index: torch.Tensor, count: int, like: torch.Tensor) -> torch.Tensor:
     """The one-hot codes of ``index [B]`` as constant channels ``[B, count, h, w]`` shaped like ``like``."""
     code = F.one_hot(index.long(), count).to(like.dtype)

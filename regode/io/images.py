@@ -7,11 +7,14 @@ world LPS mm, and writing sets the same grid back.
 
 from __future__ import annotations
 
+import gzip
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 
 from ..errors import RegodeError
@@ -35,15 +38,9 @@ class Image:
     dtype: np.dtype
     path: str | None = None
 
-    @property
-    def is_integer(self) -> bool:
-        return np.issubdtype(self.dtype, np.integer)
-
 
 def _open(path: str | os.PathLike):
     """A SimpleITK reader with the header read (no pixels yet); clear errors for bad files."""
-    import SimpleITK as sitk
-
     path = Path(path)
     if not path.exists():
         raise RegodeError(f"file not found: {path}")
@@ -106,7 +103,6 @@ def _nifti_pixels(path: str | os.PathLike, size: tuple[int, ...], components: in
 def read_image(path: str | os.PathLike, *, components: int | None = 1, what: str = "image") -> Image:
     """Read a 3D image. ``components`` is the number of values per voxel required (1 for scalar
     images, 3 for displacement fields, None for any); ``what`` names the image in error messages."""
-    import SimpleITK as sitk
 
     reader = _open(path)
     _check_3d(reader, path, what, components)
@@ -127,7 +123,6 @@ def read_image(path: str | os.PathLike, *, components: int | None = 1, what: str
 def to_sitk(data: np.ndarray | torch.Tensor, grid: Grid, dtype=None):
     """A SimpleITK image of ``data [C, nz, ny, nx]`` or ``[nz, ny, nx]`` on ``grid``; integer
     ``dtype`` rounds and clips to the type's range."""
-    import SimpleITK as sitk
 
     if isinstance(data, torch.Tensor):
         data = data.detach().cpu().numpy()
@@ -153,7 +148,6 @@ def to_sitk(data: np.ndarray | torch.Tensor, grid: Grid, dtype=None):
 def write_image(data: np.ndarray | torch.Tensor, grid: Grid, path: str | os.PathLike, dtype=None) -> None:
     """Write ``data`` ([1, C, nz, ny, nx], [C, nz, ny, nx] or [nz, ny, nx]) on ``grid`` to ``path``
     atomically (a failure leaves no file)."""
-    import SimpleITK as sitk
 
     if not has_image_extension(path):
         raise RegodeError(f"cannot write {path}: unknown image extension (use one of {', '.join(IMAGE_EXTENSIONS)})")
@@ -174,10 +168,7 @@ def _write_stored_gzip(img, path: str) -> None:
     """Write a ``.nii.gz`` whose gzip stream stores the NIfTI bytes uncompressed (deflate level 0).
     Displacement fields are float noise to zlib: level 1 gains about 10 % of the size and takes 6
     times as long (3.8 s against 0.6 s for a 1 mm 240x240x155 field); every gzip reader reads it."""
-    import gzip
-    import shutil
 
-    import SimpleITK as sitk
 
     raw = path[: -len(".gz")]
     sitk.WriteImage(img, raw, useCompression=False)

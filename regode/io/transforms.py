@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 
 from ..errors import RegodeError
@@ -53,7 +54,6 @@ def _kind(path: str) -> str:
 
 def _from_sitk(tx, path: str) -> Transform:
     """Convert a SimpleITK transform (any linear kind, displacement field, composite)."""
-    import SimpleITK as sitk
 
     if tx.GetDimension() != 3:
         raise RegodeError(f"transform {path} is {tx.GetDimension()}D; a 3D transform is needed")
@@ -78,7 +78,6 @@ def _from_sitk(tx, path: str) -> Transform:
 
 def load_transform(path: str | os.PathLike, invert: bool = False) -> Transform:
     """Read one transform file (float64 parameters); ``invert`` inverts a linear transform."""
-    import SimpleITK as sitk
 
     path = str(path)
     kind = _kind(path)
@@ -116,7 +115,6 @@ def load_transform_chain(specs: list[str]) -> Compose:
 
 
 def _sitk_linear(transform: Linear | Compose):
-    import SimpleITK as sitk
 
     affine = transform.as_affine() if isinstance(transform, Compose) else transform
     if affine.matrix.shape[0] != 1:
@@ -129,7 +127,6 @@ def _sitk_linear(transform: Linear | Compose):
 
 
 def _sitk_field(transform: Transform, grid: Grid):
-    import SimpleITK as sitk
 
     field = transform.displacement(grid)[0].detach().double().cpu()
     return sitk.DisplacementFieldTransform(to_sitk(field, grid, np.float64))
@@ -139,7 +136,6 @@ def save_transform(transform: Transform, path: str | os.PathLike, grid: Grid | N
     """Write ``transform`` to ``path``: linear to .mat/.txt/.tfm, anything to .h5 (composite) or to
     a displacement-field image sampled on ``grid`` (the fixed image's grid; defaults to the
     field's own grid)."""
-    import SimpleITK as sitk
 
     path = str(path)
     kind = _kind(path)

@@ -18,7 +18,6 @@ fixed steps), which gives a diffeomorphic mapping.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,6 +27,7 @@ from ..grid import Grid
 from ..sampling import sample
 from ..transforms import Transform, integrate_velocity
 from .config import FieldConfig
+
 
 def feature_grid(domain: Grid, spacing: float) -> Grid:
     """An isotropic grid in ``domain``'s orientation whose nodes cover ``domain`` with one node to

@@ -22,9 +22,10 @@ from ..errors import RegodeError
 from ..grid import Grid
 from ..io import read_image
 from ..preprocess import center_of_mass, foreground, to_grid
+from ..rotations import euler_matrix, rotation_matrix, rotvec_from_matrix
 from ..sampling import sample, sample_labels
 from ..synthetic import random_head, render_contrast, smooth_field, training_grid
-from ..transforms import Rigid, euler_matrix, rotation_matrix, rotvec_from_matrix
+from ..transforms import Rigid
 from .config import MotionRange
 from .kinds import KINDS
 

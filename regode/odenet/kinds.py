@@ -19,8 +19,9 @@ from torch import nn
 
 from ..grid import Grid
 from ..losses import gradient_energy
+from ..rotations import right_jacobian_inverse, rotation_matrix
 from ..sampling import sample, sample_on_grid, voxel_images
-from ..transforms import Affine, BSpline, Compose, DisplacementField, Rigid, Transform, right_jacobian_inverse, rotation_matrix
+from ..transforms import Affine, BSpline, Compose, DisplacementField, Rigid, Transform
 from .config import KINDS as KIND_NAMES
 from .config import PolishConfig
 from .networks import BSplineNet, RigidNet, UNet

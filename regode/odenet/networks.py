@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..preprocess import blur
-from ..transforms import skew
+from ..rotations import skew
 
 
 class Conv3d(nn.Conv3d):
