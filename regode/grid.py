@@ -75,6 +75,12 @@ class Grid:
         origin = self.center - self.direction_matrix @ (new_spacing * (new_size - 1) / 2)
         return Grid(tuple(new_size), tuple(new_spacing), tuple(origin), self.direction)
 
+    def rows(self, slab: slice) -> "Grid":
+        """The sub-grid of the slices ``slab`` along k (the tensor's first spatial dimension)."""
+        ks = range(self.size[2])[slab]
+        origin = self.index_to_world(np.array([0.0, 0.0, float(ks.start)]))
+        return Grid((self.size[0], self.size[1], len(ks)), self.spacing, tuple(origin), self.direction)
+
     def pulled_back(self, matrix: np.ndarray) -> "Grid":
         """The grid whose world point ``y`` is this grid's world point ``matrix @ y`` (4x4, world mm).
 

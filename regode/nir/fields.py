@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..grid import Grid
-from ..sampling import sample
+from ..sampling import sample, sample_on_grid
 from ..transforms import Transform, integrate_velocity
 from .config import FieldConfig
 
@@ -51,33 +51,11 @@ class GridEncoding(nn.Module):
         feats = [sample(table, grid, flat, padding=None)[0] for table, grid in zip(self.tables, self.grids)]
         return torch.cat(feats, 0).T.reshape(*points.shape[:-1], self.out_features)
 
-    def on_grid(self, grid: Grid, slab: slice) -> torch.Tensor:
-        """``forward`` at the voxels of ``grid`` (slices ``slab``), ``[nz, ny, nx, features]``,
-        computed separably (trilinear interpolation is a product of 1D ones when the grid shares
-        the tables' axes): far cheaper than sampling every point."""
-        out = []
-        for table, fgrid in zip(self.tables, self.grids):
-            offset = fgrid.world_to_index(grid.origin)
-            scale = np.asarray(grid.spacing) / np.asarray(fgrid.spacing)
-            w = [_linear_weights(offset[a], scale[a], grid.size[a], fgrid.size[a], table) for a in range(3)]
-            k = torch.arange(grid.size[2], device=table.device)[slab]
-            values = torch.einsum("fzyx,kz,jy,ix->kjif", table[0], w[2][k], w[1], w[0])
-            out.append(values)
-        return torch.cat(out, -1)
-
-
-def _linear_weights(start: float, step: float, n: int, size: int, like: torch.Tensor) -> torch.Tensor:
-    """``[n, size]`` linear interpolation weights of the positions ``start + step * i`` (table
-    indices), clamped to the table as ``grid_sample``'s border mode."""
-    pos = (start + step * torch.arange(n, dtype=torch.float64)).clamp(0, size - 1)
-    base = pos.floor().clamp(max=max(size - 2, 0)).long()
-    frac = pos - base
-    w = torch.zeros(n, size, dtype=torch.float64)
-    rows = torch.arange(n)
-    w[rows, base] = 1 - frac
-    if size > 1:
-        w[rows, base + 1] += frac
-    return w.to(like.dtype).to(like.device)
+    def on_grid(self, grid: Grid) -> torch.Tensor:
+        """``forward`` at the voxels of ``grid``, ``[nz, ny, nx, features]``, computed separably
+        (trilinear interpolation is a product of 1D ones when the grid shares the tables' axes):
+        far cheaper than sampling every point."""
+        return torch.cat([sample_on_grid(table, fgrid, grid, padding=None)[0] for table, fgrid in zip(self.tables, self.grids)]).movedim(0, -1)
 
 
 class FourierEncoding(nn.Module):
@@ -133,9 +111,9 @@ class NeuralField(nn.Module):
 
     def on_grid(self, grid: Grid, slab: slice = slice(None)) -> torch.Tensor:
         """``forward`` at the voxels of ``grid`` (slices ``slab``): ``[nz, ny, nx, 3]``; separable
-        (fast) for grid encodings on a grid with the domain's axes."""
-        if isinstance(self.encoding, GridEncoding) and np.allclose(grid.direction, self.encoding.grids[0].direction, atol=1e-6):
-            return self.mlp(self.encoding.on_grid(grid, slab))
+        (fast) for grid encodings on a grid with the domain's axes (see regode.sampling.sample_on_grid)."""
+        if isinstance(self.encoding, GridEncoding):
+            return self.mlp(self.encoding.on_grid(grid.rows(slab)))
         device = self.mlp[-1].weight.device
         return self(grid.world_points(torch.float32, device, slab))
 
