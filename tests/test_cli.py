@@ -24,3 +24,4 @@ def test_console_script_exit_codes_and_output(tmp_path):
     done = _regode("warp", "-i", str(tmp_path / "a.nii.gz"), "-r", str(tmp_path / "a.nii.gz"), "-o", str(tmp_path / "b.nii.gz"))
     assert done.returncode == 0, done.stderr
     np.testing.assert_allclose(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "b.nii.gz"))), sitk.GetArrayFromImage(image), atol=1e-4)
+

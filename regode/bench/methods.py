@@ -16,16 +16,13 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
+from .. import api
 from ..alignment import starting_point
-from ..errors import RegodeError
-from ..io import Image, load_transform_chain
-from ..nir.config import FieldConfig, FitConfig
-from ..nir.fit import fit_images
-from ..odenet.config import MODELS, RegisterConfig
+from ..api import FieldConfig, FitConfig, Image, RegisterConfig, RegodeError, Transform
+from ..odenet.config import MODELS
 from ..odenet.model import MSODENet
-from ..odenet.register import load_models, register_images
 from ..preprocess import working_image
-from ..transforms import Compose, Transform
+from ..transforms import Compose
 
 
 class Method(Protocol):
@@ -71,7 +68,7 @@ class Ants:
         f, m = to_ants(fixed), to_ants(moving)
         with tempfile.TemporaryDirectory(prefix="regode-ants-") as tmp:
             result = ants.registration(f, m, type_of_transform=self.kind, random_seed=seed, outprefix=str(Path(tmp) / "out_"))
-            return load_transform_chain(result["fwdtransforms"])
+            return api.load_transforms(result["fwdtransforms"])
 
 
 class Regode:
@@ -82,7 +79,7 @@ class Regode:
     def __init__(self, model: str, networks: bool = True, **overrides):
         self.config = RegisterConfig(model=model, **overrides)
         try:
-            self.models = load_models(self.config)
+            self.models = api.load_models(self.config)
             self.unavailable = None
         except RegodeError as exc:
             self.unavailable = str(exc)
@@ -95,7 +92,7 @@ class Regode:
                 self.models[kind] = (blank, path)
 
     def register(self, fixed: Image, moving: Image, seed: int) -> Transform:
-        return register_images(fixed, moving, replace(self.config, seed=seed), self.models).transform
+        return api.register(fixed, moving, replace(self.config, seed=seed), self.models).transform
 
 
 class PrincipalAxes:
@@ -119,7 +116,7 @@ class NeuralField:
         self.config = FitConfig(**overrides)
 
     def register(self, fixed: Image, moving: Image, seed: int) -> Transform:
-        return fit_images(fixed, moving, replace(self.config, seed=seed)).transform
+        return api.fit_field(fixed, moving, replace(self.config, seed=seed)).transform
 
 
 METHODS: dict[str, Callable[[], Method]] = {

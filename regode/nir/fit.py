@@ -14,7 +14,6 @@ finer field first). The result is evaluated on the fixed working grid.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 
 import torch
 from torch import nn
@@ -31,7 +30,7 @@ from ..preprocess import blur, foreground, head_center, working_image
 from ..progress import bar
 from ..result import Result
 from ..transforms import Affine, Compose, DisplacementField
-from .config import FEATURE_METRICS, FieldConfig, FitConfig
+from .config import FEATURE_METRICS, FitConfig
 from .fields import FieldTransform, NeuralField
 
 CONTENT_COMPONENTS = 8
@@ -142,7 +141,7 @@ def fit_images(fixed: Image, moving: Image, config: FitConfig, progress: bool = 
             t0 = time.perf_counter()
             for f in fields:
                 f.requires_grad_(False)
-            network = NeuralField(fixed_grid, FieldConfig(**asdict(config.network))).to(device)
+            network = NeuralField(fixed_grid, config.network).to(device)
             fields.append(FieldTransform(network, config.diffeomorphic, config.integration_steps, config.solver))
             task = progress_bar.add_task(f"field {number} ({stages[-1].name})", total=sum(s.iterations for s in stages), info="")
             fit = fitting.Fit(Compose(fields), objective, config.lr, after=affine)
