@@ -1,7 +1,7 @@
 """regode: learned and per-pair 3D brain MRI registration with ANTs-compatible outputs.
 
 The public API (regode.api) is available here: ``regode.register``, ``regode.fit_field``,
-``regode.register_files``, ``regode.warp``, ``regode.read_image``, ``regode.load_transforms``, the
+``regode.register_files``, ``regode.apply_transforms``, ``regode.read_image``, ``regode.load_transforms``, the
 configs and :class:`~regode.result.Result`. It is loaded on first use, so that importing the
 package (and ``regode --help``) does not import torch.
 
@@ -16,7 +16,7 @@ Frames used throughout (see docs/conventions.md and docs/architecture.md):
 
 from ._version import __version__
 
-API = ("register", "fit_field", "register_files", "fit_files", "load_models", "warp", "warp_files", "read_image",
+API = ("register", "fit_field", "register_files", "fit_files", "load_models", "apply_transforms", "warp_files", "read_image",
        "write_image", "read_grid", "load_transforms", "save_transform", "Image", "Grid", "Result", "Transform",
        "RegisterConfig", "FitConfig", "FieldConfig", "RegodeError")
 

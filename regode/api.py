@@ -3,7 +3,7 @@
     import regode
     fixed, moving = regode.read_image("t1.nii.gz"), regode.read_image("flair.nii.gz")
     result = regode.register(fixed, moving, regode.RegisterConfig(model="rigid"))
-    moved = regode.warp(moving, fixed.grid, result.transform)
+    moved = regode.apply_transforms(moving, fixed.grid, result.transform)
     regode.register_files("t1.nii.gz", "flair.nii.gz", "out_", regode.RegisterConfig())  # files to files
 
 Images are :class:`~regode.io.Image` (data, grid in world LPS mm); a :class:`~regode.result.Result`
@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import torch
 
-from .errors import RegodeError
-from .grid import Grid
-from .io import Image, load_transform_chain, read_grid, read_image, write_image
+# re-exported (regode.API names them; regode/__init__.py hands them out on first use)
+from .errors import RegodeError  # noqa: F401
+from .grid import Grid  # noqa: F401
+from .io import Image, load_transform_chain, read_grid, read_image, save_transform, write_image  # noqa: F401
 from .io.atomic import check_writable
-from .nir.config import FitConfig
+from .nir.config import FieldConfig, FitConfig  # noqa: F401
 from .nir.fit import fit_images
 from .odenet.config import RegisterConfig
-from .odenet.register import register_images
+from .odenet.register import load_models, register_images  # noqa: F401
+from .pipeline import fit_files, register_files  # noqa: F401
 from .result import Result
 from .transforms import Transform
 from .warp import resample
@@ -44,7 +46,7 @@ def load_transforms(specs: list[str]) -> Transform:
     return load_transform_chain(list(specs))
 
 
-def warp(image: Image, reference: Grid, transform: Transform, interp: str = "linear", default_value: float = 0.0) -> torch.Tensor:
+def apply_transforms(image: Image, reference: Grid, transform: Transform, interp: str = "linear", default_value: float = 0.0) -> torch.Tensor:
     """``image`` resampled onto ``reference`` through ``transform`` (fixed -> moving)."""
     return resample(image.data, image.grid, reference, transform, interp, default_value)
 
@@ -60,7 +62,7 @@ def warp_files(input, reference, output, specs: list[str], interp: str = "linear
     chain = load_transforms(specs)
     if interp == "label" and image.data.shape[1] != 1:
         raise RegodeError(f"label interpolation needs a scalar label image, {input} has vectors")
-    write_image(warp(image, grid, chain, interp, default_value), grid, output, image.dtype)
+    write_image(apply_transforms(image, grid, chain, interp, default_value), grid, output, image.dtype)
 
 
 from . import API  # noqa: E402  (the names regode/__init__.py exports, in one place)
