@@ -37,6 +37,10 @@ TISSUE_MEANS = {
 }
 CLASS_WEIGHTS = torch.tensor([0.10, 0.35, 0.35, 0.10, 0.10])  # regions 2.. of a random head
 JITTER = 0.06
+SLAB_HEAD = 0.1
+"""slab centres and E3D's slice positions lie where a volume's mean intensity is above this: a
+stricter foreground than regode.preprocess.FOREGROUND, kept as the shipped encoder was trained
+with it."""
 
 
 @dataclass
@@ -124,7 +128,7 @@ class SubjectSource:
         volumes, present = self._subject(step // self.reuse)
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + 7 * step + 2)
         axis = 2 + int(torch.randint(3, (1,), generator=gen))
-        profile = (volumes[:, 0].mean(0) > 0.1).float().movedim(axis - 2, 0).flatten(1).sum(1)
+        profile = (volumes[:, 0].mean(0) > SLAB_HEAD).float().movedim(axis - 2, 0).flatten(1).sum(1)
         inside = torch.nonzero(profile > 0.3 * profile.max()).flatten()
         if inside.numel() == 0:
             inside = torch.arange(volumes.shape[axis])

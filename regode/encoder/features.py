@@ -16,7 +16,7 @@ from .. import checkpoint
 from .. import config as configs
 from ..errors import RegodeError
 from ..preprocess import blur
-from .data import cut_slabs
+from .data import SLAB_HEAD, cut_slabs
 from .networks import ContentEncoder, EncoderConfig, Translator
 
 FORMAT = "regode.encoder"
@@ -28,7 +28,7 @@ to the blur that resampling itself adds (none at whole-voxel shifts, most at hal
 the distance dips and jumps at grid-aligned positions instead of following the misalignment."""
 
 
-def slice_positions(reference: torch.Tensor, count: int, seed: int = 0, threshold: float = 0.1) -> list[torch.Tensor]:
+def slice_positions(reference: torch.Tensor, count: int, seed: int = 0, threshold: float = SLAB_HEAD) -> list[torch.Tensor]:
     """``count`` slice indices along each tensor axis (z, y, x) of ``reference [1, 1, nz, ny, nx]``,
     drawn without replacement among the slices whose head area is at least a third of the largest
     (all slices if the image is empty)."""
