@@ -16,8 +16,9 @@ import sys
 CHILD = r"""
 import json, resource, statistics, sys, time
 import torch
-from regode.odenet.model import ModelConfig, MSODENet
-from regode.odenet.train import TrainConfig, losses, make_source
+from regode.odenet.config import ModelConfig, TrainConfig
+from regode.odenet.model import MSODENet
+from regode.odenet.train import losses, make_source
 kind, size, steps, threads, adjoint = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
 torch.set_num_threads(threads)
 torch.manual_seed(0)

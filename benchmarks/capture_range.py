@@ -21,14 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from regode.odenet.checkpoint import weights_dir
 
-from regode.alignment import head_center
 from regode.bench.capture import METRICS, Metrics, basin, moved_by
-from regode.bench.run import discover
-from regode.encoder.train import load_encoder
+from regode.checkpoint import weights_dir
+from regode.datasets import discover
+from regode.encoder.features import load_encoder
 from regode.io import read_image
-from regode.pipeline import working_image
+from regode.preprocess import head_center, to_grid, working_image
 
 
 def main() -> None:
@@ -68,8 +67,6 @@ def main() -> None:
             moving_image = read_image(subject.contrasts[b])
             moving, mgrid = working_image(moving_image, args.spacing, device)
             if mgrid != grid:  # put the moving contrast on the fixed working grid
-                from regode.odenet.preprocess import to_grid
-
                 moving = to_grid(moving_image, grid)
             center = head_center(fixed, grid)
             metrics = Metrics(fixed, encoder, args.slices)

@@ -18,7 +18,7 @@ import torch
 from .errors import RegodeError  # noqa: F401
 from .grid import Grid  # noqa: F401
 from .io import Image, load_transform_chain, read_grid, read_image, save_transform, write_image  # noqa: F401
-from .io.atomic import check_writable
+from .io.atomic import check_outputs
 from .nir.config import FieldConfig, FitConfig  # noqa: F401
 from .nir.fit import fit_images
 from .odenet.config import RegisterConfig
@@ -56,7 +56,7 @@ def warp_files(input, reference, output, specs: list[str], interp: str = "linear
     """``regode warp``: read, resample onto the reference's grid, write with the input's pixel type."""
     if threads:
         torch.set_num_threads(threads)
-    check_writable(output)
+    check_outputs([output], [input, reference, *specs])
     image = read_image(input, components=None, what="input image")
     grid = read_grid(reference, what="reference image")
     chain = load_transforms(specs)

@@ -18,6 +18,11 @@ import typing
 
 from .errors import RegodeError
 
+DEVICES = ("auto", "cpu", "cuda")
+"""``--device``: auto takes a CUDA GPU when torch sees one (regode.device)."""
+INTERPOLATIONS = ("linear", "nearest", "label", "bspline")
+"""``regode warp --interp`` (regode.warp.INTERPOLATORS): label is ANTs' GenericLabel."""
+
 
 def option(name: str) -> str:
     """The command-line spelling of a config field: ``lambda_fold`` -> ``--lambda-fold``."""
@@ -51,9 +56,9 @@ def one_of(config, name: str, allowed) -> None:
 
 
 def threads(config) -> None:
-    """``threads``: None (all cores) or a positive count."""
-    require(config.threads is None or (isinstance(config.threads, int) and config.threads >= 1),
-            f"--threads must be a positive number of threads, not {config.threads}")
+    """``threads``: None or 0 (all cores) or a positive count."""
+    require(config.threads is None or (isinstance(config.threads, int) and config.threads >= 0),
+            f"--threads must be a number of threads (0: all cores), not {config.threads}")
 
 
 def from_dict(cls, values: dict):
@@ -70,7 +75,7 @@ def from_dict(cls, values: dict):
         kind = hints[f.name]
         if dataclasses.is_dataclass(kind) and isinstance(values[f.name], dict):
             values[f.name] = from_dict(kind, values[f.name])
-        elif typing.get_origin(kind) is tuple and isinstance(values[f.name], list):
+        elif typing.get_origin(kind) is tuple and isinstance(values[f.name], (list, tuple)):
             (item,) = {a for a in typing.get_args(kind) if a is not Ellipsis}
             values[f.name] = tuple(from_dict(item, v) if dataclasses.is_dataclass(item) and isinstance(v, dict) else v
                                    for v in values[f.name])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .config import DEVICES
 from .errors import RegodeError
 
 
@@ -13,6 +14,6 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise RegodeError("--device cuda was asked for, but torch sees no CUDA device")
-    if name not in ("cpu", "cuda"):
-        raise RegodeError(f"unknown --device {name!r}: use auto, cpu or cuda")
+    if name not in DEVICES:
+        raise RegodeError(f"unknown --device {name!r}: use {', '.join(DEVICES)}")
     return torch.device(name)

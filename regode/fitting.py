@@ -57,6 +57,10 @@ class Objective:
     lambda_grad: float = 0.0
     lambda_bending: float = 0.0
 
+    def __post_init__(self):
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(f"unknown similarity {self.similarity!r}: one of {', '.join(SIMILARITIES)}")
+
     @property
     def needs_jacobian(self) -> bool:
         return bool(self.lambda_fold or self.lambda_grad)
@@ -110,7 +114,8 @@ def run(fit: Fit, stages: list[Stage], generator: torch.Generator, progress: Cal
             loss.backward()
             adam.step(fit.lr * (1.0 - 0.9 * it / max(1, stage.iterations - 1) if stage.decay else 1.0))
             if not torch.isfinite(loss):
-                raise RegodeError("the fit diverged (non-finite loss): lower --lr or raise the regularisation")
+                raise RegodeError(f"the fit diverged (non-finite loss at {stage.name}, step {it}): lower the learning rate "
+                                  "(fit-field --lr) or raise the regularisation")
             if it % fit.log_every == 0 or it == stage.iterations - 1:
                 history.append({"iteration": it, "loss": float(loss.detach()), "similarity": float(sim.detach())})
             if progress is not None:

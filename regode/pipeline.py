@@ -22,7 +22,7 @@ from ._version import __version__
 from .checkpoint import file_hash
 from .errors import RegodeError
 from .io import Image, read_image, save_transform, write_image
-from .io.atomic import StagedOutputs, check_writable
+from .io.atomic import StagedOutputs, check_outputs
 from .nir.config import FitConfig
 from .nir.fit import fit_images
 from .odenet.config import RegisterConfig
@@ -43,10 +43,10 @@ def output_paths(prefix: str | Path, deformable: bool, labels: bool) -> dict[str
     return {k: Path(str(prefix) + v) for k, v in names.items()}
 
 
-def read_inputs(fixed_path, moving_path, moving_labels, paths: dict[str, Path]) -> tuple[Image, Image, Image | None]:
-    """Check every output can be written, then read the images (one clear error otherwise)."""
-    for p in paths.values():
-        check_writable(p)
+def read_inputs(fixed_path, moving_path, moving_labels, paths: dict[str, Path], other_inputs=()) -> tuple[Image, Image, Image | None]:
+    """Check every output can be written and is none of the inputs (``other_inputs``: transform
+    specs, model files), then read the images (one clear error otherwise)."""
+    check_outputs(paths.values(), [fixed_path, moving_path, moving_labels, *other_inputs])
     fixed = read_image(fixed_path, what="fixed image")
     moving = read_image(moving_path, what="moving image")
     labels = None
@@ -111,7 +111,8 @@ def register_files(fixed_path, moving_path, prefix, config: RegisterConfig, movi
     start = time.perf_counter()
     paths = output_paths(prefix, not KINDS[config.stages[-1]].linear, moving_labels is not None)
     models = load_models(config)
-    fixed, moving, labels = read_inputs(fixed_path, moving_path, moving_labels, paths)
+    fixed, moving, labels = read_inputs(fixed_path, moving_path, moving_labels, paths,
+                                        [*config.initial_transform, *(str(p) for _, p in models.values())])
     read_s = time.perf_counter() - start
     result = register_images(fixed, moving, config, models)
     result.stats["timings_s"]["read"] = read_s
@@ -126,7 +127,7 @@ def fit_files(fixed_path, moving_path, prefix, config: FitConfig, moving_labels=
     image's full resolution; returns the JSON record."""
     start = time.perf_counter()
     paths = output_paths(prefix, True, moving_labels is not None)
-    fixed, moving, labels = read_inputs(fixed_path, moving_path, moving_labels, paths)
+    fixed, moving, labels = read_inputs(fixed_path, moving_path, moving_labels, paths, [*config.initial_transform, config.encoder])
     read_s = time.perf_counter() - start
     result = fit_images(fixed, moving, config, progress)
     result.stats["timings_s"]["read"] = read_s

@@ -11,7 +11,7 @@ def console() -> Console:
     return Console(stderr=True)
 
 
-def bar(enabled: bool = True, eta: bool = False, info: bool = True, transient: bool = False) -> Progress:
+def bar(enabled: bool = True, eta: bool = False, info: bool = True) -> Progress:
     """A bar with the task's description, done/total, a free ``info`` field (``info=...`` in
     ``update``), the elapsed time and (``eta``) the time left; silent unless ``enabled``."""
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn()]
@@ -20,4 +20,4 @@ def bar(enabled: bool = True, eta: bool = False, info: bool = True, transient: b
     columns.append(TimeElapsedColumn())
     if eta:
         columns.append(TimeRemainingColumn())
-    return Progress(*columns, console=console(), disable=not enabled, transient=transient)
+    return Progress(*columns, console=console(), disable=not enabled)

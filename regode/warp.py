@@ -6,6 +6,7 @@ import functools
 
 import torch
 
+from .config import INTERPOLATIONS
 from .grid import Grid
 from .sampling import sample, sample_bspline, sample_labels, uniform_cells
 from .transforms import Compose, Transform
@@ -19,7 +20,7 @@ def _nearest(volume, grid, points, padding):
     return sample(volume, grid, points, "nearest", padding)
 
 
-INTERPOLATORS = {"linear": _linear, "nearest": _nearest, "label": sample_labels, "bspline": sample_bspline}
+INTERPOLATORS = dict(zip(INTERPOLATIONS, (_linear, _nearest, sample_labels, sample_bspline)))
 """Interpolator name -> ``f(volume, grid, points, padding)``; ANTs' Linear, NearestNeighbor,
 GenericLabel and BSpline."""
 

@@ -141,3 +141,19 @@ def test_torch_free_configs_keep_help_instant():
 
     code = "import sys, regode.cli; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_benchmark_scripts_import_what_exists():
+    """Every ``from regode... import name`` of benchmarks/*.py names a module and attribute that exist
+    (the scripts are not run by the tests, so a refactor would otherwise break them silently)."""
+    import importlib
+
+    scripts = sorted((ROOT.parent / "benchmarks").glob("*.py"))
+    assert scripts
+    for script in scripts:
+        for node in ast.walk(ast.parse(script.read_text(), str(script))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("regode"):
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    assert hasattr(module, alias.name) or importlib.util.find_spec(f"{node.module}.{alias.name}"), \
+                        f"{script.name}: {node.module} has no {alias.name}"

@@ -189,7 +189,7 @@ def test_thin_images_and_bad_options():
     assert bool(torch.isfinite(result.field.field).all())
     for bad in (dict(spacing=0.0), dict(lr=-1.0), dict(stride=0)):
         with pytest.raises(RegodeError):
-            FitConfig(**bad).check()
+            FitConfig(**bad)
 
 
 def test_diffeomorphic_mode_does_not_fold_where_displacement_mode_does():

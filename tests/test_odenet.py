@@ -16,8 +16,9 @@ from regode.errors import RegodeError
 from regode.grid import Grid
 from regode.io import load_transform, read_image, write_image
 from regode.odenet.config import ModelConfig, MotionRange, TrainConfig, parse_schedule
-from regode.odenet.data import SyntheticPairs, recenter
+from regode.odenet.data import SyntheticPairs
 from regode.odenet.model import MSODENet, load_model, pyramid
+from regode.odenet.motion import recenter
 from regode.odenet.train import losses, train
 from regode.rotations import euler_matrix, rotation_matrix
 from regode.synthetic import phantom_labels, render

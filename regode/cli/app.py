@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import functools
 import os
+import signal
 import sys
 from typing import Callable
 
@@ -47,19 +48,54 @@ def choices(name: str, values) -> type[enum.Enum]:
     return enum.Enum(name, {v: v for v in values}, type=str)
 
 
+def _terminate(signum, frame) -> None:
+    """SIGTERM (a scheduler's kill, ``timeout``) unwinds like Ctrl-C: staged outputs are removed."""
+    raise SystemExit(128 + signum)
+
+
+def run(args: list[str] | None = None) -> int:
+    """Run the command line and return its exit code: 0, 1 for a ``regode: error:`` line, 2 for a
+    bad command line (one ``regode: error:`` line too, not click's usage box), 130 on Ctrl-C and
+    143 on SIGTERM."""
+    try:  # typer >= 0.2x carries its own copy of click
+        from typer._click import exceptions as click
+    except ImportError:
+        from click import exceptions as click
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        code = app(args=args, standalone_mode=False)
+        return code if isinstance(code, int) else 0
+    except click.NoArgsIsHelpError as exc:  # ``regode`` alone, or a command without its options: the help
+        print(exc.format_message())
+        return 0
+    except click.UsageError as exc:
+        command = exc.ctx.command_path.partition(" ")[2] if exc.ctx is not None else ""
+        message = exc.format_message().replace("Value error, ", "")
+        print(f"regode: error: {command + ': ' if command else ''}{message} (see regode {command + ' ' if command else ''}-h)",
+              file=sys.stderr)
+        return 2
+    except click.ClickException as exc:
+        print(f"regode: error: {exc.format_message()}", file=sys.stderr)
+        return exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        print("regode: error: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main() -> None:
     """The ``regode`` console script. Once a command has returned (its files written and moved
     into place, every writer thread joined), the process ends without the interpreter's shutdown:
     unloading PyTorch's modules takes 0.5-1 s on this 2-core CPU, time a user waits for and that
     does nothing for them. Output streams are flushed first; an uncaught exception still takes the
     normal path (traceback, shutdown)."""
-    try:
-        app()
-        code = 0
-    except SystemExit as exc:
-        if isinstance(exc.code, str):
-            print(exc.code, file=sys.stderr)
-        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+    code = run()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

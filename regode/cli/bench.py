@@ -7,25 +7,25 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..bench.config import ALL_TASKS, PAIRINGS, MotionConfig
+from ..bench.config import ALL_TASKS, PAIRINGS, BenchConfig, MotionConfig
 from .app import app, choices, user_errors
 
 Task = choices("Task", ALL_TASKS)
 Pairing = choices("Pairing", PAIRINGS)
-M = MotionConfig  # the defaults below are its
+B, M = BenchConfig, MotionConfig  # the defaults below are theirs
 
 
 @app.command()
 @user_errors
 def bench(
     data: Annotated[Path, typer.Option("--data", help="Dataset folder: DIR/<subject>/<contrast>.nii.gz (+ seg/labels).")],
-    task: Annotated[Task, typer.Option("--task", help="Synthetic motion to undo, or inter-subject pairs.")] = Task("rigid"),
-    methods: Annotated[str, typer.Option("--methods", help="Comma-separated: identity, ants:Rigid, ants:SyN, ants:SyNRA, regode:rigid, regode:rigid+bspline, regode:nir, ...")] = "identity",
-    pairs: Annotated[int, typer.Option("--pairs", help="Number of cases.")] = 5,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of cases, motion and methods.")] = 0,
-    resolution: Annotated[float, typer.Option("--resolution", help="Isotropic working spacing in mm (0: native).")] = 2.0,
-    threads: Annotated[int, typer.Option("--threads", help="CPU threads for every method (0: all cores).")] = 0,
-    contrasts: Annotated[Pairing, typer.Option("--contrasts", help="Synthetic-motion tasks: moving image of another contrast (multi-modal) or the same one.")] = Pairing("different"),
+    task: Annotated[Task, typer.Option("--task", help="Synthetic motion to undo, or inter-subject pairs.")] = Task(B.task),
+    methods: Annotated[str, typer.Option("--methods", help="Comma-separated: identity, ants:Rigid, ants:SyN, ants:SyNRA, regode:rigid, regode:rigid+bspline, regode:nir, ...")] = ",".join(B.methods),
+    pairs: Annotated[int, typer.Option("--pairs", help="Number of cases.")] = B.pairs,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of cases, motion and methods.")] = B.seed,
+    resolution: Annotated[float, typer.Option("--resolution", help="Isotropic working spacing in mm (0: native).")] = B.resolution,
+    threads: Annotated[int, typer.Option("--threads", help="CPU threads for every method (0: all cores).")] = B.threads,
+    contrasts: Annotated[Pairing, typer.Option("--contrasts", help="Synthetic-motion tasks: moving image of another contrast (multi-modal) or the same one.")] = Pairing(B.contrasts),
     max_rotation: Annotated[float, typer.Option(help="Rigid task: rotations U(-a, a) degrees per axis.")] = M.max_rotation,
     max_translation: Annotated[float, typer.Option(help="Rigid task: translations U(-t, t) mm per axis.")] = M.max_translation,
     hybrid_max_rotation: Annotated[float, typer.Option(help="rigid+deformable: rotation range (degrees).")] = M.hybrid_max_rotation,
@@ -38,10 +38,12 @@ def bench(
     """Benchmark registration methods on synthetic motion with exact ground truth (or inter-subject)."""
     import os
 
+    from ..errors import RegodeError
+
+    if threads < 0:
+        raise RegodeError(f"--threads must be a number of threads (0: all cores), not {threads}")
     threads = threads or os.cpu_count() or 1
-    if threads > 0:
-        os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)  # ANTs, read when ITK starts: before any import of it
-    from ..bench.config import BenchConfig
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)  # ANTs, read when ITK starts: before any import of it
     from ..bench.run import run
 
     config = BenchConfig(

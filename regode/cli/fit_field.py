@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..nir.config import ACTIVATIONS, DEVICES, ENCODINGS, METRICS, SAMPLERS, SOLVERS, FieldConfig, FitConfig
+from ..config import DEVICES
+from ..nir.config import ACTIVATIONS, ENCODINGS, METRICS, SAMPLERS, SOLVERS, FieldConfig, FitConfig
 from .app import app, choices, user_errors
 
 Sampler = choices("Sampler", SAMPLERS)

@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..odenet.config import DEVICES, MODELS, RegisterConfig
+from ..config import DEVICES
+from ..odenet.config import MODELS, RegisterConfig
 from .app import app, choices, user_errors
 
 Model = choices("Model", MODELS)

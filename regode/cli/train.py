@@ -13,7 +13,7 @@ from .app import app, choices, user_errors
 
 Model = choices("Model", KINDS + ("encoder",))
 Similarity = choices("Similarity", SIMILARITIES)
-T, M = TrainConfig, MotionRange  # the defaults below are theirs (encoder: EncoderTrainConfig's where they differ)
+T, E, M = TrainConfig, EncoderTrainConfig, MotionRange  # the defaults below are theirs; None: the model's config's
 
 
 @app.command()
@@ -24,9 +24,9 @@ def train(
     data: Annotated[Optional[Path], typer.Option("--data", help="Dataset folder DIR/<subject>/<contrast>.nii.gz (co-registered contrasts).")] = None,
     synthetic: Annotated[bool, typer.Option("--synthetic", help="Train on generated heads (the default when --data is not given).")] = False,
     label_map: Annotated[Optional[list[Path]], typer.Option("--label-map", help="Label map to render as well (synthetic data), repeatable.")] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", help=f"Optimiser steps (default {T.steps}, encoder {EncoderTrainConfig.steps}; with --resume: the saved run's, or this).")] = None,
-    batch: Annotated[Optional[int], typer.Option("--batch", help=f"Pairs (encoder: slab pairs) per step (default {T.batch}, encoder {EncoderTrainConfig.batch}).")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help=f"Adam learning rate (default {T.lr:g}, encoder {EncoderTrainConfig.lr:g}).")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help=f"Optimiser steps (default {T.steps}, encoder {E.steps}; with --resume: the saved run's, or this).")] = None,
+    batch: Annotated[Optional[int], typer.Option("--batch", help=f"Pairs (encoder: slab pairs) per step (default {T.batch}, encoder {E.batch}).")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help=f"Adam learning rate (default {T.lr:g}, encoder {E.lr:g}).")] = None,
     schedule: Annotated[str, typer.Option("--schedule", help="Solvers per level, e.g. A(1e-3)-A(1e-3)-F(0.1) (default: the kind's).")] = ModelConfig.schedule,
     levels: Annotated[int, typer.Option("--levels", help="Pyramid levels L (= T).")] = ModelConfig.levels,
     spacing: Annotated[float, typer.Option("--spacing", help="Finest working spacing (mm).")] = ModelConfig.spacing,
@@ -43,33 +43,35 @@ def train(
     max_translation: Annotated[float, typer.Option(help="Rigid: translations U(-t, t) mm per axis.")] = M.max_translation,
     max_sigma: Annotated[float, typer.Option(help="Deformable: B-spline displacement sd U(0, s) mm.")] = M.max_sigma,
     adjoint: Annotated[bool, typer.Option("--adjoint", help="Backpropagate with the adjoint method (less memory).")] = T.adjoint,
-    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = T.checkpoint_every,
-    validate_every: Annotated[int, typer.Option(help="Steps between validations.")] = T.validate_every,
+    checkpoint_every: Annotated[Optional[int], typer.Option(help=f"Steps between checkpoints (default {T.checkpoint_every}, encoder {E.checkpoint_every}).")] = None,
+    validate_every: Annotated[Optional[int], typer.Option(help=f"Steps between validations (default {T.validate_every}, encoder {E.validate_every}).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the initial weights and of the data.")] = T.seed,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT.ckpt with its saved config (--steps may extend it).")] = False,
-    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads (default: all cores).")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=0, help="CPU threads (default: all cores).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Train an MS-ODENet (rigid, bspline or dense) or the content encoder on synthetic or folder data."""
     import torch
 
+    from ..checkpoint import training_files
     from ..errors import RegodeError
-    from ..io.atomic import check_writable
+    from ..io.atomic import check_outputs
 
     if data is not None and synthetic:
         raise RegodeError("use either --data DIR or --synthetic, not both")
     if threads:
         torch.set_num_threads(threads)
-    check_writable(out)
+    ckpt, log = training_files(out)
+    check_outputs([out] if resume else [out, ckpt, log], [*(label_map or ()), encoder])  # resuming reads and rewrites OUT.ckpt
     data = str(data) if data else None
     if model.value == "encoder":
         from ..encoder.train import train as run
 
         if label_map or similarity.value != T.similarity or encoder:
             raise RegodeError("--label-map, --similarity and --encoder are for MS-ODENet models, not for training the encoder")
-        given = {k: v for k, v in (("steps", steps), ("batch", batch), ("lr", lr), ("lambda_basin", lambda_basin)) if v is not None}
-        config = EncoderTrainConfig(model=EncoderConfig(width=width, spacing=spacing), data=data, size=size, seed=seed,
-                                    checkpoint_every=checkpoint_every, validate_every=validate_every, **given)
+        given = {k: v for k, v in (("steps", steps), ("batch", batch), ("lr", lr), ("lambda_basin", lambda_basin),
+                                   ("checkpoint_every", checkpoint_every), ("validate_every", validate_every)) if v is not None}
+        config = EncoderTrainConfig(model=EncoderConfig(width=width, spacing=spacing), data=data, size=size, seed=seed, **given)
         result = run(config, out, resume=resume, progress=not quiet, steps=steps)
         last = result["history"][-1]
         print(f"wrote {out}: {result['steps']} steps in {result['seconds'] / 60:.1f} min, validation cross-translation L1 "
@@ -87,7 +89,9 @@ def train(
         model=ModelConfig(kind=model.value, levels=levels, horizon=float(levels), schedule=schedule, spacing=spacing, width=width),
         data=data, label_maps=tuple(str(p) for p in label_map or ()), steps=steps_, batch=batch_, lr=T.lr if lr is None else lr,
         similarity=similarity.value, encoder=str(encoder) if encoder else None, lambda_sim=lambda_sim, lambda_self=lambda_self,
-        lambda_reg=lambda_reg, size=size, seed=seed, adjoint=adjoint, checkpoint_every=checkpoint_every, validate_every=validate_every,
+        lambda_reg=lambda_reg, size=size, seed=seed, adjoint=adjoint,
+        checkpoint_every=T.checkpoint_every if checkpoint_every is None else checkpoint_every,
+        validate_every=T.validate_every if validate_every is None else validate_every,
         motion=MotionRange(max_rotation, max_translation, max_sigma, ramp_pairs=curriculum_pairs(curriculum, steps_, batch_)),
     )
     result = run(config, out, resume=resume, progress=not quiet, steps=steps)

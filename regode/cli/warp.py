@@ -7,9 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..config import INTERPOLATIONS
 from .app import app, choices, user_errors
 
-Interp = choices("Interp", ("linear", "nearest", "label", "bspline"))
+Interp = choices("Interp", INTERPOLATIONS)
 
 
 @app.command()
@@ -30,7 +31,7 @@ def warp(
     ] = None,
     interp: Annotated[Interp, typer.Option("--interp", "-n", help="label = ANTs GenericLabel (no new labels).")] = Interp("linear"),
     default_value: Annotated[float, typer.Option("--default-value", help="Value outside the input image.")] = 0.0,
-    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads (default: all cores).")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=0, help="CPU threads (default: all cores).")] = None,
 ) -> None:
     """Resample an image through ITK/ANTs transforms, like antsApplyTransforms."""
     from ..api import warp_files

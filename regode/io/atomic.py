@@ -6,14 +6,21 @@ import contextlib
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
 from ..errors import RegodeError
 
+STAGING = ".regode-"
+"""private staging folders are ``.regode-<pid>-XXXX`` beside the outputs: the process that made
+one is named, so a later run can remove what a killed run left (:func:`staging_folder`)."""
+
 
 def check_writable(path: str | os.PathLike) -> Path:
-    """Fail early, with one clear line, when ``path``'s folder is missing or read-only."""
+    """Fail early, with one clear line, when ``path`` cannot be written: its folder is missing,
+    read-only or refuses new files (``/proc``, ``/sys``, a read-only mount), its name is too long
+    for the file system, or it is a folder."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
@@ -22,7 +29,72 @@ def check_writable(path: str | os.PathLike) -> Path:
         raise RegodeError(f"cannot write {path}: folder {parent} is not writable")
     if path.is_dir():
         raise RegodeError(f"cannot write {path}: it is a folder")
+    try:
+        longest = os.pathconf(parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        longest = 255
+    if len(os.fsencode(path.name)) > longest:
+        raise RegodeError(f"cannot write {path}: the file name is longer than the file system allows ({longest} bytes)")
+    try:  # the folder may look writable and still refuse files (/proc, /sys, a full or read-only disk)
+        handle, probe = tempfile.mkstemp(prefix=f"{STAGING}{os.getpid()}-", dir=parent)
+        os.close(handle)
+        os.remove(probe)
+    except OSError as exc:
+        raise RegodeError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path
+
+
+def input_path(spec: str | os.PathLike) -> Path:
+    """The file of an input spec (a transform's ``[file,1]`` names ``file``)."""
+    text = str(spec).strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1].rsplit(",", 1)[0].strip()
+    return Path(text)
+
+
+def check_outputs(outputs, inputs=()) -> list[Path]:
+    """Every output writable (:func:`check_writable`), none the same file as an input (resolved
+    paths, and ``os.path.samefile`` where both exist: links included) or as another output. Call it
+    before any work: a user's file is never overwritten by regode."""
+    outputs = [check_writable(p) for p in outputs]
+    sources = [input_path(p) for p in inputs if p is not None and str(p)]
+    seen: dict[Path, Path] = {}
+    for out in outputs:
+        resolved = out.resolve()
+        if resolved in seen:
+            raise RegodeError(f"two outputs are the same file: {out}")
+        seen[resolved] = out
+        for source in sources:
+            same = resolved == source.resolve()
+            if not same and out.exists() and source.exists():
+                same = os.path.samefile(out, source)
+            if same:
+                raise RegodeError(f"output {out} is the input {source}: choose another output name (regode never overwrites its inputs)")
+    return outputs
+
+
+def staging_folder(folder: str | os.PathLike) -> str:
+    """A new private folder in ``folder`` for files being written, after removing the staging
+    folders that a killed regode process left there."""
+    folder = Path(folder)
+    for stale in folder.glob(f"{STAGING}*"):
+        pid = stale.name[len(STAGING):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+    return tempfile.mkdtemp(prefix=f"{STAGING}{os.getpid()}-", dir=folder)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 @contextlib.contextmanager
@@ -31,7 +103,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[str]:
     the block succeeds, move every file written there into place (a MetaImage ``.mhd`` brings its
     ``.raw``), otherwise remove them all."""
     path = check_writable(path)
-    tmpdir = tempfile.mkdtemp(prefix=".regode-", dir=path.parent)
+    tmpdir = staging_folder(path.parent)
     try:
         yield os.path.join(tmpdir, path.name)
         for name in os.listdir(tmpdir):
@@ -51,10 +123,8 @@ class StagedOutputs:
     without a commit (an exception) removes the private folder and everything in it."""
 
     def __init__(self, folder: str | os.PathLike):
-        from concurrent.futures import ThreadPoolExecutor
-
         self.folder = Path(folder)
-        self.tmpdir = tempfile.mkdtemp(prefix=".regode-", dir=self.folder)
+        self.tmpdir = staging_folder(self.folder)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="regode-writer")
         self.pending: list = []
 

@@ -14,7 +14,6 @@ METRICS = ("mi", "ncc", "mse", "content", "mind")
 FEATURE_METRICS = ("content", "mind")
 """metrics compared as feature volumes computed once per image."""
 SOLVERS = ("euler", "midpoint", "rk4")
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -106,7 +105,7 @@ class FitConfig:
         check.one_of(self, "sampler", SAMPLERS)
         check.one_of(self, "metric", METRICS)
         check.one_of(self, "solver", SOLVERS)
-        check.one_of(self, "device", DEVICES)
+        check.one_of(self, "device", check.DEVICES)
         check.positive(self, "spacing", "lr")
         check.at_least(self, 0, "coarse_iterations", "affine_iterations", "margin", "lambda_fold", "lambda_grad", "lambda_bending")
         check.at_least(self, 1, "iterations", "refine_iterations", "stride", "patches", "integration_steps", "ncc_window",

@@ -150,9 +150,9 @@ def fit_images(fixed: Image, moving: Image, config: FitConfig, progress: bool = 
 
     t0 = time.perf_counter()
     mapping = Compose(fields)
-    with torch.no_grad():
-        forward = DisplacementField(fixed_grid, mapping.displacement(fixed_grid))
-        inverse = DisplacementField(fixed_grid, mapping.inverse().displacement(fixed_grid)) if config.diffeomorphic else None
+    with torch.no_grad():  # the result lives on the CPU, whatever device fitted it (as the images it is applied to)
+        forward = DisplacementField(fixed_grid, mapping.displacement(fixed_grid).cpu())
+        inverse = DisplacementField(fixed_grid, mapping.inverse().displacement(fixed_grid).cpu()) if config.diffeomorphic else None
     timings["evaluate"] = time.perf_counter() - t0
     if affine is not None:  # moving points are linear(affine(y)): the affine is applied first
         fitted = Affine(affine.matrix.detach().double().cpu(), affine.translation.detach().double().cpu(), affine.center.double().cpu())

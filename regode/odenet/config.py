@@ -19,7 +19,6 @@ MODELS = ("rigid", "bspline", "dense", "rigid+bspline", "rigid+dense")
 DEFAULT_LAMBDA_REG = {"rigid": 0.0, "bspline": 2.0, "dense": 10.0}
 """the paper's weights of L_reg per kind."""
 SIMILARITIES = ("mi", "content")
-DEVICES = ("auto", "cpu", "cuda")
 SOLVERS = {"F": "euler", "A": "adaptive_heun", "R": "rk4"}
 
 
@@ -238,7 +237,7 @@ class RegisterConfig:
 
     def __post_init__(self):
         check.one_of(self, "model", MODELS)
-        check.one_of(self, "device", DEVICES)
+        check.one_of(self, "device", check.DEVICES)
         check.threads(self)
         check.at_least(self, 1, "inverse_iterations")
         object.__setattr__(self, "checkpoints", tuple(str(p) for p in self.checkpoints))

@@ -12,49 +12,18 @@ training can stop and resume anywhere and see the same data.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
 import torch
 
 from ..datasets import discover
 from ..errors import RegodeError
 from ..grid import Grid
 from ..io import read_image
-from ..preprocess import center_of_mass, foreground, to_grid
-from ..rotations import euler_matrix, rotation_matrix, rotvec_from_matrix
-from ..sampling import sample, sample_labels
-from ..synthetic import random_head, render_contrast, smooth_field, training_grid
-from ..transforms import Rigid
+from ..preprocess import center_of_mass, to_grid
+from ..sampling import sample_labels
+from ..synthetic import random_head, render_contrast, training_grid
 from .config import MotionRange
 from .kinds import KINDS
-
-
-def random_rigid(motion: MotionRange, gen: torch.Generator) -> torch.Tensor:
-    """Rigid parameters ``[6]`` (rotation vector, translation) of a random rotation (Euler angles
-    U(-a, a) per axis) and translation U(-t, t) mm per axis."""
-    angles = (torch.rand(3, generator=gen, dtype=torch.float64) * 2 - 1) * np.deg2rad(motion.max_rotation)
-    shift = (torch.rand(3, generator=gen, dtype=torch.float64) * 2 - 1) * motion.max_translation
-    return torch.cat([rotvec_from_matrix(euler_matrix(angles)), shift])
-
-
-def recenter(params: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-    """The parameters of the same rigid motion about ``new`` instead of ``old`` (``[B, 6]``)."""
-    r = rotation_matrix(params[:, :3])
-    shift = (r @ (new - old)[..., None])[..., 0] + old - new + params[:, 3:]
-    return torch.cat([params[:, :3], shift], dim=1)
-
-
-@dataclass
-class Pair:
-    """A batch of training pairs on one grid with the motion ``truth`` (fixed -> moving)."""
-
-    fixed: torch.Tensor  # [B, 1, nz, ny, nx], normalised to [0, 1]
-    moving: torch.Tensor
-    grid: Grid
-    center: torch.Tensor  # [B, 3] rigid centre (the fixed image's centre of mass)
-    theta0: torch.Tensor | None  # rigid: [B, 6] start (centre-of-mass translation); else None
-    truth: torch.Tensor  # rigid: [B, 6] about ``center``; deformable: [B, 3, nz, ny, nx] mm on ``grid``
+from .motion import Pair
 
 
 class PairSource:
@@ -70,27 +39,7 @@ class PairSource:
     def pair(self, index: int) -> Pair:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
         a, b, grid = self.contrasts(index, gen)
-        motion = self.motion.at(index)
-        points = grid.world_points(dtype=torch.float32)[None]
-        if KINDS[self.kind].linear:
-            # the moving image is contrast b moved by the inverse of the truth (as in the benchmark)
-            origin = torch.as_tensor(grid.center, dtype=torch.float64)[None]
-            params = random_rigid(motion, gen)[None]
-            inverse = Rigid(params, origin).inverse()
-            moving = sample(b, grid, inverse(points.double()).float())
-            fixed = a
-            c_fix = center_of_mass(fixed, grid).double()
-            c_mov = center_of_mass(moving, grid).double()
-            truth = recenter(params, origin, c_fix[None])
-            theta0 = torch.cat([torch.zeros(3, dtype=torch.float64), c_mov - c_fix])[None]
-            return Pair(fixed, moving, grid, c_fix[None].float(), theta0.float(), truth.float())
-        # deformable: the fixed image is contrast a seen through the truth: fixed(x) = a(truth(x))
-        spacing = motion.control_spacings[int(torch.randint(len(motion.control_spacings), (1,), generator=gen))]
-        sigma = float(torch.rand(1, generator=gen)) * motion.max_sigma
-        disp = smooth_field(grid, spacing, sigma, gen)
-        fixed = sample(a, grid, points + disp.movedim(1, -1))
-        center = center_of_mass(fixed, grid)[None]
-        return Pair(fixed, b, grid, center, None, disp)
+        return KINDS[self.kind].training_pair(a, b, grid, self.motion.at(index), gen)
 
     def batch(self, start: int, size: int) -> Pair:
         pairs = [self.pair(start + i) for i in range(size)]
@@ -142,7 +91,13 @@ class FolderPairs(PairSource):
         return vols[i], vols[j], grid
 
 
+VALIDATION_MASK = 0.02
+"""training validation measures RMSE(phi) where the fixed image is above this: a looser mask than
+regode.preprocess.FOREGROUND, kept so that logged figures stay comparable with the model cards'."""
+
+
 def rmse_on_foreground(displacement: torch.Tensor, truth: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
-    """RMSE (mm) between displacement fields ``[B, 3, ...]`` over the fixed image's foreground."""
-    mask = foreground(fixed).float()
+    """RMSE (mm) between displacement fields ``[B, 3, ...]`` where the fixed image is above
+    :data:`VALIDATION_MASK`."""
+    mask = (fixed > VALIDATION_MASK).float()
     return (((displacement - truth) ** 2).sum(1, keepdim=True) * mask).sum().div(mask.sum().clamp(min=1)).sqrt()

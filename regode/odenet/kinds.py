@@ -24,6 +24,7 @@ from ..sampling import sample, sample_on_grid, voxel_images
 from ..transforms import Affine, BSpline, Compose, DisplacementField, Rigid, Transform
 from .config import KINDS as KIND_NAMES
 from .config import PolishConfig
+from .motion import deformable_pair, rigid_pair
 from .networks import BSplineNet, RigidNet, UNet
 from .polish import polish_bspline, polish_dense, polish_rigid
 
@@ -77,6 +78,9 @@ class Kind:
         return voxel_images(dyn.fixed.grid, lead, dtype) + self.shift(dyn, theta, linear).movedim(1, -1)
 
     # ------------------------------------------------------------------ training
+    training_pair = staticmethod(deformable_pair)
+    """a training pair of two contrasts with a motion this kind learns to undo (regode.odenet.motion)."""
+
     def self_loss(self, theta: torch.Tensor, displacement: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
         """L_self (cm^2): the predicted displacement against the known one."""
         return (displacement - truth).square().mean() / 100
@@ -103,6 +107,7 @@ class RigidKind(Kind):
     """``[B, 6]``: rotation vector (rad) and translation (mm) about a centre (a :class:`Rigid`)."""
 
     name, network, linear = "rigid", RigidNet, True
+    """a linear kind's result joins the affine part (PREFIX0GenericAffine.mat)."""
 
     def state_grid(self, config, fine):
         return None
@@ -134,6 +139,8 @@ class RigidKind(Kind):
     def coordinates(self, dyn, theta):
         return voxel_images(dyn.fixed.grid, dyn.lead @ Rigid(theta.double(), dyn.center.double()).homogeneous(), theta.dtype)
 
+    training_pair = staticmethod(rigid_pair)
+
     def self_loss(self, theta, displacement, truth):
         diff = theta - truth
         return torch.cat([diff[:, :3] * ARC_RADIUS, diff[:, 3:]], 1).square().mean() / 100
@@ -142,10 +149,10 @@ class RigidKind(Kind):
         return torch.zeros(())
 
     def truth_displacement(self, truth, center, grid):
-        return Rigid(truth, center).displacement(grid)
+        return self.transform(truth, None, center).displacement(grid)
 
     def result(self, model, theta, linear, center, fixed_grid):
-        return Compose([linear, Rigid(theta, center[None])]).as_affine(), None
+        return Compose([linear, self.transform(theta, None, center[None])]).as_affine(), None
 
     def polish(self, fixed, moving, linear, core, center, seed, config):
         linear, record = polish_rigid(fixed, moving, linear, center, config, seed)
