@@ -19,7 +19,7 @@ from .errors import RegodeError
 from .grid import Grid
 from .io import load_transform_chain
 from .losses import mattes_mutual_information
-from .preprocess import blur, head_center, head_moments
+from .preprocess import FOREGROUND, blur, foreground, head_center, head_moments
 from .sampling import sample
 from .transforms import Affine
 
@@ -97,3 +97,25 @@ def starting_point(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, 
     if axes and center_of_mass and not specs:
         linear, alignment = principal_axes(fixed, fixed_grid, moving, moving_grid, linear, heads=heads)
     return linear, c_fix, c_mov, alignment
+
+
+MIN_OVERLAP = 0.05
+"""the share of the fixed head that must land on the moving head under a registration's start."""
+
+
+def check_overlap(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid, linear: Affine, fix: str) -> float:
+    """The share of the fixed working image's foreground that ``linear`` maps onto the moving one's;
+    below :data:`MIN_OVERLAP` the pair is refused with one line suggesting ``fix`` (no registration
+    can start from images that do not meet: it would write empty images and succeed)."""
+    index = torch.nonzero(foreground(fixed[0, 0]))  # (k, j, i)
+    if len(index) == 0:
+        return 1.0
+    index = index[:: max(1, len(index) // 50_000)].flip(-1).double().cpu().numpy()
+    m = linear.homogeneous()[0].detach().double().cpu()
+    points = torch.as_tensor(fixed_grid.index_to_world(index), dtype=torch.float64)
+    mapped = (points @ m[:3, :3].T + m[:3, 3])[None].to(dtype=moving.dtype, device=moving.device)
+    share = float((sample(moving, moving_grid, mapped) > FOREGROUND).float().mean())
+    if share < MIN_OVERLAP:
+        raise RegodeError(f"the fixed and moving images do not overlap at the start: {100 * share:.1f} % of the fixed head lands "
+                          f"on the moving head; {fix}")
+    return share

@@ -57,7 +57,7 @@ def warp_files(input, reference, output, specs: list[str], interp: str = "linear
     if threads:
         torch.set_num_threads(threads)
     check_outputs([output], [input, reference, *specs])
-    image = read_image(input, components=None, what="input image")
+    image = read_image(input, components=None, what="input image", exact=interp in ("label", "nearest"))
     grid = read_grid(reference, what="reference image")
     chain = load_transforms(specs)
     if interp == "label" and image.data.shape[1] != 1:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -44,9 +45,13 @@ def load(path, fmt: str, what: str, expect_optimizer: bool = False) -> dict:
     if not path.is_file():
         raise RegodeError(f"checkpoint not found: {path}")
     try:
-        document = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's long warnings about unsafe files: regode's one line says it
+            warnings.simplefilter("ignore")
+            document = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and torch errors all mean the same to a user
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "Weights only load failed" in reason:
+            reason = "it holds Python objects (a pickle), which regode never loads"
         raise RegodeError(f"cannot read checkpoint {path}: {reason[:200]}") from None
     if not isinstance(document, dict) or document.get("format") != fmt:
         raise RegodeError(f"{path} is not a regode {what} checkpoint")

@@ -51,7 +51,7 @@ def read_inputs(fixed_path, moving_path, moving_labels, paths: dict[str, Path], 
     moving = read_image(moving_path, what="moving image")
     labels = None
     if moving_labels is not None:
-        labels = read_image(moving_labels, what="moving label image")
+        labels = read_image(moving_labels, what="moving label image", exact=True)
         if not labels.grid.same_as(moving.grid):
             raise RegodeError(f"moving label image {moving_labels} is not on the moving image's grid (size, spacing, origin, direction)")
     return fixed, moving, labels

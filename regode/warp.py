@@ -70,9 +70,11 @@ def resample_many(volumes: list, grid: Grid, reference: Grid, transform: Transfo
     transform = transform.to(dtype)
     nz, ny, nx = reference.shape
     step = nz if whole else max(1, slab_voxels // (ny * nx))
-    outs = [torch.empty(1, volume.shape[1], nz, ny, nx, dtype=torch.float32) for volume, _ in volumes]
+    # labels and nearest neighbours keep their volume's precision (exact wide labels in float64)
+    outs = [torch.empty(1, volume.shape[1], nz, ny, nx, dtype=volume.dtype if interp in ("label", "nearest") else torch.float32)
+            for volume, interp in volumes]
     for k in range(0, nz, step):
         moved = transform.map_grid(reference, slice(k, k + step), dtype)
         for out, (volume, _), sampler in zip(outs, volumes, samplers):
-            out[:, :, k : k + step] = sampler(volume, grid, moved, padding).to(torch.float32)
+            out[:, :, k : k + step] = sampler(volume, grid, moved, padding).to(out.dtype)
     return outs

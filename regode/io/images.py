@@ -10,9 +10,11 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 import torch
@@ -22,6 +24,7 @@ from ..grid import Grid
 from .atomic import atomic_output
 
 IMAGE_EXTENSIONS = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
+sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's warnings (a sheared sform, ...) are not a user's line: regode says what matters
 
 
 def has_image_extension(path: str | os.PathLike) -> bool:
@@ -80,18 +83,35 @@ def read_grid(path: str | os.PathLike, what: str = "image") -> Grid:
     return _grid(reader)
 
 
-def _nifti_pixels(path: str | os.PathLike, size: tuple[int, ...], components: int) -> np.ndarray | None:
+def _nifti_pixels(path: str | os.PathLike, size: tuple[int, ...], components: int, what: str) -> np.ndarray | None:
     """NIfTI pixels read with nibabel as ``[nz, ny, nx(, C)]`` (None if the layout is unexpected).
 
-    ITK's NIfTI reader silently turns NaN into 0, so regode reads NIfTI pixels with nibabel (one
-    decompression, NaN kept and reported) and takes the geometry from ITK's reading of the header.
-    """
-    import nibabel as nib
-
-    nii = nib.load(str(path))
+    ITK's NIfTI reader silently turns NaN into 0, so regode reads NIfTI pixels with nibabel (NaN
+    kept and reported) and takes the geometry from ITK's reading of the header. A ``.nii.gz`` is
+    decompressed whole first, so that its CRC and length are checked (neither ITK nor nibabel
+    checks them when they read only the declared bytes): a damaged file is refused, not read as
+    garbage."""
+    raw = Path(path).read_bytes()
+    if str(path).lower().endswith(".gz"):
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise RegodeError(f"{what} {path} is damaged: its compressed data is truncated or corrupt ({exc})") from None
+    nii = None
+    for kind in (nib.Nifti1Image, nib.Nifti2Image):
+        try:
+            nii = kind.from_bytes(raw)
+            break
+        except Exception as exc:  # nibabel's header errors: try the other NIfTI version, then give up
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    if nii is None:
+        raise RegodeError(f"{what} {path} is damaged or not NIfTI: {reason}")
     shape = nii.shape
     if tuple(shape[:3]) != tuple(size):
         return None
+    stored = int(np.prod(shape)) * nii.get_data_dtype().itemsize
+    if len(raw) < int(nii.header.get_data_offset()) + stored:
+        raise RegodeError(f"{what} {path} is truncated: its header declares {stored} bytes of pixels, the file holds fewer")
     array = np.asanyarray(nii.dataobj)
     if components == 1 and array.ndim == 3:
         return np.ascontiguousarray(array.transpose(2, 1, 0))
@@ -100,20 +120,67 @@ def _nifti_pixels(path: str | os.PathLike, size: tuple[int, ...], components: in
     return None
 
 
-def read_image(path: str | os.PathLike, *, components: int | None = 1, what: str = "image") -> Image:
+def _check_size(reader, path, what: str) -> None:
+    """Refuse a header that declares more pixels than the machine can hold (before any is read), or
+    than an uncompressed file holds."""
+    size, ncomp = reader.GetSize(), reader.GetNumberOfComponents()
+    itemsize = sitk.GetArrayViewFromImage(sitk.Image([1, 1, 1], reader.GetPixelID(), ncomp)).dtype.itemsize
+    voxels = int(np.prod(size, dtype=np.int64)) * ncomp
+    needed = voxels * (itemsize + 4)  # the stored pixels and their float32 copy
+    available = _available_memory()
+    shape = "x".join(str(s) for s in size)
+    if available is not None and needed > available:
+        raise RegodeError(f"{what} {path} declares {shape} voxels ({needed / 2**30:.1f} GiB to read), more than this "
+                          f"machine's free memory ({available / 2**30:.1f} GiB): a damaged header, or an image too large")
+    lower = str(path).lower()
+    if lower.endswith((".nii", ".mha", ".nrrd")) and Path(path).stat().st_size < voxels * itemsize and not _compressed(path):
+        raise RegodeError(f"{what} {path} is truncated: its header declares {shape} voxels "
+                          f"({voxels * itemsize} bytes), the file holds {Path(path).stat().st_size}")
+
+
+def _compressed(path) -> bool:
+    """A MetaImage or NRRD file whose header says its data is compressed (NIfTI: never, in .nii)."""
+    lower = str(path).lower()
+    if lower.endswith(".nii"):
+        return False
+    with open(path, "rb") as f:
+        head = f.read(4096).decode("latin-1").lower()
+    return "compresseddata = true" in head or "encoding: gz" in head or "encoding: gzip" in head or "encoding: bz" in head
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory free for a new allocation (Linux's MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def read_image(path: str | os.PathLike, *, components: int | None = 1, what: str = "image", exact: bool = False) -> Image:
     """Read a 3D image. ``components`` is the number of values per voxel required (1 for scalar
-    images, 3 for displacement fields, None for any); ``what`` names the image in error messages."""
+    images, 3 for displacement fields, None for any); ``what`` names the image in error messages.
+    ``exact`` (label images): integer pixels beyond float32's exact range (2^24) are kept in
+    float64, exact for every value up to 2^53, so that label values survive resampling."""
 
     reader = _open(path)
     _check_3d(reader, path, what, components)
+    _check_size(reader, path, what)
     ncomp = reader.GetNumberOfComponents()
     array = None
     if str(path).lower().endswith((".nii", ".nii.gz")):
-        array = _nifti_pixels(path, reader.GetSize(), ncomp)
+        array = _nifti_pixels(path, reader.GetSize(), ncomp, what)
     if array is None:
-        array = sitk.GetArrayFromImage(reader.Execute())  # a copy, [nz, ny, nx] or [nz, ny, nx, C]
+        try:
+            array = sitk.GetArrayFromImage(reader.Execute())  # a copy, [nz, ny, nx] or [nz, ny, nx, C]
+        except RuntimeError as exc:
+            detail = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+            raise RegodeError(f"cannot read {what} {path}: {detail[-1] if detail else 'damaged file'}") from None
     dtype = array.dtype
-    data = array.astype(np.float32, copy=False)
+    wide = exact and np.issubdtype(dtype, np.integer) and array.size and max(abs(int(array.min())), abs(int(array.max()))) >= 2**24
+    if wide and max(abs(int(array.min())), abs(int(array.max()))) > 2**53:
+        raise RegodeError(f"{what} {path} holds label values beyond 2^53, which regode cannot resample exactly")
+    data = array.astype(np.float64 if wide else np.float32, copy=False)
     if not np.isfinite(data).all():
         raise RegodeError(f"{what} {path} contains NaN or infinite values")
     data = data[None] if ncomp == 1 else np.moveaxis(data, -1, 0)

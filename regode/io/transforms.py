@@ -57,9 +57,6 @@ def _from_sitk(tx, path: str) -> Transform:
 
     if tx.GetDimension() != 3:
         raise RegodeError(f"transform {path} is {tx.GetDimension()}D; a 3D transform is needed")
-    tx = tx.Downcast()
-    if isinstance(tx, sitk.CompositeTransform):
-        return Compose([_from_sitk(tx.GetNthTransform(i), path) for i in range(tx.GetNumberOfTransforms())])
     if tx.IsLinear():
         # any linear ITK kind (Euler, versor, similarity, affine, translation, ...): read the
         # affine off the mapping of the origin and the unit vectors
@@ -68,6 +65,13 @@ def _from_sitk(tx, path: str) -> Transform:
         center = np.asarray(tx.GetCenter()) if hasattr(tx, "GetCenter") else np.zeros(3)
         translation = origin - center + matrix @ center
         return Affine(torch.from_numpy(matrix), torch.from_numpy(translation), torch.from_numpy(center))
+    tx = tx.Downcast()
+    if isinstance(tx, sitk.CompositeTransform):
+        parts = [tx.GetNthTransform(i) for i in range(tx.GetNumberOfTransforms())]
+        if any(isinstance(part.Downcast(), sitk.CompositeTransform) and part.GetNumberOfTransforms() == tx.GetNumberOfTransforms()
+               for part in parts):  # SimpleITK wraps a kind it does not know in a composite of itself
+            raise RegodeError(f"unsupported transform kind in {path}")
+        return Compose([_from_sitk(part, path) for part in parts])
     if isinstance(tx, sitk.DisplacementFieldTransform):
         field_image = tx.GetDisplacementField()
         arr = sitk.GetArrayFromImage(field_image)  # [nz, ny, nx, 3]
@@ -87,6 +91,7 @@ def load_transform(path: str | os.PathLike, invert: bool = False) -> Transform:
         image = read_image(path, components=3, what="displacement field")
         transform: Transform = DisplacementField(image.grid, image.data)
     else:
+        _check_transform_list(path)
         try:
             tx = sitk.ReadTransform(path)
         except RuntimeError as exc:
@@ -99,8 +104,28 @@ def load_transform(path: str | os.PathLike, invert: bool = False) -> Transform:
                 f"[{path},1]: only linear transforms can be inverted on the fly; "
                 "use the matching InverseWarp file for a displacement field"
             )
-        transform = transform.as_affine().inverse() if isinstance(transform, Compose) else transform.inverse()
+        affine = transform.as_affine() if isinstance(transform, Compose) else Compose([transform]).as_affine()
+        if abs(float(torch.linalg.det(affine.matrix[0]))) < 1e-12:
+            raise RegodeError(f"[{path},1]: the transform's matrix is singular (it flattens space) and has no inverse")
+        transform = affine.inverse()
     return transform
+
+
+def _check_transform_list(path: str) -> None:
+    """An ITK text transform file (.tfm, .txt) may hold a list of transforms. ITK's reader returns
+    the list, and SimpleITK keeps only the first. A list that does not start with a
+    CompositeTransform (whose components follow it) holds independent transforms, e.g. one per
+    volume of a head-motion correction, not one mapping: it is refused, never cut to its first."""
+    if not path.lower().endswith((".tfm", ".txt")):
+        return
+    try:
+        with open(path, errors="replace") as f:
+            kinds = [line.split(":", 1)[1].strip() for line in f if line.startswith("Transform:")]
+    except OSError as exc:
+        raise RegodeError(f"cannot read transform {path}: {exc.strerror or exc}") from None
+    if len(kinds) > 1 and not kinds[0].startswith("CompositeTransform"):
+        raise RegodeError(f"{path} holds a list of {len(kinds)} transforms ({kinds[0]}, ...), not one mapping; "
+                          "write each to its own file and pass the one you mean")
 
 
 def load_transform_chain(specs: list[str]) -> Compose:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .. import fitting
-from ..alignment import initial_linear
+from ..alignment import check_overlap, initial_linear
 from ..device import resolve_device
 from ..encoder.features import content_volume, load_encoder
 from ..grid import Grid
@@ -107,6 +107,8 @@ def fit_images(fixed: Image, moving: Image, config: FitConfig, progress: bool = 
     moving_w, moving_grid = working_image(moving, config.spacing, device)
     c_fix, c_mov = head_center(fixed_w, fixed_grid), head_center(moving_w, moving_grid)
     linear = initial_linear(config.initial_transform, config.center_of_mass, c_fix, c_mov)
+    check_overlap(fixed_w, fixed_grid, moving_w, moving_grid, linear,
+                  "add --center-of-mass, or give --initial-transform" if not config.center_of_mass else "give --initial-transform")
     # sampling the moving image at linear(y) = sampling it on its grid pulled back through linear
     moving_at = moving_grid.pulled_back(linear.homogeneous()[0].detach().cpu().numpy())
     region = region_of(fixed_w, fixed_grid, config.margin)

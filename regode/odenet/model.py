@@ -53,6 +53,22 @@ def pyramid(volume: torch.Tensor, grid: Grid, levels: int) -> list[Level]:
     return out
 
 
+MIN_COARSE = 3
+"""voxels along each axis of a pyramid's coarsest level: the networks' convolutions and pooling need them."""
+
+
+def check_pyramid(grid: Grid, levels: int, what: str) -> None:
+    """Refuse, with one line, an image whose working grid is too small for ``levels`` pyramid levels."""
+    size = np.asarray(grid.size)
+    for _ in range(levels - 1):  # as Grid.with_spacing shrinks a grid by two
+        size = np.maximum(1, np.round(size / 2))
+    if size.min() < MIN_COARSE:
+        least = MIN_COARSE * 2 ** (levels - 1) * float(grid.spacing[0])
+        shape = "x".join(str(n) for n in grid.size)
+        raise RegodeError(f"{what} is too small: its {grid.spacing[0]:g} mm working grid is {shape} voxels; the model's "
+                          f"{levels} pyramid levels need about {least:g} mm or more along every axis")
+
+
 class Dynamics(nn.Module):
     """The right-hand side on one level: warp the moving level by theta, ask the level's network."""
 

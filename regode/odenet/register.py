@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..alignment import starting_point
+from ..alignment import check_overlap, starting_point
 from ..checkpoint import weights_dir
 from ..device import resolve_device
 from ..errors import RegodeError
@@ -24,7 +24,7 @@ from ..result import Result
 from ..transforms import DisplacementField
 from .config import RegisterConfig
 from .kinds import KINDS
-from .model import MSODENet, load_model, pyramid
+from .model import MSODENet, check_pyramid, load_model, pyramid
 
 
 def load_models(config: RegisterConfig) -> dict[str, tuple[MSODENet, Path]]:
@@ -64,9 +64,14 @@ def register_images(fixed: Image, moving: Image, config: RegisterConfig, models:
     spacing = next(iter(models.values()))[0].config.spacing
     fixed_w, fixed_grid = working_image(fixed, spacing, device)
     moving_w, moving_grid = working_image(moving, spacing, device)
+    levels_needed = max(max(2, model.config.levels) for model, _ in models.values())  # the polish uses two levels
+    for grid, image in ((fixed_grid, fixed), (moving_grid, moving)):
+        check_pyramid(grid, levels_needed, f"{image.path or 'an image'}")
     rigid_first = KINDS[config.stages[0]].linear
     linear, c_fix, c_mov, alignment = starting_point(fixed_w, fixed_grid, moving_w, moving_grid, config.initial_transform,
                                                      config.center_of_mass, config.principal_axes and rigid_first)
+    check_overlap(fixed_w, fixed_grid, moving_w, moving_grid, linear,
+                  "drop --no-center-of-mass, or give --initial-transform" if not config.center_of_mass else "give --initial-transform")
     pyramids = {}
 
     def levels(n):
