@@ -38,7 +38,12 @@ def user_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except RegodeError as exc:
             print(f"regode: error: {exc}", file=sys.stderr)
-            raise typer.Exit(1) from None
+        except OSError as exc:  # the system said no (a full disk, a vanished folder, ...): one line naming the file
+            where = f"{exc.filename}: " if exc.filename else ""
+            print(f"regode: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        except MemoryError:
+            print("regode: error: out of memory (a smaller --spacing grid, fewer --threads or a larger machine)", file=sys.stderr)
+        raise typer.Exit(1)
 
     return wrapper
 

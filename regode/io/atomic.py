@@ -27,14 +27,14 @@ def check_writable(path: str | os.PathLike) -> Path:
         raise RegodeError(f"cannot write {path}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise RegodeError(f"cannot write {path}: folder {parent} is not writable")
-    if path.is_dir():
-        raise RegodeError(f"cannot write {path}: it is a folder")
     try:
         longest = os.pathconf(parent, "PC_NAME_MAX")
     except (OSError, ValueError):
         longest = 255
     if len(os.fsencode(path.name)) > longest:
         raise RegodeError(f"cannot write {path}: the file name is longer than the file system allows ({longest} bytes)")
+    if path.is_dir():
+        raise RegodeError(f"cannot write {path}: it is a folder")
     try:  # the folder may look writable and still refuse files (/proc, /sys, a full or read-only disk)
         handle, probe = tempfile.mkstemp(prefix=f"{STAGING}{os.getpid()}-", dir=parent)
         os.close(handle)
