@@ -12,6 +12,7 @@ from rich.table import Table
 
 from .bench.metrics import mean_dice
 from .bench.motion import inverse_on
+from .errors import RegodeError
 from .grid import Grid
 from .io import load_transform_chain, read_image, write_image
 from .odenet.config import RegisterConfig
@@ -31,6 +32,11 @@ def run_demo(out: Path | None, seed: int = 0, model: str = "rigid", threads: int
     result with the truth."""
     console = Console()
     folder = Path(out) if out else Path(tempfile.mkdtemp(prefix="regode-demo-"))
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / "demo_regode.json").exists():
+        raise RegodeError(f"--out {folder} holds other files, which the demo's would replace: give a new or empty folder "
+                          "(or one an earlier demo wrote)")
+    if folder.exists() and not folder.is_dir():
+        raise RegodeError(f"--out {folder} is a file, not a folder")
     folder.mkdir(parents=True, exist_ok=True)
     rot = euler_matrix(torch.tensor([0.3, -0.2, 0.25], dtype=torch.float64)).numpy()
     grid = Grid((120, 140, 60), (1.2, 1.0, 2.5), (0.0, 0.0, 0.0), tuple(rot.ravel()))

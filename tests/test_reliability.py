@@ -327,3 +327,9 @@ def test_a_composite_transform_file_is_one_mapping(pair):
     moved = load_transform(path)(torch.zeros(1, 1, 3, dtype=torch.float64))[0, 0].tolist()
     expected = sitk.ReadTransform(str(path)).TransformPoint((0.0, 0.0, 0.0))
     np.testing.assert_allclose(moved, expected, atol=1e-9)
+
+
+def test_the_demo_never_writes_over_a_users_files(pair, capfd):
+    """``regode demo --out DIR`` writes fixed.nii.gz and the rest: a folder of other files is refused."""
+    refused(["demo", "--out", pair], pair, capfd, words="holds other files")
+    refused(["demo", "--out", pair / "fixed.nii.gz"], pair, capfd, words="is a file")

@@ -41,6 +41,8 @@ def user_errors(fn: Callable) -> Callable:
         except OSError as exc:  # the system said no (a full disk, a vanished folder, ...): one line naming the file
             where = f"{exc.filename}: " if exc.filename else ""
             print(f"regode: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        except EOFError:  # a file that ends early, where no reader said which (click would print "Aborted!")
+            print("regode: error: a file ended before its data did (a truncated input)", file=sys.stderr)
         except MemoryError:
             print("regode: error: out of memory (a smaller --spacing grid, fewer --threads or a larger machine)", file=sys.stderr)
         raise typer.Exit(1)
