@@ -28,18 +28,23 @@ from .nir.fit import fit_images
 from .odenet.config import RegisterConfig
 from .odenet.kinds import KINDS
 from .odenet.register import load_models, register_images
+from .qc import assess
 from .result import Result
 from .transforms import Compose, DisplacementField
 from .warp import resample, resample_many
 
 
-def output_paths(prefix: str | Path, deformable: bool, labels: bool) -> dict[str, Path]:
-    names = {"affine": "0GenericAffine.mat", "warped": "Warped.nii.gz", "inverse_warped": "InverseWarped.nii.gz",
-             "json": "regode.json"}
+def output_paths(prefix: str | Path, deformable: bool, labels: bool, qc: bool = True) -> dict[str, Path]:
+    """ANTs' names after ``prefix``, and regode's: the JSON record (written last: its presence
+    means the others are complete) and the QC picture."""
+    names = {"affine": "0GenericAffine.mat", "warped": "Warped.nii.gz", "inverse_warped": "InverseWarped.nii.gz"}
+    if qc:
+        names["qc"] = "qc.png"
     if deformable:
         names.update(warp="1Warp.nii.gz", inverse_warp="1InverseWarp.nii.gz")
     if labels:
         names["labels"] = "WarpedLabels.nii.gz"
+    names["json"] = "regode.json"
     return {k: Path(str(prefix) + v) for k, v in names.items()}
 
 
@@ -84,20 +89,34 @@ def write_outputs(result: Result, fixed: Image, moving: Image, labels: Image | N
         moved = [(moving.data, "linear")] + ([(labels.data, "label")] if labels is not None else [])
         warped, *warped_labels = resample_many(moved, moving.grid, grid, Compose(chain))
         staged.write(paths["warped"], lambda path: write_image(warped, grid, path, np.float32))
+        quality: dict = {}
+        if "qc" in paths:  # figures and picture made by the writer thread, while the inverse is computed here
+            title = paths["json"].name[: -len("regode.json")]
+            staged.write(paths["qc"], lambda path: _quality(path, quality, fixed, moving, warped, result, title))
         if labels is not None:
             staged.write(paths["labels"], lambda path: write_image(warped_labels[0], grid, path, labels.dtype))
         inverse_warped = resample(fixed.data, fixed.grid, moving.grid, Compose(inverse_chain))
         staged.write(paths["inverse_warped"], lambda path: write_image(inverse_warped, moving.grid, path, np.float32))
         result.stats.setdefault("timings_s", {})["outputs"] = time.perf_counter() - t0
+
         document.update({"outputs": {k: str(v) for k, v in paths.items()}, "torch": torch.__version__,
                          "threads": torch.get_num_threads(), "machine": platform.platform(), **result.stats})
         waited = time.perf_counter()
         staged.wait()  # every image written: the JSON records the wall time up to here
         document["timings_s"]["writing_after_outputs"] = time.perf_counter() - waited
+        document.update(quality)
         if start is not None:
             document["timings_s"]["wall"] = time.perf_counter() - start
         staged.write(paths["json"], lambda path: Path(path).write_text(json.dumps(document, indent=2)))
         staged.commit()
+
+
+def _quality(path, into: dict, fixed: Image, moving: Image, warped: torch.Tensor, result: Result, title: str) -> None:
+    """Measure the QC figures (into ``into["qc"]``, with their time) and write the QC picture at ``path``."""
+    t0 = time.perf_counter()
+    into["qc"], render = assess(fixed.data, moving.data, warped, fixed.grid, moving.grid, result, title)
+    Path(path).write_bytes(render())
+    into["qc_seconds"] = time.perf_counter() - t0
 
 
 def _document(command: str, fixed_path, moving_path, moving_labels, config) -> dict:
@@ -105,12 +124,13 @@ def _document(command: str, fixed_path, moving_path, moving_labels, config) -> d
             "moving_labels": str(moving_labels) if moving_labels else None, "config": asdict(config)}
 
 
-def register_files(fixed_path, moving_path, prefix, config: RegisterConfig, moving_labels=None) -> dict:
+def register_files(fixed_path, moving_path, prefix, config: RegisterConfig, moving_labels=None, qc: bool = True,
+                   models: dict | None = None) -> dict:
     """``regode register``: read, register with MS-ODENet, and write ANTs-named outputs at the fixed
     image's full resolution; returns the JSON record."""
     start = time.perf_counter()
-    paths = output_paths(prefix, not KINDS[config.stages[-1]].linear, moving_labels is not None)
-    models = load_models(config)
+    paths = output_paths(prefix, not KINDS[config.stages[-1]].linear, moving_labels is not None, qc)
+    models = models if models is not None else load_models(config)
     fixed, moving, labels = read_inputs(fixed_path, moving_path, moving_labels, paths,
                                         [*config.initial_transform, *(str(p) for _, p in models.values())])
     read_s = time.perf_counter() - start
@@ -122,11 +142,11 @@ def register_files(fixed_path, moving_path, prefix, config: RegisterConfig, movi
     return document
 
 
-def fit_files(fixed_path, moving_path, prefix, config: FitConfig, moving_labels=None, progress: bool = False) -> dict:
+def fit_files(fixed_path, moving_path, prefix, config: FitConfig, moving_labels=None, progress: bool = False, qc: bool = True) -> dict:
     """``regode fit-field``: read, fit neural fields, and write ANTs-named outputs at the fixed
     image's full resolution; returns the JSON record."""
     start = time.perf_counter()
-    paths = output_paths(prefix, True, moving_labels is not None)
+    paths = output_paths(prefix, True, moving_labels is not None, qc)
     fixed, moving, labels = read_inputs(fixed_path, moving_path, moving_labels, paths, [*config.initial_transform, config.encoder])
     read_s = time.perf_counter() - start
     result = fit_images(fixed, moving, config, progress)

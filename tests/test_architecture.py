@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "regode"
 METHODS = ("regode.odenet", "regode.nir", "regode.encoder")
-APPLICATIONS = ("regode.pipeline", "regode.api", "regode.bench", "regode.cli", "regode.demo")
+APPLICATIONS = ("regode.pipeline", "regode.api", "regode.qc", "regode.bench", "regode.cohort", "regode.cli", "regode.demo")
 MAX_FILE_LINES, MAX_FUNCTION_LINES = 400, 80
 
 

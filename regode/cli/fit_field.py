@@ -52,21 +52,29 @@ def fit_field(
     integration_steps: Annotated[int, typer.Option(help="Fixed integration steps over [0, 1] (--diffeomorphic).")] = F.integration_steps,
     device: Annotated[Device, typer.Option("--device", help="auto, cpu or cuda.")] = Device(F.device),
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores).")] = None,
+    qc: Annotated[bool, typer.Option("--qc/--no-qc", help="Write PREFIXqc.png (planes before and after) and QC figures in PREFIXregode.json.")] = True,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the initial fields and the samplers.")] = F.seed,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Register MOVING to FIXED by fitting a neural field to this pair (NIR); writes ANTs-named outputs."""
     from ..pipeline import fit_files
 
-    config = FitConfig(
-        diffeomorphic=diffeomorphic, sampler=sampler.value, metric=metric.value, encoder=str(encoder) if encoder else None, iterations=iterations,
-        coarse_iterations=coarse_iterations, refine_iterations=refine_iterations, lr=lr, spacing=spacing, stride=stride, patch_size=patch_size, patches=patches,
-        ncc_window=ncc_window, lambda_fold=lambda_fold, lambda_grad=lambda_grad, lambda_bending=lambda_bending,
-        solver=solver.value, integration_steps=integration_steps,
-        network=FieldConfig(encoding=encoding.value, activation=activation.value),
-        affine=affine, center_of_mass=center_of_mass, initial_transform=tuple(initial_transform or ()), device=device.value, threads=threads, seed=seed,
-    )
-    doc = fit_files(fixed, moving, out, config, moving_labels, progress=not quiet)
+    config = config_of(**locals())
+    doc = fit_files(fixed, moving, out, config, moving_labels, progress=not quiet, qc=qc)
     t = doc["timings_s"]
     print(f"fitted {moving} to {fixed} ({sampler.value} sampler, {metric.value}) in {t['wall']:.2f} s "
           f"(fit {t['total']:.2f} s); outputs {out}*")
+
+
+def config_of(diffeomorphic, sampler, metric, encoder, iterations, coarse_iterations, refine_iterations, initial_transform, affine,
+              center_of_mass, encoding, activation, lr, lambda_fold, lambda_grad, lambda_bending, ncc_window, spacing, stride, patch_size,
+              patches, solver, integration_steps, device, threads, seed, **_) -> FitConfig:
+    """The FitConfig of the command's parsed options (``regode cohort`` parses a row's too)."""
+    value = lambda choice: getattr(choice, "value", choice)  # noqa: E731
+    return FitConfig(
+        diffeomorphic=diffeomorphic, sampler=value(sampler), metric=value(metric), encoder=str(encoder) if encoder else None,
+        iterations=iterations, coarse_iterations=coarse_iterations, refine_iterations=refine_iterations, lr=lr, spacing=spacing,
+        stride=stride, patch_size=patch_size, patches=patches, ncc_window=ncc_window, lambda_fold=lambda_fold, lambda_grad=lambda_grad,
+        lambda_bending=lambda_bending, solver=value(solver), integration_steps=integration_steps,
+        network=FieldConfig(encoding=value(encoding), activation=value(activation)), affine=affine, center_of_mass=center_of_mass,
+        initial_transform=tuple(initial_transform or ()), device=value(device), threads=threads, seed=seed)

@@ -30,15 +30,23 @@ def register(
     polish: Annotated[bool, typer.Option("--polish/--no-polish", help="After each network, optimise its result by mutual information (a few dozen Adam steps at 2 mm; for dense a 10 mm B-spline correction of its field); --no-polish runs the networks alone.")] = RegisterConfig.polish,
     device: Annotated[Device, typer.Option("--device", help="auto, cpu or cuda.")] = Device(RegisterConfig.device),
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores).")] = None,
+    qc: Annotated[bool, typer.Option("--qc/--no-qc", help="Write PREFIXqc.png (planes before and after) and QC figures in PREFIXregode.json.")] = True,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (the polish's sample lattices; the networks are deterministic).")] = RegisterConfig.seed,
 ) -> None:
     """Register MOVING to FIXED with MS-ODENet; writes ANTs-named transforms and images."""
     from ..pipeline import register_files
 
-    config = RegisterConfig(model=model.value, checkpoints=tuple(str(p) for p in checkpoint or ()), center_of_mass=not no_center_of_mass,
-                            principal_axes=not no_principal_axes, polish=polish, initial_transform=tuple(initial_transform or ()),
-                            device=device.value, threads=threads, seed=seed)
-    doc = register_files(fixed, moving, out, config, moving_labels)
+    config = config_of(model, checkpoint, initial_transform, no_center_of_mass, no_principal_axes, polish, device, threads, seed)
+    doc = register_files(fixed, moving, out, config, moving_labels, qc=qc)
     t = doc["timings_s"]
     print(f"registered {moving} to {fixed} with {model.value} in {t['wall']:.2f} s (model {t['total']:.2f} s); "
           f"outputs {out}*  NFE {doc['nfe']}")
+
+
+def config_of(model, checkpoint, initial_transform, no_center_of_mass, no_principal_axes, polish, device, threads, seed,
+              **_) -> RegisterConfig:
+    """The RegisterConfig of the command's parsed options (``regode cohort`` parses a row's too)."""
+    return RegisterConfig(model=getattr(model, "value", model), checkpoints=tuple(str(p) for p in checkpoint or ()),
+                          center_of_mass=not no_center_of_mass, principal_axes=not no_principal_axes, polish=polish,
+                          initial_transform=tuple(initial_transform or ()), device=getattr(device, "value", device), threads=threads,
+                          seed=seed)

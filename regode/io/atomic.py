@@ -127,20 +127,26 @@ class StagedOutputs:
         self.tmpdir = staging_folder(self.folder)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="regode-writer")
         self.pending: list = []
+        self.names: list[str] = []
 
     def write(self, path: str | os.PathLike, function, *args) -> None:
         path = check_writable(path)
         if path.parent.resolve() != self.folder.resolve():
             raise ValueError(f"{path} is not in {self.folder}")
         self.pending.append(self.pool.submit(function, os.path.join(self.tmpdir, path.name), *args))
+        self.names.append(path.name)
 
     def wait(self) -> None:
         for future in self.pending:
             future.result()
 
     def commit(self) -> None:
+        """Move the files into place in the order they were written (a file written last, such
+        as a run's JSON record, appears last); a MetaImage's ``.raw`` comes before its header."""
         self.wait()
-        for name in os.listdir(self.tmpdir):
+        names = os.listdir(self.tmpdir)
+        order = {name: i for i, name in enumerate(self.names)}
+        for name in sorted(names, key=lambda n: order.get(n, order.get(n.rsplit(".", 1)[0] + ".mhd", 0) - 0.5)):
             os.replace(os.path.join(self.tmpdir, name), self.folder / name)
 
     def __enter__(self) -> "StagedOutputs":

@@ -1,0 +1,155 @@
+"""A cohort's manifest: one registration per CSV row, checked whole before any work.
+
+Columns (a header row names them; order free):
+
+- ``id`` (required): the row's name, also its output folder ``OUT/ID/`` and prefix ``ID_``;
+  letters, digits, ``.``, ``_`` and ``-``; unique;
+- ``fixed``, ``moving`` (required): image paths, relative to the manifest's folder unless absolute;
+- ``moving_labels`` (optional): a label image on the moving grid;
+- ``command`` (optional): ``register`` or ``fit-field`` (default: the command line's ``--command``);
+- ``options`` (optional): that command's options as on its command line, e.g.
+  ``--model rigid+bspline --seed 1`` (default: the command line's ``--options``).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+
+from ..errors import RegodeError
+from ..io import read_grid
+from ..io.atomic import check_outputs
+from ..nir.config import FitConfig
+from ..odenet.config import RegisterConfig
+from ..odenet.kinds import KINDS
+from ..pipeline import output_paths
+
+COMMANDS = ("register", "fit-field")
+COLUMNS = ("id", "fixed", "moving", "moving_labels", "command", "options")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+FORBIDDEN = ("-f", "--fixed", "-m", "--moving", "-o", "--out", "--moving-labels")
+"""options the manifest's columns and ``--out`` give instead."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One registration of a cohort."""
+
+    number: int
+    """the row's number in the manifest (1 = the first row after the header)."""
+    id: str
+    fixed: Path
+    moving: Path
+    moving_labels: Path | None
+    command: str
+    config: RegisterConfig | FitConfig
+
+    def prefix(self, out: Path) -> Path:
+        """The row's output prefix: ``OUT/ID/ID_``."""
+        return Path(out) / self.id / f"{self.id}_"
+
+    def record(self, out: Path) -> Path:
+        """The JSON record a complete row has (written last of its outputs)."""
+        return Path(str(self.prefix(out)) + "regode.json")
+
+
+def read_manifest(path, out, command: str = "register", options: str = "", qc: bool = True) -> list[Row]:
+    """Every row of the manifest at ``path``, each checked: files readable 3D images, a unique id,
+    options valid for its command, no output that is an input. Every bad row is reported at once
+    (one line each, in one error); nothing is run before."""
+    path = Path(path)
+    if not path.is_file():
+        raise RegodeError(f"manifest not found: {path}")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            table = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise RegodeError(f"cannot read manifest {path}: {exc}") from None
+    if not table:
+        raise RegodeError(f"manifest {path} has no rows")
+    missing = {"id", "fixed", "moving"} - set(table[0])
+    unknown = set(table[0]) - set(COLUMNS)
+    if missing or unknown:
+        raise RegodeError(f"manifest {path}: " + "; ".join(
+            ([f"missing column(s) {', '.join(sorted(missing))}"] if missing else []) + ([f"unknown column(s) {', '.join(sorted(unknown))}"] if unknown else [])))
+    rows, problems, seen = [], [], {}
+    for number, values in enumerate(table, 1):
+        try:
+            row = _row(number, values, path.parent, command, options)
+            if row.id in seen:
+                raise RegodeError(f"id {row.id} is also row {seen[row.id]}'s")
+            seen[row.id] = number
+            _check_files(row, Path(out), qc)
+            rows.append(row)
+        except RegodeError as exc:
+            problems.append(f"row {number} ({(values.get('id') or '').strip() or 'no id'}): {exc}")
+    if problems:
+        raise RegodeError(f"manifest {path} has {len(problems)} bad row(s), nothing was run:\n  " + "\n  ".join(problems))
+    return rows
+
+
+def _row(number: int, values: dict, base: Path, command: str, options: str) -> Row:
+    def cell(name):
+        return (values.get(name) or "").strip()
+
+    row_id = cell("id")
+    if not NAME.match(row_id):
+        raise RegodeError(f"id {row_id!r} is not a name of letters, digits, '.', '_' and '-'")
+    files = {name: (Path(cell(name)) if Path(cell(name)).is_absolute() else base / cell(name)) if cell(name) else None
+             for name in ("fixed", "moving", "moving_labels")}
+    if files["fixed"] is None or files["moving"] is None:
+        raise RegodeError("fixed and moving are required")
+    which = cell("command") or command
+    if which not in COMMANDS:
+        raise RegodeError(f"command {which!r} is not one of {', '.join(COMMANDS)}")
+    try:
+        args = shlex.split(cell("options") or options)
+    except ValueError as exc:
+        raise RegodeError(f"options: {exc}") from None
+    taken = [a for a in args if a.split("=", 1)[0] in FORBIDDEN]
+    if taken:
+        raise RegodeError(f"options {', '.join(taken)}: the manifest's columns and --out give these")
+    return Row(number, row_id, files["fixed"], files["moving"], files["moving_labels"], which, parse_options(which, args))
+
+
+def parse_options(command: str, args: list[str]) -> RegisterConfig | FitConfig:
+    """The config of ``command`` with ``args`` as on its command line (the command line's own
+    parser, choices and defaults)."""
+    # here, not at the top: importing regode.cli runs its __init__, which imports this package
+    from ..cli.fit_field import config_of as fit_config
+    from ..cli.fit_field import fit_field
+    from ..cli.register import config_of as register_config
+    from ..cli.register import register
+
+    commands = typer.Typer()
+    commands.command("register")(register)
+    commands.command("fit-field")(fit_field)
+    click_command = typer.main.get_command(commands).commands[command]
+    try:
+        context = click_command.make_context(command, ["-f", "-", "-m", "-", "-o", "-", *args])
+    except Exception as exc:  # click's usage errors (its own copy of click inside typer): one line
+        message = (exc.format_message() if hasattr(exc, "format_message") else str(exc)).replace("Value error, ", "")
+        raise RegodeError(f"options: {message}") from None
+    builder = register_config if command == "register" else fit_config
+    return builder(**context.params)
+
+
+def _check_files(row: Row, out: Path, qc: bool) -> None:
+    for what, path in (("fixed image", row.fixed), ("moving image", row.moving), ("moving label image", row.moving_labels)):
+        if path is not None:
+            read_grid(path, what=what)  # exists, readable, a 3D image (header only)
+    deformable = row.command == "fit-field" or not KINDS[row.config.stages[-1]].linear
+    paths = output_paths(row.prefix(out), deformable, row.moving_labels is not None, qc).values()
+    folder = row.prefix(out).parent
+    if folder.is_dir():
+        check_outputs(paths, [row.fixed, row.moving, row.moving_labels, *row.config.initial_transform])
+    else:  # the row's folder is made when it runs: check the names against the inputs here
+        inputs = {p.resolve() for p in (row.fixed, row.moving, row.moving_labels) if p is not None}
+        clash = [p for p in paths if p.resolve() in inputs]
+        if clash:
+            raise RegodeError(f"output {clash[0]} is an input")

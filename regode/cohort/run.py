@@ -1,0 +1,169 @@
+"""Running a cohort: each row in-process on a Dask worker (models loaded once per worker), or one
+row without Dask (``--row``, for job arrays, Snakemake or Nextflow).
+
+A row is complete when its JSON record exists: outputs are written into a private folder and moved
+into place with the record last (regode.io.atomic), so a rerun skips complete rows and runs the
+rest, and a worker killed mid-row leaves nothing that counts (its staging folder is removed by the
+next run that writes there). A failed row records its one error line in ``OUT/ID/ID_error.json``
+and does not stop the others.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..errors import RegodeError
+from ..io.atomic import atomic_output
+from ..progress import bar
+from .manifest import Row
+
+
+@dataclass(frozen=True)
+class Engine:
+    """Where rows run: a local Dask cluster (the default), an existing scheduler or SLURM."""
+
+    workers: int = 1
+    """worker processes (local cluster, or per SLURM job)."""
+    threads: int = 2
+    """CPU threads per worker (torch's, and Dask's per worker: one row at a time per worker)."""
+    scheduler: str | None = None
+    """the address of a running Dask scheduler (``tcp://host:8786``) to submit to instead."""
+    slurm: dict | None = None
+    """SLURMCluster options (queue, account, walltime, memory) and ``jobs``."""
+    retries: int = 0
+    """times a failed task is run again (a worker lost, say); a row refused with an error is not retried."""
+
+
+def error_path(row: Row, out: Path) -> Path:
+    return Path(str(row.prefix(out)) + "error.json")
+
+
+def complete(row: Row, out: Path) -> bool:
+    return row.record(out).is_file()
+
+
+@functools.lru_cache(maxsize=4)
+def _models(config):
+    """The MS-ODENet models of a register config, once per worker process (keyed by the config)."""
+    from ..odenet.register import load_models
+
+    return load_models(config)
+
+
+def run_row(row: Row, out: str, qc: bool = True, threads: int | None = None) -> dict:
+    """Register one row in this process and return its summary line: id, status (done or
+    failed), error, seconds, worker and QC figures. User errors are recorded, not raised."""
+    import torch
+
+    from ..pipeline import fit_files, register_files
+
+    out = Path(out)
+    start = time.perf_counter()
+    config = replace(row.config, threads=threads) if threads else row.config
+    if threads:
+        torch.set_num_threads(threads)
+    line = {"id": row.id, "row": row.number, "worker": f"{socket.gethostname()}:{os.getpid()}"}
+    try:
+        row.prefix(out).parent.mkdir(parents=True, exist_ok=True)
+        error_path(row, out).unlink(missing_ok=True)
+        if row.command == "register":
+            document = register_files(row.fixed, row.moving, row.prefix(out), config, row.moving_labels, qc=qc, models=_models(config))
+        else:
+            document = fit_files(row.fixed, row.moving, row.prefix(out), config, row.moving_labels, qc=qc)
+        line.update(status="done", error=None, seconds=time.perf_counter() - start, **document.get("qc", {}))
+    except (RegodeError, OSError, MemoryError) as exc:
+        message = str(exc) if isinstance(exc, RegodeError) else f"{type(exc).__name__}: {exc}"
+        line.update(status="failed", error=message, seconds=time.perf_counter() - start)
+        with atomic_output(error_path(row, out)) as tmp:
+            Path(tmp).write_text(json.dumps(line, indent=2))
+    return line
+
+
+def summary_line(row: Row, out: Path) -> dict:
+    """A row's line from what its folder holds (complete, failed or not run)."""
+    if complete(row, out):
+        document = json.loads(row.record(out).read_text())
+        return {"id": row.id, "row": row.number, "status": "done", "error": None, "seconds": document.get("timings_s", {}).get("wall"),
+                "worker": document.get("worker"), **document.get("qc", {})}
+    if error_path(row, out).is_file():
+        return json.loads(error_path(row, out).read_text())
+    return {"id": row.id, "row": row.number, "status": "not run", "error": None}
+
+
+def run_cohort(rows: list[Row], out, engine: Engine = Engine(), qc: bool = True, progress: bool = True) -> list[dict]:
+    """Run every row that is not complete on Dask; returns the summary lines of all rows."""
+    out = Path(out)
+    pending = [row for row in rows if not complete(row, out)]
+    lines = {row.id: summary_line(row, out) for row in rows}
+    if pending:
+        with _client(engine) as client, bar(progress, eta=True) as progress_bar:
+            from distributed import as_completed
+
+            task = progress_bar.add_task(f"cohort: {len(pending)} of {len(rows)} rows", total=len(pending), info="")
+            futures = {client.submit(run_row, row, str(out), qc, engine.threads, key=f"regode-{row.id}-{time.time_ns()}",
+                                     retries=engine.retries, pure=False): row for row in pending}
+            failed = 0
+            for future in as_completed(futures):
+                row = futures[future]
+                try:
+                    line = future.result()
+                except Exception as exc:  # the task itself died (a worker killed, twice): the row is not complete
+                    line = {"id": row.id, "row": row.number, "status": "failed", "error": f"the worker running it died ({type(exc).__name__})"}
+                lines[row.id] = line
+                failed += line["status"] != "done"
+                progress_bar.update(task, advance=1, info=f"{failed} failed" if failed else "")
+    return [lines[row.id] for row in rows]
+
+
+class _client:
+    """A Dask client for the engine, and the local or SLURM cluster it started (closed after)."""
+
+    def __init__(self, engine: Engine):
+        self.engine, self.cluster, self.client = engine, None, None
+
+    def __enter__(self):
+        import dask
+        from distributed import Client, LocalCluster
+
+        dask.config.set({"logging.distributed": "error"})
+        engine = self.engine
+        if engine.scheduler:
+            self.client = Client(engine.scheduler)
+        elif engine.slurm is not None:
+            self.cluster = slurm_cluster(engine)
+            self.cluster.scale(jobs=int(engine.slurm.get("jobs", 1)))
+            self.client = Client(self.cluster)
+        else:
+            self.cluster = LocalCluster(n_workers=engine.workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                                        silence_logs=40)
+            self.client = Client(self.cluster)
+        return self.client
+
+    def __exit__(self, *exc):
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+def slurm_cluster(engine: Engine):
+    """A ``dask_jobqueue.SLURMCluster`` for the engine (``pip install 'regode[hpc]'``): each job one
+    node share of ``workers`` processes x ``threads`` threads."""
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError:
+        raise RegodeError("--slurm needs dask-jobqueue: pip install 'regode[hpc]'") from None
+    options = engine.slurm or {}
+    return SLURMCluster(queue=options.get("queue"), account=options.get("account"), walltime=options.get("walltime", "01:00:00"),
+                        memory=options.get("memory", "8GB"), cores=engine.workers * engine.threads, processes=engine.workers,
+                        job_name="regode-cohort")
+
+
+def cohort_threads() -> int:
+    """CPU threads of this machine (the local cluster's default budget)."""
+    return os.cpu_count() or 1

@@ -1,0 +1,154 @@
+"""``regode cohort``: a manifest of registrations on a real Dask LocalCluster of 2 worker
+processes, checked before any work, resumable after a kill, equal to plain ``regode register``
+runs, with a report that a browser opens (issue 20)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from regode.cli.app import run
+from regode.grid import Grid
+from regode.io import write_image
+from regode.synthetic import phantom_labels, render
+
+GRID = Grid((16, 18, 14), (2.0, 2.0, 2.0), (-16.0, -18.0, -14.0))
+LOCAL = ["--workers", "2", "--threads", "1", "-q"]
+
+
+@pytest.fixture
+def cohort(tmp_path):
+    """Five rows: four rigid registrations and a fit-field one, with labels."""
+    rows = ["id,fixed,moving,moving_labels,command,options"]
+    for i in range(5):
+        labels = phantom_labels(GRID, 6, i)
+        write_image(render(labels, GRID, 1), GRID, tmp_path / f"f{i}.nii.gz")
+        write_image(render(labels, GRID, 2), GRID, tmp_path / f"m{i}.nii.gz")
+        write_image(labels, GRID, tmp_path / f"l{i}.nii.gz", np.int16)
+        command, options = ("register", "--model rigid --seed 3") if i < 4 else ("fit-field", "--iterations 5 --coarse-iterations 5")
+        rows.append(f"sub-{i},f{i}.nii.gz,m{i}.nii.gz,l{i}.nii.gz,{command},{options}")
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path
+
+
+def _summary(out: Path) -> dict:
+    return {row["id"]: row for row in json.loads((out / "summary.json").read_text())["rows"]}
+
+
+def test_a_manifest_runs_on_two_workers_with_qc_and_a_report(cohort, capfd):
+    assert run(["cohort", str(cohort / "manifest.csv"), "--out", str(cohort / "out"), *LOCAL]) == 0
+    summary = _summary(cohort / "out")
+    assert {row["status"] for row in summary.values()} == {"done"} and len(summary) == 5
+    workers = {row["worker"] for row in summary.values()}
+    assert len(workers) == 2, workers  # both worker processes took rows
+    for i in range(5):
+        prefix = cohort / "out" / f"sub-{i}" / f"sub-{i}_"
+        for name in ("Warped.nii.gz", "WarpedLabels.nii.gz", "0GenericAffine.mat", "qc.png", "regode.json"):
+            assert Path(f"{prefix}{name}").is_file(), name
+        assert summary[f"sub-{i}"]["overlap_after"] > 0.5 and 0 <= summary[f"sub-{i}"]["mi_after"]
+    assert (cohort / "out" / "sub-4" / "sub-4_1Warp.nii.gz").is_file() and summary["sub-4"]["jacobian_min"] > 0
+    assert (cohort / "out" / "summary.csv").read_text().count("\n") == 6
+    page = (cohort / "out" / "report.html").read_text()
+    assert page.count("<tr") == 6 and 'href="sub-0/sub-0_qc.png"' in page
+
+
+def test_bad_rows_are_all_reported_before_any_work(cohort, capfd):
+    manifest = cohort / "manifest.csv"
+    manifest.write_text(manifest.read_text() + "sub-0,f0.nii.gz,m0.nii.gz,,,\nsub-x,nothere.nii.gz,m1.nii.gz,,,\n"
+                        "sub-y,f1.nii.gz,m1.nii.gz,,register,--model nosuch\nsub-z,f1.nii.gz,m1.nii.gz,,register,-o elsewhere\n")
+    assert run(["cohort", str(manifest), "--out", str(cohort / "out"), *LOCAL]) == 1
+    err = capfd.readouterr().err
+    assert "4 bad row(s), nothing was run" in err and "Traceback" not in err
+    for words in ("row 6 (sub-0): id sub-0 is also row 1's", "row 7 (sub-x): file not found", "row 8 (sub-y): options", "row 9 (sub-z)"):
+        assert words in err, words
+    assert not [p for p in (cohort / "out").iterdir()], "nothing may be written"
+
+
+def test_a_row_runs_alone_and_equals_plain_register(cohort):
+    """``--row N`` (job arrays) runs one row here, without Dask; its outputs equal those of plain
+    ``regode register`` with the same options (same seed, same threads)."""
+    assert run(["cohort", str(cohort / "manifest.csv"), "--out", str(cohort / "out"), "--row", "2", "--threads", "1", "-q"]) == 0
+    assert run(["register", "-f", str(cohort / "f1.nii.gz"), "-m", str(cohort / "m1.nii.gz"), "--moving-labels", str(cohort / "l1.nii.gz"),
+                "-o", str(cohort / "plain_"), "--model", "rigid", "--seed", "3", "--threads", "1"]) == 0
+    ours, plain = cohort / "out" / "sub-1" / "sub-1_", cohort / "plain_"
+    for name in ("Warped.nii.gz", "WarpedLabels.nii.gz"):
+        a, b = (sitk.GetArrayFromImage(sitk.ReadImage(f"{p}{name}")) for p in (ours, plain))
+        np.testing.assert_array_equal(a, b)
+    a, b = (sitk.ReadTransform(f"{p}0GenericAffine.mat").GetParameters() for p in (ours, plain))
+    np.testing.assert_allclose(a, b, atol=1e-9)
+    assert not (cohort / "out" / "sub-0").exists()  # only that row
+
+
+def test_a_failed_row_is_recorded_and_the_others_finish(cohort, capfd):
+    far = sitk.ReadImage(str(cohort / "m2.nii.gz"))
+    far.SetOrigin((1000.0, 0.0, 0.0))
+    sitk.WriteImage(far, str(cohort / "m2.nii.gz"))
+    manifest = cohort / "manifest.csv"
+    manifest.write_text(manifest.read_text().replace("sub-2,f2.nii.gz,m2.nii.gz,l2.nii.gz,register,--model rigid --seed 3",
+                                                     "sub-2,f2.nii.gz,m2.nii.gz,,register,--model rigid --no-center-of-mass"))
+    assert run(["cohort", str(manifest), "--out", str(cohort / "out"), *LOCAL]) == 1
+    summary = _summary(cohort / "out")
+    assert summary["sub-2"]["status"] == "failed" and "do not overlap" in summary["sub-2"]["error"]
+    assert sum(row["status"] == "done" for row in summary.values()) == 4
+    assert json.loads((cohort / "out" / "sub-2" / "sub-2_error.json").read_text())["status"] == "failed"
+    order = [row["id"] for row in json.loads((cohort / "out" / "summary.json").read_text())["rows"]]
+    assert order[0] == "sub-2"  # failures first
+
+
+def test_a_killed_run_started_again_runs_only_the_missing_rows(cohort):
+    out = cohort / "out"
+    command = [sys.executable, "-c", "from regode.cli import main; main()", "cohort", str(cohort / "manifest.csv"), "--out", str(out), *LOCAL]
+    proc = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not list(out.glob("*/*_regode.json")):
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the cohort and its workers, mid-run
+        proc.wait()
+    done = {p: p.stat().st_mtime_ns for p in out.glob("*/*_regode.json")}
+    assert 1 <= len(done) < 5, "the kill should land mid-run"
+    assert run(["cohort", str(cohort / "manifest.csv"), "--out", str(out), *LOCAL]) == 0
+    assert all(p.stat().st_mtime_ns == t for p, t in done.items()), "complete rows must not run again"
+    assert len(list(out.glob("*/*_regode.json"))) == 5 and not list(out.glob("**/.regode-*"))
+    assert {row["status"] for row in _summary(out).values()} == {"done"}
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+def test_the_report_opens_in_a_browser_from_disk(cohort, tmp_path):
+    assert run(["cohort", str(cohort / "manifest.csv"), "--out", str(cohort / "out"), "--row", "1", "-q"]) == 0
+    assert run(["cohort", str(cohort / "manifest.csv"), "--out", str(cohort / "out"), "--report-only", "-q"]) == 0
+    page = (cohort / "out" / "report.html").as_uri()
+    flags = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars"]
+    dom = subprocess.run([*flags, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
+    assert dom.count("<tr") == 6 and "sub-0_qc.png" in dom and "1 done, 4 not run" in dom
+    shot = tmp_path / "report.png"
+    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1200,700", page], capture_output=True, timeout=120)
+    image = sitk.GetArrayFromImage(sitk.ReadImage(str(shot)))
+    assert image.shape[:2] == (700, 1200) and image.std() > 5  # not a blank page
+
+
+def test_the_slurm_job_script_holds_the_options():
+    """``--slurm`` builds a dask_jobqueue.SLURMCluster; its job script carries the options (no SLURM needed)."""
+    pytest.importorskip("dask_jobqueue")
+    from regode.cohort.run import Engine, slurm_cluster
+
+    cluster = slurm_cluster(Engine(workers=2, threads=4, slurm={"queue": "long", "account": "neurolab", "walltime": "02:30:00",
+                                                                "memory": "16GB", "jobs": 3}))
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    for words in ("#SBATCH -p long", "#SBATCH -A neurolab", "#SBATCH -t 02:30:00", "#SBATCH --mem=15G", "--nworkers 2", "--nthreads 4",
+                  "#SBATCH -n 1", "#SBATCH --cpus-per-task=8"):
+        assert words in script, (words, script)
