@@ -131,8 +131,12 @@ class _client:
         import dask
         from distributed import Client, LocalCluster
 
-        dask.config.set({"logging.distributed": "error"})
         engine = self.engine
+        # Dask's nannies start workers with one OpenMP thread and glibc trimming freed memory at
+        # 64 kB: both slow torch down (the registration took 25 % longer); each worker gets its threads
+        threads = str(engine.threads)
+        dask.config.set({"logging.distributed": "error",
+                         "distributed.nanny.pre-spawn-environ": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}})
         if engine.scheduler:
             self.client = Client(engine.scheduler)
         elif engine.slurm is not None:
