@@ -75,7 +75,7 @@ def main() -> None:
     n = len(rows)
     print(f"{n} pairs ({sum('brats' not in str(f) for _, f, _ in rows)} NiChart at 2 mm, the rest BraTS at 1 mm), --model {args.model}, "
           f"{args.workers} worker(s) x {args.threads} threads")
-    print(f"| | pairs per minute | wall s per pair | start-up | read | registration | outputs (+QC) |")
+    print("| | pairs per minute | wall s per pair | start-up | read | registration | outputs (+QC) |")
     print("|---|---|---|---|---|---|---|")
     med = lambda parts, key: statistics.median(p[key] for p in parts)  # noqa: E731
     print(f"| regode cohort | {60 * n / cohort_s:.1f} | {cohort_s / n:.2f} | {(cohort_s - sum(p['wall'] for p in cohort_parts) / args.workers) / n:.2f} "
