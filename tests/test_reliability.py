@@ -249,13 +249,13 @@ def test_a_foreign_checkpoint_is_one_line(pair, capfd):
 def test_sigterm_while_writing_leaves_nothing(pair, capfd, monkeypatch):
     from regode import pipeline
 
-    real = pipeline.write_image
+    real = pipeline.resample
 
-    def terminated(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler's kill while outputs are written
+    def terminated(*args, **kwargs):  # the inverse image, computed while the first outputs are being written
+        os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler's kill; handled here, in the main thread
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "write_image", terminated)
+    monkeypatch.setattr(pipeline, "resample", terminated)
     before = _files(pair)
     assert run(["register", *map(str, _fix(pair)), "-o", str(pair / "k_")]) == 128 + signal.SIGTERM
     capfd.readouterr()
@@ -282,7 +282,7 @@ def test_sigterm_in_a_real_process_exits_143_and_cleans_up(pair):
             if proc.poll() is not None or list(Path("/proc", str(proc.pid), "task").iterdir())[1:]:
                 break
             __import__("time").sleep(0.05)
-        __import__("time").sleep(2.0)
+        __import__("time").sleep(4.0)  # torch imported, the handler installed: well into the fit
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:
