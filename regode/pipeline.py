@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import platform
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -90,9 +91,11 @@ def write_outputs(result: Result, fixed: Image, moving: Image, labels: Image | N
         warped, *warped_labels = resample_many(moved, moving.grid, grid, Compose(chain))
         staged.write(paths["warped"], lambda path: write_image(warped, grid, path, np.float32))
         quality: dict = {}
-        if "qc" in paths:  # figures and picture made by the writer thread, while the inverse is computed here
+        qc = None
+        if "qc" in paths:  # figures and picture made on a thread of their own, while the rest is computed and written
             title = paths["json"].name[: -len("regode.json")]
-            staged.write(paths["qc"], lambda path: _quality(path, quality, fixed, moving, warped, result, title))
+            qc = threading.Thread(target=_quality, args=(quality, fixed, moving, warped, result, title), name="regode-qc", daemon=True)
+            qc.start()
         if labels is not None:
             staged.write(paths["labels"], lambda path: write_image(warped_labels[0], grid, path, labels.dtype))
         inverse_warped = resample(fixed.data, fixed.grid, moving.grid, Compose(inverse_chain))
@@ -102,20 +105,28 @@ def write_outputs(result: Result, fixed: Image, moving: Image, labels: Image | N
         document.update({"outputs": {k: str(v) for k, v in paths.items()}, "torch": torch.__version__,
                          "threads": torch.get_num_threads(), "machine": platform.platform(), **result.stats})
         waited = time.perf_counter()
+        if qc is not None:
+            qc.join()
+            if "png" in quality:
+                staged.write(paths["qc"], lambda path: Path(path).write_bytes(quality.pop("png")))
         staged.wait()  # every image written: the JSON records the wall time up to here
         document["timings_s"]["writing_after_outputs"] = time.perf_counter() - waited
-        document.update(quality)
+        document.update({k: v for k, v in quality.items() if k != "png"})
         if start is not None:
             document["timings_s"]["wall"] = time.perf_counter() - start
         staged.write(paths["json"], lambda path: Path(path).write_text(json.dumps(document, indent=2)))
         staged.commit()
 
 
-def _quality(path, into: dict, fixed: Image, moving: Image, warped: torch.Tensor, result: Result, title: str) -> None:
-    """Measure the QC figures (into ``into["qc"]``, with their time) and write the QC picture at ``path``."""
+def _quality(into: dict, fixed: Image, moving: Image, warped: torch.Tensor, result: Result, title: str) -> None:
+    """Measure the QC figures (``into["qc"]``, with their time) and draw the picture (``into["png"]``).
+    Best effort: a failure here is recorded (``qc_error``) and costs the registration nothing."""
     t0 = time.perf_counter()
-    into["qc"], render = assess(fixed.data, moving.data, warped, fixed.grid, moving.grid, result, title)
-    Path(path).write_bytes(render())
+    try:
+        into["qc"], render = assess(fixed.data, moving.data, warped, fixed.grid, moving.grid, result, title)
+        into["png"] = render()
+    except Exception as exc:  # noqa: BLE001 - QC must never lose a registration
+        into["qc_error"] = f"{type(exc).__name__}: {exc}"
     into["qc_seconds"] = time.perf_counter() - t0
 
 

@@ -9,8 +9,10 @@ import gzip
 import hashlib
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -264,30 +266,34 @@ def test_sigterm_while_writing_leaves_nothing(pair, capfd, monkeypatch):
 
 def test_a_killed_runs_staging_folder_is_removed_by_the_next_run(pair, capfd):
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
-    stale = pair / f".regode-{gone.stdout.strip()}-abcd"
+    host = socket.gethostname().replace("-", "_")
+    stale = pair / f".regode-{host}-{gone.stdout.strip()}-abcd"
     stale.mkdir()
     (stale / "half.nii.gz").write_bytes(b"partial")
-    mine = pair / f".regode-{os.getpid()}-live"  # a running process's folder is left alone
+    mine = pair / f".regode-{host}-{os.getpid()}-live"  # a running process's folder is left alone
     mine.mkdir()
+    elsewhere = pair / f".regode-othernode-{gone.stdout.strip()}-abcd"  # another node's, on a shared file system
+    elsewhere.mkdir()
     assert run(["warp", "-i", str(pair / "moving.nii.gz"), "-r", str(pair / "fixed.nii.gz"), "-o", str(pair / "w.nii.gz")]) == 0
-    assert not stale.exists() and mine.exists() and (pair / "w.nii.gz").exists()
+    assert not stale.exists() and mine.exists() and elsewhere.exists() and (pair / "w.nii.gz").exists()
 
 
 def test_sigterm_in_a_real_process_exits_143_and_cleans_up(pair):
     """The console script itself: SIGTERM during the registration unwinds like Ctrl-C."""
-    proc = subprocess.Popen([sys.executable, "-c", "from regode.cli import main; main()", "fit-field", *map(str, _fix(pair)),
-                             "-o", str(pair / "t_"), "-q", "--iterations", "100000"], stderr=subprocess.PIPE, text=True)
+    marker = pair / "started"
+    code = f"import pathlib, time; from regode.cli import main; import regode.api; pathlib.Path({str(marker)!r}).touch(); main()"
+    proc = subprocess.Popen([sys.executable, "-c", code, "fit-field", *map(str, _fix(pair)), "-o", str(pair / "t_"), "-q",
+                             "--iterations", "100000"], stderr=subprocess.PIPE, text=True)
     try:
-        for _ in range(600):  # wait for the fit to start (torch imported, images read)
-            if proc.poll() is not None or list(Path("/proc", str(proc.pid), "task").iterdir())[1:]:
-                break
-            __import__("time").sleep(0.05)
-        __import__("time").sleep(4.0)  # torch imported, the handler installed: well into the fit
+        deadline = time.time() + 120
+        while not marker.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(1.5)  # main() has installed its handler and the fit runs
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 143 and "Traceback" not in err
+    assert proc.returncode == 143 and "Traceback" not in err, err
     assert not list(pair.glob("t_*")) and not list(pair.glob(".regode-*"))
 
 
@@ -322,11 +328,12 @@ def test_a_composite_transform_file_is_one_mapping(pair):
     from regode.io import load_transform
 
     path = _tfm(pair, "chain.tfm", [("CompositeTransform_double_3_3", "", ""),
-                                    ("AffineTransform_double_3_3", "1 0 0 0 1 0 0 0 1 5 0 0", "0 0 0"),
-                                    ("AffineTransform_double_3_3", "1 0 0 0 1 0 0 0 1 0 7 0", "0 0 0")])
-    moved = load_transform(path)(torch.zeros(1, 1, 3, dtype=torch.float64))[0, 0].tolist()
-    expected = sitk.ReadTransform(str(path)).TransformPoint((0.0, 0.0, 0.0))
-    np.testing.assert_allclose(moved, expected, atol=1e-9)
+                                    ("AffineTransform_double_3_3", "0 -1 0 1 0 0 0 0 1 5 0 0", "1 2 3"),  # a quarter turn
+                                    ("AffineTransform_double_3_3", "1 0 0 0 1.2 0 0 0 1 0 7 0", "0 0 0")])
+    points = np.array([[0.0, 0, 0], [10, -20, 30], [-7, 4, 12]])
+    moved = load_transform(path)(torch.as_tensor(points)[None])[0].numpy()
+    itk = sitk.ReadTransform(str(path))
+    np.testing.assert_allclose(moved, [itk.TransformPoint(tuple(p)) for p in points], atol=1e-9)
 
 
 def test_the_demo_never_writes_over_a_users_files(pair, capfd):

@@ -43,8 +43,8 @@ def cohort(
 
     if out.exists() and not out.is_dir():
         raise RegodeError(f"--out {out} is a file, not a folder")
-    out.mkdir(parents=True, exist_ok=True)
     rows = read_manifest(manifest, out, command.value, options, qc)
+    out.mkdir(parents=True, exist_ok=True)
     if row is not None:
         if row > len(rows):
             raise RegodeError(f"--row {row}: the manifest has {len(rows)} rows")
@@ -56,7 +56,8 @@ def cohort(
     if report_only:
         lines = [summary_line(r, out) for r in rows]
     else:
-        engine = Engine(workers=workers or max(1, (os.cpu_count() or 1) // threads), threads=threads, scheduler=scheduler,
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # this job's share
+        engine = Engine(workers=workers or max(1, cores // threads), threads=threads, scheduler=scheduler,
                         slurm={"queue": queue, "account": account, "walltime": walltime, "memory": memory, "jobs": jobs} if slurm else None,
                         retries=retries)
         lines = run_cohort(rows, out, engine, qc, progress=not quiet)

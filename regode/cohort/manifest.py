@@ -16,14 +16,14 @@ from __future__ import annotations
 import csv
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import typer
 
 from ..errors import RegodeError
 from ..io import read_grid
-from ..io.atomic import check_outputs
+from ..io.atomic import check_outputs, input_path
 from ..nir.config import FitConfig
 from ..odenet.config import RegisterConfig
 from ..odenet.kinds import KINDS
@@ -32,8 +32,8 @@ from ..pipeline import output_paths
 COMMANDS = ("register", "fit-field")
 COLUMNS = ("id", "fixed", "moving", "moving_labels", "command", "options")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-FORBIDDEN = ("-f", "--fixed", "-m", "--moving", "-o", "--out", "--moving-labels")
-"""options the manifest's columns and ``--out`` give instead."""
+FORBIDDEN = ("-f", "--fixed", "-m", "--moving", "-o", "--out", "--moving-labels", "--qc", "--no-qc", "--threads")
+"""options the manifest's columns and the cohort's ``--out``, ``--no-qc`` and ``--threads`` give instead."""
 
 
 @dataclass(frozen=True)
@@ -81,9 +81,9 @@ def read_manifest(path, out, command: str = "register", options: str = "", qc: b
     for number, values in enumerate(table, 1):
         try:
             row = _row(number, values, path.parent, command, options)
-            if row.id in seen:
-                raise RegodeError(f"id {row.id} is also row {seen[row.id]}'s")
-            seen[row.id] = number
+            if row.id.casefold() in seen:  # one folder on a case-insensitive file system
+                raise RegodeError(f"id {row.id} is also row {seen[row.id.casefold()]}'s")
+            seen[row.id.casefold()] = number
             _check_files(row, Path(out), qc)
             rows.append(row)
         except RegodeError as exc:
@@ -100,8 +100,7 @@ def _row(number: int, values: dict, base: Path, command: str, options: str) -> R
     row_id = cell("id")
     if not NAME.match(row_id):
         raise RegodeError(f"id {row_id!r} is not a name of letters, digits, '.', '_' and '-'")
-    files = {name: (Path(cell(name)) if Path(cell(name)).is_absolute() else base / cell(name)) if cell(name) else None
-             for name in ("fixed", "moving", "moving_labels")}
+    files = {name: _absolute(cell(name), base) if cell(name) else None for name in ("fixed", "moving", "moving_labels")}
     if files["fixed"] is None or files["moving"] is None:
         raise RegodeError("fixed and moving are required")
     which = cell("command") or command
@@ -114,7 +113,22 @@ def _row(number: int, values: dict, base: Path, command: str, options: str) -> R
     taken = [a for a in args if a.split("=", 1)[0] in FORBIDDEN]
     if taken:
         raise RegodeError(f"options {', '.join(taken)}: the manifest's columns and --out give these")
-    return Row(number, row_id, files["fixed"], files["moving"], files["moving_labels"], which, parse_options(which, args))
+    config = parse_options(which, args)
+    # files named in the options are relative to the manifest too, like its columns
+    specs = tuple(str(_absolute(spec, base)) if not spec.startswith("[") else f"[{_absolute(spec[1:-1].rsplit(',', 1)[0], base)},"
+                  f"{spec[1:-1].rsplit(',', 1)[1]}]" for spec in config.initial_transform)
+    files_in_options = {"initial_transform": specs}
+    if isinstance(config, RegisterConfig):
+        files_in_options["checkpoints"] = tuple(str(_absolute(p, base)) for p in config.checkpoints)
+    elif config.encoder:
+        files_in_options["encoder"] = str(_absolute(config.encoder, base))
+    return Row(number, row_id, files["fixed"], files["moving"], files["moving_labels"], which, replace(config, **files_in_options))
+
+
+def _absolute(path: str, base: Path) -> Path:
+    """``path`` as an absolute path, relative ones taken from the manifest's folder ``base``."""
+    path = Path(path.strip())
+    return (path if path.is_absolute() else base / path).resolve()
 
 
 def parse_options(command: str, args: list[str]) -> RegisterConfig | FitConfig:
@@ -143,6 +157,11 @@ def _check_files(row: Row, out: Path, qc: bool) -> None:
     for what, path in (("fixed image", row.fixed), ("moving image", row.moving), ("moving label image", row.moving_labels)):
         if path is not None:
             read_grid(path, what=what)  # exists, readable, a 3D image (header only)
+    others = [input_path(spec) for spec in row.config.initial_transform] + [Path(p) for p in getattr(row.config, "checkpoints", ())]
+    others += [Path(row.config.encoder)] if getattr(row.config, "encoder", None) else []
+    for path in others:
+        if not path.is_file():
+            raise RegodeError(f"file not found: {path}")
     deformable = row.command == "fit-field" or not KINDS[row.config.stages[-1]].linear
     paths = output_paths(row.prefix(out), deformable, row.moving_labels is not None, qc).values()
     folder = row.prefix(out).parent

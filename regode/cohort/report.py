@@ -32,8 +32,8 @@ def mark_outliers(lines: list[dict]) -> list[dict]:
             continue
         median = np.median(values)
         spread = 1.4826 * np.median(np.abs(values - median))
-        if spread <= 0:
-            continue
+        if spread <= 0:  # most rows agree exactly (no folding, say): any other value stands out
+            spread = 1e-9 * max(1.0, abs(median))
         for line in done:
             if line.get(name) is not None and abs(line[name] - median) > OUTLIER * spread:
                 line["outlier"] = " ".join(filter(None, [line["outlier"], name]))
@@ -68,7 +68,7 @@ def write(lines: list[dict], out) -> dict[str, Path]:
 def _cell(value) -> str:
     if value is None or value == "":
         return "<td></td>"
-    if isinstance(value, float):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         return f'<td data-v="{value:.6g}">{value:.3g}</td>'
     return f"<td>{html.escape(str(value))}</td>"
 
@@ -80,7 +80,7 @@ def page(lines: list[dict], counts: dict) -> str:
     for line in lines:
         picture = f"{line['id']}/{line['id']}_qc.png"
         thumb = (f'<td><a href="{html.escape(picture)}"><img src="{html.escape(picture)}" alt="QC {html.escape(line["id"])}"></a></td>'
-                 if line.get("status") == "done" else "<td></td>")
+                 if line.get("status") == "done" and line.get("has_qc") else "<td></td>")
         css = "failed" if line.get("status") != "done" else "outlier" if line.get("outlier") else ""
         body.append(f'<tr class="{css}">{thumb}' + "".join(_cell(line.get(name)) for name in COLUMNS) + "</tr>")
     summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
@@ -101,10 +101,13 @@ a picture to open it.</p>
 let ascending = true;
 function sortBy(column) {{
   const tbody = document.querySelector("#rows tbody");
-  const key = row => {{ const c = row.children[column]; const v = c.dataset.v ?? c.textContent; const n = parseFloat(v);
-                        return isNaN(n) ? v : n; }};
-  const rows = Array.from(tbody.rows).sort((a, b) => {{ const x = key(a), y = key(b);
-    return (x < y ? -1 : x > y ? 1 : 0) * (ascending ? 1 : -1); }});
+  // numbers (cells with data-v) by value, text by collation, blanks last either way
+  const key = row => {{ const c = row.children[column]; return c.dataset.v !== undefined ? parseFloat(c.dataset.v) : c.textContent; }};
+  const rows = Array.from(tbody.rows).sort((a, b) => {{
+    const x = key(a), y = key(b);
+    if (x === "" || y === "") return (x === "") - (y === "");
+    const order = typeof x === "number" && typeof y === "number" ? x - y : String(x).localeCompare(String(y), undefined, {{numeric: true}});
+    return order * (ascending ? 1 : -1); }});
   ascending = !ascending;
   rows.forEach(r => tbody.appendChild(r));
 }}

@@ -49,11 +49,12 @@ def complete(row: Row, out: Path) -> bool:
 
 
 @functools.lru_cache(maxsize=4)
-def _models(config):
-    """The MS-ODENet models of a register config, once per worker process (keyed by the config)."""
+def _models(model: str, checkpoints: tuple):
+    """The MS-ODENet models of a ``--model`` and its ``--checkpoint`` files, once per worker process."""
+    from ..odenet.config import RegisterConfig
     from ..odenet.register import load_models
 
-    return load_models(config)
+    return load_models(RegisterConfig(model=model, checkpoints=checkpoints))
 
 
 def run_row(row: Row, out: str, qc: bool = True, threads: int | None = None) -> dict:
@@ -63,7 +64,7 @@ def run_row(row: Row, out: str, qc: bool = True, threads: int | None = None) -> 
 
     from ..pipeline import fit_files, register_files
 
-    out = Path(out)
+    out = Path(out).resolve()
     start = time.perf_counter()
     config = replace(row.config, threads=threads) if threads else row.config
     if threads:
@@ -73,12 +74,13 @@ def run_row(row: Row, out: str, qc: bool = True, threads: int | None = None) -> 
         row.prefix(out).parent.mkdir(parents=True, exist_ok=True)
         error_path(row, out).unlink(missing_ok=True)
         if row.command == "register":
-            document = register_files(row.fixed, row.moving, row.prefix(out), config, row.moving_labels, qc=qc, models=_models(config))
+            document = register_files(row.fixed, row.moving, row.prefix(out), config, row.moving_labels, qc=qc, models=_models(config.model, config.checkpoints))
         else:
             document = fit_files(row.fixed, row.moving, row.prefix(out), config, row.moving_labels, qc=qc)
-        line.update(status="done", error=None, seconds=time.perf_counter() - start, **document.get("qc", {}))
-    except (RegodeError, OSError, MemoryError) as exc:
-        message = str(exc) if isinstance(exc, RegodeError) else f"{type(exc).__name__}: {exc}"
+        line.update(status="done", error=None, seconds=time.perf_counter() - start, has_qc=Path(f"{row.prefix(out)}qc.png").is_file(),
+                    **document.get("qc", {}))
+    except Exception as exc:  # any failure of this row is its record, not the cohort's end (and not retried)
+        message = str(exc) if isinstance(exc, RegodeError) else f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
         line.update(status="failed", error=message, seconds=time.perf_counter() - start)
         with atomic_output(error_path(row, out)) as tmp:
             Path(tmp).write_text(json.dumps(line, indent=2))
@@ -90,7 +92,7 @@ def summary_line(row: Row, out: Path) -> dict:
     if complete(row, out):
         document = json.loads(row.record(out).read_text())
         return {"id": row.id, "row": row.number, "status": "done", "error": None, "seconds": document.get("timings_s", {}).get("wall"),
-                "worker": document.get("worker"), **document.get("qc", {})}
+                "worker": None, "has_qc": Path(f"{row.prefix(out)}qc.png").is_file(), **document.get("qc", {})}
     if error_path(row, out).is_file():
         return json.loads(error_path(row, out).read_text())
     return {"id": row.id, "row": row.number, "status": "not run", "error": None}
@@ -98,7 +100,7 @@ def summary_line(row: Row, out: Path) -> dict:
 
 def run_cohort(rows: list[Row], out, engine: Engine = Engine(), qc: bool = True, progress: bool = True) -> list[dict]:
     """Run every row that is not complete on Dask; returns the summary lines of all rows."""
-    out = Path(out)
+    out = Path(out).resolve()  # workers may run in another folder (a scheduler's)
     pending = [row for row in rows if not complete(row, out)]
     lines = {row.id: summary_line(row, out) for row in rows}
     if pending:

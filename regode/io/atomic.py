@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
+import socket
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,8 +15,14 @@ from typing import Iterator
 from ..errors import RegodeError
 
 STAGING = ".regode-"
-"""private staging folders are ``.regode-<pid>-XXXX`` beside the outputs: the process that made
-one is named, so a later run can remove what a killed run left (:func:`staging_folder`)."""
+"""private staging folders are ``.regode-<host>-<pid>-XXXX`` beside the outputs: the machine and
+process that made one are named, so a later run on that machine can remove what a killed run left
+(:func:`staging_folder`), and leaves alone what runs on other nodes of a shared file system write."""
+
+
+def _mine() -> str:
+    """This process's staging prefix: ``.regode-<host>-<pid>-``."""
+    return f"{STAGING}{socket.gethostname().replace('-', '_')}-{os.getpid()}-"
 
 
 def check_writable(path: str | os.PathLike) -> Path:
@@ -36,7 +44,7 @@ def check_writable(path: str | os.PathLike) -> Path:
     if path.is_dir():
         raise RegodeError(f"cannot write {path}: it is a folder")
     try:  # the folder may look writable and still refuse files (/proc, /sys, a full or read-only disk)
-        handle, probe = tempfile.mkstemp(prefix=f"{STAGING}{os.getpid()}-", dir=parent)
+        handle, probe = tempfile.mkstemp(prefix=_mine(), dir=parent)
         os.close(handle)
         os.remove(probe)
     except OSError as exc:
@@ -77,14 +85,15 @@ def staging_folder(folder: str | os.PathLike) -> str:
     """A new private folder in ``folder`` for files being written, after removing the staging
     folders that a killed regode process left there."""
     folder = Path(folder)
-    for stale in folder.glob(f"{STAGING}*"):
-        pid = stale.name[len(STAGING):].split("-", 1)[0]
+    here = f"{STAGING}{socket.gethostname().replace('-', '_')}-"
+    for stale in folder.glob(f"{here}*"):
+        pid = stale.name[len(here):].split("-", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
             if stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)
             else:
                 stale.unlink(missing_ok=True)
-    return tempfile.mkdtemp(prefix=f"{STAGING}{os.getpid()}-", dir=folder)
+    return tempfile.mkdtemp(prefix=_mine(), dir=folder)
 
 
 def _alive(pid: int) -> bool:
@@ -146,8 +155,13 @@ class StagedOutputs:
         self.wait()
         names = os.listdir(self.tmpdir)
         order = {name: i for i, name in enumerate(self.names)}
-        for name in sorted(names, key=lambda n: order.get(n, order.get(n.rsplit(".", 1)[0] + ".mhd", 0) - 0.5)):
-            os.replace(os.path.join(self.tmpdir, name), self.folder / name)
+        # Ctrl-C and SIGTERM wait until every file is in place: the outputs appear together
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            for name in sorted(names, key=lambda n: order.get(n, order.get(n.rsplit(".", 1)[0] + ".mhd", 0) - 0.5)):
+                os.replace(os.path.join(self.tmpdir, name), self.folder / name)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     def __enter__(self) -> "StagedOutputs":
         return self
