@@ -49,6 +49,23 @@ def output_paths(prefix: str | Path, deformable: bool, labels: bool, qc: bool = 
     return {k: Path(str(prefix) + v) for k, v in names.items()}
 
 
+def bids_paths(folder: Path, entities: str, source: str, target: str, labels: bool, qc: bool = True) -> dict[str, Path]:
+    """NiPreps-style names in ``folder`` for the registration of ``source`` (the moving image's
+    label, e.g. ``FLAIR``) to ``target`` (``T1w``) of ``entities`` (``sub-01_ses-1``): the mapping
+    as one ITK composite (``*_from-FLAIR_to-T1w_mode-image_xfm.h5``, the affine then the warp, as
+    ANTs' ``-t 1Warp -t 0GenericAffine``) and its inverse, the images in each other's space, and the
+    record (``*_desc-regode.json``, written last)."""
+    pair = f"{entities}_from-{source}_to-{target}"
+    names = {"xfm": f"{pair}_mode-image_xfm.h5", "inverse_xfm": f"{entities}_from-{target}_to-{source}_mode-image_xfm.h5",
+             "warped": f"{entities}_space-{target}_{source}.nii.gz", "inverse_warped": f"{entities}_space-{source}_{target}.nii.gz"}
+    if labels:
+        names["labels"] = f"{entities}_space-{target}_desc-{source}_dseg.nii.gz"
+    if qc:
+        names["qc"] = f"{pair}_desc-qc.png"
+    names["json"] = f"{pair}_desc-regode.json"
+    return {k: Path(folder) / v for k, v in names.items()}
+
+
 def read_inputs(fixed_path, moving_path, moving_labels, paths: dict[str, Path], other_inputs=()) -> tuple[Image, Image, Image | None]:
     """Check every output can be written and is none of the inputs (``other_inputs``: transform
     specs, model files), then read the images (one clear error otherwise)."""
@@ -74,18 +91,23 @@ def write_outputs(result: Result, fixed: Image, moving: Image, labels: Image | N
     linear, grid = result.linear, fixed.grid
     chain, inverse_chain = [linear], [linear.inverse()]
     with StagedOutputs(paths["json"].parent) as staged:
-        staged.write(paths["affine"], lambda path: save_transform(linear, path))
+        if "affine" in paths:
+            staged.write(paths["affine"], lambda path: save_transform(linear, path))
         if result.field is not None:
             # float32 copies (the caller's result keeps its precision): the files' precision, and
             # twice as fast at 1 mm
             work = copy.deepcopy(result.field).float()
             forward = DisplacementField(grid, work.displacement(grid))
-            staged.write(paths["warp"], lambda path: save_transform(forward, path))
             inverse_work = copy.deepcopy(result.inverse_field).float() if result.inverse_field is not None else work.inverse(inverse_iterations)
             inverse = DisplacementField(grid, inverse_work.displacement(grid))
-            staged.write(paths["inverse_warp"], lambda path: save_transform(inverse, path))
+            if "warp" in paths:
+                staged.write(paths["warp"], lambda path: save_transform(forward, path))
+                staged.write(paths["inverse_warp"], lambda path: save_transform(inverse, path))
             chain.append(forward)
             inverse_chain.insert(0, inverse)
+        if "xfm" in paths:  # the whole mapping and its inverse as ITK composites (BIDS-style names)
+            staged.write(paths["xfm"], lambda path: save_transform(Compose(chain), path))
+            staged.write(paths["inverse_xfm"], lambda path: save_transform(Compose(inverse_chain), path))
         # the labels lie on the moving grid (read_inputs checks): one pass of mapped points for both
         moved = [(moving.data, "linear")] + ([(labels.data, "label")] if labels is not None else [])
         warped, *warped_labels = resample_many(moved, moving.grid, grid, Compose(chain))
@@ -93,7 +115,7 @@ def write_outputs(result: Result, fixed: Image, moving: Image, labels: Image | N
         quality: dict = {}
         qc = None
         if "qc" in paths:  # figures and picture made on a thread of their own, while the rest is computed and written
-            title = paths["json"].name[: -len("regode.json")]
+            title = paths["json"].name.rsplit("regode", 1)[0].rstrip("_-")
             qc = threading.Thread(target=_quality, args=(quality, fixed, moving, warped, result, title), name="regode-qc", daemon=True)
             qc.start()
         if labels is not None:
@@ -136,11 +158,11 @@ def _document(command: str, fixed_path, moving_path, moving_labels, config) -> d
 
 
 def register_files(fixed_path, moving_path, prefix, config: RegisterConfig, moving_labels=None, qc: bool = True,
-                   models: dict | None = None) -> dict:
+                   models: dict | None = None, paths: dict | None = None) -> dict:
     """``regode register``: read, register with MS-ODENet, and write ANTs-named outputs at the fixed
-    image's full resolution; returns the JSON record."""
+    image's full resolution (or ``paths``, e.g. :func:`bids_paths`); returns the JSON record."""
     start = time.perf_counter()
-    paths = output_paths(prefix, not KINDS[config.stages[-1]].linear, moving_labels is not None, qc)
+    paths = paths or output_paths(prefix, not KINDS[config.stages[-1]].linear, moving_labels is not None, qc)
     models = models if models is not None else load_models(config)
     fixed, moving, labels = read_inputs(fixed_path, moving_path, moving_labels, paths,
                                         [*config.initial_transform, *(str(p) for _, p in models.values())])
@@ -153,11 +175,12 @@ def register_files(fixed_path, moving_path, prefix, config: RegisterConfig, movi
     return document
 
 
-def fit_files(fixed_path, moving_path, prefix, config: FitConfig, moving_labels=None, progress: bool = False, qc: bool = True) -> dict:
+def fit_files(fixed_path, moving_path, prefix, config: FitConfig, moving_labels=None, progress: bool = False, qc: bool = True,
+              paths: dict | None = None) -> dict:
     """``regode fit-field``: read, fit neural fields, and write ANTs-named outputs at the fixed
     image's full resolution; returns the JSON record."""
     start = time.perf_counter()
-    paths = output_paths(prefix, True, moving_labels is not None, qc)
+    paths = paths or output_paths(prefix, True, moving_labels is not None, qc)
     fixed, moving, labels = read_inputs(fixed_path, moving_path, moving_labels, paths, [*config.initial_transform, config.encoder])
     read_s = time.perf_counter() - start
     result = fit_images(fixed, moving, config, progress)

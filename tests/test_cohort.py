@@ -152,3 +152,35 @@ def test_the_slurm_job_script_holds_the_options():
     for words in ("#SBATCH -p long", "#SBATCH -A neurolab", "#SBATCH -t 02:30:00", "#SBATCH --mem=15G", "--nworkers 2", "--nthreads 4",
                   "#SBATCH -n 1", "#SBATCH --cpus-per-task=8"):
         assert words in script, (words, script)
+
+
+def test_bids_names_hold_the_same_mapping_as_ants_files(cohort):
+    """``--bids``: NiPreps-style names in OUT/sub-X[/ses-Y]/anat/, the mapping as one ITK composite
+    (.h5) that maps points as plain ``regode fit-field``'s -t 1Warp -t 0GenericAffine do, its inverse,
+    and a dataset_description.json."""
+    import torch
+
+    from regode.io import load_transform, load_transform_chain
+
+    manifest = cohort / "bids.csv"
+    manifest.write_text("id,fixed,moving,from,to,command,options\n"
+                        "sub-01_ses-a,f4.nii.gz,m4.nii.gz,FLAIR,T1w,fit-field,--iterations 5 --coarse-iterations 5\n")
+    out = cohort / "derivatives"
+    assert run(["cohort", str(manifest), "--out", str(out), "--bids", "--row", "1", "--threads", "1", "-q"]) == 0
+    anat = out / "sub-01" / "ses-a" / "anat"
+    names = sorted(p.name for p in anat.iterdir())
+    assert names == ["sub-01_ses-a_from-FLAIR_to-T1w_desc-qc.png", "sub-01_ses-a_from-FLAIR_to-T1w_desc-regode.json",
+                     "sub-01_ses-a_from-FLAIR_to-T1w_mode-image_xfm.h5", "sub-01_ses-a_from-T1w_to-FLAIR_mode-image_xfm.h5",
+                     "sub-01_ses-a_space-FLAIR_T1w.nii.gz", "sub-01_ses-a_space-T1w_FLAIR.nii.gz"], names
+    assert json.loads((out / "dataset_description.json").read_text())["DatasetType"] == "derivative"
+    assert run(["fit-field", "-f", str(cohort / "f4.nii.gz"), "-m", str(cohort / "m4.nii.gz"), "-o", str(cohort / "plain_"), "-q",
+                "--iterations", "5", "--coarse-iterations", "5", "--threads", "1"]) == 0
+    points = torch.as_tensor(GRID.world_points(torch.float64)[::3, ::3, ::3].reshape(1, -1, 3))
+    composite = load_transform(anat / "sub-01_ses-a_from-FLAIR_to-T1w_mode-image_xfm.h5")(points)
+    chain = load_transform_chain([str(cohort / "plain_1Warp.nii.gz"), str(cohort / "plain_0GenericAffine.mat")])(points)
+    torch.testing.assert_close(composite, chain, atol=1e-4, rtol=0)
+    back = load_transform(anat / "sub-01_ses-a_from-T1w_to-FLAIR_mode-image_xfm.h5")
+    inside = (composite - points).norm(dim=-1) < 5  # the fixed-point inverse holds inside the grid
+    assert float((back(composite) - points).norm(dim=-1)[inside].median()) < 0.2
+    assert run(["cohort", str(manifest), "--out", str(out), "--bids", "--report-only", "-q"]) == 0
+    assert 'href="sub-01/ses-a/anat/sub-01_ses-a_from-FLAIR_to-T1w_desc-qc.png"' in (out / "report.html").read_text()

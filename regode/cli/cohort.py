@@ -31,6 +31,7 @@ def cohort(
     jobs: Annotated[int, typer.Option("--jobs", min=1, help="--slurm: jobs to start.")] = 1,
     row: Annotated[Optional[int], typer.Option("--row", min=1, help="Run this row only, here, without Dask (job arrays: --row $SLURM_ARRAY_TASK_ID).")] = None,
     retries: Annotated[int, typer.Option("--retries", min=0, help="Times a task whose worker died is run again.")] = 1,
+    bids: Annotated[bool, typer.Option("--bids", help="BIDS-style derivatives: OUT/sub-X/anat/sub-X_from-FLAIR_to-T1w_mode-image_xfm.h5 ... (manifest columns from, to) and OUT/dataset_description.json.")] = False,
     report_only: Annotated[bool, typer.Option("--report-only", help="Write the summary and report from the outputs there (after job arrays).")] = False,
     qc: Annotated[bool, typer.Option("--qc/--no-qc", help="QC picture and figures per row.")] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -43,15 +44,19 @@ def cohort(
 
     if out.exists() and not out.is_dir():
         raise RegodeError(f"--out {out} is a file, not a folder")
-    rows = read_manifest(manifest, out, command.value, options, qc)
+    rows = read_manifest(manifest, out, command.value, options, qc, bids)
     out.mkdir(parents=True, exist_ok=True)
+    if bids:
+        from ..cohort.report import dataset_description
+
+        dataset_description(out)
     if row is not None:
         if row > len(rows):
             raise RegodeError(f"--row {row}: the manifest has {len(rows)} rows")
         line = run_row(rows[row - 1], str(out), qc, threads)
         if line["status"] != "done":
             raise RegodeError(f"row {row} ({line['id']}): {line['error']}")
-        print(f"row {row} ({line['id']}) done in {line['seconds']:.1f} s; outputs {rows[row - 1].prefix(out)}*")
+        print(f"row {row} ({line['id']}) done in {line['seconds']:.1f} s; outputs in {rows[row - 1].record(out).parent}")
         return
     if report_only:
         lines = [summary_line(r, out) for r in rows]

@@ -8,7 +8,9 @@ Columns (a header row names them; order free):
 - ``moving_labels`` (optional): a label image on the moving grid;
 - ``command`` (optional): ``register`` or ``fit-field`` (default: the command line's ``--command``);
 - ``options`` (optional): that command's options as on its command line, e.g.
-  ``--model rigid+bspline --seed 1`` (default: the command line's ``--options``).
+  ``--model rigid+bspline --seed 1`` (default: the command line's ``--options``);
+- ``from``, ``to`` (with ``--bids``): the moving and fixed images' labels (``FLAIR``, ``T1w``) in
+  BIDS-style names; the id is then the entities, ``sub-01`` or ``sub-01_ses-1``.
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ from ..io.atomic import check_outputs, input_path
 from ..nir.config import FitConfig
 from ..odenet.config import RegisterConfig
 from ..odenet.kinds import KINDS
-from ..pipeline import output_paths
+from ..pipeline import bids_paths, output_paths
 
 COMMANDS = ("register", "fit-field")
-COLUMNS = ("id", "fixed", "moving", "moving_labels", "command", "options")
+COLUMNS = ("id", "fixed", "moving", "moving_labels", "command", "options", "from", "to")
+BIDS_ID = re.compile(r"^sub-[A-Za-z0-9]+(_ses-[A-Za-z0-9]+)?$")
+LABEL = re.compile(r"^[A-Za-z0-9]+$")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 FORBIDDEN = ("-f", "--fixed", "-m", "--moving", "-o", "--out", "--moving-labels", "--qc", "--no-qc", "--threads")
 """options the manifest's columns and the cohort's ``--out``, ``--no-qc`` and ``--threads`` give instead."""
@@ -48,17 +52,32 @@ class Row:
     moving_labels: Path | None
     command: str
     config: RegisterConfig | FitConfig
+    source: str | None = None
+    """BIDS-style names (``--bids``): the moving image's label, e.g. ``FLAIR``."""
+    target: str | None = None
+    """BIDS-style names: the fixed image's label, e.g. ``T1w``."""
 
     def prefix(self, out: Path) -> Path:
         """The row's output prefix: ``OUT/ID/ID_``."""
         return Path(out) / self.id / f"{self.id}_"
 
+    def outputs(self, out: Path, qc: bool = True) -> dict[str, Path]:
+        """Every file the row writes: ANTs' names after ``OUT/ID/ID_``, or with BIDS-style names in
+        ``OUT/sub-X[/ses-Y]/anat/``; and where a failure is recorded (``error``)."""
+        deformable = self.command == "fit-field" or not KINDS[self.config.stages[-1]].linear
+        if self.source is None:
+            paths = output_paths(self.prefix(out), deformable, self.moving_labels is not None, qc)
+            return {**paths, "error": Path(f"{self.prefix(out)}error.json")}
+        folder = Path(out).joinpath(*self.id.split("_"), "anat")
+        paths = bids_paths(folder, self.id, self.source, self.target, self.moving_labels is not None, qc)
+        return {**paths, "error": folder / f"{self.id}_from-{self.source}_to-{self.target}_desc-error.json"}
+
     def record(self, out: Path) -> Path:
         """The JSON record a complete row has (written last of its outputs)."""
-        return Path(str(self.prefix(out)) + "regode.json")
+        return self.outputs(out)["json"]
 
 
-def read_manifest(path, out, command: str = "register", options: str = "", qc: bool = True) -> list[Row]:
+def read_manifest(path, out, command: str = "register", options: str = "", qc: bool = True, bids: bool = False) -> list[Row]:
     """Every row of the manifest at ``path``, each checked: files readable 3D images, a unique id,
     options valid for its command, no output that is an input. Every bad row is reported at once
     (one line each, in one error); nothing is run before."""
@@ -80,7 +99,7 @@ def read_manifest(path, out, command: str = "register", options: str = "", qc: b
     rows, problems, seen = [], [], {}
     for number, values in enumerate(table, 1):
         try:
-            row = _row(number, values, path.parent, command, options)
+            row = _row(number, values, path.parent, command, options, bids)
             if row.id.casefold() in seen:  # one folder on a case-insensitive file system
                 raise RegodeError(f"id {row.id} is also row {seen[row.id.casefold()]}'s")
             seen[row.id.casefold()] = number
@@ -93,13 +112,17 @@ def read_manifest(path, out, command: str = "register", options: str = "", qc: b
     return rows
 
 
-def _row(number: int, values: dict, base: Path, command: str, options: str) -> Row:
+def _row(number: int, values: dict, base: Path, command: str, options: str, bids: bool) -> Row:
     def cell(name):
         return (values.get(name) or "").strip()
 
     row_id = cell("id")
     if not NAME.match(row_id):
         raise RegodeError(f"id {row_id!r} is not a name of letters, digits, '.', '_' and '-'")
+    source, target = (cell("from"), cell("to")) if bids else (None, None)
+    if bids and not (BIDS_ID.match(row_id) and LABEL.match(source) and LABEL.match(target)):
+        raise RegodeError("--bids needs an id of BIDS entities (sub-01 or sub-01_ses-1) and from/to labels of letters and digits "
+                          f"(FLAIR, T1w), not {row_id!r}, {source!r}, {target!r}")
     files = {name: _absolute(cell(name), base) if cell(name) else None for name in ("fixed", "moving", "moving_labels")}
     if files["fixed"] is None or files["moving"] is None:
         raise RegodeError("fixed and moving are required")
@@ -122,7 +145,8 @@ def _row(number: int, values: dict, base: Path, command: str, options: str) -> R
         files_in_options["checkpoints"] = tuple(str(_absolute(p, base)) for p in config.checkpoints)
     elif config.encoder:
         files_in_options["encoder"] = str(_absolute(config.encoder, base))
-    return Row(number, row_id, files["fixed"], files["moving"], files["moving_labels"], which, replace(config, **files_in_options))
+    return Row(number, row_id, files["fixed"], files["moving"], files["moving_labels"], which, replace(config, **files_in_options),
+               source, target)
 
 
 def _absolute(path: str, base: Path) -> Path:
@@ -162,9 +186,8 @@ def _check_files(row: Row, out: Path, qc: bool) -> None:
     for path in others:
         if not path.is_file():
             raise RegodeError(f"file not found: {path}")
-    deformable = row.command == "fit-field" or not KINDS[row.config.stages[-1]].linear
-    paths = output_paths(row.prefix(out), deformable, row.moving_labels is not None, qc).values()
-    folder = row.prefix(out).parent
+    paths = list(row.outputs(out, qc).values())
+    folder = paths[0].parent
     if folder.is_dir():
         check_outputs(paths, [row.fixed, row.moving, row.moving_labels, *row.config.initial_transform])
     else:  # the row's folder is made when it runs: check the names against the inputs here

@@ -78,9 +78,9 @@ def page(lines: list[dict], counts: dict) -> str:
     head = "".join(f'<th onclick="sortBy({i})">{html.escape(name)}</th>' for i, name in enumerate(("qc", *COLUMNS)))
     body = []
     for line in lines:
-        picture = f"{line['id']}/{line['id']}_qc.png"
+        picture = line.get("qc_picture")
         thumb = (f'<td><a href="{html.escape(picture)}"><img src="{html.escape(picture)}" alt="QC {html.escape(line["id"])}"></a></td>'
-                 if line.get("status") == "done" and line.get("has_qc") else "<td></td>")
+                 if line.get("status") == "done" and picture else "<td></td>")
         css = "failed" if line.get("status") != "done" else "outlier" if line.get("outlier") else ""
         body.append(f'<tr class="{css}">{thumb}' + "".join(_cell(line.get(name)) for name in COLUMNS) + "</tr>")
     summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
@@ -113,3 +113,17 @@ function sortBy(column) {{
 }}
 </script></body></html>
 """
+
+
+def dataset_description(out) -> Path:
+    """``OUT/dataset_description.json`` of a BIDS derivatives folder (written once, kept after)."""
+    from .._version import __version__
+
+    path = Path(out) / "dataset_description.json"
+    if not path.exists():
+        document = {"Name": "regode registrations", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
+                    "GeneratedBy": [{"Name": "regode", "Version": __version__,
+                                     "Description": "regode cohort: MS-ODENet or neural-field registration"}]}
+        with atomic_output(path) as tmp:
+            Path(tmp).write_text(json.dumps(document, indent=2))
+    return path

@@ -41,7 +41,7 @@ class Engine:
 
 
 def error_path(row: Row, out: Path) -> Path:
-    return Path(str(row.prefix(out)) + "error.json")
+    return row.outputs(out)["error"]
 
 
 def complete(row: Row, out: Path) -> bool:
@@ -71,13 +71,15 @@ def run_row(row: Row, out: str, qc: bool = True, threads: int | None = None) -> 
         torch.set_num_threads(threads)
     line = {"id": row.id, "row": row.number, "worker": f"{socket.gethostname()}:{os.getpid()}"}
     try:
-        row.prefix(out).parent.mkdir(parents=True, exist_ok=True)
-        error_path(row, out).unlink(missing_ok=True)
+        paths = row.outputs(out, qc)
+        paths["json"].parent.mkdir(parents=True, exist_ok=True)
+        paths.pop("error").unlink(missing_ok=True)
         if row.command == "register":
-            document = register_files(row.fixed, row.moving, row.prefix(out), config, row.moving_labels, qc=qc, models=_models(config.model, config.checkpoints))
+            document = register_files(row.fixed, row.moving, None, config, row.moving_labels, qc=qc,
+                                      models=_models(config.model, config.checkpoints), paths=paths)
         else:
-            document = fit_files(row.fixed, row.moving, row.prefix(out), config, row.moving_labels, qc=qc)
-        line.update(status="done", error=None, seconds=time.perf_counter() - start, has_qc=Path(f"{row.prefix(out)}qc.png").is_file(),
+            document = fit_files(row.fixed, row.moving, None, config, row.moving_labels, qc=qc, paths=paths)
+        line.update(status="done", error=None, seconds=time.perf_counter() - start, qc_picture=_picture(row, out),
                     **document.get("qc", {}))
     except Exception as exc:  # any failure of this row is its record, not the cohort's end (and not retried)
         message = str(exc) if isinstance(exc, RegodeError) else f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
@@ -87,12 +89,19 @@ def run_row(row: Row, out: str, qc: bool = True, threads: int | None = None) -> 
     return line
 
 
+def _picture(row: Row, out: Path) -> str | None:
+    """The row's QC picture, relative to ``out`` (the report links it), if it has one."""
+    picture = row.outputs(out).get("qc")
+    return str(picture.relative_to(out)) if picture is not None and picture.is_file() else None
+
+
 def summary_line(row: Row, out: Path) -> dict:
     """A row's line from what its folder holds (complete, failed or not run)."""
+    out = Path(out).resolve()
     if complete(row, out):
         document = json.loads(row.record(out).read_text())
         return {"id": row.id, "row": row.number, "status": "done", "error": None, "seconds": document.get("timings_s", {}).get("wall"),
-                "worker": None, "has_qc": Path(f"{row.prefix(out)}qc.png").is_file(), **document.get("qc", {})}
+                "worker": None, "qc_picture": _picture(row, out), **document.get("qc", {})}
     if error_path(row, out).is_file():
         return json.loads(error_path(row, out).read_text())
     return {"id": row.id, "row": row.number, "status": "not run", "error": None}
