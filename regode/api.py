@@ -25,6 +25,7 @@ from .odenet.config import RegisterConfig
 from .odenet.register import load_models, register_images  # noqa: F401
 from .pipeline import fit_files, register_files  # noqa: F401
 from .result import Result
+from .templates import is_template, template_file
 from .transforms import Transform
 from .warp import resample
 
@@ -57,6 +58,7 @@ def warp_files(input, reference, output, specs: list[str], interp: str = "linear
     if threads:
         torch.set_num_threads(threads)
     check_outputs([output], [input, reference, *specs])
+    input, reference = (template_file(p) if is_template(p) else p for p in (input, reference))
     image = read_image(input, components=None, what="input image", exact=interp in ("label", "nearest"))
     grid = read_grid(reference, what="reference image")
     chain = load_transforms(specs)

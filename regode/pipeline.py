@@ -31,6 +31,7 @@ from .odenet.kinds import KINDS
 from .odenet.register import load_models, register_images
 from .qc import assess
 from .result import Result
+from .templates import is_template, read_template
 from .transforms import Compose, DisplacementField
 from .warp import resample, resample_many
 
@@ -70,8 +71,8 @@ def read_inputs(fixed_path, moving_path, moving_labels, paths: dict[str, Path], 
     """Check every output can be written and is none of the inputs (``other_inputs``: transform
     specs, model files), then read the images (one clear error otherwise)."""
     check_outputs(paths.values(), [fixed_path, moving_path, moving_labels, *other_inputs])
-    fixed = read_image(fixed_path, what="fixed image")
-    moving = read_image(moving_path, what="moving image")
+    fixed = read_template(fixed_path) if is_template(fixed_path) else read_image(fixed_path, what="fixed image")
+    moving = read_template(moving_path) if is_template(moving_path) else read_image(moving_path, what="moving image")
     labels = None
     if moving_labels is not None:
         labels = read_image(moving_labels, what="moving label image", exact=True)

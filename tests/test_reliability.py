@@ -340,3 +340,23 @@ def test_the_demo_never_writes_over_a_users_files(pair, capfd):
     """``regode demo --out DIR`` writes fixed.nii.gz and the rest: a folder of other files is refused."""
     refused(["demo", "--out", pair], pair, capfd, words="holds other files")
     refused(["demo", "--out", pair / "fixed.nii.gz"], pair, capfd, words="is a file")
+
+
+def test_a_template_name_reads_nilearns_mni152(pair, capfd):
+    """``mni152`` names the MNI ICBM152 2009 template that nilearn installs (no download): ``warp``
+    resamples onto its 1 mm grid in MNI space, and register/fit-field read it as the fixed image."""
+    pytest.importorskip("nilearn")
+    from regode.templates import read_template
+
+    template = read_template("mni152")
+    assert template.grid.size == (197, 233, 189) and template.grid.spacing == (1.0, 1.0, 1.0)
+    # MNI's origin (the anterior commissure) lies inside the grid, the brain around it
+    index = template.grid.world_to_index(np.zeros((1, 3)))[0]
+    assert all(0 < i < n for i, n in zip(index, template.grid.size))
+    assert run(["warp", "-i", str(pair / "moving.nii.gz"), "-r", "mni152", "-o", str(pair / "in_mni.nii.gz")]) == 0
+    assert sitk.ReadImage(str(pair / "in_mni.nii.gz")).GetSize() == (197, 233, 189)
+    refused(["warp", "-i", pair / "moving.nii.gz", "-r", "mni999", "-o", pair / "x.nii.gz"], pair, capfd, words="mni999")
+    from regode.pipeline import output_paths, read_inputs
+
+    fixed, moving, _ = read_inputs("mni152", pair / "moving.nii.gz", None, output_paths(pair / "t_", False, False))
+    assert fixed.path == "mni152" and fixed.grid.same_as(template.grid) and moving.grid.same_as(GRID)

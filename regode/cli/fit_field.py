@@ -23,7 +23,7 @@ F, N = FitConfig, FieldConfig  # the defaults below are theirs
 @app.command("fit-field")
 @user_errors
 def fit_field(
-    fixed: Annotated[Path, typer.Option("--fixed", "-f", help="Fixed (reference) image.")],
+    fixed: Annotated[Path, typer.Option("--fixed", "-f", help="Fixed (reference) image, or mni152: the MNI ICBM152 2009 T1 template (brain-extracted, 1 mm, from nilearn).")],
     moving: Annotated[Path, typer.Option("--moving", "-m", help="Moving image.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Output prefix: PREFIX1Warp.nii.gz, PREFIX1InverseWarp.nii.gz, PREFIX0GenericAffine.mat, PREFIXWarped.nii.gz, ...")],
     diffeomorphic: Annotated[bool, typer.Option("--diffeomorphic", help="Fit a stationary velocity field and integrate it (no folding).")] = F.diffeomorphic,

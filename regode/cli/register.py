@@ -18,7 +18,7 @@ Device = choices("Device", DEVICES)
 @app.command()
 @user_errors
 def register(
-    fixed: Annotated[Path, typer.Option("--fixed", "-f", help="Fixed (reference) image.")],
+    fixed: Annotated[Path, typer.Option("--fixed", "-f", help="Fixed (reference) image, or mni152: the MNI ICBM152 2009 T1 template (brain-extracted, 1 mm, from nilearn).")],
     moving: Annotated[Path, typer.Option("--moving", "-m", help="Moving image.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Output prefix: PREFIXWarped.nii.gz, PREFIX0GenericAffine.mat, PREFIX1Warp.nii.gz, ...")],
     model: Annotated[Model, typer.Option("--model", help="MS-ODENet stages; hybrids run rigid, then the deformable model.")] = Model(RegisterConfig.model),

@@ -17,7 +17,7 @@ Interp = choices("Interp", INTERPOLATIONS)
 @user_errors
 def warp(
     input: Annotated[Path, typer.Option("--input", "-i", help="Image to resample (moving space).")],
-    reference: Annotated[Path, typer.Option("--reference", "-r", help="Image whose grid the output takes (fixed space).")],
+    reference: Annotated[Path, typer.Option("--reference", "-r", help="Image whose grid the output takes (fixed space), or mni152 (the MNI ICBM152 2009 template's grid).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output image (.nii.gz, .nii, .mha, .mhd, .nrrd).")],
     transform: Annotated[
         Optional[list[str]],

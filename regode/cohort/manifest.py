@@ -30,6 +30,7 @@ from ..nir.config import FitConfig
 from ..odenet.config import RegisterConfig
 from ..odenet.kinds import KINDS
 from ..pipeline import bids_paths, output_paths
+from ..templates import is_template, template_file
 
 COMMANDS = ("register", "fit-field")
 COLUMNS = ("id", "fixed", "moving", "moving_labels", "command", "options", "from", "to")
@@ -123,7 +124,8 @@ def _row(number: int, values: dict, base: Path, command: str, options: str, bids
     if bids and not (BIDS_ID.match(row_id) and LABEL.match(source) and LABEL.match(target)):
         raise RegodeError("--bids needs an id of BIDS entities (sub-01 or sub-01_ses-1) and from/to labels of letters and digits "
                           f"(FLAIR, T1w), not {row_id!r}, {source!r}, {target!r}")
-    files = {name: _absolute(cell(name), base) if cell(name) else None for name in ("fixed", "moving", "moving_labels")}
+    files = {name: (Path(cell(name)) if is_template(cell(name)) else _absolute(cell(name), base)) if cell(name) else None
+             for name in ("fixed", "moving", "moving_labels")}
     if files["fixed"] is None or files["moving"] is None:
         raise RegodeError("fixed and moving are required")
     which = cell("command") or command
@@ -180,7 +182,7 @@ def parse_options(command: str, args: list[str]) -> RegisterConfig | FitConfig:
 def _check_files(row: Row, out: Path, qc: bool) -> None:
     for what, path in (("fixed image", row.fixed), ("moving image", row.moving), ("moving label image", row.moving_labels)):
         if path is not None:
-            read_grid(path, what=what)  # exists, readable, a 3D image (header only)
+            read_grid(template_file(path) if is_template(path) else path, what=what)  # readable 3D images (headers only)
     others = [input_path(spec) for spec in row.config.initial_transform] + [Path(p) for p in getattr(row.config, "checkpoints", ())]
     others += [Path(row.config.encoder)] if getattr(row.config, "encoder", None) else []
     for path in others:

@@ -1,0 +1,45 @@
+"""Templates a user names instead of a file: ``--fixed mni152`` (issue 19).
+
+``mni152`` is the MNI ICBM152 2009 symmetric T1 template at 1 mm, as nilearn installs it with its
+package (``nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz``). Nothing is
+downloaded at run time, and nilearn itself is not imported: its files are found on disk. nilearn
+ships the template brain-extracted: it is the template for skull-stripped images. A head (with
+skull) variant is not in any package this project can install offline.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from .errors import RegodeError
+from .io import Image, read_image
+
+TEMPLATES = {"mni152": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"}
+"""template name -> its file in nilearn's data folder."""
+
+
+def is_template(spec) -> bool:
+    """Whether ``spec`` names a template (a file of that name, if one exists, wins)."""
+    return spec is not None and str(spec).lower() in TEMPLATES and not Path(spec).exists()
+
+
+def template_file(name: str) -> Path:
+    """The file of template ``name``, in nilearn's packaged data folder."""
+    name = str(name).lower()
+    if name not in TEMPLATES:
+        raise RegodeError(f"unknown template {name!r}: choose from {', '.join(TEMPLATES)}")
+    spec = importlib.util.find_spec("nilearn")
+    if spec is None or spec.origin is None:
+        raise RegodeError(f"the {name} template comes with nilearn, which is not installed: pip install nilearn")
+    path = Path(spec.origin).parent / "datasets" / "data" / TEMPLATES[name]
+    if not path.is_file():
+        raise RegodeError(f"nilearn lacks {path.name}: reinstall nilearn")
+    return path
+
+
+def read_template(name: str) -> Image:
+    """The template ``name`` as an image (world LPS mm), named by it in messages and records."""
+    image = read_image(template_file(name), what=f"template {name}")
+    image.path = str(name)
+    return image
