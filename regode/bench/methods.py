@@ -124,6 +124,10 @@ METHODS: dict[str, Callable[[], Method]] = {
     "ants:Rigid": lambda: Ants("Rigid"),
     "ants:SyN": lambda: Ants("SyN"),
     "ants:SyNRA": lambda: Ants("SyNRA"),
+    # what labs run between subjects: antsRegistrationSyNQuick.sh and antsRegistrationSyN.sh (rigid,
+    # affine, then SyN; [s]: one stage per rigid/affine/SyN, CC at full resolution for SyN)
+    "ants:SyNQuick": lambda: Ants("antsRegistrationSyNQuick[s]"),
+    "ants:SyNFull": lambda: Ants("antsRegistrationSyN[s]"),
     **{f"regode:{m}": (lambda m=m: Regode(m)) for m in MODELS},
     # the networks alone, without the mutual-information polish after each (regode.odenet.polish)
     **{f"regode:{m}-net": (lambda m=m: Regode(m, polish=False)) for m in MODELS},
