@@ -8,6 +8,10 @@ name used with ``--methods`` to a factory; a method whose dependency is missing 
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -19,10 +23,11 @@ import torch
 from .. import api
 from ..alignment import starting_point
 from ..api import FieldConfig, FitConfig, Image, RegisterConfig, RegodeError, Transform
+from ..io import read_image, write_image
 from ..odenet.config import MODELS
 from ..odenet.model import MSODENet
 from ..preprocess import working_image
-from ..transforms import Compose
+from ..transforms import Affine, Compose, DisplacementField
 
 
 class Method(Protocol):
@@ -69,6 +74,62 @@ class Ants:
         with tempfile.TemporaryDirectory(prefix="regode-ants-") as tmp:
             result = ants.registration(f, m, type_of_transform=self.kind, random_seed=seed, outprefix=str(Path(tmp) / "out_"))
             return api.load_transforms(result["fwdtransforms"])
+
+
+class Greedy:
+    """greedy, ITK-SNAP's fast registration tool (PyPI ``picsl_greedy``): affine (12 dof, NCC 2x2x2,
+    from the image centres), then deformable (NCC 2x2x2), 100x50x10 iterations. Its matrix file is
+    in RAS, turned into LPS here (``D M D``, ``D = diag(-1, -1, 1, 1)``); its warp's vectors are LPS
+    as SimpleITK reads them. Verified against greedy's own reslicing (tests/test_bench.py)."""
+
+    RECIPE = "-m NCC 2x2x2 -n 100x50x10"
+
+    def __init__(self):
+        try:
+            import picsl_greedy  # noqa: F401
+
+            self.unavailable = None
+        except ImportError:
+            self.unavailable = "picsl_greedy is not installed (pip install 'regode[bench]')"
+
+    def register(self, fixed: Image, moving: Image, seed: int) -> Transform:
+        return self.run(fixed, moving)[0]
+
+    def run(self, fixed: Image, moving: Image, reslice: bool = False) -> tuple[Transform, torch.Tensor | None]:
+        """The fixed -> moving mapping greedy found, and (``reslice``) greedy's own resampling of the
+        moving image through it, for checking the conversion."""
+        from picsl_greedy import Greedy3D  # optional (regode[bench])
+
+        with tempfile.TemporaryDirectory(prefix="regode-greedy-") as tmp:
+            f, m, a, w, r = (str(Path(tmp) / n) for n in ("fixed.nii.gz", "moving.nii.gz", "affine.mat", "warp.nii.gz", "resliced.nii.gz"))
+            write_image(fixed.data, fixed.grid, f, np.float32)
+            write_image(moving.data, moving.grid, m, np.float32)
+            greedy, log = Greedy3D(), io.StringIO()
+            with _quiet_stdout():  # greedy's optimiser prints to the C-level stdout
+                greedy.execute(f"-d 3 -a -dof 12 -i {f} {m} -o {a} -ia-image-centers {self.RECIPE}", out=log, err=log)
+                greedy.execute(f"-d 3 -i {f} {m} -it {a} -o {w} {self.RECIPE}", out=log, err=log)
+                if reslice:
+                    greedy.execute(f"-d 3 -rf {f} -rm {m} {r} -r {w} {a}", out=log, err=log)
+            flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+            matrix = flip @ np.loadtxt(a) @ flip  # RAS -> LPS
+            warp = read_image(w, components=3)
+            transform = Compose([Affine(torch.as_tensor(matrix[:3, :3])[None], torch.as_tensor(matrix[:3, 3])[None]),
+                                 DisplacementField(warp.grid, warp.data.double())])
+            return transform, read_image(r).data if reslice else None
+
+
+@contextlib.contextmanager
+def _quiet_stdout():
+    """File descriptor 1 to /dev/null for the block (a C library's prints), then back."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 1)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 class Regode:
@@ -128,6 +189,7 @@ METHODS: dict[str, Callable[[], Method]] = {
     # affine, then SyN; [s]: one stage per rigid/affine/SyN, CC at full resolution for SyN)
     "ants:SyNQuick": lambda: Ants("antsRegistrationSyNQuick[s]"),
     "ants:SyNFull": lambda: Ants("antsRegistrationSyN[s]"),
+    "greedy": Greedy,
     **{f"regode:{m}": (lambda m=m: Regode(m)) for m in MODELS},
     # the networks alone, without the mutual-information polish after each (regode.odenet.polish)
     **{f"regode:{m}-net": (lambda m=m: Regode(m, polish=False)) for m in MODELS},
