@@ -84,8 +84,11 @@ def run_row(row: Row, out: str, qc: bool = True, threads: int | None = None) -> 
     except Exception as exc:  # any failure of this row is its record, not the cohort's end (and not retried)
         message = str(exc) if isinstance(exc, RegodeError) else f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
         line.update(status="failed", error=message, seconds=time.perf_counter() - start)
-        with atomic_output(error_path(row, out)) as tmp:
-            Path(tmp).write_text(json.dumps(line, indent=2))
+        try:  # the record of the failure, for --report-only and reruns; the summary has it anyway
+            with atomic_output(error_path(row, out)) as tmp:
+                Path(tmp).write_text(json.dumps(line, indent=2))
+        except (OSError, RegodeError):
+            pass
     return line
 
 
