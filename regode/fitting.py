@@ -32,18 +32,29 @@ from .transforms import Transform
 SIMILARITIES = ("mi", "ncc", "mse", "features")
 
 
-def similarity(name: str, fixed: torch.Tensor, moved: torch.Tensor, window: int = 5) -> torch.Tensor:
+MIN_SAMPLES = 64
+"""fewer lattice points than this inside the masks: the masks are ignored for that step."""
+
+
+def similarity(name: str, fixed: torch.Tensor, moved: torch.Tensor, window: int = 5, keep: torch.Tensor | None = None) -> torch.Tensor:
     """A loss (lower is better) between sampled fixed and moved values ``[B, C, d, h, w]``: minus
     Mattes mutual information (``mi``), minus local NCC over ``window`` lattice points (``ncc``),
     the mean squared difference (``mse``) or the squared distance of feature vectors (``features``,
-    summed over channels)."""
+    summed over channels). ``keep`` (``[B, 1, d, h, w]``, boolean): the points that count (masks);
+    local NCC counts the windows centred on them."""
+    if keep is not None and int(keep.sum()) < MIN_SAMPLES:
+        keep = None
     if name == "features":
-        return (moved - fixed).square().sum(1).mean()
+        distance = (moved - fixed).square().sum(1, keepdim=True)
+        return distance.mean() if keep is None else distance[keep].mean()
     if name == "mi":
-        return -mattes_mutual_information(moved, fixed)
+        if keep is None:
+            return -mattes_mutual_information(moved, fixed)
+        return -mattes_mutual_information(moved[keep.expand_as(moved)], fixed[keep.expand_as(fixed)])
     if name == "ncc":
-        return -local_ncc(moved, fixed, window)
-    return (moved - fixed).square().mean()
+        return -local_ncc(moved, fixed, window, keep)
+    distance = (moved - fixed).square()
+    return distance.mean() if keep is None else distance[keep.expand_as(distance)].mean()
 
 
 @dataclass(frozen=True)
@@ -82,6 +93,10 @@ class Stage:
     iterations: int
     decay: bool = False
     """the learning rate decays linearly to a tenth over the stage (else it stays)."""
+    fixed_mask: torch.Tensor | None = None
+    """``[1, 1, ...]`` on ``fixed_grid``: only lattice points inside (> 0.5) count (ANTs' ``-x``)."""
+    moving_mask: torch.Tensor | None = None
+    """``[1, 1, ...]`` on ``moving_grid``: only points that map inside count."""
 
 
 @dataclass
@@ -132,8 +147,15 @@ def _loss(fit: Fit, stage: Stage, lattice: Lattice) -> tuple[torch.Tensor, torch
     if fit.base is not None:
         mapped = mapped + fit.base.displacement_at(lattice).detach().to(mapped.dtype)
     at = fit.after(mapped) if fit.after is not None else mapped
+    keep = None
+    with torch.no_grad():
+        if stage.fixed_mask is not None:
+            keep = sample(stage.fixed_mask, stage.fixed_grid, lattice.points) > 0.5
+        if stage.moving_mask is not None:
+            inside = sample(stage.moving_mask, stage.moving_grid, at.detach()) > 0.5
+            keep = inside if keep is None else keep & inside
     sim = similarity(objective.similarity, sample(stage.fixed, stage.fixed_grid, lattice.points),
-                     sample(stage.moving, stage.moving_grid, at), objective.ncc_window)
+                     sample(stage.moving, stage.moving_grid, at), objective.ncc_window, keep)
     loss = sim
     if objective.needs_jacobian:
         jacobian = lattice_jacobian(mapped, lattice.step)

@@ -97,9 +97,10 @@ def gradient_energy(field: torch.Tensor, spacing) -> torch.Tensor:
     return dz.square().mean() + dy.square().mean() + dx.square().mean()
 
 
-def local_ncc(a: torch.Tensor, b: torch.Tensor, window: int = 5, eps: float = 1e-5) -> torch.Tensor:
+def local_ncc(a: torch.Tensor, b: torch.Tensor, window: int = 5, keep: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
     """Mean squared local normalised cross-correlation (in [0, 1]) of ``[B, 1, d, h, w]``
-    volumes over cubic windows of ``window`` points (windows wholly inside the volumes)."""
+    volumes over cubic windows of ``window`` points (windows wholly inside the volumes; with
+    ``keep``, a boolean ``[B, 1, d, h, w]``, the windows whose centre it keeps)."""
 
     w = max(1, min(window, *a.shape[2:]))
     pool = lambda v: F.avg_pool3d(v, w, stride=1)  # noqa: E731
@@ -107,7 +108,12 @@ def local_ncc(a: torch.Tensor, b: torch.Tensor, window: int = 5, eps: float = 1e
     cov = pool(a * b) - mu_a * mu_b
     var_a = (pool(a * a) - mu_a**2).clamp(min=0)
     var_b = (pool(b * b) - mu_b**2).clamp(min=0)
-    return (cov * cov / (var_a * var_b + eps)).mean()
+    ncc = cov * cov / (var_a * var_b + eps)
+    if keep is None:
+        return ncc.mean()
+    lo = (w - 1) // 2  # the window centres of the pooled maps
+    centres = keep[..., lo : lo + ncc.shape[2], lo : lo + ncc.shape[3], lo : lo + ncc.shape[4]]
+    return ncc[centres].mean() if bool(centres.any()) else ncc.mean()
 
 
 def lattice_jacobian(mapped: torch.Tensor, step: torch.Tensor) -> torch.Tensor:

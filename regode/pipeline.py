@@ -81,6 +81,12 @@ def read_inputs(fixed_path, moving_path, moving_labels, paths: dict[str, Path], 
     return fixed, moving, labels
 
 
+def read_masks(config) -> tuple[Image | None, Image | None]:
+    """The run's ``--fixed-mask`` and ``--moving-mask`` images (or None)."""
+    return tuple(read_image(path, what=what) if path else None
+                 for path, what in ((config.fixed_mask, "fixed mask"), (config.moving_mask, "moving mask")))
+
+
 def write_outputs(result: Result, fixed: Image, moving: Image, labels: Image | None, paths: dict[str, Path],
                   document: dict, inverse_iterations: int = 30, start: float | None = None) -> None:
     """Write the transforms, the warped images (and labels) and the JSON ``document`` (with the
@@ -166,9 +172,10 @@ def register_files(fixed_path, moving_path, prefix, config: RegisterConfig, movi
     paths = paths or output_paths(prefix, not KINDS[config.stages[-1]].linear, moving_labels is not None, qc)
     models = models if models is not None else load_models(config)
     fixed, moving, labels = read_inputs(fixed_path, moving_path, moving_labels, paths,
-                                        [*config.initial_transform, *(str(p) for _, p in models.values())])
+                                        [*config.initial_transform, *(str(p) for _, p in models.values()), config.fixed_mask, config.moving_mask])
+    masks = read_masks(config)
     read_s = time.perf_counter() - start
-    result = register_images(fixed, moving, config, models)
+    result = register_images(fixed, moving, config, models, masks)
     result.stats["timings_s"]["read"] = read_s
     document = _document("register", fixed_path, moving_path, moving_labels, config)
     document["models"] = {kind: {"path": str(p), "sha256": file_hash(p), "config": asdict(m.config)} for kind, (m, p) in models.items()}
@@ -182,9 +189,11 @@ def fit_files(fixed_path, moving_path, prefix, config: FitConfig, moving_labels=
     image's full resolution; returns the JSON record."""
     start = time.perf_counter()
     paths = paths or output_paths(prefix, True, moving_labels is not None, qc)
-    fixed, moving, labels = read_inputs(fixed_path, moving_path, moving_labels, paths, [*config.initial_transform, config.encoder])
+    fixed, moving, labels = read_inputs(fixed_path, moving_path, moving_labels, paths,
+                                        [*config.initial_transform, config.encoder, config.fixed_mask, config.moving_mask])
+    masks = read_masks(config)
     read_s = time.perf_counter() - start
-    result = fit_images(fixed, moving, config, progress)
+    result = fit_images(fixed, moving, config, progress, masks)
     result.stats["timings_s"]["read"] = read_s
     document = _document("fit-field", fixed_path, moving_path, moving_labels, config)
     write_outputs(result, fixed, moving, labels, paths, document, config.inverse_iterations, start)

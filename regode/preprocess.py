@@ -141,3 +141,12 @@ def center_of_mass(volume: torch.Tensor, grid: Grid) -> torch.Tensor:
     ky = float((v.sum((0, 2)) * idx[1]).sum()) / total
     kx = float((v.sum((0, 1)) * idx[2]).sum()) / total
     return torch.as_tensor(grid.index_to_world(np.array([kx, ky, kz])), dtype=torch.float32)
+
+
+def working_mask(mask, grid: Grid, device) -> torch.Tensor | None:
+    """A mask image (non-zero = inside, on any grid) on the working ``grid``: ``[1, 1, ...]`` of 0
+    and 1 (inside where at least half of the resampled mask is); None for no mask."""
+    if mask is None:
+        return None
+    inside = resample((mask.data[:, :1] != 0).float(), mask.grid, grid, Compose([]))
+    return (inside > 0.5).float().to(device)

@@ -397,3 +397,33 @@ def test_principal_components_keep_feature_distances():
     f2, m2 = low(torch.randn(2, 120, generator=gen, dtype=torch.float64)), low(torch.randn(2, 120, generator=gen, dtype=torch.float64))
     pf, pm = principal_components(f2, m2, head, 2)
     assert pf.shape == (1, 2, 4, 5, 6) and torch.allclose((pf - pm).square().sum(1), (f2 - m2).square().sum(1))
+
+
+def test_masks_leave_what_they_exclude_out_of_the_fit(tmp_path):
+    """A moving image that differs from the fixed one only in its left half: unmasked, the field
+    moves there; with a fixed mask of the right half (ANTs' -x), nothing drives it there. The
+    command line takes both masks, for fit-field and register, and records them."""
+    grid = Grid((40, 44, 36), (3.0, 3.0, 3.0), (-60.0, -66.0, -54.0))
+    fixed = render(phantom_labels(grid, 16, 5), grid, 1)
+    shift = Rigid(torch.tensor([[0.0, 0.0, 0.0, 6.0, 0.0, 0.0]], dtype=torch.float64))
+    moved = resample(fixed, grid, grid, shift)
+    left = torch.zeros_like(fixed, dtype=torch.bool)
+    left[..., : grid.size[0] // 2] = True  # x is the last tensor axis
+    moving = torch.where(left, moved, fixed)
+    mask = Image((~left).float(), grid, np.uint8)
+    config = FitConfig(**FAST, metric="mse", spacing=3.0)  # the working grid is the image's
+    free = fit_images(Image(fixed, grid, np.float32), Image(moving, grid, np.float32), config).field.field
+    masked = fit_images(Image(fixed, grid, np.float32), Image(moving, grid, np.float32), config, masks=(mask, None)).field.field
+    inner = left.clone()
+    inner[..., grid.size[0] // 2 - 4 :] = False  # away from the mask's edge
+    size = lambda field: float(field[0].norm(dim=0)[inner[0, 0]].mean())  # noqa: E731
+    assert size(free) > 1.0 and size(masked) < 0.4 * size(free), (size(free), size(masked))
+    write_image(fixed, grid, tmp_path / "f.nii.gz")
+    write_image(moving, grid, tmp_path / "m.nii.gz")
+    write_image(mask.data, grid, tmp_path / "mask.nii.gz", np.uint8)
+    for command in (["fit-field", "--iterations", "3", "--coarse-iterations", "0", "-q"], ["register", "--model", "rigid"]):
+        result = runner.invoke(app, [*command, "-f", str(tmp_path / "f.nii.gz"), "-m", str(tmp_path / "m.nii.gz"), "-o", str(tmp_path / f"{command[0]}_"),
+                                     "--fixed-mask", str(tmp_path / "mask.nii.gz"), "--moving-mask", str(tmp_path / "mask.nii.gz")])
+        assert result.exit_code == 0, result.output
+        record = json.loads((tmp_path / f"{command[0]}_regode.json").read_text())
+        assert record["config"]["fixed_mask"] == str(tmp_path / "mask.nii.gz")

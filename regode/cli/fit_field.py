@@ -33,6 +33,8 @@ def fit_field(
     iterations: Annotated[int, typer.Option("--iterations", help="Adam steps of the (first) field.")] = F.iterations,
     coarse_iterations: Annotated[int, typer.Option("--coarse-iterations", help="Adam steps before --iterations on a 2x coarser lattice and smoothed images.")] = F.coarse_iterations,
     refine_iterations: Annotated[int, typer.Option("--refine-iterations", help="Adam steps of the second field (hybrid sampler).")] = F.refine_iterations,
+    fixed_mask: Annotated[Optional[Path], typer.Option("--fixed-mask", help="Only fixed points inside this image's non-zero voxels count (ANTs' -x): lesions, partial fields of view.")] = None,
+    moving_mask: Annotated[Optional[Path], typer.Option("--moving-mask", help="Only points mapped inside this image's non-zero voxels count.")] = None,
     initial_transform: Annotated[Optional[list[str]], typer.Option("--initial-transform", help="Linear transform file(s) to start from, e.g. register's PREFIX0GenericAffine.mat (-t order; '[f.mat,1]' inverts).")] = None,
     affine: Annotated[bool, typer.Option("--affine", help="First fit an affine map (on the coarse lattice, then frozen), then the field: for pairs not yet linearly aligned; written to PREFIX0GenericAffine.mat.")] = F.affine,
     center_of_mass: Annotated[bool, typer.Option("--center-of-mass", help="Start from the translation between the head centres.")] = F.center_of_mass,
@@ -68,7 +70,7 @@ def fit_field(
 
 def config_of(diffeomorphic, sampler, metric, encoder, iterations, coarse_iterations, refine_iterations, initial_transform, affine,
               center_of_mass, encoding, activation, lr, lambda_fold, lambda_grad, lambda_bending, ncc_window, spacing, stride, patch_size,
-              patches, solver, integration_steps, device, threads, seed, **_) -> FitConfig:
+              patches, solver, integration_steps, device, threads, seed, fixed_mask=None, moving_mask=None, **_) -> FitConfig:
     """The FitConfig of the command's parsed options (``regode cohort`` parses a row's too)."""
     value = lambda choice: getattr(choice, "value", choice)  # noqa: E731
     return FitConfig(
@@ -77,4 +79,5 @@ def config_of(diffeomorphic, sampler, metric, encoder, iterations, coarse_iterat
         stride=stride, patch_size=patch_size, patches=patches, ncc_window=ncc_window, lambda_fold=lambda_fold, lambda_grad=lambda_grad,
         lambda_bending=lambda_bending, solver=value(solver), integration_steps=integration_steps,
         network=FieldConfig(encoding=value(encoding), activation=value(activation)), affine=affine, center_of_mass=center_of_mass,
-        initial_transform=tuple(initial_transform or ()), device=value(device), threads=threads, seed=seed)
+        initial_transform=tuple(initial_transform or ()), device=value(device), threads=threads, seed=seed,
+        fixed_mask=str(fixed_mask) if fixed_mask else None, moving_mask=str(moving_mask) if moving_mask else None)

@@ -24,6 +24,8 @@ def register(
     model: Annotated[Model, typer.Option("--model", help="MS-ODENet stages; hybrids run rigid, then the deformable model.")] = Model(RegisterConfig.model),
     moving_labels: Annotated[Optional[Path], typer.Option("--moving-labels", help="Label image on the moving grid, warped with label interpolation.")] = None,
     checkpoint: Annotated[Optional[list[Path]], typer.Option("--checkpoint", help="Model file from `regode train` replacing the shipped one of its kind (repeatable).")] = None,
+    fixed_mask: Annotated[Optional[Path], typer.Option("--fixed-mask", help="Only fixed points inside this image's non-zero voxels count (ANTs' -x): lesions, partial fields of view.")] = None,
+    moving_mask: Annotated[Optional[Path], typer.Option("--moving-mask", help="Only points mapped inside this image's non-zero voxels count.")] = None,
     initial_transform: Annotated[Optional[list[str]], typer.Option("--initial-transform", help="Linear transform file(s) to start from (fixed -> moving, -t order); '[f.mat,1]' inverts.")] = None,
     no_center_of_mass: Annotated[bool, typer.Option("--no-center-of-mass", help="Start from the identity (no translation between the head centres, no principal axes).")] = False,
     no_principal_axes: Annotated[bool, typer.Option("--no-principal-axes", help="Rigid models: start from the translation between the head centres only, not from the best principal-axes alignment.")] = False,
@@ -36,7 +38,8 @@ def register(
     """Register MOVING to FIXED with MS-ODENet; writes ANTs-named transforms and images."""
     from ..pipeline import register_files
 
-    config = config_of(model, checkpoint, initial_transform, no_center_of_mass, no_principal_axes, polish, device, threads, seed)
+    config = config_of(model, checkpoint, initial_transform, no_center_of_mass, no_principal_axes, polish, device, threads, seed,
+                       fixed_mask, moving_mask)
     doc = register_files(fixed, moving, out, config, moving_labels, qc=qc)
     t = doc["timings_s"]
     print(f"registered {moving} to {fixed} with {model.value} in {t['wall']:.2f} s (model {t['total']:.2f} s); "
@@ -44,9 +47,9 @@ def register(
 
 
 def config_of(model, checkpoint, initial_transform, no_center_of_mass, no_principal_axes, polish, device, threads, seed,
-              **_) -> RegisterConfig:
+              fixed_mask=None, moving_mask=None, **_) -> RegisterConfig:
     """The RegisterConfig of the command's parsed options (``regode cohort`` parses a row's too)."""
     return RegisterConfig(model=getattr(model, "value", model), checkpoints=tuple(str(p) for p in checkpoint or ()),
                           center_of_mass=not no_center_of_mass, principal_axes=not no_principal_axes, polish=polish,
                           initial_transform=tuple(initial_transform or ()), device=getattr(device, "value", device), threads=threads,
-                          seed=seed)
+                          seed=seed, fixed_mask=str(fixed_mask) if fixed_mask else None, moving_mask=str(moving_mask) if moving_mask else None)

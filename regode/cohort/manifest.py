@@ -142,7 +142,8 @@ def _row(number: int, values: dict, base: Path, command: str, options: str, bids
     # files named in the options are relative to the manifest too, like its columns
     specs = tuple(str(_absolute(spec, base)) if not spec.startswith("[") else f"[{_absolute(spec[1:-1].rsplit(',', 1)[0], base)},"
                   f"{spec[1:-1].rsplit(',', 1)[1]}]" for spec in config.initial_transform)
-    files_in_options = {"initial_transform": specs}
+    files_in_options = {"initial_transform": specs, **{name: str(_absolute(getattr(config, name), base))
+                                                        for name in ("fixed_mask", "moving_mask") if getattr(config, name)}}
     if isinstance(config, RegisterConfig):
         files_in_options["checkpoints"] = tuple(str(_absolute(p, base)) for p in config.checkpoints)
     elif config.encoder:
@@ -185,6 +186,9 @@ def _check_files(row: Row, out: Path, qc: bool) -> None:
             read_grid(template_file(path) if is_template(path) else path, what=what)  # readable 3D images (headers only)
     others = [input_path(spec) for spec in row.config.initial_transform] + [Path(p) for p in getattr(row.config, "checkpoints", ())]
     others += [Path(row.config.encoder)] if getattr(row.config, "encoder", None) else []
+    for what, mask in (("fixed mask", row.config.fixed_mask), ("moving mask", row.config.moving_mask)):
+        if mask:
+            read_grid(mask, what=what)
     for path in others:
         if not path.is_file():
             raise RegodeError(f"file not found: {path}")

@@ -96,6 +96,11 @@ class FitConfig:
     a deformable fit expects roughly aligned images."""
     initial_transform: tuple[str, ...] = ()
     """linear transform specs (antsApplyTransforms order), e.g. ``register``'s 0GenericAffine.mat."""
+    fixed_mask: str | None = None
+    """an image (any grid; non-zero = inside): only fixed points inside count in the similarity
+    (ANTs' ``-x``): lesions, partial fields of view, skull left out."""
+    moving_mask: str | None = None
+    """the same for the moving image: only points that map inside it count."""
     device: str = "auto"
     threads: int | None = None
     seed: int = 0

@@ -26,7 +26,7 @@ from ..grid import Grid
 from ..io import Image
 from ..lattice import downsize, patches, region_of
 from ..losses import mind
-from ..preprocess import blur, foreground, head_center, working_image
+from ..preprocess import blur, foreground, head_center, working_image, working_mask
 from ..progress import bar
 from ..result import Result
 from ..transforms import Affine, Compose, DisplacementField
@@ -75,7 +75,7 @@ def principal_components(fixed: torch.Tensor, moving: torch.Tensor, head: torch.
     return project(fixed), project(moving)
 
 
-def _plan(config: FitConfig, images: dict, fixed_grid: Grid, moving_at: Grid, region: Grid, device) -> list[list[fitting.Stage]]:
+def _plan(config: FitConfig, images: dict, fixed_grid: Grid, moving_at: Grid, region: Grid, device, masks=(None, None)) -> list[list[fitting.Stage]]:
     """The fields to fit, each a list of stages. ``images``: the fixed and moving working images
     (``fine``) and, smoothed for the coarse lattice (anti-aliasing, as ANTs' shrink levels), ``coarse``."""
     def lattice(kind, stride):
@@ -85,7 +85,7 @@ def _plan(config: FitConfig, images: dict, fixed_grid: Grid, moving_at: Grid, re
 
     def stage(name, kind, stride, which, iterations):
         fix, mov = images[which]
-        return fitting.Stage(name, fix, fixed_grid, mov, moving_at, lattice(kind, stride), iterations)
+        return fitting.Stage(name, fix, fixed_grid, mov, moving_at, lattice(kind, stride), iterations, False, *masks)
 
     first = [stage(f"downsize:{config.stride}", "downsize", config.stride, "fine", config.iterations)]
     if config.coarse_iterations:
@@ -94,8 +94,9 @@ def _plan(config: FitConfig, images: dict, fixed_grid: Grid, moving_at: Grid, re
     return {"downsize": [first], "patch": [patch], "hybrid": [first, patch]}[config.sampler]
 
 
-def fit_images(fixed: Image, moving: Image, config: FitConfig, progress: bool = False) -> Result:
-    """Fit the neural field(s) of ``config`` to register ``moving`` to ``fixed``."""
+def fit_images(fixed: Image, moving: Image, config: FitConfig, progress: bool = False, masks=(None, None)) -> Result:
+    """Fit the neural field(s) of ``config`` to register ``moving`` to ``fixed``; ``masks``: the
+    fixed and moving mask images (or None), only points inside count."""
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
@@ -111,7 +112,8 @@ def fit_images(fixed: Image, moving: Image, config: FitConfig, progress: bool = 
                   "add --center-of-mass, or give --initial-transform" if not config.center_of_mass else "give --initial-transform")
     # sampling the moving image at linear(y) = sampling it on its grid pulled back through linear
     moving_at = moving_grid.pulled_back(linear.homogeneous()[0].detach().cpu().numpy())
-    region = region_of(fixed_w, fixed_grid, config.margin)
+    masks = (working_mask(masks[0], fixed_grid, device), working_mask(masks[1], moving_grid, device))
+    region = region_of(fixed_w if masks[0] is None else fixed_w * masks[0], fixed_grid, config.margin)
     features = config.metric in FEATURE_METRICS
     if features:  # from here on the "images" are feature volumes
         fixed_w, moving_w = feature_volumes(config, fixed_w, moving_w)
@@ -130,7 +132,7 @@ def fit_images(fixed: Image, moving: Image, config: FitConfig, progress: bool = 
                         torch.as_tensor(region.center, dtype=torch.float32, device=device)[None])
         fix, mov = images["coarse"]
         stage = fitting.Stage(f"affine:{2 * config.stride}", fix, fixed_grid, mov, moving_at,
-                              lambda gen: downsize(region, 2 * config.stride, gen).to(device), config.affine_iterations)
+                              lambda gen: downsize(region, 2 * config.stride, gen).to(device), config.affine_iterations, False, *masks)
         fit = fitting.Fit(affine, fitting.Objective(similarity, config.ncc_window), config.lr, scales=list(AFFINE_SCALES))
         records.append(fitting.run(fit, [stage], generator))
         affine.requires_grad_(False)
@@ -139,7 +141,7 @@ def fit_images(fixed: Image, moving: Image, config: FitConfig, progress: bool = 
     objective = fitting.Objective(similarity, config.ncc_window, config.lambda_fold, config.lambda_grad, config.lambda_bending)
     fields: list[FieldTransform] = []
     with bar(progress) as progress_bar:
-        for number, stages in enumerate(_plan(config, images, fixed_grid, moving_at, region, device), 1):
+        for number, stages in enumerate(_plan(config, images, fixed_grid, moving_at, region, device, masks), 1):
             t0 = time.perf_counter()
             for f in fields:
                 f.requires_grad_(False)

@@ -230,6 +230,11 @@ class RegisterConfig:
     polish_schedule: PolishConfig = field(default_factory=PolishConfig)
     initial_transform: tuple[str, ...] = ()
     """transform specs (antsApplyTransforms order) of the starting fixed -> moving mapping."""
+    fixed_mask: str | None = None
+    """an image (any grid; non-zero = inside): only fixed points inside count in the similarity
+    (ANTs' ``-x``): lesions, partial fields of view, skull left out."""
+    moving_mask: str | None = None
+    """the same for the moving image: only points that map inside it count."""
     device: str = "auto"
     threads: int | None = None
     seed: int = 0

@@ -98,8 +98,10 @@ class Kind:
         """The (linear, deformable) parts after this stage, from its theta (CPU, float64)."""
         return linear, self.transform(theta, model.state_grid(fixed_grid))
 
-    def polish(self, fixed: list, moving: list, linear: Affine, core, center: torch.Tensor, seed: int, config: PolishConfig):
-        """The stage's result optimised for mutual information: (linear, core, record)."""
+    def polish(self, fixed: list, moving: list, linear: Affine, core, center: torch.Tensor, seed: int, config: PolishConfig,
+               masks=(None, None)):
+        """The stage's result optimised for mutual information (over the ``masks``' insides, masks
+        given per pyramid level): (linear, core, record)."""
         raise NotImplementedError
 
 
@@ -154,8 +156,8 @@ class RigidKind(Kind):
     def result(self, model, theta, linear, center, fixed_grid):
         return Compose([linear, self.transform(theta, None, center[None])]).as_affine(), None
 
-    def polish(self, fixed, moving, linear, core, center, seed, config):
-        linear, record = polish_rigid(fixed, moving, linear, center, config, seed)
+    def polish(self, fixed, moving, linear, core, center, seed, config, masks=(None, None)):
+        linear, record = polish_rigid(fixed, moving, linear, center, config, seed, masks)
         return linear, core, record
 
 
@@ -188,8 +190,8 @@ class BSplineKind(Kind):
         coefficients = torch.einsum("bij,bj...->bi...", linear, theta)
         return BSpline(dyn.state_grid, coefficients).displacement(dyn.fixed.grid)  # separable
 
-    def polish(self, fixed, moving, linear, core, center, seed, config):
-        core, record = polish_bspline(fixed, moving, linear, core, config, seed)
+    def polish(self, fixed, moving, linear, core, center, seed, config, masks=(None, None)):
+        core, record = polish_bspline(fixed, moving, linear, core, config, seed, masks=masks)
         return linear, core, record
 
 
@@ -215,8 +217,8 @@ class DenseKind(Kind):
         field = theta if dyn.fixed.grid == dyn.state_grid else sample_on_grid(theta, dyn.state_grid, dyn.fixed.grid)
         return torch.einsum("bij,bj...->bi...", linear, field)
 
-    def polish(self, fixed, moving, linear, core, center, seed, config):
-        core, record = polish_dense(fixed, moving, linear, core, config, seed)
+    def polish(self, fixed, moving, linear, core, center, seed, config, masks=(None, None)):
+        core, record = polish_dense(fixed, moving, linear, core, config, seed, masks)
         return linear, core, record
 
 

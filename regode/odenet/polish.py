@@ -23,7 +23,7 @@ from ..transforms import Affine, BSpline, Compose, DisplacementField, Rigid
 from .config import PolishConfig, PolishLevel
 
 
-def _stages(fixed: list, moving: list, levels: tuple[PolishLevel, ...], linear: Affine) -> list[fitting.Stage]:
+def _stages(fixed: list, moving: list, levels: tuple[PolishLevel, ...], linear: Affine, masks=(None, None)) -> list[fitting.Stage]:
     """The fit's stages on pyramids (lists of regode.odenet.model.Level, coarse to fine): per level
     the fixed and moving images, lattices over the fixed head's bounding box on that level, and the
     moving grid pulled back through ``linear`` (the start), so that sampling it at world points
@@ -34,15 +34,16 @@ def _stages(fixed: list, moving: list, levels: tuple[PolishLevel, ...], linear: 
         if level.coarseness >= min(len(fixed), len(moving)):
             raise ValueError(f"the pyramids have {min(len(fixed), len(moving))} levels; the polish needs {level.coarseness + 1}")
         fix, mov = fixed[-1 - level.coarseness], moving[-1 - level.coarseness]
-        region = region_of(fix.volume, fix.grid, margin=0.0)
+        fixed_mask, moving_mask = (None if m is None else m[-1 - level.coarseness] for m in masks)
+        region = region_of(fix.volume if fixed_mask is None else fix.volume * fixed_mask, fix.grid, margin=0.0)
         lattice = lambda gen, region=region, stride=level.stride, like=fix.volume: downsize(region, stride, gen).to(like.device, like.dtype)  # noqa: E731
         stages.append(fitting.Stage(f"{level.coarseness}:{level.stride}", fix.volume, fix.grid, mov.volume,
-                                    mov.grid.pulled_back(matrix), lattice, level.iterations, decay=True))
+                                    mov.grid.pulled_back(matrix), lattice, level.iterations, True, fixed_mask, moving_mask))
     return stages
 
 
 def polish_rigid(fixed: list, moving: list, linear: Affine, center: torch.Tensor, config: PolishConfig = PolishConfig(),
-                 seed: int = 0) -> tuple[Affine, dict]:
+                 seed: int = 0, masks=(None, None)) -> tuple[Affine, dict]:
     """``linear`` (fixed -> moving) composed with the rigid map about ``center`` (world mm) that
     maximises the mutual information of two images given as pyramids (values in [0, 1]); and a
     record (the correction's parameters and the losses of each level)."""
@@ -52,14 +53,14 @@ def polish_rigid(fixed: list, moving: list, linear: Affine, center: torch.Tensor
     # every unknown moves about one step per Adam step: rotation_step rad, translation_step mm
     units = torch.tensor([config.rotation_step] * 3 + [config.translation_step] * 3, dtype=dtype, device=device)
     fit = fitting.Fit(correction, fitting.Objective("mi"), lr=1.0, scales=[units])
-    record = fitting.run(fit, _stages(fixed, moving, config.rigid, linear), torch.Generator().manual_seed(seed))
+    record = fitting.run(fit, _stages(fixed, moving, config.rigid, linear, masks), torch.Generator().manual_seed(seed))
     params = correction.params.detach().double().cpu()
     record["correction"] = params[0].tolist()
     return Compose([linear, Rigid(params, c.double().cpu())]).as_affine(), record
 
 
 def polish_bspline(fixed: list, moving: list, linear: Affine, bspline: BSpline, config: PolishConfig = PolishConfig(),
-                   seed: int = 0, base: DisplacementField | None = None) -> tuple[BSpline, dict]:
+                   seed: int = 0, base: DisplacementField | None = None, masks=(None, None)) -> tuple[BSpline, dict]:
     """The control-point displacements of ``bspline`` (applied to fixed points before ``linear``)
     optimised for the mutual information of two images given as pyramids, with fit-field's folding
     penalty and smoothness term on the mapping's Jacobian; and a record. With ``base``, the mapping
@@ -70,21 +71,21 @@ def polish_bspline(fixed: list, moving: list, linear: Affine, bspline: BSpline, 
     current = BSpline(bspline.control_grid, nn.Parameter(start.to(device=device, dtype=dtype).clone()))
     objective = fitting.Objective("mi", lambda_fold=config.lambda_fold, lambda_grad=config.lambda_grad)
     fit = fitting.Fit(current, objective, lr=config.bspline_step, base=base)
-    record = fitting.run(fit, _stages(fixed, moving, config.deformable, linear), torch.Generator().manual_seed(seed))
+    record = fitting.run(fit, _stages(fixed, moving, config.deformable, linear, masks), torch.Generator().manual_seed(seed))
     coefficients = current.coefficients.detach().to(start.dtype).cpu()
     record["largest_change_mm"] = float((coefficients - start.cpu()).norm(dim=1).max())
     return BSpline(bspline.control_grid, coefficients), record
 
 
 def polish_dense(fixed: list, moving: list, linear: Affine, field: DisplacementField, config: PolishConfig = PolishConfig(),
-                 seed: int = 0) -> tuple[DisplacementField, dict]:
+                 seed: int = 0, masks=(None, None)) -> tuple[DisplacementField, dict]:
     """The dense network's displacement ``field`` (fixed points, before ``linear``) plus a smooth
     correction, a B-spline of ``config.dense_control_spacing`` mm optimised as in
     :func:`polish_bspline`; the result is a displacement field on ``field``'s grid, and a record."""
     dtype, device = field.field.dtype, field.field.device
     grid = BSpline.control_grid_for(field.grid, config.dense_control_spacing)
     zero = BSpline(grid, torch.zeros(1, 3, *grid.shape, dtype=dtype, device=device))
-    correction, record = polish_bspline(fixed, moving, linear, zero, config, seed, base=field)
+    correction, record = polish_bspline(fixed, moving, linear, zero, config, seed, base=field, masks=masks)
     with torch.no_grad():
         total = field.field + correction.displacement(field.grid).to(dtype)
     return DisplacementField(field.grid, total), record

@@ -19,7 +19,7 @@ from ..checkpoint import weights_dir
 from ..device import resolve_device
 from ..errors import RegodeError
 from ..io import Image
-from ..preprocess import working_image
+from ..preprocess import working_image, working_mask
 from ..result import Result
 from ..transforms import DisplacementField
 from .config import RegisterConfig
@@ -51,9 +51,10 @@ def load_models(config: RegisterConfig) -> dict[str, tuple[MSODENet, Path]]:
     return models
 
 
-def register_images(fixed: Image, moving: Image, config: RegisterConfig, models: dict | None = None) -> Result:
+def register_images(fixed: Image, moving: Image, config: RegisterConfig, models: dict | None = None, masks=(None, None)) -> Result:
     """Register ``moving`` to ``fixed`` with the MS-ODENet stages of ``config.model`` (``models``:
-    from :func:`load_models`, if already loaded)."""
+    from :func:`load_models`, if already loaded). ``masks``: the fixed and moving mask images (or
+    None); the polishes count only points inside (the networks see the whole images)."""
     torch.manual_seed(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -92,7 +93,8 @@ def register_images(fixed: Image, moving: Image, config: RegisterConfig, models:
         if config.polish:
             t0 = time.perf_counter()
             images = levels(max(2, model.config.levels))  # the polish works on the 4 and 2 mm levels
-            linear, core, polish[name] = model.kind.polish(*images, linear, core, c_fix, config.seed, config.polish_schedule)
+            linear, core, polish[name] = model.kind.polish(*images, linear, core, c_fix, config.seed, config.polish_schedule,
+                                                           _level_masks(masks, images))
             timings[f"{name}_polish"] = time.perf_counter() - t0
         if core is not None:
             field = DisplacementField(fixed_grid, core.displacement(fixed_grid).detach())
@@ -101,3 +103,9 @@ def register_images(fixed: Image, moving: Image, config: RegisterConfig, models:
              "head_center_fixed": c_fix.tolist(), "head_center_moving": c_mov.tolist(),
              "principal_axes": alignment, "polish": polish}
     return Result(linear, field, stats)
+
+
+def _level_masks(masks, pyramids) -> tuple[list | None, list | None]:
+    """The fixed and moving masks on every level of the fixed and moving pyramids (or None)."""
+    return tuple(None if mask is None else [working_mask(mask, level.grid, level.volume.device) for level in levels]
+                 for mask, levels in zip(masks, pyramids))
