@@ -427,3 +427,22 @@ def test_masks_leave_what_they_exclude_out_of_the_fit(tmp_path):
         assert result.exit_code == 0, result.output
         record = json.loads((tmp_path / f"{command[0]}_regode.json").read_text())
         assert record["config"]["fixed_mask"] == str(tmp_path / "mask.nii.gz")
+
+
+def test_the_inter_subject_preset_fills_what_the_options_leave(tmp_path):
+    """``--preset inter-subject`` is --affine --center-of-mass --lambda-grad 1 --lambda-fold 100,
+    where no option says otherwise (the resolved values are what PREFIXregode.json records)."""
+    from regode.cli.fit_field import config_of
+    from regode.nir.config import PRESETS
+
+    defaults = {name: getattr(FitConfig, name) for name in ("diffeomorphic", "sampler", "metric", "iterations", "coarse_iterations",
+                                                              "refine_iterations", "affine", "center_of_mass", "lr", "lambda_fold",
+                                                              "lambda_grad", "lambda_bending", "ncc_window", "spacing", "stride",
+                                                              "patch_size", "patches", "solver", "integration_steps", "device", "threads",
+                                                              "seed")}
+    common = dict(defaults, encoder=None, initial_transform=None, encoding="grid", activation="relu")
+    preset = config_of(**common, preset="inter-subject")
+    assert all(getattr(preset, k) == v for k, v in PRESETS["inter-subject"].items())
+    mine = config_of(**dict(common, lambda_fold=50.0), preset="inter-subject")
+    assert mine.lambda_fold == 50.0 and mine.affine and mine.lambda_grad == 1.0
+    assert config_of(**common) == FitConfig()

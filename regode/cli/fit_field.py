@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from ..config import DEVICES
-from ..nir.config import ACTIVATIONS, ENCODINGS, METRICS, SAMPLERS, SOLVERS, FieldConfig, FitConfig
+from ..nir.config import ACTIVATIONS, ENCODINGS, METRICS, PRESETS, SAMPLERS, SOLVERS, FieldConfig, FitConfig
 from .app import app, choices, user_errors
 
 Sampler = choices("Sampler", SAMPLERS)
@@ -17,6 +18,7 @@ Encoding = choices("Encoding", ENCODINGS)
 Activation = choices("Activation", ACTIVATIONS)
 Solver = choices("Solver", SOLVERS)
 Device = choices("Device", DEVICES)
+Preset = choices("Preset", tuple(PRESETS))
 F, N = FitConfig, FieldConfig  # the defaults below are theirs
 
 
@@ -26,6 +28,7 @@ def fit_field(
     fixed: Annotated[Path, typer.Option("--fixed", "-f", help="Fixed (reference) image, or mni152: the MNI ICBM152 2009 T1 template (brain-extracted, 1 mm, from nilearn).")],
     moving: Annotated[Path, typer.Option("--moving", "-m", help="Moving image.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Output prefix: PREFIX1Warp.nii.gz, PREFIX1InverseWarp.nii.gz, PREFIX0GenericAffine.mat, PREFIXWarped.nii.gz, ...")],
+    preset: Annotated[Optional[Preset], typer.Option("--preset", help="Settings for a kind of pair, where no option says otherwise: inter-subject = --affine --center-of-mass --lambda-grad 1 --lambda-fold 100.")] = None,
     diffeomorphic: Annotated[bool, typer.Option("--diffeomorphic", help="Fit a stationary velocity field and integrate it (no folding).")] = F.diffeomorphic,
     sampler: Annotated[Sampler, typer.Option("--sampler", help="Coordinates per step: strided grid, mini-patches, or both (two fields).")] = Sampler(F.sampler),
     metric: Annotated[Metric, typer.Option("--metric", help="mi: any contrasts; content: learned content features (any contrasts); mind: MIND descriptors (any contrasts); ncc: local NCC, same contrast; mse.")] = Metric(F.metric),
@@ -70,10 +73,12 @@ def fit_field(
 
 def config_of(diffeomorphic, sampler, metric, encoder, iterations, coarse_iterations, refine_iterations, initial_transform, affine,
               center_of_mass, encoding, activation, lr, lambda_fold, lambda_grad, lambda_bending, ncc_window, spacing, stride, patch_size,
-              patches, solver, integration_steps, device, threads, seed, fixed_mask=None, moving_mask=None, **_) -> FitConfig:
-    """The FitConfig of the command's parsed options (``regode cohort`` parses a row's too)."""
+              patches, solver, integration_steps, device, threads, seed, fixed_mask=None, moving_mask=None, preset=None,
+              **_) -> FitConfig:
+    """The FitConfig of the command's parsed options (``regode cohort`` parses a row's too); a
+    ``preset`` sets its fields where the options left FitConfig's defaults."""
     value = lambda choice: getattr(choice, "value", choice)  # noqa: E731
-    return FitConfig(
+    config = FitConfig(
         diffeomorphic=diffeomorphic, sampler=value(sampler), metric=value(metric), encoder=str(encoder) if encoder else None,
         iterations=iterations, coarse_iterations=coarse_iterations, refine_iterations=refine_iterations, lr=lr, spacing=spacing,
         stride=stride, patch_size=patch_size, patches=patches, ncc_window=ncc_window, lambda_fold=lambda_fold, lambda_grad=lambda_grad,
@@ -81,3 +86,5 @@ def config_of(diffeomorphic, sampler, metric, encoder, iterations, coarse_iterat
         network=FieldConfig(encoding=value(encoding), activation=value(activation)), affine=affine, center_of_mass=center_of_mass,
         initial_transform=tuple(initial_transform or ()), device=value(device), threads=threads, seed=seed,
         fixed_mask=str(fixed_mask) if fixed_mask else None, moving_mask=str(moving_mask) if moving_mask else None)
+    settings = PRESETS.get(value(preset), {}) if preset else {}
+    return replace(config, **{name: setting for name, setting in settings.items() if getattr(config, name) == getattr(FitConfig, name)})

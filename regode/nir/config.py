@@ -14,6 +14,12 @@ METRICS = ("mi", "ncc", "mse", "content", "mind")
 FEATURE_METRICS = ("content", "mind")
 """metrics compared as feature volumes computed once per image."""
 SOLVERS = ("euler", "midpoint", "rk4")
+PRESETS = {
+    "inter-subject": {"affine": True, "center_of_mass": True, "lambda_grad": 1.0, "lambda_fold": 100.0},
+}
+"""``fit-field --preset``: settings for a kind of pair, applied where the command line leaves the
+default. inter-subject (two subjects, or a subject and a template): an affine stage from the head
+centres, then a more flexible field; measured on NiChart pairs at 2 mm (docs/nir.md)."""
 
 
 @dataclass(frozen=True)
