@@ -23,7 +23,7 @@ from .nir.config import FieldConfig, FitConfig  # noqa: F401
 from .nir.fit import fit_images
 from .odenet.config import RegisterConfig
 from .odenet.register import load_models, register_images  # noqa: F401
-from .pipeline import fit_files, register_files  # noqa: F401
+from .pipeline import fit_files, read_masks, register_files  # noqa: F401
 from .result import Result
 from .templates import is_template, template_file
 from .transforms import Transform
@@ -33,12 +33,12 @@ from .warp import resample
 def register(fixed: Image, moving: Image, config: RegisterConfig = RegisterConfig(), models: dict | None = None) -> Result:
     """MS-ODENet registration of two images in memory (``models``: :func:`load_models`' result, to
     load the weights once for many pairs)."""
-    return register_images(fixed, moving, config, models)
+    return register_images(fixed, moving, config, models, read_masks(config))
 
 
 def fit_field(fixed: Image, moving: Image, config: FitConfig = FitConfig()) -> Result:
     """Neural-field registration (NIR) of two images in memory."""
-    return fit_images(fixed, moving, config)
+    return fit_images(fixed, moving, config, masks=read_masks(config))
 
 
 def load_transforms(specs: list[str]) -> Transform:

@@ -148,5 +148,7 @@ def working_mask(mask, grid: Grid, device) -> torch.Tensor | None:
     and 1 (inside where at least half of the resampled mask is); None for no mask."""
     if mask is None:
         return None
-    inside = resample((mask.data[:, :1] != 0).float(), mask.grid, grid, Compose([]))
-    return (inside > 0.5).float().to(device)
+    inside = (resample((mask.data[:, :1] != 0).float(), mask.grid, grid, Compose([])) > 0.5).float()
+    if not bool(inside.any()):
+        raise RegodeError(f"mask {mask.path or ''} has no voxel inside its image's field of view (empty, or in another space)")
+    return inside.to(device)

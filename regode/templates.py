@@ -21,7 +21,7 @@ TEMPLATES = {"mni152": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"}
 
 def is_template(spec) -> bool:
     """Whether ``spec`` names a template (a file of that name, if one exists, wins)."""
-    return spec is not None and str(spec).lower() in TEMPLATES and not Path(spec).exists()
+    return spec is not None and str(spec).lower() in TEMPLATES and not Path(spec).is_file()
 
 
 def template_file(name: str) -> Path:

@@ -154,7 +154,7 @@ def test_the_slurm_job_script_holds_the_options():
         assert words in script, (words, script)
 
 
-def test_bids_names_hold_the_same_mapping_as_ants_files(cohort):
+def test_bids_names_hold_the_same_mapping_as_ants_files(cohort, capfd):
     """``--bids``: NiPreps-style names in OUT/sub-X[/ses-Y]/anat/, the mapping as one ITK composite
     (.h5) that maps points as plain ``regode fit-field``'s -t 1Warp -t 0GenericAffine do, its inverse,
     and a dataset_description.json."""
@@ -183,4 +183,13 @@ def test_bids_names_hold_the_same_mapping_as_ants_files(cohort):
     inside = (composite - points).norm(dim=-1) < 5  # the fixed-point inverse holds inside the grid
     assert float((back(composite) - points).norm(dim=-1)[inside].median()) < 0.2
     assert run(["cohort", str(manifest), "--out", str(out), "--bids", "--report-only", "-q"]) == 0
+    # one subject, several pairs: allowed; one pair twice, or from == to: refused before any work
+    two = cohort / "two.csv"
+    two.write_text("id,fixed,moving,from,to\nsub-02,f1.nii.gz,m1.nii.gz,FLAIR,T1w\nsub-02,f1.nii.gz,m2.nii.gz,T2w,T1w\n"
+                   "sub-02,f1.nii.gz,m3.nii.gz,T2w,T1w\nsub-03,f1.nii.gz,m1.nii.gz,T1w,T1w\n")
+    capfd.readouterr()
+    assert run(["cohort", str(two), "--out", str(cohort / "two"), "--bids", "-q"]) == 1
+    err = capfd.readouterr().err
+    assert "2 bad row(s)" in err and "row 3 (sub-02): id sub-02 from T2w to T1w is also row 2's" in err and "row 4 (sub-03)" in err
+    assert not (cohort / "two").exists()
     assert 'href="sub-01/ses-a/anat/sub-01_ses-a_from-FLAIR_to-T1w_desc-qc.png"' in (out / "report.html").read_text()

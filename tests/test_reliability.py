@@ -360,3 +360,13 @@ def test_a_template_name_reads_nilearns_mni152(pair, capfd):
 
     fixed, moving, _ = read_inputs("mni152", pair / "moving.nii.gz", None, output_paths(pair / "t_", False, False))
     assert fixed.path == "mni152" and fixed.grid.same_as(template.grid) and moving.grid.same_as(GRID)
+
+
+def test_masks_that_cannot_work_are_refused(pair, capfd):
+    """An empty mask, or masks with ``register --no-polish`` (which has no polish to mask), are
+    one error line, not a silently unmasked run."""
+    write_image(torch.zeros(1, 1, *GRID.shape), GRID, pair / "empty.nii.gz", np.uint8)
+    refused(["fit-field", *_fix(pair), "-o", pair / "e_", "--fixed-mask", pair / "empty.nii.gz", "-q"], pair, capfd, words="no voxel")
+    write_image(torch.ones(1, 1, *GRID.shape), GRID, pair / "full.nii.gz", np.uint8)
+    refused(["register", *_fix(pair), "-o", pair / "n_", "--fixed-mask", pair / "full.nii.gz", "--no-polish"], pair, capfd, words="--no-polish")
+    refused(["register", *_fix(pair), "-o", pair / "m_", "--moving-mask", pair / "nomask.nii.gz"], pair, capfd, words="nomask.nii.gz")

@@ -9,6 +9,7 @@ name used with ``--methods`` to a factory; a method whose dependency is missing 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import io
 import os
 import sys
@@ -128,6 +129,7 @@ def _quiet_stdout():
         try:
             yield
         finally:
+            ctypes.CDLL(None).fflush(None)  # what the C library still buffers goes to /dev/null too
             os.dup2(saved, 1)
             os.close(saved)
 

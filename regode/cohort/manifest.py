@@ -101,9 +101,10 @@ def read_manifest(path, out, command: str = "register", options: str = "", qc: b
     for number, values in enumerate(table, 1):
         try:
             row = _row(number, values, path.parent, command, options, bids)
-            if row.id.casefold() in seen:  # one folder on a case-insensitive file system
-                raise RegodeError(f"id {row.id} is also row {seen[row.id.casefold()]}'s")
-            seen[row.id.casefold()] = number
+            key = (row.id.casefold(), row.source, row.target)  # one folder on a case-insensitive file system
+            if key in seen:
+                raise RegodeError(f"id {row.id}{f' from {row.source} to {row.target}' if bids else ''} is also row {seen[key]}'s")
+            seen[key] = number
             _check_files(row, Path(out), qc)
             rows.append(row)
         except RegodeError as exc:
@@ -121,11 +122,13 @@ def _row(number: int, values: dict, base: Path, command: str, options: str, bids
     if not NAME.match(row_id):
         raise RegodeError(f"id {row_id!r} is not a name of letters, digits, '.', '_' and '-'")
     source, target = (cell("from"), cell("to")) if bids else (None, None)
+    if bids and source == target:
+        raise RegodeError(f"from and to are both {source!r}: the forward and inverse files would be one")
     if bids and not (BIDS_ID.match(row_id) and LABEL.match(source) and LABEL.match(target)):
         raise RegodeError("--bids needs an id of BIDS entities (sub-01 or sub-01_ses-1) and from/to labels of letters and digits "
                           f"(FLAIR, T1w), not {row_id!r}, {source!r}, {target!r}")
-    files = {name: (Path(cell(name)) if is_template(cell(name)) else _absolute(cell(name), base)) if cell(name) else None
-             for name in ("fixed", "moving", "moving_labels")}
+    files = {name: (Path(cell(name)) if is_template(cell(name)) and not (base / cell(name)).is_file() else _absolute(cell(name), base))
+             if cell(name) else None for name in ("fixed", "moving", "moving_labels")}
     if files["fixed"] is None or files["moving"] is None:
         raise RegodeError("fixed and moving are required")
     which = cell("command") or command
@@ -194,10 +197,11 @@ def _check_files(row: Row, out: Path, qc: bool) -> None:
             raise RegodeError(f"file not found: {path}")
     paths = list(row.outputs(out, qc).values())
     folder = paths[0].parent
+    inputs = [row.fixed, row.moving, row.moving_labels, *row.config.initial_transform, row.config.fixed_mask, row.config.moving_mask]
     if folder.is_dir():
-        check_outputs(paths, [row.fixed, row.moving, row.moving_labels, *row.config.initial_transform])
+        check_outputs(paths, inputs)
     else:  # the row's folder is made when it runs: check the names against the inputs here
-        inputs = {p.resolve() for p in (row.fixed, row.moving, row.moving_labels) if p is not None}
-        clash = [p for p in paths if p.resolve() in inputs]
+        sources = {input_path(p).resolve() for p in inputs if p is not None}
+        clash = [p for p in paths if p.resolve() in sources]
         if clash:
             raise RegodeError(f"output {clash[0]} is an input")

@@ -245,6 +245,8 @@ class RegisterConfig:
         check.one_of(self, "device", check.DEVICES)
         check.threads(self)
         check.at_least(self, 1, "inverse_iterations")
+        check.require(self.polish or not (self.fixed_mask or self.moving_mask),
+                      "--fixed-mask and --moving-mask act on the polish: with --no-polish they would do nothing")
         object.__setattr__(self, "checkpoints", tuple(str(p) for p in self.checkpoints))
         object.__setattr__(self, "initial_transform", tuple(str(p) for p in self.initial_transform))
 
