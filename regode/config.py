@@ -61,6 +61,31 @@ def threads(config) -> None:
             f"--threads must be a number of threads (0: all cores), not {config.threads}")
 
 
+@dataclasses.dataclass(frozen=True)
+class PairRun:
+    """What every registration of one pair has, whatever the method (``register``, ``fit-field``):
+    the start, the masks, the device and threads, the seed, the inverse's iterations."""
+
+    initial_transform: tuple[str, ...] = ()
+    """linear transform specs (antsApplyTransforms order) of the starting fixed -> moving mapping,
+    e.g. ``register``'s 0GenericAffine.mat."""
+    fixed_mask: str | None = None
+    """an image (any grid; non-zero = inside): only fixed points inside count in the similarity
+    (ANTs' ``-x``): lesions, partial fields of view, skull left out."""
+    moving_mask: str | None = None
+    """the same for the moving image: only points that map inside it count."""
+    device: str = "auto"
+    threads: int | None = None
+    seed: int = 0
+    inverse_iterations: int = 30
+
+    def __post_init__(self):
+        one_of(self, "device", DEVICES)
+        threads(self)
+        at_least(self, 1, "inverse_iterations")
+        object.__setattr__(self, "initial_transform", tuple(str(p) for p in self.initial_transform))
+
+
 def from_dict(cls, values: dict):
     """The config ``cls`` from a dict written by ``dataclasses.asdict`` (nested configs rebuilt,
     lists back to tuples where the field is a tuple); unknown keys are an error."""

@@ -158,7 +158,7 @@ class _client:
             self.cluster.scale(jobs=int(engine.slurm.get("jobs", 1)))
             self.client = Client(self.cluster)
         else:
-            self.cluster = LocalCluster(n_workers=engine.workers, threads_per_worker=1, processes=True, dashboard_address=None,
+            self.cluster = LocalCluster(n_workers=engine.workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                                         silence_logs=40)
             self.client = Client(self.cluster)
         return self.client

@@ -49,8 +49,9 @@ class FieldConfig:
 
 
 @dataclass(frozen=True)
-class FitConfig:
-    """Everything that defines a fit (saved in ``PREFIXregode.json``)."""
+class FitConfig(check.PairRun):
+    """Everything that defines a fit (saved in ``PREFIXregode.json``); the start, masks, device,
+    threads and seed are :class:`~regode.config.PairRun`'s."""
 
     diffeomorphic: bool = False
     """the field is a stationary velocity integrated over [0, 1] (else a displacement)."""
@@ -100,27 +101,13 @@ class FitConfig:
     center_of_mass: bool = False
     """start from the translation between the head centres (regode.preprocess.head_center); off:
     a deformable fit expects roughly aligned images."""
-    initial_transform: tuple[str, ...] = ()
-    """linear transform specs (antsApplyTransforms order), e.g. ``register``'s 0GenericAffine.mat."""
-    fixed_mask: str | None = None
-    """an image (any grid; non-zero = inside): only fixed points inside count in the similarity
-    (ANTs' ``-x``): lesions, partial fields of view, skull left out."""
-    moving_mask: str | None = None
-    """the same for the moving image: only points that map inside it count."""
-    device: str = "auto"
-    threads: int | None = None
-    seed: int = 0
-    inverse_iterations: int = 30
 
     def __post_init__(self):
         check.one_of(self, "sampler", SAMPLERS)
         check.one_of(self, "metric", METRICS)
         check.one_of(self, "solver", SOLVERS)
-        check.one_of(self, "device", check.DEVICES)
+        super().__post_init__()
         check.positive(self, "spacing", "lr")
         check.at_least(self, 0, "coarse_iterations", "affine_iterations", "margin", "lambda_fold", "lambda_grad", "lambda_bending")
-        check.at_least(self, 1, "iterations", "refine_iterations", "stride", "patches", "integration_steps", "ncc_window",
-                       "inverse_iterations")
+        check.at_least(self, 1, "iterations", "refine_iterations", "stride", "patches", "integration_steps", "ncc_window")
         check.at_least(self, 2, "patch_size")
-        check.threads(self)
-        object.__setattr__(self, "initial_transform", tuple(str(p) for p in self.initial_transform))

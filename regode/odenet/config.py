@@ -211,8 +211,9 @@ class PolishConfig:
 
 
 @dataclass(frozen=True)
-class RegisterConfig:
-    """Everything that defines a registration (saved in ``PREFIXregode.json``)."""
+class RegisterConfig(check.PairRun):
+    """Everything that defines a registration (saved in ``PREFIXregode.json``); the start, masks,
+    device, threads and seed are :class:`~regode.config.PairRun`'s."""
 
     model: str = "rigid"
     """one of :data:`MODELS`."""
@@ -228,27 +229,13 @@ class RegisterConfig:
     """after each network, a short mutual-information optimisation of its result: the network
     brings the pair near the truth, the optimiser lands on it."""
     polish_schedule: PolishConfig = field(default_factory=PolishConfig)
-    initial_transform: tuple[str, ...] = ()
-    """transform specs (antsApplyTransforms order) of the starting fixed -> moving mapping."""
-    fixed_mask: str | None = None
-    """an image (any grid; non-zero = inside): only fixed points inside count in the similarity
-    (ANTs' ``-x``): lesions, partial fields of view, skull left out."""
-    moving_mask: str | None = None
-    """the same for the moving image: only points that map inside it count."""
-    device: str = "auto"
-    threads: int | None = None
-    seed: int = 0
-    inverse_iterations: int = 30
 
     def __post_init__(self):
+        super().__post_init__()
         check.one_of(self, "model", MODELS)
-        check.one_of(self, "device", check.DEVICES)
-        check.threads(self)
-        check.at_least(self, 1, "inverse_iterations")
         check.require(self.polish or not (self.fixed_mask or self.moving_mask),
                       "--fixed-mask and --moving-mask act on the polish: with --no-polish they would do nothing")
         object.__setattr__(self, "checkpoints", tuple(str(p) for p in self.checkpoints))
-        object.__setattr__(self, "initial_transform", tuple(str(p) for p in self.initial_transform))
 
     @property
     def stages(self) -> list[str]:
