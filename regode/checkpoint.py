@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from . import config as configs
 from .errors import RegodeError
 from .io.atomic import atomic_output
 
@@ -60,6 +61,19 @@ def load(path, fmt: str, what: str, expect_optimizer: bool = False) -> dict:
     if expect_optimizer and "optimizer" not in document:
         raise RegodeError(f"{path} holds no optimiser state (a final model, not a training checkpoint)")
     return document
+
+
+def load_network(path, fmt: str, what: str, config_class, network_class) -> tuple:
+    """The network stored in ``path`` (checkpoint format ``fmt``; ``what`` names its family in
+    errors), rebuilt from the config saved with it (``config_class``, then ``network_class(config)``),
+    in eval mode; and the checkpoint document."""
+    document = load(path, fmt, what)
+    try:
+        network = network_class(configs.from_dict(config_class, document["model_config"]))
+        network.load_state_dict(document["model"])
+    except (TypeError, ValueError, RuntimeError, KeyError, RegodeError) as exc:
+        raise RegodeError(f"{path} does not hold a valid {what}: {str(exc).splitlines()[0][:200]}") from None
+    return network.eval(), document
 
 
 def training_files(out) -> tuple[Path, Path]:

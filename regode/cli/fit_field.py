@@ -10,7 +10,7 @@ import typer
 
 from ..config import DEVICES
 from ..nir.config import ACTIVATIONS, ENCODINGS, METRICS, PRESETS, SAMPLERS, SOLVERS, FieldConfig, FitConfig
-from .app import app, choices, user_errors
+from .app import FIXED_HELP, app, choices, user_errors
 
 Sampler = choices("Sampler", SAMPLERS)
 Metric = choices("Metric", METRICS)
@@ -25,7 +25,7 @@ F, N = FitConfig, FieldConfig  # the defaults below are theirs
 @app.command("fit-field")
 @user_errors
 def fit_field(
-    fixed: Annotated[Path, typer.Option("--fixed", "-f", help="Fixed (reference) image, or mni152: the MNI ICBM152 2009 T1 template (brain-extracted, 1 mm, from nilearn).")],
+    fixed: Annotated[Path, typer.Option("--fixed", "-f", help=FIXED_HELP)],
     moving: Annotated[Path, typer.Option("--moving", "-m", help="Moving image.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Output prefix: PREFIX1Warp.nii.gz, PREFIX1InverseWarp.nii.gz, PREFIX0GenericAffine.mat, PREFIXWarped.nii.gz, ...")],
     preset: Annotated[Optional[Preset], typer.Option("--preset", help="Settings for a kind of pair, where no option says otherwise: inter-subject = --affine --center-of-mass --lambda-grad 1 --lambda-fold 100.")] = None,

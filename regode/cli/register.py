@@ -9,7 +9,7 @@ import typer
 
 from ..config import DEVICES
 from ..odenet.config import MODELS, RegisterConfig
-from .app import app, choices, user_errors
+from .app import FIXED_HELP, app, choices, user_errors
 
 Model = choices("Model", MODELS)
 Device = choices("Device", DEVICES)
@@ -18,7 +18,7 @@ Device = choices("Device", DEVICES)
 @app.command()
 @user_errors
 def register(
-    fixed: Annotated[Path, typer.Option("--fixed", "-f", help="Fixed (reference) image, or mni152: the MNI ICBM152 2009 T1 template (brain-extracted, 1 mm, from nilearn).")],
+    fixed: Annotated[Path, typer.Option("--fixed", "-f", help=FIXED_HELP)],
     moving: Annotated[Path, typer.Option("--moving", "-m", help="Moving image.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Output prefix: PREFIXWarped.nii.gz, PREFIX0GenericAffine.mat, PREFIX1Warp.nii.gz, ...")],
     model: Annotated[Model, typer.Option("--model", help="MS-ODENet stages; hybrids run rigid, then the deformable model.")] = Model(RegisterConfig.model),

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 from .. import checkpoint
-from .. import config as configs
 from ..errors import RegodeError
 from ..preprocess import blur
 from .data import SLAB_HEAD, cut_slabs
@@ -89,13 +88,8 @@ def load_encoder(path=None, spacing: float | None = None) -> tuple[Translator, d
     its checkpoint document. With ``spacing`` (mm), an encoder trained at another spacing is refused:
     its features are not scale-invariant."""
     path = path or checkpoint.weights_dir() / "encoder.pt"
-    document = checkpoint.load(path, FORMAT, "encoder")
-    try:
-        model = Translator(configs.from_dict(EncoderConfig, document["model_config"]))
-        model.load_state_dict(document["model"])
-    except (TypeError, ValueError, RuntimeError, KeyError, RegodeError) as exc:
-        raise RegodeError(f"{path} does not hold a valid encoder: {str(exc).splitlines()[0][:200]}") from None
+    model, document = checkpoint.load_network(path, FORMAT, "encoder", EncoderConfig, Translator)
     trained = model.config.spacing
     if spacing is not None and abs(trained - spacing) > 0.01 * spacing:
         raise RegodeError(f"{path} was trained on {trained:g} mm slices, the images are registered at {spacing:g} mm (use --spacing {trained:g})")
-    return model.eval(), document
+    return model, document

@@ -18,7 +18,6 @@ import torch
 import torch.nn as nn
 
 from .. import checkpoint
-from .. import config as configs
 from ..errors import RegodeError
 from ..grid import Grid
 from ..losses import MutualInformationTo
@@ -171,13 +170,8 @@ class MSODENet(nn.Module):
 def load_model(path, kind: str | None = None) -> tuple[MSODENet, dict]:
     """The MS-ODENet stored in ``path`` (eval mode) and its checkpoint document; ``kind`` checks
     that it is of that kind."""
-    document = checkpoint.load(path, FORMAT, "MS-ODENet")
-    try:
-        model = MSODENet(configs.from_dict(ModelConfig, document["model_config"]))
-        model.load_state_dict(document["model"])
-    except (TypeError, ValueError, RuntimeError, KeyError, RegodeError) as exc:
-        raise RegodeError(f"{path} does not hold a valid MS-ODENet: {str(exc).splitlines()[0][:200]}") from None
+    model, document = checkpoint.load_network(path, FORMAT, "MS-ODENet", ModelConfig, MSODENet)
     if kind is not None and model.config.kind != kind:
         raise RegodeError(f"{path} holds a {model.config.kind} model, a {kind} model is needed here")
-    return model.eval(), document
+    return model, document
 
