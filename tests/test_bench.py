@@ -291,3 +291,20 @@ def test_greedy_files_are_read_in_the_right_frame():
         error = (found.displacement(grid) - motion.displacement(grid))[0].numpy()
     mask = (labels[0, 0] > 0).numpy()
     assert float(np.sqrt((error**2).sum(0)[mask].mean())) < 1.5
+
+
+def test_inter_subject_on_one_subject_is_a_known_affine_and_deformation(tmp_path):
+    """A folder of one subject: the inter-subject task moves its image by a known affine (scales and
+    shears too) and deformation, so RMSE(phi) is measured beside Dice."""
+    grid = Grid((40, 44, 36), (2.0, 2.0, 2.0), (-39.0, -43.0, -35.0))
+    labels = phantom_labels(grid, 6, seed=0)
+    (tmp_path / "one" / "sub").mkdir(parents=True)
+    write_image(render(labels, grid, seed=1), grid, tmp_path / "one" / "sub" / "t1.nii.gz")
+    write_image(labels, grid, tmp_path / "one" / "sub" / "seg.nii.gz", np.uint8)
+    truth = sample_motion("inter-subject", grid, np.random.default_rng(0))
+    assert abs(float(torch.linalg.det(truth.transforms[0].matrix[0])) - 1) > 0.005  # not a rigid motion
+    result = CliRunner().invoke(app, ["bench", "--data", str(tmp_path / "one"), "--task", "inter-subject", "--methods", "identity",
+                                      "--pairs", "1", "--resolution", "4", "-q", "--out", str(tmp_path / "res")])
+    assert result.exit_code == 0, result.output
+    case = json.loads((tmp_path / "res.json").read_text())["cases"][0]
+    assert case["rmse_phi"] > 1 and 0 < case["dice"] < 100

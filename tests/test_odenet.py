@@ -37,18 +37,19 @@ class Constant(nn.Module):
         self.value = value
 
     def forward(self, warped, fixed, t, force, to_control=None, spacing=None):
-        if self.value.numel() == 6:
+        if self.value.numel() in (6, 12):
             return self.value.expand(warped.shape[0], -1)
         v = self.value[None, :, None, None, None]
         return v.expand(warped.shape[0], 3, *(to_control(warped).shape[2:] if callable(to_control) else warped.shape[2:])).clone()
 
 
 @pytest.mark.parametrize("schedule", ["F(0.25)-F(0.5)", "R(0.5)-R(1)", "A(1e-3)-A(1e-4)", "F(0.1)-A(1e-3)"])
-@pytest.mark.parametrize("kind", ["rigid", "bspline", "dense"])
+@pytest.mark.parametrize("kind", ["rigid", "affine", "bspline", "dense"])
 def test_constant_velocity_integrates_exactly(kind, schedule):
     grid = Grid((12, 10, 8), (4.0, 4.0, 4.0), (-20.0, -18.0, -14.0), OBLIQUE)
     model = MSODENet(ModelConfig(kind=kind, levels=2, horizon=2.0, schedule=schedule, spacing=4.0, control_spacing=16.0))
-    value = torch.tensor([0.05, -0.02, 0.03, 1.5, -2.0, 0.5]) if kind == "rigid" else torch.tensor([1.5, -2.0, 0.5])
+    value = {"rigid": torch.tensor([0.05, -0.02, 0.03, 1.5, -2.0, 0.5]),
+             "affine": torch.tensor([0.04, -0.02, 0.01, 0.03, -0.05, 0.02, -0.01, 0.02, 0.06, 1.5, -2.0, 0.5])}.get(kind, torch.tensor([1.5, -2.0, 0.5]))
     for i in range(2):
         model.nets[i] = Constant(value)
     volume = torch.rand(1, 1, *grid.shape)
@@ -63,6 +64,14 @@ def test_constant_velocity_integrates_exactly(kind, schedule):
         tol = 1e-5 if schedule.startswith("R") else 2e-2  # Euler and adaptive Heun (tol 1e-3) are less exact
         torch.testing.assert_close(theta[0, :3], omega * 2.0, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(theta[0, 3:].double(), moved, atol=tol, rtol=tol)
+    elif kind == "affine":
+        # a constant body velocity v(r) = M r + tau: A(s) = exp(s M), translation = integral of A(s) tau ds
+        m, tau = (d @ value[:9].reshape(3, 3) @ d.T).double(), (d @ value[9:]).double()
+        s = (torch.arange(4000, dtype=torch.float64) + 0.5) / 2000
+        moved = (torch.matrix_exp(s[:, None, None] * m) @ tau).mean(0) * 2.0
+        tol = 1e-5 if schedule.startswith("R") else 2e-2
+        torch.testing.assert_close(theta[0, :9].double().reshape(3, 3), torch.matrix_exp(2 * m) - torch.eye(3, dtype=torch.float64), atol=tol, rtol=tol)
+        torch.testing.assert_close(theta[0, 9:].double(), moved, atol=tol, rtol=tol)
     else:
         world = (d @ value) * 2.0  # mm after T = 2 in world axes, at every state point
         torch.testing.assert_close(theta.movedim(1, -1).reshape(-1, 3), world.expand(theta[0, 0].numel(), 3), atol=1e-4, rtol=1e-4)
@@ -91,7 +100,7 @@ def _tiny(kind):
                        size=24, batch=1, steps=3, lr=1e-3, checkpoint_every=1, validate_every=2, val_pairs=1)
 
 
-@pytest.mark.parametrize("kind", ["rigid", "bspline", "dense"])
+@pytest.mark.parametrize("kind", ["rigid", "affine", "bspline", "dense"])
 def test_checkpoint_round_trip(tmp_path, kind):
     config = _tiny(kind)
     torch.manual_seed(1)

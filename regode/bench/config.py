@@ -30,9 +30,18 @@ class MotionConfig:
     """deformable tasks: control-point displacements N(0, sigma^2) mm on each axis."""
     control_spacing: float = 40.0
     """deformable tasks: B-spline control-point spacing in mm (coarse enough to stay invertible)."""
+    inter_max_rotation: float = 10.0
+    """inter-subject task on a folder of one subject (its image against itself moved by a known
+    affine and deformation, as two subjects in a common space differ): rotation range in degrees."""
+    inter_max_translation: float = 10.0
+    inter_max_scale: float = 0.1
+    """scales exp(U(-s, s)) per axis."""
+    inter_max_shear: float = 0.05
+    """shears U(-h, h), three of them."""
 
     def __post_init__(self):
-        check.at_least(self, 0, "max_rotation", "max_translation", "hybrid_max_rotation", "hybrid_max_translation", "bspline_sigma")
+        check.at_least(self, 0, "max_rotation", "max_translation", "hybrid_max_rotation", "hybrid_max_translation", "bspline_sigma",
+                       "inter_max_rotation", "inter_max_translation", "inter_max_scale", "inter_max_shear")
         check.positive(self, "control_spacing")
 
 
@@ -43,7 +52,8 @@ class BenchConfig:
     data: str
     """dataset folder: DIR/<subject>/<contrast>.nii.gz, optional seg.nii.gz or labels.nii.gz."""
     task: str = "rigid"
-    """rigid, deformable, rigid+deformable (synthetic motion) or inter-subject."""
+    """rigid, deformable, rigid+deformable (synthetic motion) or inter-subject (pairs of subjects;
+    with one subject, its image against itself moved by a known affine and deformation)."""
     methods: tuple[str, ...] = ("identity",)
     """method names, as in regode.bench.methods.METHODS."""
     pairs: int = 5

@@ -25,6 +25,7 @@ from .. import api
 from ..alignment import starting_point
 from ..api import FieldConfig, FitConfig, Image, RegisterConfig, RegodeError, Transform
 from ..io import read_image, write_image
+from ..nir.config import PRESETS
 from ..odenet.config import MODELS
 from ..odenet.model import MSODENet
 from ..preprocess import working_image
@@ -206,6 +207,8 @@ METHODS: dict[str, Callable[[], Method]] = {
     "regode:nir-diffeo": lambda: NeuralField(diffeomorphic=True),
     # inter-subject pairs: an affine stage first, then a more flexible field (docs/nir.md)
     "regode:nir-affine": lambda: NeuralField(affine=True, center_of_mass=True, lambda_grad=1.0, lambda_fold=100.0),
+    # fit-field --preset inter-subject: the above with the metric chosen per pair and a fine level at the image's spacing
+    "regode:nir-inter-subject": lambda: NeuralField(**PRESETS["inter-subject"]),
     "regode:nir-affine-mind": lambda: NeuralField(affine=True, center_of_mass=True, lambda_grad=1.0, lambda_fold=100.0, metric="mind"),
     "regode:nir-fourier": lambda: NeuralField(network=FieldConfig(encoding="fourier"), lr=1e-2),
     "regode:nir-siren": lambda: NeuralField(network=FieldConfig(encoding="none", activation="sine"), lr=1e-3),

@@ -21,12 +21,26 @@ def rigid_about_center(angles_deg: np.ndarray, translation: np.ndarray, center: 
     return Affine(matrix, torch.as_tensor(translation, dtype=torch.float64), torch.as_tensor(center, dtype=torch.float64))
 
 
+def random_affine(grid: Grid, rng: np.random.Generator, config: MotionConfig) -> Affine:
+    """The inter-subject task's affine about the centre of ``grid``: a rotation, shears and scales."""
+    rot = rigid_about_center(rng.uniform(-config.inter_max_rotation, config.inter_max_rotation, 3),
+                             rng.uniform(-config.inter_max_translation, config.inter_max_translation, 3), grid.center)
+    shear = np.eye(3)
+    shear[0, 1], shear[0, 2], shear[1, 2] = rng.uniform(-config.inter_max_shear, config.inter_max_shear, 3)
+    scales = np.exp(rng.uniform(-config.inter_max_scale, config.inter_max_scale, 3))
+    matrix = rot.matrix[0] @ torch.as_tensor(shear @ np.diag(scales))
+    return Affine(matrix, rot.translation, rot.center)
+
+
 def sample_motion(task: str, grid: Grid, rng: np.random.Generator, config: MotionConfig = MotionConfig()) -> Transform:
-    """A random ``truth`` (fixed -> moving mapping) for ``task`` about the centre of ``grid``."""
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}")
+    """A random ``truth`` (fixed -> moving mapping) for ``task`` about the centre of ``grid``
+    (``inter-subject``: an affine, then a deformation, for a subject against itself)."""
+    if task not in TASKS + ("inter-subject",):
+        raise ValueError(f"task must be one of {TASKS} or inter-subject")
     parts: list[Transform] = []
-    if task != "deformable":
+    if task == "inter-subject":
+        parts.append(random_affine(grid, rng, config))
+    elif task != "deformable":
         rot = config.max_rotation if task == "rigid" else config.hybrid_max_rotation
         shift = config.max_translation if task == "rigid" else config.hybrid_max_translation
         parts.append(rigid_about_center(rng.uniform(-rot, rot, 3), rng.uniform(-shift, shift, 3), grid.center))

@@ -72,9 +72,7 @@ def build_cases(config: BenchConfig, subjects: list[Subject]) -> list[Case]:
     rng = np.random.default_rng(config.seed)
     cases = []
     for i in range(config.pairs):
-        if config.task == "inter-subject":
-            if len(subjects) < 2:
-                raise RegodeError("inter-subject needs at least two subjects")
+        if config.task == "inter-subject" and len(subjects) > 1:
             a, b = rng.choice(len(subjects), 2, replace=False)
             sa, sb = subjects[a], subjects[b]
             contrast = next((c for c in sa.contrasts if c in sb.contrasts), None)
@@ -88,11 +86,15 @@ def build_cases(config: BenchConfig, subjects: list[Subject]) -> list[Case]:
                 case.moving_labels = _working(read_image(sb.labels), None, "label", moving.grid).data
             cases.append(case)
             continue
-        candidates = [s for s in subjects if len(s.contrasts) >= 2]
+        one = config.task == "inter-subject"  # one subject: itself moved by a known affine and deformation
+        candidates = [s for s in subjects if len(s.contrasts) >= (1 if one else 2)]
         if not candidates:
-            raise RegodeError("synthetic-motion tasks need subjects with at least two contrasts")
+            raise RegodeError("synthetic-motion tasks need subjects with at least two contrasts" if not one else "no subject found")
         subject = candidates[rng.integers(len(candidates))]
-        fixed_c, moving_c = rng.choice(list(subject.contrasts), 2, replace=False)
+        if one:
+            fixed_c = moving_c = sorted(subject.contrasts)[0]
+        else:
+            fixed_c, moving_c = rng.choice(list(subject.contrasts), 2, replace=False)
         if config.contrasts == "same":
             moving_c = fixed_c
         fixed = _working(read_image(subject.contrasts[fixed_c]), config.resolution)

@@ -19,7 +19,7 @@ B, M = BenchConfig, MotionConfig  # the defaults below are theirs
 @user_errors
 def bench(
     data: Annotated[Path, typer.Option("--data", help="Dataset folder: DIR/<subject>/<contrast>.nii.gz (+ seg/labels).")],
-    task: Annotated[Task, typer.Option("--task", help="Synthetic motion to undo, or inter-subject pairs.")] = Task(B.task),
+    task: Annotated[Task, typer.Option("--task", help="Synthetic motion to undo, or inter-subject: pairs of subjects (a folder of one subject: itself moved by a known affine and deformation).")] = Task(B.task),
     methods: Annotated[str, typer.Option("--methods", help="Comma-separated: identity, ants:Rigid, ants:SyN, ants:SyNRA, regode:rigid, regode:rigid+bspline, regode:nir, ...")] = ",".join(B.methods),
     pairs: Annotated[int, typer.Option("--pairs", help="Number of cases.")] = B.pairs,
     seed: Annotated[int, typer.Option("--seed", help="Seed of cases, motion and methods.")] = B.seed,

@@ -28,10 +28,10 @@ def fit_field(
     fixed: Annotated[Path, typer.Option("--fixed", "-f", help=FIXED_HELP)],
     moving: Annotated[Path, typer.Option("--moving", "-m", help="Moving image.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Output prefix: PREFIX1Warp.nii.gz, PREFIX1InverseWarp.nii.gz, PREFIX0GenericAffine.mat, PREFIXWarped.nii.gz, ...")],
-    preset: Annotated[Optional[Preset], typer.Option("--preset", help="Settings for a kind of pair, where no option says otherwise: inter-subject = --affine --center-of-mass --lambda-grad 1 --lambda-fold 100.")] = None,
+    preset: Annotated[Optional[Preset], typer.Option("--preset", help="Settings for a kind of pair, where no option says otherwise: inter-subject = --affine --center-of-mass --lambda-grad 1 --lambda-fold 100 --metric auto, and a fine level at the fixed image's spacing (at least 1 mm).")] = None,
     diffeomorphic: Annotated[bool, typer.Option("--diffeomorphic", help="Fit a stationary velocity field and integrate it (no folding).")] = F.diffeomorphic,
     sampler: Annotated[Sampler, typer.Option("--sampler", help="Coordinates per step: strided grid, mini-patches, or both (two fields).")] = Sampler(F.sampler),
-    metric: Annotated[Metric, typer.Option("--metric", help="mi: any contrasts; content: learned content features (any contrasts); mind: MIND descriptors (any contrasts); ncc: local NCC, same contrast; mse.")] = Metric(F.metric),
+    metric: Annotated[Metric, typer.Option("--metric", help="mi: any contrasts; content: learned content features (any contrasts); mind: MIND descriptors (any contrasts); ncc: local NCC, same contrast; mse; auto: ncc for one contrast, mi across (judged on the pair after the affine stage).")] = Metric(F.metric),
     encoder: Annotated[Optional[Path], typer.Option("--encoder", help="--metric content: encoder from `regode train --model encoder` (default: the shipped weights/encoder.pt).")] = None,
     iterations: Annotated[int, typer.Option("--iterations", help="Adam steps of the (first) field.")] = F.iterations,
     coarse_iterations: Annotated[int, typer.Option("--coarse-iterations", help="Adam steps before --iterations on a 2x coarser lattice and smoothed images.")] = F.coarse_iterations,
@@ -50,6 +50,8 @@ def fit_field(
     lambda_bending: Annotated[float, typer.Option(help="Weight of the bending energy (second differences, per mm^2).")] = F.lambda_bending,
     ncc_window: Annotated[int, typer.Option(help="Local NCC window (lattice points).")] = F.ncc_window,
     spacing: Annotated[float, typer.Option("--spacing", help="Working grid spacing (mm).")] = F.spacing,
+    fine_spacing: Annotated[float, typer.Option("--fine-spacing", help="Fit the last field on for --fine-iterations steps on images at this spacing (mm); 0: no fine level.")] = F.fine_spacing,
+    fine_iterations: Annotated[int, typer.Option("--fine-iterations", help="Adam steps of the fine level.")] = F.fine_iterations,
     stride: Annotated[int, typer.Option("--stride", help="Downsize sampler: one point in STRIDE per axis.")] = F.stride,
     patch_size: Annotated[int, typer.Option(help="Mini-patch edge (points).")] = F.patch_size,
     patches: Annotated[int, typer.Option(help="Mini-patches per step.")] = F.patches,
@@ -74,7 +76,7 @@ def fit_field(
 def config_of(diffeomorphic, sampler, metric, encoder, iterations, coarse_iterations, refine_iterations, initial_transform, affine,
               center_of_mass, encoding, activation, lr, lambda_fold, lambda_grad, lambda_bending, ncc_window, spacing, stride, patch_size,
               patches, solver, integration_steps, device, threads, seed, fixed_mask=None, moving_mask=None, preset=None,
-              **_) -> FitConfig:
+              fine_spacing=F.fine_spacing, fine_iterations=F.fine_iterations, **_) -> FitConfig:
     """The FitConfig of the command's parsed options (``regode cohort`` parses a row's too); a
     ``preset`` sets its fields where the options left FitConfig's defaults."""
     value = lambda choice: getattr(choice, "value", choice)  # noqa: E731
@@ -85,6 +87,7 @@ def config_of(diffeomorphic, sampler, metric, encoder, iterations, coarse_iterat
         lambda_bending=lambda_bending, solver=value(solver), integration_steps=integration_steps,
         network=FieldConfig(encoding=value(encoding), activation=value(activation)), affine=affine, center_of_mass=center_of_mass,
         initial_transform=tuple(initial_transform or ()), device=value(device), threads=threads, seed=seed,
-        fixed_mask=str(fixed_mask) if fixed_mask else None, moving_mask=str(moving_mask) if moving_mask else None)
+        fixed_mask=str(fixed_mask) if fixed_mask else None, moving_mask=str(moving_mask) if moving_mask else None,
+        fine_spacing=fine_spacing, fine_iterations=fine_iterations)
     settings = PRESETS.get(value(preset), {}) if preset else {}
     return replace(config, **{name: setting for name, setting in settings.items() if getattr(config, name) == getattr(FitConfig, name)})

@@ -8,11 +8,12 @@ from typing import Annotated, Optional
 import typer
 
 from ..config import DEVICES
-from ..odenet.config import MODELS, RegisterConfig
+from ..odenet.config import FINE_METRICS, MODELS, RegisterConfig
 from .app import FIXED_HELP, app, choices, user_errors
 
 Model = choices("Model", MODELS)
 Device = choices("Device", DEVICES)
+Metric = choices("Metric", FINE_METRICS)
 
 
 @app.command()
@@ -21,7 +22,7 @@ def register(
     fixed: Annotated[Path, typer.Option("--fixed", "-f", help=FIXED_HELP)],
     moving: Annotated[Path, typer.Option("--moving", "-m", help="Moving image.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Output prefix: PREFIXWarped.nii.gz, PREFIX0GenericAffine.mat, PREFIX1Warp.nii.gz, ...")],
-    model: Annotated[Model, typer.Option("--model", help="MS-ODENet stages; hybrids run rigid, then the deformable model.")] = Model(RegisterConfig.model),
+    model: Annotated[Model, typer.Option("--model", help="MS-ODENet stages, run in order: linear kinds (rigid, affine) first, then a deformable one (bspline, dense); between subjects or to a template: affine+dense.")] = Model(RegisterConfig.model),
     moving_labels: Annotated[Optional[Path], typer.Option("--moving-labels", help="Label image on the moving grid, warped with label interpolation.")] = None,
     checkpoint: Annotated[Optional[list[Path]], typer.Option("--checkpoint", help="Model file from `regode train` replacing the shipped one of its kind (repeatable).")] = None,
     fixed_mask: Annotated[Optional[Path], typer.Option("--fixed-mask", help="Only fixed points inside this image's non-zero voxels count (ANTs' -x): lesions, partial fields of view.")] = None,
@@ -30,6 +31,8 @@ def register(
     no_center_of_mass: Annotated[bool, typer.Option("--no-center-of-mass", help="Start from the identity (no translation between the head centres, no principal axes).")] = False,
     no_principal_axes: Annotated[bool, typer.Option("--no-principal-axes", help="Rigid models: start from the translation between the head centres only, not from the best principal-axes alignment.")] = False,
     polish: Annotated[bool, typer.Option("--polish/--no-polish", help="After each network, optimise its result by mutual information (a few dozen Adam steps at 2 mm; for dense a 10 mm B-spline correction of its field); --no-polish runs the networks alone.")] = RegisterConfig.polish,
+    fine_spacing: Annotated[Optional[float], typer.Option("--fine-spacing", help="Refine the last deformable stage on images at this spacing (mm; 0: no). Default: the fixed image's spacing (at least 1 mm) for the affine+bspline/dense cascades, none for the other models.")] = None,
+    metric: Annotated[Metric, typer.Option("--metric", help="The fine level's similarity: auto (local NCC for one contrast, MI across contrasts, judged on the pair), mi or ncc.")] = Metric(RegisterConfig.metric),
     device: Annotated[Device, typer.Option("--device", help="auto, cpu or cuda.")] = Device(RegisterConfig.device),
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: all cores).")] = None,
     qc: Annotated[bool, typer.Option("--qc/--no-qc", help="Write PREFIXqc.png (planes before and after) and QC figures in PREFIXregode.json.")] = True,
@@ -39,7 +42,7 @@ def register(
     from ..pipeline import register_files
 
     config = config_of(model, checkpoint, initial_transform, no_center_of_mass, no_principal_axes, polish, device, threads, seed,
-                       fixed_mask, moving_mask)
+                       fixed_mask, moving_mask, fine_spacing, metric)
     doc = register_files(fixed, moving, out, config, moving_labels, qc=qc)
     t = doc["timings_s"]
     print(f"registered {moving} to {fixed} with {model.value} in {t['wall']:.2f} s (model {t['total']:.2f} s); "
@@ -47,9 +50,10 @@ def register(
 
 
 def config_of(model, checkpoint, initial_transform, no_center_of_mass, no_principal_axes, polish, device, threads, seed,
-              fixed_mask=None, moving_mask=None, **_) -> RegisterConfig:
+              fixed_mask=None, moving_mask=None, fine_spacing=None, metric=RegisterConfig.metric, **_) -> RegisterConfig:
     """The RegisterConfig of the command's parsed options (``regode cohort`` parses a row's too)."""
     return RegisterConfig(model=getattr(model, "value", model), checkpoints=tuple(str(p) for p in checkpoint or ()),
                           center_of_mass=not no_center_of_mass, principal_axes=not no_principal_axes, polish=polish,
                           initial_transform=tuple(initial_transform or ()), device=getattr(device, "value", device), threads=threads,
-                          seed=seed, fixed_mask=str(fixed_mask) if fixed_mask else None, moving_mask=str(moving_mask) if moving_mask else None)
+                          seed=seed, fixed_mask=str(fixed_mask) if fixed_mask else None, moving_mask=str(moving_mask) if moving_mask else None,
+                          fine_spacing=fine_spacing, metric=getattr(metric, "value", metric))

@@ -39,8 +39,10 @@ def train(
     lambda_reg: Annotated[Optional[float], typer.Option(help="Weight of L_reg (default 2 bspline, 10 dense).")] = None,
     lambda_basin: Annotated[Optional[float], typer.Option(help="Encoder: weight of the capture-range term, content distance growing with misalignment (default 0: off).")] = None,
     curriculum: Annotated[float, typer.Option(help="Fraction of the steps over which the motion ranges grow from 20 % to 100 %.")] = 0.5,
-    max_rotation: Annotated[float, typer.Option(help="Rigid: rotations U(-a, a) degrees per axis.")] = M.max_rotation,
-    max_translation: Annotated[float, typer.Option(help="Rigid: translations U(-t, t) mm per axis.")] = M.max_translation,
+    max_rotation: Annotated[float, typer.Option(help="Rigid, affine: rotations U(-a, a) degrees per axis.")] = M.max_rotation,
+    max_translation: Annotated[float, typer.Option(help="Rigid, affine: translations U(-t, t) mm per axis.")] = M.max_translation,
+    max_scale: Annotated[float, typer.Option(help="Affine: scales exp(U(-s, s)) per axis.")] = M.max_scale,
+    max_shear: Annotated[float, typer.Option(help="Affine: shears U(-h, h).")] = M.max_shear,
     max_sigma: Annotated[float, typer.Option(help="Deformable: B-spline displacement sd U(0, s) mm.")] = M.max_sigma,
     adjoint: Annotated[bool, typer.Option("--adjoint", help="Backpropagate with the adjoint method (less memory).")] = T.adjoint,
     checkpoint_every: Annotated[Optional[int], typer.Option(help=f"Steps between checkpoints (default {T.checkpoint_every}, encoder {E.checkpoint_every}).")] = None,
@@ -50,7 +52,7 @@ def train(
     threads: Annotated[Optional[int], typer.Option("--threads", min=0, help="CPU threads (default: all cores).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Train an MS-ODENet (rigid, bspline or dense) or the content encoder on synthetic or folder data."""
+    """Train an MS-ODENet (rigid, affine, bspline or dense) or the content encoder on synthetic or folder data."""
     import torch
 
     from ..checkpoint import training_files
@@ -83,8 +85,7 @@ def train(
 
     if lambda_basin is not None:
         raise RegodeError("--lambda-basin is for training the encoder (--model encoder)")
-    steps_ = T.steps if steps is None else steps
-    batch_ = T.batch if batch is None else batch
+    steps_, batch_ = T.steps if steps is None else steps, T.batch if batch is None else batch
     config = TrainConfig(
         model=ModelConfig(kind=model.value, levels=levels, horizon=float(levels), schedule=schedule, spacing=spacing, width=width),
         data=data, label_maps=tuple(str(p) for p in label_map or ()), steps=steps_, batch=batch_, lr=T.lr if lr is None else lr,
@@ -92,7 +93,7 @@ def train(
         lambda_reg=lambda_reg, size=size, seed=seed, adjoint=adjoint,
         checkpoint_every=T.checkpoint_every if checkpoint_every is None else checkpoint_every,
         validate_every=T.validate_every if validate_every is None else validate_every,
-        motion=MotionRange(max_rotation, max_translation, max_sigma, ramp_pairs=curriculum_pairs(curriculum, steps_, batch_)),
+        motion=MotionRange(max_rotation, max_translation, max_scale, max_shear, max_sigma, ramp_pairs=curriculum_pairs(curriculum, steps_, batch_)),
     )
     result = run(config, out, resume=resume, progress=not quiet, steps=steps)
     last = result["history"][-1]["val_rmse_mm"] if result["history"] else float("nan")

@@ -10,12 +10,12 @@ from .. import config as check
 ENCODINGS = ("grid", "fourier", "none")
 ACTIVATIONS = ("relu", "sine")
 SAMPLERS = ("downsize", "patch", "hybrid")
-METRICS = ("mi", "ncc", "mse", "content", "mind")
+METRICS = ("mi", "ncc", "mse", "content", "mind", "auto")
 FEATURE_METRICS = ("content", "mind")
 """metrics compared as feature volumes computed once per image."""
 SOLVERS = ("euler", "midpoint", "rk4")
 PRESETS = {
-    "inter-subject": {"affine": True, "center_of_mass": True, "lambda_grad": 1.0, "lambda_fold": 100.0},
+    "inter-subject": {"affine": True, "center_of_mass": True, "lambda_grad": 1.0, "lambda_fold": 100.0, "metric": "auto", "fine_spacing": None},
 }
 """``fit-field --preset``: settings for a kind of pair, applied where the command line leaves the
 default. inter-subject (two subjects, or a subject and a template): an affine stage from the head
@@ -59,7 +59,9 @@ class FitConfig(check.PairRun):
     """coordinates per step: a strided lattice, mini-patches, or both (two fields)."""
     metric: str = "mi"
     """mi: mutual information (any contrasts); content: the learned content features (any
-    contrasts); mind: MIND descriptors (any contrasts); ncc: local NCC (same contrast); mse."""
+    contrasts); mind: MIND descriptors (any contrasts); ncc: local NCC (same contrast); mse; auto:
+    local NCC for one contrast, MI across, judged on the pair after the start and the affine stage
+    (regode.contrast; the affine stage itself uses MI)."""
     encoder: str | None = None
     """content metric: the encoder checkpoint (None: the shipped ``weights/encoder.pt``)."""
     iterations: int = 60
@@ -101,6 +103,11 @@ class FitConfig(check.PairRun):
     center_of_mass: bool = False
     """start from the translation between the head centres (regode.preprocess.head_center); off:
     a deformable fit expects roughly aligned images."""
+    fine_spacing: float | None = 0.0
+    """a fine level: the last field fitted on for ``fine_iterations`` more steps on images at this
+    spacing (mm). 0: none; None: the fixed image's spacing (at least 1 mm). Skipped where not
+    finer than ``spacing``."""
+    fine_iterations: int = 30
 
     def __post_init__(self):
         check.one_of(self, "sampler", SAMPLERS)
@@ -109,5 +116,8 @@ class FitConfig(check.PairRun):
         super().__post_init__()
         check.positive(self, "spacing", "lr")
         check.at_least(self, 0, "coarse_iterations", "affine_iterations", "margin", "lambda_fold", "lambda_grad", "lambda_bending")
-        check.at_least(self, 1, "iterations", "refine_iterations", "stride", "patches", "integration_steps", "ncc_window")
+        check.at_least(self, 1, "iterations", "refine_iterations", "stride", "patches", "integration_steps", "ncc_window", "fine_iterations")
+        check.require(self.fine_spacing is None or self.fine_spacing >= 0, f"--fine-spacing must be 0 or more mm, not {self.fine_spacing}")
+        check.require(self.fine_spacing == 0 or self.metric != "content",
+                      "--metric content works at the encoder's 2 mm: not with --fine-spacing")
         check.at_least(self, 2, "patch_size")

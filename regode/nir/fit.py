@@ -20,6 +20,7 @@ from torch import nn
 
 from .. import fitting
 from ..alignment import check_overlap, initial_linear
+from ..contrast import choose_similarity, fine_spacing
 from ..device import resolve_device
 from ..encoder.features import content_volume, load_encoder
 from ..grid import Grid
@@ -29,6 +30,7 @@ from ..losses import mind
 from ..preprocess import blur, foreground, head_center, working_image, working_mask
 from ..progress import bar
 from ..result import Result
+from ..sampling import sample
 from ..transforms import Affine, Compose, DisplacementField
 from .config import FEATURE_METRICS, FitConfig
 from .fields import FieldTransform, NeuralField
@@ -94,6 +96,43 @@ def _plan(config: FitConfig, images: dict, fixed_grid: Grid, moving_at: Grid, re
     return {"downsize": [first], "patch": [patch], "hybrid": [first, patch]}[config.sampler]
 
 
+def _fit_affine(config: FitConfig, coarse, fixed_grid: Grid, moving_at: Grid, region: Grid, masks, similarity: str, generator):
+    """The affine stage: 12 parameters about the sample region's centre, on the coarse lattice and
+    smoothed images (mutual information for ``--metric auto``, as ANTs' scripts use MI for their
+    linear stages); the fitted map (frozen) and its record."""
+    fix, mov = coarse
+    device = fix.device
+    affine = Affine(nn.Parameter(torch.eye(3, device=device)[None]), nn.Parameter(torch.zeros(1, 3, device=device)),
+                    torch.as_tensor(region.center, dtype=torch.float32, device=device)[None])
+    stage = fitting.Stage(f"affine:{2 * config.stride}", fix, fixed_grid, mov, moving_at,
+                          lambda gen: downsize(region, 2 * config.stride, gen).to(device), config.affine_iterations, False, *masks)
+    objective = fitting.Objective("mi" if similarity == "auto" else similarity, config.ncc_window)
+    record = fitting.run(fitting.Fit(affine, objective, config.lr, scales=list(AFFINE_SCALES)), [stage], generator)
+    return affine.requires_grad_(False), record
+
+
+def _choose(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_at: Grid, affine, mask) -> tuple[str, dict]:
+    """``--metric auto``: the similarity of the pair as it stands (regode.contrast)."""
+    with torch.no_grad():
+        points = fixed_grid.world_points(dtype=fixed.dtype, device=fixed.device)[None]
+        moved = sample(moving, moving_at, points if affine is None else affine(points))
+    return choose_similarity(fixed[0, 0], moved[0, 0], None if mask is None else mask[0, 0] > 0.5)
+
+
+def _fine_stage(config: FitConfig, fixed: Image, moving: Image, spacing: float, linear, masks, device, similarity: str):
+    """The fine level's stage: images at ``spacing`` mm, a lattice of every ``config.stride``-th
+    voxel over the fixed foreground."""
+    fixed_f, fine_grid = working_image(fixed, spacing, device)
+    moving_f, moving_grid = working_image(moving, spacing, device)
+    moving_at = moving_grid.pulled_back(linear.homogeneous()[0].detach().cpu().numpy())
+    fine_masks = (working_mask(masks[0], fine_grid, device), working_mask(masks[1], moving_grid, device))
+    region = region_of(fixed_f if fine_masks[0] is None else fixed_f * fine_masks[0], fine_grid, config.margin)
+    if similarity == "features":  # MIND (content is refused with a fine level): descriptors at the fine spacing
+        fixed_f, moving_f = feature_volumes(config, fixed_f, moving_f)
+    return fitting.Stage(f"fine:{spacing:g}mm:{config.stride}", fixed_f, fine_grid, moving_f, moving_at,
+                         lambda gen: downsize(region, config.stride, gen).to(device), config.fine_iterations, False, *fine_masks)
+
+
 def fit_images(fixed: Image, moving: Image, config: FitConfig, progress: bool = False, masks=(None, None)) -> Result:
     """Fit the neural field(s) of ``config`` to register ``moving`` to ``fixed``; ``masks``: the
     fixed and moving mask images (or None), only points inside count."""
@@ -112,12 +151,14 @@ def fit_images(fixed: Image, moving: Image, config: FitConfig, progress: bool = 
                   "add --center-of-mass, or give --initial-transform" if not config.center_of_mass else "give --initial-transform")
     # sampling the moving image at linear(y) = sampling it on its grid pulled back through linear
     moving_at = moving_grid.pulled_back(linear.homogeneous()[0].detach().cpu().numpy())
+    raw_masks = masks
     masks = (working_mask(masks[0], fixed_grid, device), working_mask(masks[1], moving_grid, device))
     region = region_of(fixed_w if masks[0] is None else fixed_w * masks[0], fixed_grid, config.margin)
     features = config.metric in FEATURE_METRICS
     if features:  # from here on the "images" are feature volumes
         fixed_w, moving_w = feature_volumes(config, fixed_w, moving_w)
     images = {"fine": (fixed_w, moving_w)}
+    fine = fine_spacing(config.fine_spacing, fixed.grid, config.spacing)
     if config.coarse_iterations or config.affine:
         sigma = [0.8 * config.stride] * 3
         images["coarse"] = (blur(fixed_w, sigma), blur(moving_w, sigma))
@@ -128,16 +169,13 @@ def fit_images(fixed: Image, moving: Image, config: FitConfig, progress: bool = 
     affine = None
     if config.affine:  # a linear stage first, on the coarse lattice, as ANTs' Affine before SyN
         t0 = time.perf_counter()
-        affine = Affine(nn.Parameter(torch.eye(3, device=device)[None]), nn.Parameter(torch.zeros(1, 3, device=device)),
-                        torch.as_tensor(region.center, dtype=torch.float32, device=device)[None])
-        fix, mov = images["coarse"]
-        stage = fitting.Stage(f"affine:{2 * config.stride}", fix, fixed_grid, mov, moving_at,
-                              lambda gen: downsize(region, 2 * config.stride, gen).to(device), config.affine_iterations, False, *masks)
-        fit = fitting.Fit(affine, fitting.Objective(similarity, config.ncc_window), config.lr, scales=list(AFFINE_SCALES))
-        records.append(fitting.run(fit, [stage], generator))
-        affine.requires_grad_(False)
+        affine, record = _fit_affine(config, images["coarse"], fixed_grid, moving_at, region, masks, similarity, generator)
+        records.append(record)
         timings["affine"] = time.perf_counter() - t0
 
+    choice = None
+    if similarity == "auto":  # as the pair stands after the start and the affine stage
+        similarity, choice = _choose(fixed_w, fixed_grid, moving_w, moving_at, affine, masks[0])
     objective = fitting.Objective(similarity, config.ncc_window, config.lambda_fold, config.lambda_grad, config.lambda_bending)
     fields: list[FieldTransform] = []
     with bar(progress) as progress_bar:
@@ -151,6 +189,14 @@ def fit_images(fixed: Image, moving: Image, config: FitConfig, progress: bool = 
             fit = fitting.Fit(Compose(fields), objective, config.lr, after=affine)
             records.append(fitting.run(fit, stages, generator, lambda loss: progress_bar.update(task, advance=1, info=f"loss {loss:.4f}")))
             timings[f"field{number}"] = time.perf_counter() - t0
+        if fine is not None:  # the last field fitted on at the fine spacing (a continuous field: evaluated on the working grid)
+            t0 = time.perf_counter()
+            stage = _fine_stage(config, fixed, moving, fine, linear, raw_masks, device,
+                                            similarity)
+            task = progress_bar.add_task(f"fine level ({fine:g} mm)", total=stage.iterations, info="")
+            fit = fitting.Fit(Compose(fields), objective, config.lr, after=affine)
+            records.append(fitting.run(fit, [stage], generator, lambda loss: progress_bar.update(task, advance=1, info=f"loss {loss:.4f}")))
+            timings["fine"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     mapping = Compose(fields)
@@ -162,6 +208,6 @@ def fit_images(fixed: Image, moving: Image, config: FitConfig, progress: bool = 
         fitted = Affine(affine.matrix.detach().double().cpu(), affine.translation.detach().double().cpu(), affine.center.double().cpu())
         linear = Compose([linear, fitted]).as_affine()
     timings["total"] = time.perf_counter() - start
-    stats = {"timings_s": timings, "device": str(device), "working_spacing_mm": config.spacing,
-             "sample_region": {"size": region.size, "origin": region.origin}, "fit": records}
+    stats = {"timings_s": timings, "device": str(device), "working_spacing_mm": config.spacing, "fine_spacing_mm": fine,
+             "metric": similarity, "metric_choice": choice, "sample_region": {"size": region.size, "origin": region.origin}, "fit": records}
     return Result(linear, forward, stats, inverse)

@@ -12,13 +12,21 @@ from dataclasses import dataclass, field
 from .. import config as check
 from ..errors import RegodeError
 
-KINDS = ("rigid", "bspline", "dense")
+KINDS = ("rigid", "affine", "bspline", "dense")
 """the MS-ODENet model kinds (transformation families), registered in regode.odenet.kinds."""
-MODELS = ("rigid", "bspline", "dense", "rigid+bspline", "rigid+dense")
-"""``register --model``: one kind, or a cascade of kinds run in order."""
-DEFAULT_LAMBDA_REG = {"rigid": 0.0, "bspline": 2.0, "dense": 10.0}
+MODELS = ("rigid", "affine", "bspline", "dense", "rigid+affine", "rigid+bspline", "rigid+dense", "affine+bspline", "affine+dense",
+          "rigid+affine+bspline", "rigid+affine+dense")
+"""``register --model``: one kind, or a cascade of kinds run in order (the way ANTs chains rigid,
+affine and SyN: the linear kinds first, at most one deformable kind last)."""
+LINEAR_KINDS = ("rigid", "affine")
+"""the kinds whose result joins the linear part (the rest are deformable)."""
+DEFAULT_LAMBDA_REG = {"rigid": 0.0, "affine": 0.0, "bspline": 2.0, "dense": 10.0}
 """the paper's weights of L_reg per kind."""
 SIMILARITIES = ("mi", "content")
+FINE_METRICS = ("auto", "mi", "ncc")
+"""the fine level's similarity: auto (regode.contrast: local NCC for one contrast, MI across), or either."""
+INTER_SUBJECT = ("affine+bspline", "affine+dense", "rigid+affine+bspline", "rigid+affine+dense")
+"""the cascades for pairs of subjects (or a subject and a template): the fine level is on by default."""
 SOLVERS = {"F": "euler", "A": "adaptive_heun", "R": "rk4"}
 
 
@@ -97,7 +105,12 @@ class MotionRange:
     max_rotation: float = 80.0
     """degrees, U(-a, a) per axis (rigid)."""
     max_translation: float = 20.0
-    """mm, U(-t, t) per axis (rigid)."""
+    """mm, U(-t, t) per axis (rigid, affine)."""
+    max_scale: float = 0.15
+    """affine: scale factors exp(U(-s, s)) per axis (0.15: about 0.86 to 1.16, the spread of adult
+    heads about a template)."""
+    max_shear: float = 0.1
+    """affine: the three shears U(-h, h)."""
     max_sigma: float = 10.0
     """B-spline control displacement sd in mm, drawn U(0, max) per pair (deformable)."""
     control_spacings: tuple[float, ...] = (30.0, 40.0, 50.0)
@@ -107,7 +120,7 @@ class MotionRange:
     training pairs (0: no ramp)."""
 
     def __post_init__(self):
-        check.at_least(self, 0, "max_rotation", "max_translation", "max_sigma", "ramp_pairs")
+        check.at_least(self, 0, "max_rotation", "max_translation", "max_scale", "max_shear", "max_sigma", "ramp_pairs")
         check.require(len(self.control_spacings) > 0 and all(s > 0 for s in self.control_spacings),
                       "the motion's control spacings must be positive")
 
@@ -116,7 +129,8 @@ class MotionRange:
         if not self.ramp_pairs or index >= self.ramp_pairs:
             return self
         f = 0.2 + 0.8 * index / self.ramp_pairs
-        return MotionRange(self.max_rotation * f, self.max_translation * f, self.max_sigma * f, self.control_spacings, 0)
+        return MotionRange(self.max_rotation * f, self.max_translation * f, self.max_scale * f, self.max_shear * f,
+                           self.max_sigma * f, self.control_spacings, 0)
 
 
 @dataclass(frozen=True)
@@ -186,6 +200,8 @@ class PolishConfig:
     rigid: tuple[PolishLevel, ...] = (PolishLevel(1, 2, 40), PolishLevel(0, 3, 20))
     """a rigid correction: 40 steps on an 8 mm lattice of the 4 mm images, then 20 on a 6 mm lattice
     of the 2 mm images."""
+    affine: tuple[PolishLevel, ...] = (PolishLevel(1, 2, 60), PolishLevel(0, 3, 30))
+    """an affine correction (12 unknowns): as the rigid one, with half as many steps again."""
     deformable: tuple[PolishLevel, ...] = (PolishLevel(0, 3, 40),)
     """the B-spline's control points (or the dense field's B-spline correction): 40 steps on a 6 mm
     lattice of the 2 mm images."""
@@ -194,6 +210,9 @@ class PolishConfig:
     decays linearly to a tenth over a level."""
     translation_step: float = 0.5
     """Adam's step for the translation (mm)."""
+    matrix_step: float = 0.01
+    """Adam's step for the entries of an affine correction's matrix (as the rotation's: 0.5 mm at
+    50 mm from the centre; half of it left the phantom of tests/test_odenet.py twice as far off)."""
     bspline_step: float = 0.3
     """Adam's step for control-point displacements (mm)."""
     lambda_fold: float = 10.0
@@ -201,11 +220,23 @@ class PolishConfig:
     """the folding penalty and the weight of ``||J - I||^2`` (as fit-field's defaults)."""
     dense_control_spacing: float = 10.0
     """the dense polish's correction: a B-spline with half the B-spline model's control spacing (mm)."""
+    fine: tuple[PolishLevel, ...] = (PolishLevel(0, 3, 30),)
+    """the fine level (``RegisterConfig.fine_spacing``): a B-spline correction of the last deformable
+    stage's field fitted on images at the fine spacing, here 30 steps on a lattice of every third
+    voxel (3 mm at 1 mm)."""
+    fine_control_spacing: float = 8.0
+    """the fine level's B-spline control spacing (mm)."""
+    fine_lambda_grad_mi: float = 1.0
+    fine_lambda_grad_ncc: float = 0.5
+    """the fine level's smoothness weight per similarity: the 2 mm polish's 5 held the 1 mm fit back
+    (aseg pair of docs/benchmarks.md: mutual information 96.7 -> 96.9 Dice, 0.28 -> 0.21 mm with 1;
+    local NCC, whose gradients are about ten times smaller, 95.7 -> 96.5, 0.44 -> 0.33 mm with 0.5)."""
 
     def __post_init__(self):
-        check.positive(self, "rotation_step", "translation_step", "bspline_step", "dense_control_spacing")
-        check.at_least(self, 0, "lambda_fold", "lambda_grad")
-        for level in self.rigid + self.deformable:
+        check.positive(self, "rotation_step", "translation_step", "matrix_step", "bspline_step", "dense_control_spacing",
+                       "fine_control_spacing")
+        check.at_least(self, 0, "lambda_fold", "lambda_grad", "fine_lambda_grad_mi", "fine_lambda_grad_ncc")
+        for level in self.rigid + self.affine + self.deformable + self.fine:
             check.require(level.coarseness >= 0 and level.stride >= 1 and level.iterations >= 1,
                           f"bad polish level {level}: coarseness >= 0, stride and iterations >= 1")
 
@@ -229,10 +260,21 @@ class RegisterConfig(check.PairRun):
     """after each network, a short mutual-information optimisation of its result: the network
     brings the pair near the truth, the optimiser lands on it."""
     polish_schedule: PolishConfig = field(default_factory=PolishConfig)
+    fine_spacing: float | None = None
+    """a fine level after the last deformable stage, at this spacing (mm; 0: none). None: the
+    model's default, the fixed image's spacing (at least 1 mm) for the :data:`INTER_SUBJECT`
+    cascades, none for the others. Skipped where not finer than the model's working spacing."""
+    metric: str = "auto"
+    """the fine level's similarity, one of :data:`FINE_METRICS`."""
 
     def __post_init__(self):
         super().__post_init__()
         check.one_of(self, "model", MODELS)
+        check.one_of(self, "metric", FINE_METRICS)
+        check.require(self.fine_spacing is None or self.fine_spacing >= 0, f"--fine-spacing must be 0 or more mm, not {self.fine_spacing}")
+        check.require(not self.fine_spacing or not all(name in LINEAR_KINDS for name in self.stages),
+                      f"--fine-spacing refines a deformable stage; --model {self.model} has none")
+        check.require(self.polish or not self.fine_spacing, "--fine-spacing is a polish at the image's resolution: not with --no-polish")
         check.require(self.polish or not (self.fixed_mask or self.moving_mask),
                       "--fixed-mask and --moving-mask act on the polish: with --no-polish they would do nothing")
         object.__setattr__(self, "checkpoints", tuple(str(p) for p in self.checkpoints))
@@ -241,3 +283,10 @@ class RegisterConfig(check.PairRun):
     def stages(self) -> list[str]:
         """The model kinds, in the order they run."""
         return self.model.split("+")
+
+    @property
+    def fine_request(self) -> float | None:
+        """The fine level asked for: mm, None for the fixed image's spacing, 0 for none."""
+        if self.fine_spacing is not None:
+            return self.fine_spacing
+        return None if self.model in INTER_SUBJECT and self.polish else 0.0

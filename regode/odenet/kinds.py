@@ -23,10 +23,11 @@ from ..rotations import right_jacobian_inverse, rotation_matrix
 from ..sampling import sample, sample_on_grid, voxel_images
 from ..transforms import Affine, BSpline, Compose, DisplacementField, Rigid, Transform
 from .config import KINDS as KIND_NAMES
+from .config import LINEAR_KINDS
 from .config import PolishConfig
-from .motion import deformable_pair, rigid_pair
-from .networks import BSplineNet, RigidNet, UNet
-from .polish import polish_bspline, polish_dense, polish_rigid
+from .motion import affine_pair, deformable_pair, rigid_pair
+from .networks import AffineNet, BSplineNet, RigidNet, UNet
+from .polish import polish_affine, polish_bspline, polish_dense, polish_rigid
 
 ARC_RADIUS = 50.0
 """mm: in L_self a rotation-vector error of 1 rad counts as 50 mm."""
@@ -139,7 +140,7 @@ class RigidKind(Kind):
         return torch.cat([rdot, (rotation_matrix(rotvec) @ shift[..., None])[..., 0]], dim=1)
 
     def coordinates(self, dyn, theta):
-        return voxel_images(dyn.fixed.grid, dyn.lead @ Rigid(theta.double(), dyn.center.double()).homogeneous(), theta.dtype)
+        return voxel_images(dyn.fixed.grid, dyn.lead @ self.transform(theta.double(), None, dyn.center.double()).homogeneous(), theta.dtype)
 
     training_pair = staticmethod(rigid_pair)
 
@@ -158,6 +159,40 @@ class RigidKind(Kind):
 
     def polish(self, fixed, moving, linear, core, center, seed, config, masks=(None, None)):
         linear, record = polish_rigid(fixed, moving, linear, center, config, seed, masks)
+        return linear, core, record
+
+
+class AffineKind(RigidKind):
+    """``[B, 12]``: ``A - I`` row by row and the translation (mm) of an affine map about a centre
+    (an :class:`Affine`: ``y = A (x - c) + t + c``)."""
+
+    name, network = "affine", AffineNet
+
+    def identity(self, config, fine, batch, dtype, device):
+        return torch.zeros((batch, 12), dtype=dtype, device=device)
+
+    def transform(self, theta, state_grid, center=None):
+        eye = torch.eye(3, dtype=theta.dtype, device=theta.device)
+        return Affine(eye + theta[:, :9].reshape(-1, 3, 3), theta[:, 9:], center)
+
+    def velocity(self, dyn, t, theta, warped, force):
+        # as the rigid kind's: the network's affine velocity v(r) = M r + tau acts in fixed space,
+        # before the current map: A <- A (1 + M dt), translation += A tau dt
+        d = dyn.direction
+        v = dyn.net(warped, dyn.fixed.volume, t, force, dyn.center_index, float(dyn.fixed.grid.spacing[0]))
+        m = d @ v[:, :9].reshape(-1, 3, 3) @ d.T  # grid axes -> world
+        tau = v[:, 9:] @ d.T
+        a = torch.eye(3, dtype=theta.dtype, device=theta.device) + theta[:, :9].reshape(-1, 3, 3)
+        return torch.cat([(a @ m).flatten(1), (a @ tau[..., None])[..., 0]], dim=1)
+
+    training_pair = staticmethod(affine_pair)
+
+    def self_loss(self, theta, displacement, truth):
+        diff = theta - truth  # a matrix error of 1 counts as ARC_RADIUS mm, as a rotation of 1 rad
+        return torch.cat([diff[:, :9] * ARC_RADIUS, diff[:, 9:]], 1).square().mean() / 100
+
+    def polish(self, fixed, moving, linear, core, center, seed, config, masks=(None, None)):
+        linear, record = polish_affine(fixed, moving, linear, center, config, seed, masks)
         return linear, core, record
 
 
@@ -222,6 +257,6 @@ class DenseKind(Kind):
         return linear, core, record
 
 
-KINDS: dict[str, Kind] = {kind.name: kind for kind in (RigidKind(), BSplineKind(), DenseKind())}
-if tuple(KINDS) != KIND_NAMES:  # the torch-free names the command line offers (regode.odenet.config)
-    raise ImportError(f"regode.odenet.kinds registers {tuple(KINDS)}, regode.odenet.config names {KIND_NAMES}")
+KINDS: dict[str, Kind] = {kind.name: kind for kind in (RigidKind(), AffineKind(), BSplineKind(), DenseKind())}
+if tuple(KINDS) != KIND_NAMES or tuple(k for k in KINDS if KINDS[k].linear) != LINEAR_KINDS:  # the torch-free names (regode.odenet.config)
+    raise ImportError(f"regode.odenet.kinds registers {tuple(KINDS)}, regode.odenet.config names {KIND_NAMES} ({LINEAR_KINDS} linear)")

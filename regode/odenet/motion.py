@@ -3,6 +3,9 @@ and a random motion between them, drawn the way a model kind needs it (regode.od
 
 - :func:`rigid_pair`: the moving image is ``b`` moved by the inverse of a random rigid motion (as in
   the benchmark); the truth is the motion's parameters about the fixed image's centre of mass;
+- :func:`affine_pair`: as :func:`rigid_pair` with a random affine motion (rotation, scale, shear,
+  translation: the variation between two subjects' heads); the truth is the affine's parameters
+  (``A - I`` row by row, then the translation) about the fixed image's centre of mass;
 - :func:`deformable_pair`: the fixed image is ``a`` seen through a random smooth B-spline
   displacement; the truth is that displacement field (mm) on the grid.
 """
@@ -19,7 +22,7 @@ from ..preprocess import center_of_mass
 from ..rotations import euler_matrix, rotation_matrix, rotvec_from_matrix
 from ..sampling import sample
 from ..synthetic import smooth_field
-from ..transforms import Rigid
+from ..transforms import Affine, Rigid
 from .config import MotionRange
 
 
@@ -50,17 +53,45 @@ def recenter(params: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> torc
     return torch.cat([params[:, :3], shift], dim=1)
 
 
-def rigid_pair(a: torch.Tensor, b: torch.Tensor, grid: Grid, motion: MotionRange, gen: torch.Generator) -> Pair:
+def random_affine(motion: MotionRange, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The matrix ``[3, 3]`` and translation ``[3]`` of a random affine motion: a random rotation
+    (as :func:`random_rigid`) after shears U(-h, h) and scales exp(U(-s, s)) per axis."""
+    rigid = random_rigid(motion, gen)
+    scales = torch.exp((torch.rand(3, generator=gen, dtype=torch.float64) * 2 - 1) * motion.max_scale)
+    shear = torch.eye(3, dtype=torch.float64)
+    shear[0, 1], shear[0, 2], shear[1, 2] = ((torch.rand(3, generator=gen, dtype=torch.float64) * 2 - 1) * motion.max_shear).tolist()
+    return rotation_matrix(rigid[:3]) @ shear @ torch.diag(scales), rigid[3:]
+
+
+def _moved_pair(a: torch.Tensor, b: torch.Tensor, grid: Grid, motion, gen: torch.Generator, affine: bool) -> Pair:
+    """``b`` moved by the inverse of a random rigid (or affine) motion about the grid's centre; the
+    truth is that motion's parameters about the fixed image's centre of mass."""
     points = grid.world_points(dtype=torch.float32)[None]
     origin = torch.as_tensor(grid.center, dtype=torch.float64)[None]
-    params = random_rigid(motion, gen)[None]
-    inverse = Rigid(params, origin).inverse()
-    moving = sample(b, grid, inverse(points.double()).float())
+    if affine:
+        matrix, shift = random_affine(motion, gen)
+        truth_map = Affine(matrix[None], shift[None], origin)
+    else:
+        truth_map = Rigid(random_rigid(motion, gen)[None], origin)
+    moving = sample(b, grid, truth_map.inverse()(points.double()).float())
     c_fix = center_of_mass(a, grid).double()
     c_mov = center_of_mass(moving, grid).double()
-    truth = recenter(params, origin, c_fix[None])
-    theta0 = torch.cat([torch.zeros(3, dtype=torch.float64), c_mov - c_fix])[None]
+    if affine:
+        about = Affine(truth_map.matrix, truth_map.offset + (truth_map.matrix @ c_fix[:, None])[..., 0] - c_fix, c_fix[None])
+        truth = torch.cat([(about.matrix - torch.eye(3, dtype=torch.float64)).flatten(1), about.translation], 1)
+        theta0 = torch.cat([torch.zeros(9, dtype=torch.float64), c_mov - c_fix])[None]
+    else:
+        truth = recenter(truth_map.params, origin, c_fix[None])
+        theta0 = torch.cat([torch.zeros(3, dtype=torch.float64), c_mov - c_fix])[None]
     return Pair(a, moving, grid, c_fix[None].float(), theta0.float(), truth.float())
+
+
+def rigid_pair(a: torch.Tensor, b: torch.Tensor, grid: Grid, motion: MotionRange, gen: torch.Generator) -> Pair:
+    return _moved_pair(a, b, grid, motion, gen, affine=False)
+
+
+def affine_pair(a: torch.Tensor, b: torch.Tensor, grid: Grid, motion: MotionRange, gen: torch.Generator) -> Pair:
+    return _moved_pair(a, b, grid, motion, gen, affine=True)
 
 
 def deformable_pair(a: torch.Tensor, b: torch.Tensor, grid: Grid, motion: MotionRange, gen: torch.Generator) -> Pair:

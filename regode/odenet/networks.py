@@ -83,10 +83,48 @@ class RigidNet(nn.Module):
         """``center_index [B, 3]``: the rotation centre as a continuous (x, y, z) index of the level
         grid; ``spacing``: the level's (isotropic) spacing in mm."""
         out = self.flow(self.features(_inputs(warped, fixed, t, force)))
-        learned = fit_rigid_velocity(out[:, :3] * self.scale, F.softplus(out[:, 3:] + 1.0), center_index, spacing, self.stride, self.ridge)
+        learned = self.fit(out[:, :3] * self.scale, F.softplus(out[:, 3:] + 1.0), center_index, spacing, self.stride, self.ridge)
         pooled = _pool(force, 2)
-        guided = fit_rigid_velocity(pooled, torch.ones_like(pooled[:, :1]), center_index, spacing, 4, self.ridge, offset=1.5)
+        guided = self.fit(pooled, torch.ones_like(pooled[:, :1]), center_index, spacing, 4, self.ridge, offset=1.5)
         return learned + self.step * guided
+
+    @staticmethod
+    def fit(*args, **kwargs) -> torch.Tensor:
+        return fit_rigid_velocity(*args, **kwargs)
+
+
+class AffineNet(RigidNet):
+    """:class:`RigidNet` with an affine head: the weighted least-squares fit is of one affine
+    velocity ``v(r) = M r + t`` (12 values: M's rows, 1 per unit time, then t in mm), so the local
+    velocities may also scale and shear the image."""
+
+    @staticmethod
+    def fit(*args, **kwargs) -> torch.Tensor:
+        return fit_affine_velocity(*args, **kwargs)
+
+
+def _offsets(v: torch.Tensor, center_index: torch.Tensor, spacing: float, stride: int, offset: float) -> torch.Tensor:
+    """``r [B, N, 3]``: mm from the centre (``center_index``, an (x, y, z) index of the input grid)
+    of the voxels of ``v [B, 3, z, y, x]`` (voxel k sits at input index ``stride * k + offset``),
+    in z, y, x voxel order and x, y, z components."""
+    nz, ny, nx = v.shape[2:]
+    axes = [torch.arange(n, dtype=v.dtype, device=v.device) * stride + offset for n in (nx, ny, nz)]
+    index = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).permute(2, 1, 0, 3).reshape(1, -1, 3)  # z, y, x order
+    return (index - center_index[:, None, :].to(v.dtype)) * spacing
+
+
+def _weighted_fit(a: torch.Tensor, v: torch.Tensor, weight: torch.Tensor, angular: int, extent: float, ridge: float) -> torch.Tensor:
+    """The parameters ``p`` that best explain ``v`` as ``a p`` (``a [B, N, 3, P]``) in weighted least
+    squares with a ridge; the first ``angular`` parameters are per-mm quantities (rotations,
+    matrix entries), scaled by the field's ``extent`` (mm) so that every block is in mm and the
+    system well conditioned."""
+    count = a.shape[-1]
+    w = weight.flatten(2).transpose(1, 2)[..., None]  # [B, N, 1, 1]
+    m = (a.transpose(-1, -2) @ (w * a)).sum(1)  # [B, P, P]
+    b = (a.transpose(-1, -2) @ (w * v.flatten(2).transpose(1, 2)[..., None])).sum(1)  # [B, P, 1]
+    s = torch.diag(torch.tensor([1 / extent] * angular + [1.0] * (count - angular), dtype=v.dtype, device=v.device))
+    m = s @ m @ s + ridge * w.sum((1, 2, 3))[:, None, None] * torch.eye(count, dtype=v.dtype, device=v.device)
+    return (s @ torch.linalg.solve(m, s @ b))[..., 0]
 
 
 def fit_rigid_velocity(v: torch.Tensor, weight: torch.Tensor, center_index: torch.Tensor, spacing: float, stride: int = 1,
@@ -95,20 +133,22 @@ def fit_rigid_velocity(v: torch.Tensor, weight: torch.Tensor, center_index: torc
     (mm, grid axes) in weighted least squares: ``v(r) ~ omega x r + t``, ``r`` in mm from the centre
     (``center_index [B, 3]``, (x, y, z) index of the input grid; voxel k of ``v`` sits at input index
     ``stride * k + offset``)."""
-    nz, ny, nx = v.shape[2:]
-    axes = [torch.arange(n, dtype=v.dtype, device=v.device) * stride + offset for n in (nx, ny, nz)]
-    index = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).permute(2, 1, 0, 3).reshape(1, -1, 3)  # z, y, x order
-    r = (index - center_index[:, None, :].to(v.dtype)) * spacing  # [B, N, 3] mm from the centre
+    r = _offsets(v, center_index, spacing, stride, offset)  # [B, N, 3]
     cross = skew(-r)  # omega x r = -(r x omega) = skew(-r) @ omega
     a = torch.cat([cross, torch.eye(3, dtype=v.dtype, device=v.device).expand_as(cross)], -1)  # [B, N, 3, 6]
-    w = weight.flatten(2).transpose(1, 2)[..., None]  # [B, N, 1, 1]
-    m = (a.transpose(-1, -2) @ (w * a)).sum(1)  # [B, 6, 6]
-    b = (a.transpose(-1, -2) @ (w * v.flatten(2).transpose(1, 2)[..., None])).sum(1)  # [B, 6, 1]
-    # rotations in radians times the field's extent: both blocks in mm, a well-conditioned system
-    extent = spacing * stride * max(nx, ny, nz)
-    s = torch.diag(torch.tensor([1 / extent] * 3 + [1.0] * 3, dtype=v.dtype, device=v.device))
-    m = s @ m @ s + ridge * w.sum((1, 2, 3))[:, None, None] * torch.eye(6, dtype=v.dtype, device=v.device)
-    return (s @ torch.linalg.solve(m, s @ b))[..., 0]
+    return _weighted_fit(a, v, weight, 3, spacing * stride * max(v.shape[2:]), ridge)
+
+
+def fit_affine_velocity(v: torch.Tensor, weight: torch.Tensor, center_index: torch.Tensor, spacing: float, stride: int = 1,
+                        ridge: float = 1e-3, offset: float = 0.0) -> torch.Tensor:
+    """As :func:`fit_rigid_velocity`, for an affine velocity ``v(r) ~ M r + t``: ``[B, 12]``, the
+    rows of M (1 per unit time) then t (mm per unit time)."""
+    r = _offsets(v, center_index, spacing, stride, offset)  # [B, N, 3]
+    eye = torch.eye(3, dtype=v.dtype, device=v.device)
+    # (M r)_i = sum_j M_ij r_j: row i of the design holds r in columns 3i..3i+2
+    rows = torch.einsum("ik,bnj->bnikj", eye, r).flatten(-2)  # [B, N, 3, 9]
+    a = torch.cat([rows, eye.expand(*rows.shape[:2], 3, 3)], -1)  # [B, N, 3, 12]
+    return _weighted_fit(a, v, weight, 9, spacing * stride * max(v.shape[2:]), ridge)
 
 
 class BSplineNet(nn.Module):

@@ -5,7 +5,8 @@ The principal-axes start (regode.alignment) and the rigid network bring a pair i
 information's basin (docs/benchmarks.md measured it at least 120° and 60 mm wide on BraTS, T1
 against FLAIR or T2); the B-spline network moves control points in the direction of the MI force.
 Neither, trained on synthetic heads on a CPU, lands on the basin's floor. A few dozen Adam steps
-do: on a rigid correction composed onto the rigid result (:func:`polish_rigid`), on the B-spline's
+do: on a rigid (or affine) correction composed onto the linear result (:func:`polish_rigid`,
+:func:`polish_affine`), on the B-spline's
 control points (:func:`polish_bspline`), or on a B-spline correction of the dense network's field
 (:func:`polish_dense`), maximising Mattes mutual information on lattices of the fixed head's
 bounding box. The schedule is a :class:`~regode.odenet.config.PolishConfig` (saved with the run).
@@ -59,33 +60,54 @@ def polish_rigid(fixed: list, moving: list, linear: Affine, center: torch.Tensor
     return Compose([linear, Rigid(params, c.double().cpu())]).as_affine(), record
 
 
+def polish_affine(fixed: list, moving: list, linear: Affine, center: torch.Tensor, config: PolishConfig = PolishConfig(),
+                  seed: int = 0, masks=(None, None)) -> tuple[Affine, dict]:
+    """As :func:`polish_rigid`, with an affine correction (12 unknowns: the matrix entries move
+    ``config.matrix_step`` per Adam step, the translation ``translation_step`` mm) on the levels of
+    ``config.affine``."""
+    device, dtype = fixed[-1].volume.device, fixed[-1].volume.dtype
+    c = torch.as_tensor(center, dtype=dtype, device=device).reshape(1, 3)
+    correction = Affine(nn.Parameter(torch.eye(3, dtype=dtype, device=device)[None]),
+                        nn.Parameter(torch.zeros(1, 3, dtype=dtype, device=device)), c)
+    fit = fitting.Fit(correction, fitting.Objective("mi"), lr=1.0, scales=[config.matrix_step, config.translation_step])
+    record = fitting.run(fit, _stages(fixed, moving, config.affine, linear, masks), torch.Generator().manual_seed(seed))
+    matrix, shift = correction.matrix.detach().double().cpu(), correction.translation.detach().double().cpu()
+    record["correction"] = {"matrix": matrix[0].tolist(), "translation": shift[0].tolist()}
+    return Compose([linear, Affine(matrix, shift, c.double().cpu())]).as_affine(), record
+
+
 def polish_bspline(fixed: list, moving: list, linear: Affine, bspline: BSpline, config: PolishConfig = PolishConfig(),
-                   seed: int = 0, base: DisplacementField | None = None, masks=(None, None)) -> tuple[BSpline, dict]:
+                   seed: int = 0, base: DisplacementField | None = None, masks=(None, None), metric: str = "mi",
+                   levels: tuple[PolishLevel, ...] | None = None) -> tuple[BSpline, dict]:
     """The control-point displacements of ``bspline`` (applied to fixed points before ``linear``)
     optimised for the mutual information of two images given as pyramids, with fit-field's folding
     penalty and smoothness term on the mapping's Jacobian; and a record. With ``base``, the mapping
     is ``linear(x + base(x) + bspline(x))``: the B-spline is a correction of a fixed displacement
-    field (:func:`polish_dense`), and the smoothness term is the correction's."""
+    field (:func:`polish_dense`), and the smoothness term is the correction's. ``metric``: the
+    similarity (regode.fitting); ``levels``: the schedule (default ``config.deformable``)."""
     device, dtype = fixed[-1].volume.device, fixed[-1].volume.dtype
     start = bspline.coefficients.detach()
     current = BSpline(bspline.control_grid, nn.Parameter(start.to(device=device, dtype=dtype).clone()))
-    objective = fitting.Objective("mi", lambda_fold=config.lambda_fold, lambda_grad=config.lambda_grad)
+    objective = fitting.Objective(metric, lambda_fold=config.lambda_fold, lambda_grad=config.lambda_grad)
     fit = fitting.Fit(current, objective, lr=config.bspline_step, base=base)
-    record = fitting.run(fit, _stages(fixed, moving, config.deformable, linear, masks), torch.Generator().manual_seed(seed))
+    stages = _stages(fixed, moving, config.deformable if levels is None else levels, linear, masks)
+    record = fitting.run(fit, stages, torch.Generator().manual_seed(seed))
     coefficients = current.coefficients.detach().to(start.dtype).cpu()
     record["largest_change_mm"] = float((coefficients - start.cpu()).norm(dim=1).max())
     return BSpline(bspline.control_grid, coefficients), record
 
 
 def polish_dense(fixed: list, moving: list, linear: Affine, field: DisplacementField, config: PolishConfig = PolishConfig(),
-                 seed: int = 0, masks=(None, None)) -> tuple[DisplacementField, dict]:
+                 seed: int = 0, masks=(None, None), metric: str = "mi", fine: bool = False) -> tuple[DisplacementField, dict]:
     """The dense network's displacement ``field`` (fixed points, before ``linear``) plus a smooth
     correction, a B-spline of ``config.dense_control_spacing`` mm optimised as in
-    :func:`polish_bspline`; the result is a displacement field on ``field``'s grid, and a record."""
+    :func:`polish_bspline`; the result is a displacement field on ``field``'s grid, and a record.
+    ``fine``: the fine level's correction and schedule (``config.fine_control_spacing``, ``config.fine``)."""
     dtype, device = field.field.dtype, field.field.device
-    grid = BSpline.control_grid_for(field.grid, config.dense_control_spacing)
+    grid = BSpline.control_grid_for(field.grid, config.fine_control_spacing if fine else config.dense_control_spacing)
     zero = BSpline(grid, torch.zeros(1, 3, *grid.shape, dtype=dtype, device=device))
-    correction, record = polish_bspline(fixed, moving, linear, zero, config, seed, base=field, masks=masks)
+    correction, record = polish_bspline(fixed, moving, linear, zero, config, seed, base=field, masks=masks, metric=metric,
+                                        levels=config.fine if fine else None)
     with torch.no_grad():
         total = field.field + correction.displacement(field.grid).to(dtype)
     return DisplacementField(field.grid, total), record

@@ -1,0 +1,120 @@
+"""The fine level (registration ending at the image's resolution) and the similarity chosen for a
+pair (local NCC for one contrast, MI across contrasts)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from typer.testing import CliRunner
+
+from regode.cli import app
+from regode.contrast import choose_similarity, fine_spacing
+from regode.errors import RegodeError
+from regode.grid import Grid
+from regode.io import write_image
+from regode.odenet.config import RegisterConfig
+from regode.synthetic import phantom_labels, render
+from regode.transforms import BSpline
+from regode.warp import resample
+
+runner = CliRunner()
+
+
+def _rendering(seed: int, noise: float = 0.02) -> tuple[torch.Tensor, torch.Tensor]:
+    grid = Grid((40, 40, 40), (2.0, 2.0, 2.0))
+    labels = phantom_labels(grid, 10, seed=1)
+    return render(labels, grid, seed=seed, noise=noise)[0, 0], labels[0, 0]
+
+
+def test_one_contrast_gets_ncc_and_two_contrasts_get_mi():
+    image, labels = _rendering(1)
+    noisy = image * 1.7 + 0.1 + 0.03 * torch.randn(image.shape, generator=torch.Generator().manual_seed(0))
+    assert choose_similarity(image, noisy)[0] == "ncc"  # one contrast, rescaled, noisier
+    inverted = torch.where(labels > 0, 1.0 - image, torch.zeros_like(image))  # a T2 of a T1: dark where bright
+    name, figures = choose_similarity(image, inverted)
+    assert name == "mi" and figures["r"] < 0.5
+    other, _ = _rendering(7)  # another random contrast of the anatomy: no linear relation
+    r = choose_similarity(image, other)[1]
+    assert choose_similarity(image, other)[0] == ("ncc" if r["r"] > 0 and r["r"] ** 2 >= 0.8 * r["eta2"] and r["eta2"] >= 0.3 else "mi")
+    assert choose_similarity(image, torch.zeros_like(image))[0] == "mi"  # nothing to judge: the safe choice
+
+
+def test_fine_spacing_follows_the_image_down_to_1_mm():
+    fine = Grid((10, 10, 10), (0.8, 1.0, 1.2))
+    coarse = Grid((10, 10, 10), (2.0, 2.0, 2.0))
+    assert fine_spacing(None, fine, 2.0) == 1.0  # never finer than 1 mm by default
+    assert fine_spacing(None, coarse, 2.0) is None  # not finer than the working grid: no fine level
+    assert fine_spacing(1.5, coarse, 2.0) == 1.5 and fine_spacing(0.0, fine, 2.0) is None
+    assert RegisterConfig(model="affine+dense").fine_request is None  # the inter-subject cascades: on
+    assert RegisterConfig(model="dense").fine_request == 0.0  # the others: off
+    assert RegisterConfig(model="affine+dense", polish=False).fine_request == 0.0
+    with pytest.raises(RegodeError, match="deformable"):
+        RegisterConfig(model="rigid+affine", fine_spacing=1.0)
+    with pytest.raises(RegodeError, match="no-polish"):
+        RegisterConfig(model="dense", fine_spacing=1.0, polish=False)
+
+
+@pytest.fixture
+def fine_pair(tmp_path):
+    """A 1 mm oblique pair: the moving image is the fixed one's anatomy, another contrast, moved by a
+    smooth deformation with detail finer than a 2 mm grid resolves."""
+    direction = tuple(np.eye(3)[[1, 0, 2]].ravel() * [1, 1, 1, -1, 1, 1, 1, 1, 1])
+    grid = Grid((72, 80, 64), (1.0, 1.0, 1.0), (-36.0, -40.0, -32.0), direction)
+    labels = phantom_labels(grid, 14, seed=2)
+    control = BSpline.control_grid_for(grid, 12.0)
+    gen = torch.Generator().manual_seed(0)
+    truth = BSpline(control, torch.randn(1, 3, *control.shape, generator=gen, dtype=torch.float64) * 1.5)
+    write_image(render(labels, grid, 1), grid, tmp_path / "f.nii.gz")
+    write_image(resample(render(labels, grid, 1), grid, grid, _inverse(truth, grid)), grid, tmp_path / "m.nii.gz")
+    return tmp_path, grid
+
+
+def _inverse(transform, grid):
+    from regode.transforms import DisplacementField
+
+    return DisplacementField(grid, transform.displacement(grid)).inverse(iterations=50)
+
+
+def test_register_ends_at_the_image_resolution(fine_pair):
+    """affine+dense between 1 mm images: the fine level runs at 1 mm with the similarity chosen for
+    the pair (one contrast: local NCC), its loss falls, and the warp is written on the fixed grid
+    (at the fixed image's resolution, as every warp); --fine-spacing 0 skips it."""
+    folder, grid = fine_pair
+    docs = {}
+    for name, extra in (("fine", []), ("none", ["--fine-spacing", "0"])):
+        out = str(folder / f"{name}_")
+        result = runner.invoke(app, ["register", "-f", str(folder / "f.nii.gz"), "-m", str(folder / "m.nii.gz"), "-o", out,
+                                     "--model", "affine+dense", "--no-qc", *extra])
+        assert result.exit_code == 0, result.output
+        docs[name] = json.loads(open(out + "regode.json").read())
+        warp = sitk.ReadImage(out + "1Warp.nii.gz")
+        assert warp.GetSize() == grid.size and np.allclose(warp.GetSpacing(), grid.spacing)
+    fine = docs["fine"]["polish"]["fine"]
+    assert docs["fine"]["fine_spacing_mm"] == 1.0 and fine["metric"] == "ncc" and fine["spacing_mm"] == 1.0
+    history = fine["stages"][0]["history"]
+    assert fine["iterations"] == 30  # the fine schedule (PolishConfig.fine), not the 2 mm polish's 40 steps
+    assert all(-1.0 <= h["similarity"] <= 0 for h in history)  # minus local NCC (mutual information would be below -1 here)
+    assert history[-1]["similarity"] < history[0]["similarity"]
+    assert docs["none"]["fine_spacing_mm"] is None and "fine" not in docs["none"]["polish"]
+    assert "fine" in docs["fine"]["timings_s"]
+
+
+def test_fit_field_fine_level_and_auto_metric(fine_pair):
+    """fit-field's fine level: the field is fitted on at 1 mm and evaluated there; --metric auto
+    picks local NCC for this one-contrast pair; content features refuse a fine level."""
+    folder, grid = fine_pair
+    out = str(folder / "n_")
+    result = runner.invoke(app, ["fit-field", "-f", str(folder / "f.nii.gz"), "-m", str(folder / "m.nii.gz"), "-o", out, "-q", "--no-qc",
+                                 "--metric", "auto", "--fine-spacing", "1", "--fine-iterations", "10", "--iterations", "20",
+                                 "--coarse-iterations", "10"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(open(out + "regode.json").read())
+    assert doc["fine_spacing_mm"] == 1.0 and doc["metric"] == "ncc" and doc["metric_choice"]["r"] > 0.8
+    assert doc["fit"][-1]["stages"][0]["name"].startswith("fine:1mm") and doc["fit"][-1]["iterations"] == 10
+    result = runner.invoke(app, ["fit-field", "-f", str(folder / "f.nii.gz"), "-m", str(folder / "m.nii.gz"), "-o", str(folder / "c_"),
+                                 "--metric", "content", "--fine-spacing", "1"])
+    assert result.exit_code != 0 and "content" in result.output
