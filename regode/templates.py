@@ -24,15 +24,23 @@ def is_template(spec) -> bool:
     return spec is not None and str(spec).lower() in TEMPLATES and not Path(spec).is_file()
 
 
-def template_file(name: str) -> Path:
-    """The file of template ``name``, in nilearn's packaged data folder."""
+TISSUE_MAPS = ("gm", "wm")
+"""the template's tissue probability maps nilearn ships beside its T1 (regode.anatomy)."""
+
+
+def template_file(name: str, tissue: str | None = None) -> Path:
+    """The file of template ``name`` (or of its ``tissue`` probability map, one of
+    :data:`TISSUE_MAPS`), in nilearn's packaged data folder."""
     name = str(name).lower()
     if name not in TEMPLATES:
         raise RegodeError(f"unknown template {name!r}: choose from {', '.join(TEMPLATES)}")
+    if tissue is not None and tissue not in TISSUE_MAPS:
+        raise RegodeError(f"unknown tissue map {tissue!r}: choose from {', '.join(TISSUE_MAPS)}")
     spec = importlib.util.find_spec("nilearn")
     if spec is None or spec.origin is None:
         raise RegodeError(f"the {name} template comes with nilearn, which is not installed: pip install nilearn")
-    path = Path(spec.origin).parent / "datasets" / "data" / TEMPLATES[name]
+    filename = TEMPLATES[name] if tissue is None else TEMPLATES[name].replace("_t1_", f"_{tissue}_")
+    path = Path(spec.origin).parent / "datasets" / "data" / filename
     if not path.is_file():
         raise RegodeError(f"nilearn lacks {path.name}: reinstall nilearn")
     return path

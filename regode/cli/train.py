@@ -8,11 +8,12 @@ from typing import Annotated, Optional
 import typer
 
 from ..encoder.config import EncoderConfig, EncoderTrainConfig
-from ..odenet.config import KINDS, SIMILARITIES, ModelConfig, MotionRange, TrainConfig
+from ..odenet.config import GENERATORS, KINDS, SIMILARITIES, ModelConfig, MotionRange, TrainConfig
 from .app import app, choices, user_errors
 
 Model = choices("Model", KINDS + ("encoder",))
 Similarity = choices("Similarity", SIMILARITIES)
+Generator = choices("Generator", GENERATORS)
 T, E, M = TrainConfig, EncoderTrainConfig, MotionRange  # the defaults below are theirs; None: the model's config's
 
 
@@ -22,7 +23,8 @@ def train(
     model: Annotated[Model, typer.Option("--model", help="Transformation family of the MS-ODENet, or encoder: the content encoder (translation model) of the learned similarity.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Final model file (OUT.ckpt holds the resumable state, OUT.log.jsonl the log).")],
     data: Annotated[Optional[Path], typer.Option("--data", help="Dataset folder DIR/<subject>/<contrast>.nii.gz (co-registered contrasts).")] = None,
-    synthetic: Annotated[bool, typer.Option("--synthetic", help="Train on generated heads (the default when --data is not given).")] = False,
+    synthetic: Annotated[bool, typer.Option("--synthetic", help="Train on generated data (the default when --data is not given).")] = False,
+    generator: Annotated[Generator, typer.Option("--generator", help="Synthetic data: heads (random head-shaped label maps) or brain (brain-like subjects drawn from the MNI152 template's tissue maps).")] = Generator(T.generator),
     label_map: Annotated[Optional[list[Path]], typer.Option("--label-map", help="Label map to render as well (synthetic data), repeatable.")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help=f"Optimiser steps (default {T.steps}, encoder {E.steps}; with --resume: the saved run's, or this).")] = None,
     batch: Annotated[Optional[int], typer.Option("--batch", help=f"Pairs (encoder: slab pairs) per step (default {T.batch}, encoder {E.batch}).")] = None,
@@ -59,27 +61,18 @@ def train(
     from ..errors import RegodeError
     from ..io.atomic import check_outputs
 
-    if data is not None and synthetic:
-        raise RegodeError("use either --data DIR or --synthetic, not both")
+    if data is not None and (synthetic or generator.value != T.generator):
+        raise RegodeError("use either --data DIR or synthetic data (--synthetic, --generator), not both")
     if threads:
         torch.set_num_threads(threads)
     ckpt, log = training_files(out)
     check_outputs([out] if resume else [out, ckpt, log], [*(label_map or ()), encoder])  # resuming reads and rewrites OUT.ckpt
     data = str(data) if data else None
     if model.value == "encoder":
-        from ..encoder.train import train as run
-
         if label_map or similarity.value != T.similarity or encoder:
             raise RegodeError("--label-map, --similarity and --encoder are for MS-ODENet models, not for training the encoder")
-        given = {k: v for k, v in (("steps", steps), ("batch", batch), ("lr", lr), ("lambda_basin", lambda_basin),
-                                   ("checkpoint_every", checkpoint_every), ("validate_every", validate_every)) if v is not None}
-        config = EncoderTrainConfig(model=EncoderConfig(width=width, spacing=spacing), data=data, size=size, seed=seed, **given)
-        result = run(config, out, resume=resume, progress=not quiet, steps=steps)
-        last = result["history"][-1]
-        print(f"wrote {out}: {result['steps']} steps in {result['seconds'] / 60:.1f} min, validation cross-translation L1 "
-              f"{last['cross_l1']:.3f}, content ratio aligned/shifted {last['content_ratio']:.3f}"
-              + (f", distances in order of misalignment {last['ordered']:.2f}" if "ordered" in last else ""))
-        return
+        return _train_encoder(out, data, generator.value, steps, batch, lr, lambda_basin, checkpoint_every, validate_every,
+                              width, spacing, size, seed, resume, quiet)
     from ..odenet.config import curriculum_pairs
     from ..odenet.train import train as run
 
@@ -88,7 +81,7 @@ def train(
     steps_, batch_ = T.steps if steps is None else steps, T.batch if batch is None else batch
     config = TrainConfig(
         model=ModelConfig(kind=model.value, levels=levels, horizon=float(levels), schedule=schedule, spacing=spacing, width=width),
-        data=data, label_maps=tuple(str(p) for p in label_map or ()), steps=steps_, batch=batch_, lr=T.lr if lr is None else lr,
+        data=data, label_maps=tuple(str(p) for p in label_map or ()), generator=generator.value, steps=steps_, batch=batch_, lr=T.lr if lr is None else lr,
         similarity=similarity.value, encoder=str(encoder) if encoder else None, lambda_sim=lambda_sim, lambda_self=lambda_self,
         lambda_reg=lambda_reg, size=size, seed=seed, adjoint=adjoint,
         checkpoint_every=T.checkpoint_every if checkpoint_every is None else checkpoint_every,
@@ -98,3 +91,18 @@ def train(
     result = run(config, out, resume=resume, progress=not quiet, steps=steps)
     last = result["history"][-1]["val_rmse_mm"] if result["history"] else float("nan")
     print(f"wrote {out}: {result['steps']} steps in {result['seconds'] / 60:.1f} min, validation RMSE(phi) {last:.2f} mm")
+
+
+def _train_encoder(out, data, generator, steps, batch, lr, lambda_basin, checkpoint_every, validate_every, width, spacing, size, seed,
+                   resume, quiet) -> None:
+    from ..encoder.train import train as run
+
+    given = {k: v for k, v in (("steps", steps), ("batch", batch), ("lr", lr), ("lambda_basin", lambda_basin),
+                               ("checkpoint_every", checkpoint_every), ("validate_every", validate_every)) if v is not None}
+    config = EncoderTrainConfig(model=EncoderConfig(width=width, spacing=spacing), data=data, size=size, seed=seed,
+                                generator=generator, **given)
+    result = run(config, out, resume=resume, progress=not quiet, steps=steps)
+    last = result["history"][-1]
+    print(f"wrote {out}: {result['steps']} steps in {result['seconds'] / 60:.1f} min, validation cross-translation L1 "
+          f"{last['cross_l1']:.3f}, content ratio aligned/shifted {last['content_ratio']:.3f}"
+          + (f", distances in order of misalignment {last['ordered']:.2f}" if "ordered" in last else ""))

@@ -44,6 +44,8 @@ class EncoderTrainConfig:
     model: EncoderConfig = field(default_factory=EncoderConfig)
     data: str | None = None
     """dataset folder (benchmark layout); None: synthetic subjects."""
+    generator: str = "heads"
+    """synthetic subjects: ``heads`` (random head-shaped label maps) or ``brain`` (regode.anatomy)."""
     steps: int = 6000
     batch: int = 4
     """slab pairs per step."""
@@ -75,6 +77,7 @@ class EncoderTrainConfig:
     val_batches: int = 4
 
     def __post_init__(self):
+        check.one_of(self, "generator", ("heads", "brain"))
         check.at_least(self, 1, "steps", "batch", "reuse", "basin_motions", "checkpoint_every", "validate_every", "val_batches")
         check.at_least(self, 16, "size")
         check.positive(self, "lr")

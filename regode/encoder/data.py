@@ -6,6 +6,9 @@ stacks of adjacent slices, from two sources behind one interface.
   modality with that modality's tissue contrast (T1: CSF dark, white matter bright; T2: the
   reverse; FLAIR: CSF dark, lesions bright; T1c: lesions enhance), jittered per subject and
   region, with the generator's blur, thick slices, bias field, noise and gamma. Needs no download.
+- :class:`BrainSubjects`: brain-like subjects drawn from the MNI152 template's tissue maps
+  (regode.anatomy), each modality rendered with its CSF, GM and WM means (jittered per subject),
+  the skull's tissues random, skull on or off.
 - :class:`FolderSubjects`: the contrasts of each subject of a dataset folder in the benchmark
   layout whose names are among the model's modalities, resampled to the training spacing.
 
@@ -25,6 +28,7 @@ from ..io import read_image
 from ..preprocess import center_of_mass, to_grid
 from ..rotations import rotation_matrix
 from ..sampling import sample
+from ..anatomy import TISSUES, draw_subject, render_subject
 from ..synthetic import random_head, render_contrast, training_grid
 
 # mean intensity of each tissue class (rows: CSF, GM, WM, deep GM, lesion) in each modality
@@ -184,6 +188,22 @@ class SyntheticSubjects(SubjectSource):
         grid = training_grid(self.size, self.spacing)
         labels = random_head(grid, gen)
         return render_modalities(labels, grid, self.modalities, gen), list(range(len(self.modalities)))
+
+
+class BrainSubjects(SubjectSource):
+    def subject(self, index, gen):
+        unknown = [m for m in self.modalities if m not in TISSUE_MEANS]
+        if unknown:
+            raise RegodeError(f"synthetic data renders {', '.join(TISSUE_MEANS)}; no tissue table for {', '.join(unknown)}")
+        subject = draw_subject(gen, self.spacing, self.size)
+        skull = torch.rand(2, generator=gen)  # bone and scalp: one random intensity each for every modality of the subject
+        out = []
+        for name in self.modalities:
+            csf, gm, wm = TISSUE_MEANS[name][:3]
+            means = torch.tensor([0.0, csf, gm, wm, 0.0, 0.0]) + JITTER * torch.randn(len(TISSUES), generator=gen)
+            means[4:] = skull * torch.rand(2, generator=gen)
+            out.append(render_subject(subject, gen, partial_fov=0.0, means=means.clamp(0.02, 1.0)))
+        return torch.cat(out), list(range(len(self.modalities)))
 
 
 class FolderSubjects(SubjectSource):

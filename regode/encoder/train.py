@@ -33,7 +33,7 @@ import torch
 from .. import training
 from ..errors import RegodeError
 from .config import EncoderTrainConfig
-from .data import FolderSubjects, Slabs, SyntheticSubjects
+from .data import BrainSubjects, FolderSubjects, Slabs, SyntheticSubjects
 from .features import FORMAT
 from .networks import Translator
 
@@ -49,7 +49,9 @@ def make_source(config: EncoderTrainConfig):
     common = dict(modalities=config.model.modalities, size=config.size, spacing=config.model.spacing, seed=config.seed,
                   slices=config.model.slices, batch=config.batch, reuse=config.reuse, motions=motions,
                   max_angle=config.basin_angle, max_shift=config.basin_shift)
-    return FolderSubjects(config.data, **common) if config.data else SyntheticSubjects(**common)
+    if config.data:
+        return FolderSubjects(config.data, **common)
+    return BrainSubjects(**common) if config.generator == "brain" else SyntheticSubjects(**common)
 
 
 def l1(x, y):

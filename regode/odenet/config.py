@@ -23,6 +23,8 @@ LINEAR_KINDS = ("rigid", "affine")
 DEFAULT_LAMBDA_REG = {"rigid": 0.0, "affine": 0.0, "bspline": 2.0, "dense": 10.0}
 """the paper's weights of L_reg per kind."""
 SIMILARITIES = ("mi", "content")
+GENERATORS = ("heads", "brain")
+"""synthetic training data: random heads (regode.synthetic) or brain-like subjects (regode.anatomy)."""
 FINE_METRICS = ("auto", "mi", "ncc")
 """the fine level's similarity: auto (regode.contrast: local NCC for one contrast, MI across), or either."""
 INTER_SUBJECT = ("affine+bspline", "affine+dense", "rigid+affine+bspline", "rigid+affine+dense")
@@ -142,6 +144,9 @@ class TrainConfig:
     """dataset folder (benchmark layout); None: synthetic data."""
     label_maps: tuple[str, ...] = ()
     """label-map images to render as well as random heads (synthetic data)."""
+    generator: str = "heads"
+    """synthetic data: ``heads`` (random head-shaped label maps, regode.synthetic) or ``brain``
+    (brain-like subjects from the MNI152 template's tissue maps, regode.anatomy)."""
     steps: int = 2000
     batch: int = 2
     lr: float = 1e-4
@@ -166,6 +171,8 @@ class TrainConfig:
 
     def __post_init__(self):
         check.one_of(self, "similarity", SIMILARITIES)
+        check.one_of(self, "generator", GENERATORS)
+        check.require(not (self.label_maps and self.generator != "heads"), "--label-map renders with the heads generator only")
         check.at_least(self, 1, "steps", "batch", "checkpoint_every", "validate_every", "val_pairs")
         check.at_least(self, 16, "size")
         check.positive(self, "lr")

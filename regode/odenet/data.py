@@ -3,6 +3,8 @@
 - :class:`SyntheticPairs`: random head-shaped label maps (random smooth shapes, optionally label
   maps a user points to) rendered twice with random contrasts, bias, noise, blur and slice
   thickness; needs no download, so the shipped weights can be rebuilt anywhere.
+- :class:`BrainPairs`: two random contrasts of one brain-like subject drawn from the MNI152
+  template's tissue maps (regode.anatomy);
 - :class:`FolderPairs`: two co-registered contrasts of one subject of a dataset folder in the
   benchmark layout (``DIR/<subject>/<contrast>.nii.gz``), the paper's set-up.
 
@@ -20,6 +22,7 @@ from ..grid import Grid
 from ..io import read_image
 from ..preprocess import center_of_mass, to_grid
 from ..sampling import sample_labels
+from ..anatomy import draw_subject, render_subject
 from ..synthetic import random_head, render_contrast, training_grid
 from .config import MotionRange
 from .kinds import KINDS
@@ -65,6 +68,14 @@ class SyntheticPairs(PairSource):
         else:
             labels = random_head(grid, gen)
         return render_contrast(labels, grid, gen), render_contrast(labels, grid, gen), grid
+
+
+class BrainPairs(PairSource):
+    """Two random contrasts of one brain-like subject (regode.anatomy), skull on or off."""
+
+    def contrasts(self, index, gen):
+        subject = draw_subject(gen, self.spacing, self.size)
+        return render_subject(subject, gen), render_subject(subject, gen), subject.grid
 
 
 class FolderPairs(PairSource):

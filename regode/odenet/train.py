@@ -25,7 +25,7 @@ from ..io import read_image
 from ..losses import mutual_information
 from ..sampling import sample
 from .config import TrainConfig
-from .data import FolderPairs, Pair, SyntheticPairs, rmse_on_foreground
+from .data import BrainPairs, FolderPairs, Pair, SyntheticPairs, rmse_on_foreground
 from .model import FORMAT, MSODENet, pyramid
 
 CONTENT_SLICES = 8  # E3D slice positions per axis in L_sim = content
@@ -36,6 +36,8 @@ def make_source(config: TrainConfig):
     common = dict(size=config.size, spacing=config.model.spacing, motion=config.motion, seed=config.seed)
     if config.data:
         return FolderPairs(config.data, config.model.kind, **common)
+    if config.generator == "brain":
+        return BrainPairs(config.model.kind, **common)
     maps = []
     for path in config.label_maps:
         image = read_image(path, what="label map")
