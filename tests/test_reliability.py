@@ -214,7 +214,7 @@ def test_an_unwritable_output_is_refused_first(pair, capfd, output):
     (["train", "--model", "rigid", "--out", "{d}/m.pt", "--lr", "-1"], 1, "--lr"),
     (["train", "--model", "encoder", "--out", "{d}/m.pt", "--steps", "0"], 1, "--steps"),
     (["fit-field", "-f", "{d}/fixed.nii.gz", "-m", "{d}/moving.nii.gz", "-o", "{d}/o_", "--lr", "nan"], 1, "--lr"),
-    (["register", "-f", "{d}/fixed.nii.gz", "-m", "{d}/moving.nii.gz", "-o", "{d}/o_", "--model", "affine"], 2, "--model"),
+    (["register", "-f", "{d}/fixed.nii.gz", "-m", "{d}/moving.nii.gz", "-o", "{d}/o_", "--model", "dense+rigid"], 2, "--model"),
     (["register", "-m", "{d}/moving.nii.gz", "-o", "{d}/o_"], 2, "--fixed"),
     (["warp", "-i", "{d}/nothing.nii.gz", "-r", "{d}/fixed.nii.gz", "-o", "{d}/o.nii.gz"], 1, "nothing.nii.gz"),
     (["warp", "-i", "{d}/moving.nii.gz", "-r", "{d}/fixed.nii.gz", "-o", "{d}/o.nii.gz", "-t", "{d}/none.mat"], 1, "none.mat"),
