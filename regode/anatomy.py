@@ -29,7 +29,7 @@ from .grid import Grid
 from .io import read_image
 from .preprocess import blur, normalise
 from .sampling import sample
-from .synthetic import smooth_field, training_grid
+from .synthetic import acquire, smooth_field, training_grid
 from .templates import template_file
 from .warp import resample
 from .transforms import Compose
@@ -133,12 +133,7 @@ def render_subject(subject: Subject, gen: torch.Generator, partial_fov: float = 
     texture[0] = 0.0
     noise = torch.cat([smooth_field(grid, u(4.0, 10.0), 1.0, gen) for _ in range(2)], 1)[:, : len(TISSUES)]
     image = (probs * (means[None, :, None, None, None] + texture[None, :, None, None, None] * noise)).sum(1, keepdim=True)
-    sigmas = [u(0.3, 0.8)] * 3
-    sigmas[int(torch.randint(3, (1,), generator=gen))] = u(0.3, 2.5)  # thicker slices along one axis
-    image = blur(image, sigmas)
-    image = image * torch.exp(smooth_field(grid, 80.0, u(0.0, 0.25), gen)[:, :1])
-    image = image.clamp(min=0) + u(0.0, 0.04) * torch.randn(image.shape, generator=gen).abs()
-    image = image ** float(np.exp(u(-0.3, 0.3)))
+    image = acquire(image, grid, gen, blur_max=0.8, thick_max=2.5, bias_max=0.25)
     if torch.rand(1, generator=gen) < partial_fov:  # a partial field of view: one side cut off
         axis, keep = int(torch.randint(3, (1,), generator=gen)), u(0.6, 0.85)
         n = image.shape[2 + axis]

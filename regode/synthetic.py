@@ -111,10 +111,18 @@ def render_contrast(labels: torch.Tensor, grid: Grid, gen: torch.Generator, mean
         means = torch.rand(int(labels.max()) + 1, generator=gen)
         means[0] = u(0.0, 0.1) if torch.rand(1, generator=gen) < 0.2 else 0.0
     image = means[labels.long()] + 0.03 * torch.randn(labels.shape, generator=gen) * (labels > 0)
-    sigmas = [u(0.3, 1.0)] * 3
-    sigmas[int(torch.randint(3, (1,), generator=gen))] = u(0.3, 2.0)  # thicker slices on one axis
+    return normalise(acquire(image, grid, gen))
+
+
+def acquire(image: torch.Tensor, grid: Grid, gen: torch.Generator, blur_max: float = 1.0, thick_max: float = 2.0,
+            bias_max: float = 0.2) -> torch.Tensor:
+    """What a scanner does to an ideal image (voxels of ``grid``): a blur of U(0.3, ``blur_max``)
+    voxels, thicker slices (up to ``thick_max``) along one random axis, a smooth bias field of up
+    to ``bias_max`` (log), noise and a gamma change, drawn from ``gen``."""
+    u = lambda lo, hi: float(lo + (hi - lo) * torch.rand(1, generator=gen))  # noqa: E731
+    sigmas = [u(0.3, blur_max)] * 3
+    sigmas[int(torch.randint(3, (1,), generator=gen))] = u(0.3, thick_max)
     image = blur(image, sigmas)
-    image = image * torch.exp(smooth_field(grid, 80.0, u(0.0, 0.2), gen)[:, :1])
+    image = image * torch.exp(smooth_field(grid, 80.0, u(0.0, bias_max), gen)[:, :1])
     image = image.clamp(min=0) + u(0.0, 0.04) * torch.randn(image.shape, generator=gen).abs()
-    image = image ** float(np.exp(u(-0.3, 0.3)))
-    return normalise(image)
+    return image ** float(np.exp(u(-0.3, 0.3)))
