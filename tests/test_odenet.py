@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -122,6 +123,8 @@ def test_training_lowers_the_loss():
     config = _tiny("rigid")
     torch.manual_seed(0)
     model = MSODENet(config.model)
+    for net in model.nets:  # a weak guided step (the pre-calibration 100 mm): room to learn in 20 steps
+        net.log_step.data.fill_(math.log(100.0))
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     pair = SyntheticPairs("rigid", size=24, spacing=6.0, seed=5, motion=MotionRange(max_rotation=20)).batch(0, 2)
     errors = []
@@ -197,7 +200,7 @@ def _identity_model(kind: str) -> MSODENet:
     """An MS-ODENet whose every velocity is zero (untrained learned term, force step 0)."""
     model = MSODENet(ModelConfig(kind=kind))
     for net in model.nets:
-        net.step.data.zero_()
+        net.without_force()
     return model
 
 
@@ -267,7 +270,7 @@ def test_register_starts_rigid_models_from_the_principal_axes(tmp_path):
     write_image(resample(render(labels, grid, 2), grid, grid, truth.inverse()), grid, tmp_path / "m.nii.gz")
     model = MSODENet(ModelConfig(kind="rigid", spacing=3.0))
     for net in model.nets:
-        net.step.data.zero_()
+        net.without_force()
     checkpoint.save(tmp_path / "r.pt", "regode.msodenet", model, TrainConfig(model=model.config), 0, 0.0, [])
     pts = torch.as_tensor(grid.center)[None, None] + torch.randn(1, 200, 3, dtype=torch.float64) * 30
     errors = {}
@@ -442,3 +445,18 @@ def test_mutual_information_to_a_fixed_reference():
     assert per_image[0] == pytest.approx(per_image[1], rel=1e-3) and per_image[2] < 0.2 * per_image[0]
     with pytest.raises(ValueError, match="voxels"):
         to_fixed(torch.rand(1, 1, 10, 10, 10))
+
+
+def test_networks_written_before_the_log_step_still_load(tmp_path):
+    """Files that hold each network's force step itself (``step``, before it was learned on a log
+    scale) load with the same step."""
+    model = MSODENet(ModelConfig(kind="bspline", levels=2, horizon=2.0, schedule="F(0.5)-F(0.5)", spacing=6.0, width=4))
+    state = model.state_dict()
+    for key in [k for k in state if k.endswith("log_step")]:
+        state[key.replace("log_step", "step")] = torch.tensor(7.5)
+        del state[key]
+    fresh = MSODENet(model.config)
+    fresh.load_state_dict(state)
+    assert all(abs(float(net.step.detach()) - 7.5) < 1e-5 for net in fresh.nets)
+    fresh.nets[0].without_force()
+    assert float(fresh.nets[0].step) == 0.0

@@ -152,7 +152,7 @@ class Regode:
             for kind, (net, path) in self.models.items():
                 blank = MSODENet(net.config)
                 for level in blank.nets:
-                    level.step.data.zero_()
+                    level.without_force()
                 self.models[kind] = (blank, path)
 
     def register(self, fixed: Image, moving: Image, seed: int) -> Transform:

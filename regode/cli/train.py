@@ -49,6 +49,7 @@ def train(
     adjoint: Annotated[bool, typer.Option("--adjoint", help="Backpropagate with the adjoint method (less memory).")] = T.adjoint,
     checkpoint_every: Annotated[Optional[int], typer.Option(help=f"Steps between checkpoints (default {T.checkpoint_every}, encoder {E.checkpoint_every}).")] = None,
     validate_every: Annotated[Optional[int], typer.Option(help=f"Steps between validations (default {T.validate_every}, encoder {E.validate_every}).")] = None,
+    validate_data: Annotated[Optional[list[Path]], typer.Option("--validate-data", help="MS-ODENet: also validate on the subjects of this dataset folder moved by fixed random motions (logged, never trained on), repeatable.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the initial weights and of the data.")] = T.seed,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT.ckpt with its saved config (--steps may extend it).")] = False,
     threads: Annotated[Optional[int], typer.Option("--threads", min=0, help="CPU threads (default: all cores).")] = None,
@@ -66,11 +67,11 @@ def train(
     if threads:
         torch.set_num_threads(threads)
     ckpt, log = training_files(out)
-    check_outputs([out] if resume else [out, ckpt, log], [*(label_map or ()), encoder])  # resuming reads and rewrites OUT.ckpt
+    check_outputs([out] if resume else [out, ckpt, log], [*(label_map or ()), encoder, *(validate_data or ())])  # resuming reads and rewrites OUT.ckpt
     data = str(data) if data else None
     if model.value == "encoder":
-        if label_map or similarity.value != T.similarity or encoder:
-            raise RegodeError("--label-map, --similarity and --encoder are for MS-ODENet models, not for training the encoder")
+        if label_map or similarity.value != T.similarity or encoder or validate_data:
+            raise RegodeError("--label-map, --similarity, --encoder and --validate-data are for MS-ODENet models, not for training the encoder")
         return _train_encoder(out, data, generator.value, steps, batch, lr, lambda_basin, checkpoint_every, validate_every,
                               width, spacing, size, seed, resume, quiet)
     from ..odenet.config import curriculum_pairs
@@ -86,11 +87,13 @@ def train(
         lambda_reg=lambda_reg, size=size, seed=seed, adjoint=adjoint,
         checkpoint_every=T.checkpoint_every if checkpoint_every is None else checkpoint_every,
         validate_every=T.validate_every if validate_every is None else validate_every,
+        validate_data=tuple(str(p) for p in validate_data or ()),
         motion=MotionRange(max_rotation, max_translation, max_scale, max_shear, max_sigma, ramp_pairs=curriculum_pairs(curriculum, steps_, batch_)),
     )
     result = run(config, out, resume=resume, progress=not quiet, steps=steps)
-    last = result["history"][-1]["val_rmse_mm"] if result["history"] else float("nan")
-    print(f"wrote {out}: {result['steps']} steps in {result['seconds'] / 60:.1f} min, validation RMSE(phi) {last:.2f} mm")
+    last = result["history"][-1] if result["history"] else {"val_rmse_mm": float("nan")}
+    folders = "".join(f", {k.removeprefix('val_rmse_mm_')} {v:.2f} mm" for k, v in last.items() if k.startswith("val_rmse_mm_"))
+    print(f"wrote {out}: {result['steps']} steps in {result['seconds'] / 60:.1f} min, validation RMSE(phi) {last['val_rmse_mm']:.2f} mm{folders}")
 
 
 def _train_encoder(out, data, generator, steps, batch, lr, lambda_basin, checkpoint_every, validate_every, width, spacing, size, seed,

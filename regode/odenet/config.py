@@ -167,6 +167,10 @@ class TrainConfig:
     checkpoint_every: int = 25
     validate_every: int = 100
     val_pairs: int = 8
+    validate_data: tuple[str, ...] = ()
+    """dataset folders (benchmark layout) whose subjects, moved by fixed random motions of the
+    training range, are validated on as well (``val_rmse_mm_<folder name>``): measurement on real
+    images, never training data."""
     motion: MotionRange = field(default_factory=MotionRange)
 
     def __post_init__(self):

@@ -74,9 +74,16 @@ def content_encoder(path: str | None, spacing: float):
     return load_encoder(path, spacing)[0].requires_grad_(False)
 
 
+def validation_sources(config: TrainConfig) -> dict:
+    """``{figure name: pair source}`` of the real-image validation folders (``--validate-data``)."""
+    common = dict(size=config.size, spacing=config.model.spacing, motion=config.motion, seed=config.seed)
+    return {f"val_rmse_mm_{Path(folder).name}": FolderPairs(folder, config.model.kind, **common) for folder in config.validate_data}
+
+
 @torch.no_grad()
 def validate(model: MSODENet, source, config: TrainConfig) -> float:
-    """Mean RMSE(phi) (mm, over the fixed foreground) on fixed validation pairs."""
+    """Mean RMSE(phi) (mm, over the fixed foreground) on fixed validation pairs (at the full motion
+    range: validation indices lie beyond any curriculum)."""
     model.eval()
     errors = []
     for i in range(config.val_pairs):
@@ -96,6 +103,7 @@ class Run:
         self.model = MSODENet(config.model)
         self.optimizers = {"adam": torch.optim.Adam(self.model.parameters(), lr=config.lr)}
         self.source = make_source(config)
+        self.folders = validation_sources(config)
         self.title = f"train {config.model.kind}"
 
     def step(self, step: int) -> dict:
@@ -108,7 +116,10 @@ class Run:
         return {k: info[k] for k in ("loss", "sim", "self", "reg", "nfe")}
 
     def validate(self) -> dict:
-        return {"val_rmse_mm": validate(self.model, self.source, self.config)}
+        figures = {"val_rmse_mm": validate(self.model, self.source, self.config)}
+        for name, source in self.folders.items():
+            figures[name] = validate(self.model, source, self.config)
+        return figures
 
     def describe(self, record: dict, last: dict, seconds: float) -> str:
         return f"loss {record['loss']:.4f} ({1 / seconds:.2f} it/s) val {last['val_rmse_mm']:.2f} mm"
