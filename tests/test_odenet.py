@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -123,8 +123,6 @@ def test_training_lowers_the_loss():
     config = _tiny("rigid")
     torch.manual_seed(0)
     model = MSODENet(config.model)
-    for net in model.nets:  # a weak guided step (the pre-calibration 100 mm): room to learn in 20 steps
-        net.log_step.data.fill_(math.log(100.0))
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     pair = SyntheticPairs("rigid", size=24, spacing=6.0, seed=5, motion=MotionRange(max_rotation=20)).batch(0, 2)
     errors = []
@@ -460,3 +458,28 @@ def test_networks_written_before_the_log_step_still_load(tmp_path):
     assert all(abs(float(net.step.detach()) - 7.5) < 1e-5 for net in fresh.nets)
     fresh.nets[0].without_force()
     assert float(fresh.nets[0].step) == 0.0
+
+
+def test_learning_only_the_steps_then_everything_from_that_file(tmp_path):
+    """--learn step moves the force steps and nothing else; --init starts a run from a file's
+    weights (its step-0 validation is that file's, not a fresh network's); a file of another
+    architecture is refused by name."""
+    tiny = ["--size", "24", "--spacing", "6", "--levels", "2", "--width", "4", "--schedule", "F(0.5)-F(0.5)", "-q",
+            "--max-rotation", "20", "--curriculum", "0", "--validate-every", "2"]
+    steps_only = tmp_path / "s.pt"
+    result = runner.invoke(app, ["train", "--model", "rigid", "--out", str(steps_only), "--steps", "2", "--learn", "step", "--lr", "0.1", *tiny])
+    assert result.exit_code == 0, result.output
+    trained, _ = load_model(steps_only)
+    torch.manual_seed(0)
+    fresh = MSODENet(trained.config)
+    for (name, a), (_, b) in zip(trained.state_dict().items(), fresh.state_dict().items()):
+        assert torch.equal(a, b) != name.endswith("log_step"), name
+    everything = tmp_path / "e.pt"
+    result = runner.invoke(app, ["train", "--model", "rigid", "--out", str(everything), "--steps", "2", "--init", str(steps_only), *tiny])
+    assert result.exit_code == 0, result.output
+    first = json.loads((tmp_path / "e.pt.log.jsonl").read_text().splitlines()[0])
+    last = json.loads((tmp_path / "s.pt.log.jsonl").read_text().splitlines()[-1])
+    assert first["step"] == 0 and abs(first["val_rmse_mm"] - last["val_rmse_mm"]) < 1e-4
+    refused = runner.invoke(app, ["train", "--model", "rigid", "--out", str(tmp_path / "w.pt"), "--steps", "1", "--init", str(steps_only),
+                                  *tiny[:6], "--width", "8", "-q"])
+    assert refused.exit_code != 0 and "regode: error: --init" in refused.output

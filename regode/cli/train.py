@@ -8,12 +8,13 @@ from typing import Annotated, Optional
 import typer
 
 from ..encoder.config import EncoderConfig, EncoderTrainConfig
-from ..odenet.config import GENERATORS, KINDS, SIMILARITIES, ModelConfig, MotionRange, TrainConfig
+from ..odenet.config import GENERATORS, KINDS, LEARN, SIMILARITIES, ModelConfig, MotionRange, TrainConfig
 from .app import app, choices, user_errors
 
 Model = choices("Model", KINDS + ("encoder",))
 Similarity = choices("Similarity", SIMILARITIES)
 Generator = choices("Generator", GENERATORS)
+Learn = choices("Learn", LEARN)
 T, E, M = TrainConfig, EncoderTrainConfig, MotionRange  # the defaults below are theirs; None: the model's config's
 
 
@@ -34,6 +35,8 @@ def train(
     spacing: Annotated[float, typer.Option("--spacing", help="Finest working spacing (mm).")] = ModelConfig.spacing,
     width: Annotated[int, typer.Option("--width", help="Channels of the first conv layer.")] = ModelConfig.width,
     size: Annotated[int, typer.Option("--size", help="Training volumes are SIZE^3 voxels.")] = T.size,
+    learn: Annotated[Learn, typer.Option("--learn", help="MS-ODENet: optimise all parameters, or only each level's force step (the networks' learned terms stay as they start).")] = Learn(T.learn),
+    init: Annotated[Optional[Path], typer.Option("--init", help="MS-ODENet: start from this model file's weights (same kind and architecture), e.g. to train all parameters after --learn step.")] = None,
     similarity: Annotated[Similarity, typer.Option("--similarity", help="MS-ODENet L_sim: mi (mutual information) or content (learned content features of --encoder).")] = Similarity(T.similarity),
     encoder: Annotated[Optional[Path], typer.Option("--encoder", help="--similarity content: encoder from `regode train --model encoder` (default: the shipped weights/encoder.pt).")] = None,
     lambda_sim: Annotated[float, typer.Option(help="Weight of L_sim.")] = T.lambda_sim,
@@ -67,11 +70,12 @@ def train(
     if threads:
         torch.set_num_threads(threads)
     ckpt, log = training_files(out)
-    check_outputs([out] if resume else [out, ckpt, log], [*(label_map or ()), encoder, *(validate_data or ())])  # resuming reads and rewrites OUT.ckpt
+    check_outputs([out] if resume else [out, ckpt, log], [*(label_map or ()), encoder, init, *(validate_data or ())])  # resuming reads and rewrites OUT.ckpt
     data = str(data) if data else None
     if model.value == "encoder":
-        if label_map or similarity.value != T.similarity or encoder or validate_data:
-            raise RegodeError("--label-map, --similarity, --encoder and --validate-data are for MS-ODENet models, not for training the encoder")
+        if label_map or similarity.value != T.similarity or encoder or validate_data or init or learn.value != T.learn:
+            raise RegodeError("--label-map, --similarity, --encoder, --validate-data, --init and --learn are for MS-ODENet models, "
+                              "not for training the encoder")
         return _train_encoder(out, data, generator.value, steps, batch, lr, lambda_basin, checkpoint_every, validate_every,
                               width, spacing, size, seed, resume, quiet)
     from ..odenet.config import curriculum_pairs
@@ -83,6 +87,7 @@ def train(
     config = TrainConfig(
         model=ModelConfig(kind=model.value, levels=levels, horizon=float(levels), schedule=schedule, spacing=spacing, width=width),
         data=data, label_maps=tuple(str(p) for p in label_map or ()), generator=generator.value, steps=steps_, batch=batch_, lr=T.lr if lr is None else lr,
+        learn=learn.value, init=str(init) if init else None,
         similarity=similarity.value, encoder=str(encoder) if encoder else None, lambda_sim=lambda_sim, lambda_self=lambda_self,
         lambda_reg=lambda_reg, size=size, seed=seed, adjoint=adjoint,
         checkpoint_every=T.checkpoint_every if checkpoint_every is None else checkpoint_every,

@@ -24,6 +24,9 @@ DEFAULT_LAMBDA_REG = {"rigid": 0.0, "affine": 0.0, "bspline": 2.0, "dense": 10.0
 """the paper's weights of L_reg per kind."""
 SIMILARITIES = ("mi", "content")
 GENERATORS = ("heads", "brain")
+LEARN = ("all", "step")
+"""what training optimises: every parameter, or only each level's force step (the networks'
+learned terms stay as they start: the step sizes of a multi-scale gradient flow, learned)."""
 """synthetic training data: random heads (regode.synthetic) or brain-like subjects (regode.anatomy)."""
 FINE_METRICS = ("auto", "mi", "ncc")
 """the fine level's similarity: auto (regode.contrast: local NCC for one contrast, MI across), or either."""
@@ -150,6 +153,11 @@ class TrainConfig:
     steps: int = 2000
     batch: int = 2
     lr: float = 1e-4
+    learn: str = "all"
+    """:data:`LEARN`: every parameter, or only the force steps."""
+    init: str | None = None
+    """a model file (same kind and architecture) whose weights the run starts from (None: a new
+    network: zero learned terms, default steps)."""
     similarity: str = "mi"
     """L_sim: "mi" (mutual information) or "content" (||E3D(warped) - E3D(fixed)||^2 with the
     content encoder ``encoder``)."""
@@ -176,6 +184,7 @@ class TrainConfig:
     def __post_init__(self):
         check.one_of(self, "similarity", SIMILARITIES)
         check.one_of(self, "generator", GENERATORS)
+        check.one_of(self, "learn", LEARN)
         check.require(not (self.label_maps and self.generator != "heads"), "--label-map renders with the heads generator only")
         check.at_least(self, 1, "steps", "batch", "checkpoint_every", "validate_every", "val_pairs")
         check.at_least(self, 16, "size")

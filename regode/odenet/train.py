@@ -21,12 +21,13 @@ import torch
 
 from .. import training
 from ..encoder.features import content_distance, load_encoder
+from ..errors import RegodeError
 from ..io import read_image
 from ..losses import mutual_information
 from ..sampling import sample
 from .config import TrainConfig
 from .data import BrainPairs, FolderPairs, Pair, SyntheticPairs, rmse_on_foreground
-from .model import FORMAT, MSODENet, pyramid
+from .model import FORMAT, MSODENet, load_model, pyramid
 
 CONTENT_SLICES = 8  # E3D slice positions per axis in L_sim = content
 VALIDATION_OFFSET = 10_000_000  # validation pairs use indices no training step reaches
@@ -101,7 +102,15 @@ class Run:
     def __init__(self, config: TrainConfig):
         self.config = config
         self.model = MSODENet(config.model)
-        self.optimizers = {"adam": torch.optim.Adam(self.model.parameters(), lr=config.lr)}
+        if config.init:
+            start, _ = load_model(config.init, config.model.kind)
+            try:  # the architecture must match; the solver schedule may differ
+                self.model.load_state_dict(start.state_dict())
+            except RuntimeError:
+                raise RegodeError(f"--init {config.init}: its network (width {start.config.width}, {start.config.levels} levels) "
+                                  f"is not this run's (width {config.model.width}, {config.model.levels} levels)") from None
+        learned = [net.log_step for net in self.model.nets] if config.learn == "step" else list(self.model.parameters())
+        self.optimizers = {"adam": torch.optim.Adam(learned, lr=config.lr)}
         self.source = make_source(config)
         self.folders = validation_sources(config)
         self.title = f"train {config.model.kind}"
