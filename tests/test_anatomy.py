@@ -71,31 +71,3 @@ def test_train_on_the_brain_generator(tmp_path):
     assert doc["train_config"]["generator"] == "brain" and doc["step"] == 2
     refused = CliRunner().invoke(app, ["train", "--model", "affine", "--generator", "brain", "--data", str(tmp_path), "--out", str(tmp_path / "b.pt")])
     assert refused.exit_code != 0 and "not both" in refused.output
-
-
-def test_train_validates_on_a_dataset_folder(tmp_path):
-    """--validate-data logs RMSE(phi) on a folder's subjects moved by fixed motions, beside the
-    synthetic validation; the figure is that of the folder's own pairs (not the synthetic ones)."""
-    import json
-
-    from regode.grid import Grid
-    from regode.io import write_image
-    from regode.synthetic import phantom_labels, render
-
-    root = tmp_path / "real"
-    grid = Grid((30, 30, 30), (6.0, 6.0, 6.0), (-87.0, -87.0, -87.0))
-    labels = phantom_labels(grid, 6, seed=1)
-    (root / "sub0").mkdir(parents=True)
-    for c, contrast in enumerate(("t1", "t2")):
-        write_image(render(labels, grid, seed=c), grid, root / "sub0" / f"{contrast}.nii.gz")
-    out = tmp_path / "r.pt"
-    args = ["train", "--model", "rigid", "--generator", "brain", "--out", str(out), "--steps", "1", "--size", "24", "--spacing", "6",
-            "--levels", "2", "--width", "4", "--validate-every", "1", "-q", "--validate-data", str(root)]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    records = [json.loads(line) for line in (tmp_path / "r.pt.log.jsonl").read_text().splitlines()]
-    assert "val_rmse_mm_real" in records[0] and "val_rmse_mm_real" in records[-1]
-    assert records[0]["val_rmse_mm_real"] != records[0]["val_rmse_mm"] and records[0]["val_rmse_mm_real"] > 1.0
-    assert "real" in result.output
-    refused = CliRunner().invoke(app, [*args[:-2], "--validate-data", str(tmp_path / "none"), "--out", str(tmp_path / "s.pt")])
-    assert refused.exit_code != 0 and "regode: error:" in refused.output
