@@ -445,7 +445,7 @@ def test_mutual_information_to_a_fixed_reference():
         to_fixed(torch.rand(1, 1, 10, 10, 10))
 
 
-def test_networks_written_before_the_log_step_still_load(tmp_path):
+def test_networks_written_before_the_log_step_still_load():
     """Files that hold each network's force step itself (``step``, before it was learned on a log
     scale) load with the same step."""
     model = MSODENet(ModelConfig(kind="bspline", levels=2, horizon=2.0, schedule="F(0.5)-F(0.5)", spacing=6.0, width=4))
@@ -458,6 +458,9 @@ def test_networks_written_before_the_log_step_still_load(tmp_path):
     assert all(abs(float(net.step.detach()) - 7.5) < 1e-5 for net in fresh.nets)
     fresh.nets[0].without_force()
     assert float(fresh.nets[0].step.detach()) == 0.0
+    state[next(k for k in state if k.endswith(".step"))] = torch.tensor(-1.0)
+    with pytest.raises(RuntimeError, match="negative"):
+        MSODENet(model.config).load_state_dict(state)
 
 
 def test_learning_only_the_steps_then_everything_from_that_file(tmp_path):
@@ -483,6 +486,12 @@ def test_learning_only_the_steps_then_everything_from_that_file(tmp_path):
     refused = runner.invoke(app, ["train", "--model", "rigid", "--out", str(tmp_path / "w.pt"), "--steps", "1", "--init", str(steps_only),
                                   *tiny[:6], "--width", "8", "-q"])
     assert refused.exit_code != 0 and "regode: error: --init" in refused.output
+    steps_only.unlink()  # a resumed run takes its weights from its checkpoint, not from --init
+    resumed = runner.invoke(app, ["train", "--model", "rigid", "--out", str(everything), "--resume", "--steps", "3", "-q"])
+    assert resumed.exit_code == 0, resumed.output
+    assert torch.load(everything, weights_only=True)["step"] == 3
+    missing = runner.invoke(app, ["train", "--model", "rigid", "--out", str(tmp_path / "m.pt"), "--steps", "1", "--init", str(steps_only), *tiny])
+    assert missing.exit_code != 0 and "regode: error: --init" in missing.output
 
 
 def test_train_validates_on_a_dataset_folder(tmp_path):
@@ -502,6 +511,8 @@ def test_train_validates_on_a_dataset_folder(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "r.pt.log.jsonl").read_text().splitlines()]
     assert "val_rmse_mm_real" in records[0] and "val_rmse_mm_real" in records[-1]
     assert records[0]["val_rmse_mm_real"] != records[0]["val_rmse_mm"] and records[0]["val_rmse_mm_real"] > 1.0
-    assert "real" in result.output
+    assert ", real " in result.output
     refused = runner.invoke(app, [*args[:-2], "--validate-data", str(tmp_path / "none"), "--out", str(tmp_path / "s.pt")])
     assert refused.exit_code != 0 and "regode: error:" in refused.output
+    twice = runner.invoke(app, [*args, "--validate-data", str(root), "--out", str(tmp_path / "t.pt")])
+    assert twice.exit_code != 0 and "regode: error: --validate-data" in twice.output

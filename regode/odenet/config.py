@@ -7,6 +7,7 @@ classes. :data:`KINDS` names the model kinds; their behaviour lives in regode.od
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from dataclasses import dataclass, field
 
 from .. import config as check
@@ -24,10 +25,10 @@ DEFAULT_LAMBDA_REG = {"rigid": 0.0, "affine": 0.0, "bspline": 2.0, "dense": 10.0
 """the paper's weights of L_reg per kind."""
 SIMILARITIES = ("mi", "content")
 GENERATORS = ("heads", "brain")
+"""synthetic training data: random heads (regode.synthetic) or brain-like subjects (regode.anatomy)."""
 LEARN = ("all", "step")
 """what training optimises: every parameter, or only each level's force step (the networks'
 learned terms stay as they start: the step sizes of a multi-scale gradient flow, learned)."""
-"""synthetic training data: random heads (regode.synthetic) or brain-like subjects (regode.anatomy)."""
 FINE_METRICS = ("auto", "mi", "ncc")
 """the fine level's similarity: auto (regode.contrast: local NCC for one contrast, MI across), or either."""
 INTER_SUBJECT = ("affine+bspline", "affine+dense", "rigid+affine+bspline", "rigid+affine+dense")
@@ -178,13 +179,16 @@ class TrainConfig:
     validate_data: tuple[str, ...] = ()
     """dataset folders (benchmark layout) whose subjects, moved by fixed random motions of the
     training range, are validated on as well (``val_rmse_mm_<folder name>``): measurement on real
-    images, never training data."""
+    images (trained on only if the same folder is also ``data``)."""
     motion: MotionRange = field(default_factory=MotionRange)
 
     def __post_init__(self):
         check.one_of(self, "similarity", SIMILARITIES)
         check.one_of(self, "generator", GENERATORS)
         check.one_of(self, "learn", LEARN)
+        names = [Path(folder).name for folder in self.validate_data]
+        check.require(all(names) and len(set(names)) == len(names),
+                      "--validate-data folders need distinct, non-empty names (their figures are logged by name)")
         check.require(not (self.label_maps and self.generator != "heads"), "--label-map renders with the heads generator only")
         check.at_least(self, 1, "steps", "batch", "checkpoint_every", "validate_every", "val_pairs")
         check.at_least(self, 16, "size")

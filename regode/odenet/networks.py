@@ -66,10 +66,13 @@ class GuidedStep(nn.Module):
         """Step 0: the force term off (with an untrained learned term, a zero velocity)."""
         self.log_step.data.fill_(-math.inf)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         if prefix + "step" in state_dict and prefix + "log_step" not in state_dict:
-            state_dict[prefix + "log_step"] = state_dict.pop(prefix + "step").log()
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+            step = state_dict.pop(prefix + "step")
+            if not bool(torch.all(step >= 0)):
+                error_msgs.append(f"{prefix}step is negative ({float(step):g})")  # load_state_dict raises with it
+            state_dict[prefix + "log_step"] = step.log()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
 
 def _inputs(warped: torch.Tensor, fixed: torch.Tensor, t: torch.Tensor, force: torch.Tensor) -> torch.Tensor:

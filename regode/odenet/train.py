@@ -76,7 +76,8 @@ def content_encoder(path: str | None, spacing: float):
 
 
 def validation_sources(config: TrainConfig) -> dict:
-    """``{figure name: pair source}`` of the real-image validation folders (``--validate-data``)."""
+    """``{figure name: pair source}`` of the real-image validation folders (``--validate-data``),
+    named by their folders' names."""
     common = dict(size=config.size, spacing=config.model.spacing, motion=config.motion, seed=config.seed)
     return {f"val_rmse_mm_{Path(folder).name}": FolderPairs(folder, config.model.kind, **common) for folder in config.validate_data}
 
@@ -99,10 +100,12 @@ def validate(model: MSODENet, source, config: TrainConfig) -> float:
 class Run:
     """One MS-ODENet training run (a regode.training.Run)."""
 
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: TrainConfig, resuming: bool = False):
         self.config = config
         self.model = MSODENet(config.model)
-        if config.init:
+        if config.init and not resuming:  # a resumed run's weights come from its checkpoint
+            if not Path(config.init).is_file():
+                raise RegodeError(f"--init {config.init}: no such model file")
             start, _ = load_model(config.init, config.model.kind)
             try:  # the architecture must match; the solver schedule may differ
                 self.model.load_state_dict(start.state_dict())
@@ -110,6 +113,9 @@ class Run:
                 raise RegodeError(f"--init {config.init}: its network (width {start.config.width}, {start.config.levels} levels) "
                                   f"is not this run's (width {config.model.width}, {config.model.levels} levels)") from None
         learned = [net.log_step for net in self.model.nets] if config.learn == "step" else list(self.model.parameters())
+        if config.learn == "step":  # the rest stays fixed: no gradients computed for it
+            for p in set(self.model.parameters()) - set(learned):
+                p.requires_grad_(False)
         self.optimizers = {"adam": torch.optim.Adam(learned, lr=config.lr)}
         self.source = make_source(config)
         self.folders = validation_sources(config)
@@ -140,4 +146,4 @@ class Run:
 def train(config: TrainConfig, out: Path, resume: bool = False, progress: bool = True, steps: int | None = None) -> dict:
     """Train (or resume) and write ``out`` (final model) and ``out.ckpt`` (resumable state). On
     resume the saved config is used; ``steps`` (if given) replaces its number of steps."""
-    return training.train(Run, config, out, FORMAT, "MS-ODENet", resume, progress, steps)
+    return training.train(functools.partial(Run, resuming=resume), config, out, FORMAT, "MS-ODENet", resume, progress, steps)
