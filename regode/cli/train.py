@@ -7,8 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..config import GENERATORS
 from ..encoder.config import EncoderConfig, EncoderTrainConfig
-from ..odenet.config import GENERATORS, KINDS, LEARN, SIMILARITIES, ModelConfig, MotionRange, TrainConfig
+from ..odenet.config import KINDS, LEARN, SIMILARITIES, ModelConfig, MotionRange, TrainConfig
 from .app import app, choices, user_errors
 
 Model = choices("Model", KINDS + ("encoder",))

@@ -77,7 +77,7 @@ class EncoderTrainConfig:
     val_batches: int = 4
 
     def __post_init__(self):
-        check.one_of(self, "generator", ("heads", "brain"))
+        check.one_of(self, "generator", check.GENERATORS)
         check.at_least(self, 1, "steps", "batch", "reuse", "basin_motions", "checkpoint_every", "validate_every", "val_batches")
         check.at_least(self, 16, "size")
         check.positive(self, "lr")

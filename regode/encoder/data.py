@@ -181,20 +181,24 @@ def render_modalities(labels: torch.Tensor, grid, modalities, gen: torch.Generat
 
 
 class SyntheticSubjects(SubjectSource):
-    def subject(self, index, gen):
+    """Random heads (regode.synthetic), each modality rendered from its tissue table."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         unknown = [m for m in self.modalities if m not in TISSUE_MEANS]
         if unknown:
             raise RegodeError(f"synthetic data renders {', '.join(TISSUE_MEANS)}; no tissue table for {', '.join(unknown)}")
+
+    def subject(self, index, gen):
         grid = training_grid(self.size, self.spacing)
         labels = random_head(grid, gen)
         return render_modalities(labels, grid, self.modalities, gen), list(range(len(self.modalities)))
 
 
-class BrainSubjects(SubjectSource):
+class BrainSubjects(SyntheticSubjects):
+    """Brain-like subjects (regode.anatomy), each modality rendered from its tissue table."""
+
     def subject(self, index, gen):
-        unknown = [m for m in self.modalities if m not in TISSUE_MEANS]
-        if unknown:
-            raise RegodeError(f"synthetic data renders {', '.join(TISSUE_MEANS)}; no tissue table for {', '.join(unknown)}")
         subject = draw_subject(gen, self.spacing, self.size)
         skull = torch.rand(2, generator=gen)  # bone and scalp: one random intensity each for every modality of the subject
         out = []

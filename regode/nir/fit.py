@@ -191,8 +191,7 @@ def fit_images(fixed: Image, moving: Image, config: FitConfig, progress: bool = 
             timings[f"field{number}"] = time.perf_counter() - t0
         if fine is not None:  # the last field fitted on at the fine spacing (a continuous field: evaluated on the working grid)
             t0 = time.perf_counter()
-            stage = _fine_stage(config, fixed, moving, fine, linear, raw_masks, device,
-                                            similarity)
+            stage = _fine_stage(config, fixed, moving, fine, linear, raw_masks, device, similarity)
             task = progress_bar.add_task(f"fine level ({fine:g} mm)", total=stage.iterations, info="")
             fit = fitting.Fit(Compose(fields), objective, config.lr, after=affine)
             records.append(fitting.run(fit, [stage], generator, lambda loss: progress_bar.update(task, advance=1, info=f"loss {loss:.4f}")))

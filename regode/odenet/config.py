@@ -7,10 +7,11 @@ classes. :data:`KINDS` names the model kinds; their behaviour lives in regode.od
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .. import config as check
+from ..config import GENERATORS
 from ..errors import RegodeError
 
 KINDS = ("rigid", "affine", "bspline", "dense")
@@ -24,8 +25,6 @@ LINEAR_KINDS = ("rigid", "affine")
 DEFAULT_LAMBDA_REG = {"rigid": 0.0, "affine": 0.0, "bspline": 2.0, "dense": 10.0}
 """the paper's weights of L_reg per kind."""
 SIMILARITIES = ("mi", "content")
-GENERATORS = ("heads", "brain")
-"""synthetic training data: random heads (regode.synthetic) or brain-like subjects (regode.anatomy)."""
 LEARN = ("all", "step")
 """what training optimises: every parameter, or only each level's force step (the networks'
 learned terms stay as they start: the step sizes of a multi-scale gradient flow, learned)."""

@@ -33,8 +33,12 @@ CONTENT_SLICES = 8  # E3D slice positions per axis in L_sim = content
 VALIDATION_OFFSET = 10_000_000  # validation pairs use indices no training step reaches
 
 
+def _source_options(config: TrainConfig) -> dict:
+    return dict(size=config.size, spacing=config.model.spacing, motion=config.motion, seed=config.seed)
+
+
 def make_source(config: TrainConfig):
-    common = dict(size=config.size, spacing=config.model.spacing, motion=config.motion, seed=config.seed)
+    common = _source_options(config)
     if config.data:
         return FolderPairs(config.data, config.model.kind, **common)
     if config.generator == "brain":
@@ -78,8 +82,8 @@ def content_encoder(path: str | None, spacing: float):
 def validation_sources(config: TrainConfig) -> dict:
     """``{figure name: pair source}`` of the real-image validation folders (``--validate-data``),
     named by their folders' names."""
-    common = dict(size=config.size, spacing=config.model.spacing, motion=config.motion, seed=config.seed)
-    return {f"val_rmse_mm_{Path(folder).name}": FolderPairs(folder, config.model.kind, **common) for folder in config.validate_data}
+    return {f"val_rmse_mm_{Path(folder).name}": FolderPairs(folder, config.model.kind, **_source_options(config))
+            for folder in config.validate_data}
 
 
 @torch.no_grad()
@@ -112,10 +116,11 @@ class Run:
             except RuntimeError:
                 raise RegodeError(f"--init {config.init}: its network (width {start.config.width}, {start.config.levels} levels) "
                                   f"is not this run's (width {config.model.width}, {config.model.levels} levels)") from None
-        learned = [net.log_step for net in self.model.nets] if config.learn == "step" else list(self.model.parameters())
         if config.learn == "step":  # the rest stays fixed: no gradients computed for it
-            for p in set(self.model.parameters()) - set(learned):
-                p.requires_grad_(False)
+            self.model.requires_grad_(False)
+            for net in self.model.nets:
+                net.log_step.requires_grad_(True)
+        learned = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizers = {"adam": torch.optim.Adam(learned, lr=config.lr)}
         self.source = make_source(config)
         self.folders = validation_sources(config)
