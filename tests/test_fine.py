@@ -47,7 +47,9 @@ def test_fine_spacing_follows_the_image_down_to_1_mm():
     fine = Grid((10, 10, 10), (0.8, 1.0, 1.2))
     coarse = Grid((10, 10, 10), (2.0, 2.0, 2.0))
     assert fine_spacing(None, fine, 2.0) == 1.0  # never finer than 1 mm by default
-    assert fine_spacing(None, coarse, 2.0) is None  # not finer than the working grid: no fine level
+    assert fine_spacing(None, coarse, 2.0) is None  # fit-field: not finer than the working grid, no fine level
+    assert fine_spacing(None, coarse, 2.0, at_working=True) == 2.0  # register: a finer correction on the same images
+    assert fine_spacing(None, Grid((10, 10, 10), (3.0, 3.0, 3.0)), 2.0, at_working=True) is None  # coarser: none
     assert fine_spacing(1.5, coarse, 2.0) == 1.5 and fine_spacing(0.0, fine, 2.0) is None
     assert RegisterConfig(model="affine+dense").fine_request is None  # the inter-subject cascades: on
     assert RegisterConfig(model="dense").fine_request == 0.0  # the others: off
@@ -96,7 +98,7 @@ def test_register_ends_at_the_image_resolution(fine_pair):
     fine = docs["fine"]["polish"]["fine"]
     assert docs["fine"]["fine_spacing_mm"] == 1.0 and fine["metric"] == "ncc" and fine["spacing_mm"] == 1.0
     history = fine["stages"][0]["history"]
-    assert fine["iterations"] == 30  # the fine schedule (PolishConfig.fine), not the 2 mm polish's 40 steps
+    assert fine["iterations"] == 60  # the fine schedule (PolishConfig.fine), not the 2 mm polish's 40 steps
     assert all(-1.0 <= h["similarity"] <= 0 for h in history)  # minus local NCC (mutual information would be below -1 here)
     assert history[-1]["similarity"] < history[0]["similarity"]
     assert docs["none"]["fine_spacing_mm"] is None and "fine" not in docs["none"]["polish"]
@@ -118,3 +120,29 @@ def test_fit_field_fine_level_and_auto_metric(fine_pair):
     result = runner.invoke(app, ["fit-field", "-f", str(folder / "f.nii.gz"), "-m", str(folder / "m.nii.gz"), "-o", str(folder / "c_"),
                                  "--metric", "content", "--fine-spacing", "1"])
     assert result.exit_code != 0 and "content" in result.output
+
+
+def test_register_fine_level_also_at_2_mm(fine_pair):
+    """A 2 mm pair (the working spacing): register's fine level still runs there (a finer B-spline
+    correction with the pair's similarity), and its loss falls; fit-field's (the same field on the
+    same images) does not run."""
+    folder, _ = fine_pair
+    for name in ("f", "m"):  # the pair at 2 mm, as NiChart's T1s
+        image = sitk.ReadImage(str(folder / f"{name}.nii.gz"))
+        size = [int(round(n * s / 2.0)) for n, s in zip(image.GetSize(), image.GetSpacing())]
+        coarse = sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), (2.0, 2.0, 2.0), image.GetDirection())
+        sitk.WriteImage(coarse, str(folder / f"{name}2.nii.gz"))
+    out = str(folder / "r2_")
+    result = runner.invoke(app, ["register", "-f", str(folder / "f2.nii.gz"), "-m", str(folder / "m2.nii.gz"), "-o", out,
+                                 "--model", "affine+bspline", "--no-qc"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(open(out + "regode.json").read())
+    fine = doc["polish"]["fine"]
+    assert doc["fine_spacing_mm"] == 2.0 and fine["spacing_mm"] == 2.0
+    history = fine["stages"][0]["history"]
+    assert history[-1]["similarity"] < history[0]["similarity"]
+    out = str(folder / "n2_")
+    result = runner.invoke(app, ["fit-field", "-f", str(folder / "f2.nii.gz"), "-m", str(folder / "m2.nii.gz"), "-o", out, "-q", "--no-qc",
+                                 "--preset", "inter-subject", "--iterations", "10", "--coarse-iterations", "10"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(open(out + "regode.json").read())["fine_spacing_mm"] is None

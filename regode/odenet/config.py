@@ -243,12 +243,14 @@ class PolishConfig:
     """the folding penalty and the weight of ``||J - I||^2`` (as fit-field's defaults)."""
     dense_control_spacing: float = 10.0
     """the dense polish's correction: a B-spline with half the B-spline model's control spacing (mm)."""
-    fine: tuple[PolishLevel, ...] = (PolishLevel(0, 3, 30),)
+    fine: tuple[PolishLevel, ...] = (PolishLevel(0, 3, 60),)
     """the fine level (``RegisterConfig.fine_spacing``): a B-spline correction of the last deformable
-    stage's field fitted on images at the fine spacing, here 30 steps on a lattice of every third
-    voxel (3 mm at 1 mm)."""
-    fine_control_spacing: float = 8.0
-    """the fine level's B-spline control spacing (mm)."""
+    stage's field fitted on images at the fine spacing, here 60 steps on a lattice of every third
+    voxel (3 mm at 1 mm, 6 mm at 2 mm)."""
+    fine_control_spacing: float = 6.0
+    """the fine level's B-spline control spacing (mm). 6 mm and 60 steps against 8 mm and 30 on 4
+    NiChart pairs at 2 mm (tuning pairs, not the reported ones): 57.5 -> 60.9 Dice, 5.6 -> 7.2 s
+    (docs/benchmarks.md, "Inter-subject")."""
     fine_lambda_grad_mi: float = 1.0
     fine_lambda_grad_ncc: float = 0.5
     """the fine level's smoothness weight per similarity: the 2 mm polish's 5 held the 1 mm fit back
@@ -286,7 +288,8 @@ class RegisterConfig(check.PairRun):
     fine_spacing: float | None = None
     """a fine level after the last deformable stage, at this spacing (mm; 0: none). None: the
     model's default, the fixed image's spacing (at least 1 mm) for the :data:`INTER_SUBJECT`
-    cascades, none for the others. Skipped where not finer than the model's working spacing."""
+    cascades, none for the others. Skipped where coarser than the model's working spacing; at
+    that spacing itself it still runs (a finer correction, with the pair's similarity)."""
     metric: str = "auto"
     """the fine level's similarity, one of :data:`FINE_METRICS`."""
 

@@ -102,7 +102,7 @@ def register_images(fixed: Image, moving: Image, config: RegisterConfig, models:
             timings[f"{name}_polish"] = time.perf_counter() - t0
         if core is not None:
             field = DisplacementField(fixed_grid, core.displacement(fixed_grid).detach())
-    fine = fine_spacing(config.fine_request, fixed.grid, spacing) if field is not None else None
+    fine = fine_spacing(config.fine_request, fixed.grid, spacing, at_working=True) if field is not None else None
     if fine is not None:
         t0 = time.perf_counter()
         field, polish["fine"] = _fine_level(fixed, moving, (fixed_w, fixed_grid), (moving_w, moving_grid), linear, field, fine,
