@@ -129,3 +129,36 @@ def test_label_warping_through_the_cascades_stays_exact(tmp_path, cascade):
     assert (warped[inside] == nearest[inside]).mean() > 0.9
     doc = json.loads((tmp_path / "c_regode.json").read_text())
     assert list(doc["nfe"]) == cascade.split("+")
+
+
+def test_affine_polish_keeps_the_candidate_with_the_higher_local_ncc(tmp_path):
+    """The affine polish runs with mutual information and with local NCC and keeps the result whose
+    local NCC is higher (the record says which, with both scores); switched off, it is the MI polish."""
+    from dataclasses import replace
+
+    from regode.io import read_image
+    from regode.odenet.config import PolishConfig
+    from regode.odenet.model import pyramid
+    from regode.odenet.polish import polish_affine, polish_affine_chosen
+    from regode.preprocess import working_image
+
+    grid = Grid((64, 64, 48), (2.0, 2.0, 2.0), (-64.0, -64.0, -48.0), OBLIQUE)
+    truth = _known_affine(grid.center)
+    _phantom(tmp_path, truth, spacing=grid.spacing, size=grid.size)
+    levels = []
+    for name in ("f", "m"):
+        volume, g = working_image(read_image(tmp_path / f"{name}.nii.gz"), 2.0, torch.device("cpu"))
+        levels.append(pyramid(volume, g, 2))
+    start = Affine(torch.eye(3, dtype=torch.float64)[None], torch.zeros(1, 3, dtype=torch.float64))
+    center = torch.as_tensor(grid.center)
+    chosen, record = polish_affine_chosen(*levels, start, center, PolishConfig(), 0)
+    choice = record["similarity_choice"]
+    winner = "ncc" if choice["ncc_local_ncc"] > choice["mi_local_ncc"] else "mi"
+    assert choice["chosen"] == winner and choice["mi_local_ncc"] != choice["ncc_local_ncc"]
+    again, _ = polish_affine(*levels, start, center, PolishConfig(), 0, metric=winner)
+    assert torch.allclose(chosen.homogeneous(), again.homogeneous())
+    other, _ = polish_affine(*levels, start, center, PolishConfig(), 0, metric="mi" if winner == "ncc" else "ncc")
+    assert not torch.allclose(chosen.homogeneous(), other.homogeneous())
+    alone, record = polish_affine_chosen(*levels, start, center, replace(PolishConfig(), affine_ncc_candidate=False), 0)
+    mi, _ = polish_affine(*levels, start, center, PolishConfig(), 0)
+    assert "similarity_choice" not in record and torch.allclose(alone.homogeneous(), mi.homogeneous())

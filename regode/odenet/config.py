@@ -225,6 +225,9 @@ class PolishConfig:
     of the 2 mm images."""
     affine: tuple[PolishLevel, ...] = (PolishLevel(1, 2, 60), PolishLevel(0, 3, 30))
     """an affine correction (12 unknowns): as the rigid one, with half as many steps again."""
+    affine_ncc_candidate: bool = True
+    """a second affine polish with local NCC, the one whose local NCC is higher kept
+    (regode.odenet.polish.polish_affine_chosen)."""
     deformable: tuple[PolishLevel, ...] = (PolishLevel(0, 3, 40),)
     """the B-spline's control points (or the dense field's B-spline correction): 40 steps on a 6 mm
     lattice of the 2 mm images."""

@@ -27,7 +27,7 @@ from .config import LINEAR_KINDS
 from .config import PolishConfig
 from .motion import affine_pair, deformable_pair, rigid_pair
 from .networks import AffineNet, BSplineNet, RigidNet, UNet
-from .polish import polish_affine, polish_bspline, polish_dense, polish_rigid
+from .polish import polish_affine_chosen, polish_bspline, polish_dense, polish_rigid
 
 ARC_RADIUS = 50.0
 """mm: in L_self a rotation-vector error of 1 rad counts as 50 mm."""
@@ -192,7 +192,7 @@ class AffineKind(RigidKind):
         return torch.cat([diff[:, :9] * ARC_RADIUS, diff[:, 9:]], 1).square().mean() / 100
 
     def polish(self, fixed, moving, linear, core, center, seed, config, masks=(None, None)):
-        linear, record = polish_affine(fixed, moving, linear, center, config, seed, masks)
+        linear, record = polish_affine_chosen(fixed, moving, linear, center, config, seed, masks)
         return linear, core, record
 
 
