@@ -19,9 +19,9 @@ import typing
 from .errors import RegodeError
 
 DEVICES = ("auto", "cpu", "cuda")
+"""``--device``: auto takes a CUDA GPU when torch sees one (regode.device)."""
 GENERATORS = ("heads", "brain")
 """synthetic training data: random heads (regode.synthetic) or brain-like subjects (regode.anatomy)."""
-"""``--device``: auto takes a CUDA GPU when torch sees one (regode.device)."""
 INTERPOLATIONS = ("linear", "nearest", "label", "bspline")
 """``regode warp --interp`` (regode.warp.INTERPOLATORS): label is ANTs' GenericLabel."""
 

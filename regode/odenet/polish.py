@@ -92,21 +92,19 @@ def polish_affine_chosen(fixed: list, moving: list, linear: Affine, center: torc
     result, record = polish_affine(fixed, moving, linear, center, config, seed, masks)
     if not config.affine_ncc_candidate:
         return result, record
-    fix, mov = fixed[-1], moving[-1]
+    other, other_record = polish_affine(fixed, moving, linear, center, config, seed, masks, metric="ncc")
+    fix, mov = fixed[-1], moving[-1]  # the finest level
     keep = foreground(fix.volume)
     if masks[0] is not None:
         keep &= masks[0][-1] > 0.5
+    points = fix.grid.world_points(dtype=torch.float64)[None]  # fixed voxel centres, world LPS mm
 
-    def moved(transform):
-        with torch.no_grad():  # the transform is double on the CPU: map there, sample where the images are
-            mapped = transform(fix.grid.world_points(dtype=torch.float64)[None])
-            return sample(mov.volume, mov.grid, mapped.to(device=fix.volume.device, dtype=fix.volume.dtype))
+    @torch.no_grad()
+    def score(transform):  # the candidates are double on the CPU: map there, sample where the images are
+        moved = sample(mov.volume, mov.grid, transform(points).to(device=fix.volume.device, dtype=fix.volume.dtype))
+        return float(local_ncc(moved, fix.volume, 5, keep))
 
-    def score(image):
-        return float(local_ncc(image, fix.volume, 5, keep))
-
-    other, other_record = polish_affine(fixed, moving, linear, center, config, seed, masks, metric="ncc")
-    choice = {"mi_local_ncc": score(moved(result)), "ncc_local_ncc": score(moved(other)), "chosen": "mi"}
+    choice = {"mi_local_ncc": score(result), "ncc_local_ncc": score(other), "chosen": "mi"}
     if choice["ncc_local_ncc"] > choice["mi_local_ncc"]:
         result, record, choice["chosen"] = other, other_record, "ncc"
     record["similarity_choice"] = choice
