@@ -26,7 +26,7 @@ from .grid import Grid
 from .lattice import Lattice
 from .losses import bending_energy, folding_penalty, jacobian_energy, lattice_jacobian, local_ncc, mattes_mutual_information
 from .optim import Adam
-from .sampling import sample
+from .sampling import sample, sample_on_grid
 from .transforms import Transform
 
 SIMILARITIES = ("mi", "ncc", "mse", "features")
@@ -140,6 +140,14 @@ def run(fit: Fit, stages: list[Stage], generator: torch.Generator, progress: Cal
     return record
 
 
+def _fixed_values(volume: torch.Tensor, grid: Grid, lattice: Lattice) -> torch.Tensor:
+    """A fixed volume at the lattice's points: on a lattice that is a grid parallel to the volume's
+    (regode.lattice.downsize), by separable interpolation, several times faster than at the points."""
+    if lattice.grid is not None and lattice.points.shape[0] == 1 and lattice.grid.parallel_to(grid):
+        return sample_on_grid(volume, grid, lattice.grid)
+    return sample(volume, grid, lattice.points)
+
+
 def _loss(fit: Fit, stage: Stage, lattice: Lattice) -> tuple[torch.Tensor, torch.Tensor]:
     """The loss and its similarity term at one lattice."""
     objective = fit.objective
@@ -150,11 +158,11 @@ def _loss(fit: Fit, stage: Stage, lattice: Lattice) -> tuple[torch.Tensor, torch
     keep = None
     with torch.no_grad():
         if stage.fixed_mask is not None:
-            keep = sample(stage.fixed_mask, stage.fixed_grid, lattice.points) > 0.5
+            keep = _fixed_values(stage.fixed_mask, stage.fixed_grid, lattice) > 0.5
         if stage.moving_mask is not None:
             inside = sample(stage.moving_mask, stage.moving_grid, at.detach()) > 0.5
             keep = inside if keep is None else keep & inside
-    sim = similarity(objective.similarity, sample(stage.fixed, stage.fixed_grid, lattice.points),
+    sim = similarity(objective.similarity, _fixed_values(stage.fixed, stage.fixed_grid, lattice),
                      sample(stage.moving, stage.moving_grid, at), objective.ncc_window, keep)
     loss = sim
     if objective.needs_jacobian:

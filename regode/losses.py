@@ -97,17 +97,28 @@ def gradient_energy(field: torch.Tensor, spacing) -> torch.Tensor:
     return dz.square().mean() + dy.square().mean() + dx.square().mean()
 
 
+def box_mean(volume: torch.Tensor, window: int) -> torch.Tensor:
+    """Means of ``volume [B, C, d, h, w]`` over cubic windows of ``window`` points wholly inside it
+    (``avg_pool3d(volume, window, stride=1)``), as three running sums along the axes: about four
+    times faster than the pooling on a CPU, with or without gradients."""
+    for axis in (2, 3, 4):
+        n = volume.shape[axis]
+        sums = volume.cumsum(axis)
+        sums = torch.cat([sums.narrow(axis, window - 1, 1), sums.narrow(axis, window, n - window) - sums.narrow(axis, 0, n - window)], axis)
+        volume = sums / window
+    return volume
+
+
 def local_ncc(a: torch.Tensor, b: torch.Tensor, window: int = 5, keep: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
     """Mean squared local normalised cross-correlation (in [0, 1]) of ``[B, 1, d, h, w]``
     volumes over cubic windows of ``window`` points (windows wholly inside the volumes; with
     ``keep``, a boolean ``[B, 1, d, h, w]``, the windows whose centre it keeps)."""
 
     w = max(1, min(window, *a.shape[2:]))
-    pool = lambda v: F.avg_pool3d(v, w, stride=1)  # noqa: E731
-    mu_a, mu_b = pool(a), pool(b)
-    cov = pool(a * b) - mu_a * mu_b
-    var_a = (pool(a * a) - mu_a**2).clamp(min=0)
-    var_b = (pool(b * b) - mu_b**2).clamp(min=0)
+    mu_a, mu_b, aa, bb, ab = box_mean(torch.cat([a, b, a * a, b * b, a * b], 1), w).split(1, 1)
+    cov = ab - mu_a * mu_b
+    var_a = (aa - mu_a**2).clamp(min=0)
+    var_b = (bb - mu_b**2).clamp(min=0)
     ncc = cov * cov / (var_a * var_b + eps)
     if keep is None:
         return ncc.mean()
@@ -132,7 +143,16 @@ def lattice_jacobian(mapped: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
 def folding_penalty(jacobian: torch.Tensor, floor: float = 0.1) -> torch.Tensor:
     """Mean of ``relu(floor - det J)``: zero where the mapping keeps orientation and does not
     compress a volume more than ``1 / floor`` times."""
-    return torch.relu(floor - torch.linalg.det(jacobian)).mean()
+    return torch.relu(floor - determinant3(jacobian)).mean()
+
+
+def determinant3(m: torch.Tensor) -> torch.Tensor:
+    """Determinants of 3x3 matrices ``[..., 3, 3]`` by cofactors: ``torch.linalg.det`` factorises
+    every matrix (and solves with it for the gradient), several times slower on a lattice's many."""
+    a, b, c = m[..., 0, 0], m[..., 0, 1], m[..., 0, 2]
+    d, e, f = m[..., 1, 0], m[..., 1, 1], m[..., 1, 2]
+    g, h, i = m[..., 2, 0], m[..., 2, 1], m[..., 2, 2]
+    return a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
 
 
 def jacobian_energy(jacobian: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The fast kernels of the similarity measures and networks against direct reference versions."""
+"""The fast kernels of the similarity measures, penalties and networks against direct reference versions."""
 
 import pytest
 import torch
@@ -85,3 +85,61 @@ def test_networks_convolution_equals_pytorch(shape, stride):
     double = conv.double()(x.detach().double())
     assert double.dtype == torch.float64
     assert torch.allclose(double.float(), reference.detach(), atol=1e-5)
+
+
+@pytest.mark.parametrize("shape,window", [((2, 3, 7, 9, 11), 5), ((1, 5, 6, 5, 8), 3), ((1, 1, 5, 5, 5), 5), ((1, 2, 4, 6, 3), 1)])
+def test_box_mean_equals_average_pooling(shape, window):
+    """The running-sum box filter behind local NCC gives avg_pool3d's windows and gradients."""
+    from regode.losses import box_mean
+
+    x = torch.rand(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    out, reference = box_mean(x, window), F.avg_pool3d(x, window, stride=1)
+    assert out.shape == reference.shape
+    assert torch.allclose(out, reference, atol=1e-12)
+    weights = torch.rand(reference.shape, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((out * weights).sum(), x)
+    (grad_ref,) = torch.autograd.grad((reference * weights).sum(), x)
+    assert torch.allclose(grad, grad_ref, atol=1e-12)
+
+
+def test_local_ncc_of_a_linear_relation_and_of_noise():
+    """Squared local NCC is 1 for a local linear relation of either sign and near 0 for unrelated noise."""
+    from regode.losses import local_ncc
+
+    gen = torch.Generator().manual_seed(2)
+    a = torch.rand(1, 1, 12, 10, 11, dtype=torch.float64, generator=gen)
+    assert float(local_ncc(a, 3 * a + 1)) == pytest.approx(1.0, abs=5e-3)  # eps in the denominator
+    assert float(local_ncc(a, 1 - a)) == pytest.approx(1.0, abs=5e-3)
+    assert float(local_ncc(a, torch.rand(a.shape, dtype=torch.float64, generator=gen))) < 0.1
+
+
+def test_determinant3_equals_torch_det():
+    """The cofactor determinant of the folding penalty gives torch.linalg.det's values and gradients."""
+    from regode.losses import determinant3
+
+    m = (torch.eye(3, dtype=torch.float64) + 0.6 * torch.randn(4, 5, 3, 3, dtype=torch.float64,
+                                                                 generator=torch.Generator().manual_seed(4))).requires_grad_(True)
+    assert torch.allclose(determinant3(m), torch.linalg.det(m), atol=1e-12)
+    (grad,) = torch.autograd.grad(determinant3(m).sum(), m)
+    (grad_ref,) = torch.autograd.grad(torch.linalg.det(m).sum(), m)
+    assert torch.allclose(grad, grad_ref, atol=1e-10)
+
+
+def test_fit_samples_the_fixed_image_on_a_lattice_as_at_its_points():
+    """regode.fitting reads the fixed image on a downsized lattice separably; the values are those
+    of sampling at the lattice's world points, also where the lattice leaves the image (padding)."""
+    from dataclasses import replace
+
+    from regode.fitting import _fixed_values
+    from regode.grid import Grid
+    from regode.lattice import Lattice, downsize
+    from regode.sampling import sample
+
+    grid = Grid((13, 11, 9), (1.5, 2.0, 1.0), (-10.0, 4.0, 7.0), (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    volume = torch.rand(1, 1, *grid.shape, generator=torch.Generator().manual_seed(5))
+    lattice = downsize(grid, 2, torch.Generator().manual_seed(6))
+    assert lattice.grid is not None
+    shifted = Lattice(lattice.points + 3.0, lattice.step, 
+                      replace(lattice.grid, origin=tuple(float(o) + 3.0 for o in lattice.grid.origin)))
+    for lat in (lattice, shifted):
+        assert torch.allclose(_fixed_values(volume, grid, lat), sample(volume, grid, lat.points), atol=1e-5)
