@@ -16,7 +16,7 @@ from regode.contrast import choose_similarity, fine_spacing
 from regode.errors import RegodeError
 from regode.grid import Grid
 from regode.io import write_image
-from regode.odenet.config import RegisterConfig
+from regode.odenet.config import PolishConfig, RegisterConfig
 from regode.synthetic import phantom_labels, render
 from regode.transforms import BSpline
 from regode.warp import resample
@@ -60,6 +60,17 @@ def test_fine_spacing_follows_the_image_down_to_1_mm():
         RegisterConfig(model="dense", fine_spacing=1.0, polish=False)
 
 
+def test_fine_lattice_is_set_in_mm():
+    """The fine level's lattice stride: the smallest whose lattice is at least fine_lattice_mm
+    (3 mm) on images at the fine spacing; None keeps the strides given."""
+    schedule = PolishConfig()
+    assert [schedule.fine_levels(s)[0].stride for s in (0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0)] == [4, 3, 3, 2, 2, 1, 1]
+    assert all(level.iterations == 45 for level in schedule.fine_levels(2.0))
+    assert PolishConfig(fine_lattice_mm=None).fine_levels(2.0) == PolishConfig().fine
+    with pytest.raises(RegodeError, match="fine_lattice_mm"):
+        PolishConfig(fine_lattice_mm=0.0)
+
+
 @pytest.fixture
 def fine_pair(tmp_path):
     """A 1 mm oblique pair: the moving image is the fixed one's anatomy, another contrast, moved by a
@@ -98,7 +109,8 @@ def test_register_ends_at_the_image_resolution(fine_pair):
     fine = docs["fine"]["polish"]["fine"]
     assert docs["fine"]["fine_spacing_mm"] == 1.0 and fine["metric"] == "ncc" and fine["spacing_mm"] == 1.0
     history = fine["stages"][0]["history"]
-    assert fine["iterations"] == 60  # the fine schedule (PolishConfig.fine), not the 2 mm polish's 40 steps
+    assert fine["iterations"] == 45  # the fine schedule (PolishConfig.fine), not the 2 mm polish's 40 steps
+    assert fine["stages"][0]["name"] == "0:3"  # a 3 mm lattice: every third voxel at 1 mm (fine_lattice_mm)
     assert all(-1.0 <= h["similarity"] <= 0 for h in history)  # minus local NCC (mutual information would be below -1 here)
     assert history[-1]["similarity"] < history[0]["similarity"]
     assert docs["none"]["fine_spacing_mm"] is None and "fine" not in docs["none"]["polish"]
@@ -139,6 +151,7 @@ def test_register_fine_level_also_at_2_mm(fine_pair):
     doc = json.loads(open(out + "regode.json").read())
     fine = doc["polish"]["fine"]
     assert doc["fine_spacing_mm"] == 2.0 and fine["spacing_mm"] == 2.0
+    assert fine["stages"][0]["name"] == "0:2"  # a 4 mm lattice: every second voxel at 2 mm (fine_lattice_mm)
     history = fine["stages"][0]["history"]
     assert history[-1]["similarity"] < history[0]["similarity"]
     out = str(folder / "n2_")

@@ -6,8 +6,9 @@ classes. :data:`KINDS` names the model kinds; their behaviour lives in regode.od
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .. import config as check
@@ -246,14 +247,20 @@ class PolishConfig:
     """the folding penalty and the weight of ``||J - I||^2`` (as fit-field's defaults)."""
     dense_control_spacing: float = 10.0
     """the dense polish's correction: a B-spline with half the B-spline model's control spacing (mm)."""
-    fine: tuple[PolishLevel, ...] = (PolishLevel(0, 3, 60),)
+    fine: tuple[PolishLevel, ...] = (PolishLevel(0, 3, 45),)
     """the fine level (``RegisterConfig.fine_spacing``): a B-spline correction of the last deformable
-    stage's field fitted on images at the fine spacing, here 60 steps on a lattice of every third
-    voxel (3 mm at 1 mm, 6 mm at 2 mm)."""
+    stage's field fitted on images at the fine spacing, here 45 steps on a lattice of every third
+    voxel, or the stride ``fine_lattice_mm`` sets."""
+    fine_lattice_mm: float | None = 3.0
+    """the fine levels' lattice: every n-th voxel of the images at the fine spacing, n the smallest
+    stride whose lattice is at least this many mm (2 at 2 mm: a 4 mm lattice; 3 at 1 mm), so that
+    the cost follows the head's size, not its voxels. None: the strides of ``fine``."""
     fine_control_spacing: float = 6.0
-    """the fine level's B-spline control spacing (mm). 6 mm and 60 steps against 8 mm and 30 on 4
-    NiChart pairs at 2 mm (tuning pairs, not the reported ones): 57.5 -> 60.9 Dice, 5.6 -> 7.2 s
-    (docs/benchmarks.md, "Inter-subject")."""
+    """the fine level's B-spline control spacing (mm)."""
+    fine_step: float = 1.0
+    """Adam's step for the fine level's control points (mm). With the 4 mm lattice, 45 steps of 1 mm
+    against 60 of 0.3 mm on every third voxel, on 4 NiChart pairs at 2 mm (tuning pairs, not the
+    reported ones): 62.6 -> 65.3 Dice, 7.6 -> 8.1 s (docs/benchmarks.md, "Inter-subject")."""
     fine_lambda_grad_mi: float = 1.0
     fine_lambda_grad_ncc: float = 0.5
     """the fine level's smoothness weight per similarity: the 2 mm polish's 5 held the 1 mm fit back
@@ -262,11 +269,20 @@ class PolishConfig:
 
     def __post_init__(self):
         check.positive(self, "rotation_step", "translation_step", "matrix_step", "bspline_step", "dense_control_spacing",
-                       "fine_control_spacing")
+                       "fine_control_spacing", "fine_step")
+        check.require(self.fine_lattice_mm is None or self.fine_lattice_mm > 0, f"fine_lattice_mm must be positive, not {self.fine_lattice_mm}")
         check.at_least(self, 0, "lambda_fold", "lambda_grad", "fine_lambda_grad_mi", "fine_lambda_grad_ncc")
         for level in self.rigid + self.affine + self.deformable + self.fine:
             check.require(level.coarseness >= 0 and level.stride >= 1 and level.iterations >= 1,
                           f"bad polish level {level}: coarseness >= 0, stride and iterations >= 1")
+
+
+    def fine_levels(self, spacing: float) -> tuple[PolishLevel, ...]:
+        """The fine levels on images at ``spacing`` mm (``fine_lattice_mm`` sets their stride)."""
+        if self.fine_lattice_mm is None:
+            return self.fine
+        stride = max(1, math.ceil(self.fine_lattice_mm / spacing - 1e-6))
+        return tuple(replace(level, stride=stride) for level in self.fine)
 
 
 @dataclass(frozen=True)
