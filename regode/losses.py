@@ -115,7 +115,10 @@ def local_ncc(a: torch.Tensor, b: torch.Tensor, window: int = 5, keep: torch.Ten
     ``keep``, a boolean ``[B, 1, d, h, w]``, the windows whose centre it keeps)."""
 
     w = max(1, min(window, *a.shape[2:]))
-    mu_a, mu_b, aa, bb, ab = box_mean(torch.cat([a, b, a * a, b * b, a * b], 1), w).split(1, 1)
+    a, b = torch.broadcast_tensors(a, b)
+    # centred (NCC does not change): the running sums of box_mean stay small, and so their rounding
+    a, b = a - a.detach().mean(), b - b.detach().mean()
+    mu_a, mu_b, aa, bb, ab = box_mean(torch.cat([a, b, a * a, b * b, a * b], 1), w).chunk(5, 1)
     cov = ab - mu_a * mu_b
     var_a = (aa - mu_a**2).clamp(min=0)
     var_b = (bb - mu_b**2).clamp(min=0)

@@ -134,7 +134,7 @@ def test_fit_field_fine_level_and_auto_metric(fine_pair):
     assert result.exit_code != 0 and "content" in result.output
 
 
-def test_register_fine_level_also_at_2_mm(fine_pair):
+def test_register_fine_level_also_at_2_mm(fine_pair, monkeypatch):
     """A 2 mm pair (the working spacing): register's fine level still runs there (a finer B-spline
     correction with the pair's similarity), and its loss falls; fit-field's (the same field on the
     same images) does not run."""
@@ -145,9 +145,21 @@ def test_register_fine_level_also_at_2_mm(fine_pair):
         coarse = sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), (2.0, 2.0, 2.0), image.GetDirection())
         sitk.WriteImage(coarse, str(folder / f"{name}2.nii.gz"))
     out = str(folder / "r2_")
+    import regode.odenet.register as engine
+
+    schedules, polish_dense = [], engine.polish_dense
+
+    def spy(*args, **kwargs):  # the fine level's schedule
+        schedules.append(args[4])
+        return polish_dense(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "polish_dense", spy)
     result = runner.invoke(app, ["register", "-f", str(folder / "f2.nii.gz"), "-m", str(folder / "m2.nii.gz"), "-o", out,
                                  "--model", "affine+bspline", "--no-qc"])
     assert result.exit_code == 0, result.output
+    given = PolishConfig()
+    (schedule,) = schedules  # its own step and lattice; the 2 mm polishes keep theirs
+    assert schedule.bspline_step == given.fine_step != given.bspline_step and schedule.fine == given.fine_levels(2.0)
     doc = json.loads(open(out + "regode.json").read())
     fine = doc["polish"]["fine"]
     assert doc["fine_spacing_mm"] == 2.0 and fine["spacing_mm"] == 2.0

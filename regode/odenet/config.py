@@ -270,7 +270,8 @@ class PolishConfig:
     def __post_init__(self):
         check.positive(self, "rotation_step", "translation_step", "matrix_step", "bspline_step", "dense_control_spacing",
                        "fine_control_spacing", "fine_step")
-        check.require(self.fine_lattice_mm is None or self.fine_lattice_mm > 0, f"fine_lattice_mm must be positive, not {self.fine_lattice_mm}")
+        check.require(self.fine_lattice_mm is None or 0 < self.fine_lattice_mm < math.inf,
+                      f"fine_lattice_mm must be a positive number of mm, not {self.fine_lattice_mm}")
         check.at_least(self, 0, "lambda_fold", "lambda_grad", "fine_lambda_grad_mi", "fine_lambda_grad_ncc")
         for level in self.rigid + self.affine + self.deformable + self.fine:
             check.require(level.coarseness >= 0 and level.stride >= 1 and level.iterations >= 1,
