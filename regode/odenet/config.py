@@ -277,7 +277,6 @@ class PolishConfig:
             check.require(level.coarseness >= 0 and level.stride >= 1 and level.iterations >= 1,
                           f"bad polish level {level}: coarseness >= 0, stride and iterations >= 1")
 
-
     def fine_levels(self, spacing: float) -> tuple[PolishLevel, ...]:
         """The fine levels on images at ``spacing`` mm (``fine_lattice_mm`` sets their stride)."""
         if self.fine_lattice_mm is None:

@@ -130,7 +130,7 @@ def _fine_level(fixed: Image, moving: Image, working_fixed, working_moving, line
     fixed_f, fine_grid = working_image(fixed, spacing, device)
     moving_f, moving_grid_f = working_image(moving, spacing, device)
     images = ([Level(fixed_f, fine_grid)], [Level(moving_f, moving_grid_f)])
-    # the field stays on its working grid: the correction's control spacing (8 mm) is coarse enough
+    # the field stays on its working grid: the correction's control spacing (6 mm) is coarse enough
     # for it, and the fit samples a field 8 times smaller at every step; the images are what is finer
     start = DisplacementField(field.grid, field.field.to(device=device, dtype=fixed_f.dtype))
     given = config.polish_schedule
