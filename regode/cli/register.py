@@ -29,7 +29,7 @@ def register(
     moving_mask: Annotated[Optional[Path], typer.Option("--moving-mask", help="Only points mapped inside this image's non-zero voxels count.")] = None,
     initial_transform: Annotated[Optional[list[str]], typer.Option("--initial-transform", help="Linear transform file(s) to start from (fixed -> moving, -t order); '[f.mat,1]' inverts.")] = None,
     no_center_of_mass: Annotated[bool, typer.Option("--no-center-of-mass", help="Start from the identity (no translation between the head centres, no principal axes).")] = False,
-    no_principal_axes: Annotated[bool, typer.Option("--no-principal-axes", help="Rigid models: start from the translation between the head centres only, not from the best principal-axes alignment.")] = False,
+    no_principal_axes: Annotated[bool, typer.Option("--no-principal-axes", help="Models that start with a rigid or affine stage: start from the translation between the head centres only, not from the best principal-axes alignment.")] = False,
     polish: Annotated[bool, typer.Option("--polish/--no-polish", help="After each network, optimise its result by mutual information (a few dozen Adam steps at 2 mm; for dense a 10 mm B-spline correction of its field); --no-polish runs the networks alone.")] = RegisterConfig.polish,
     fine_spacing: Annotated[Optional[float], typer.Option("--fine-spacing", help="Refine the last deformable stage on images at this spacing (mm; 0: no). Default: the fixed image's spacing (at least 1 mm) for the affine+bspline/dense cascades, none for the other models.")] = None,
     metric: Annotated[Metric, typer.Option("--metric", help="The fine level's similarity: auto (local NCC for one contrast, MI across contrasts, judged on the pair), mi or ncc.")] = Metric(RegisterConfig.metric),

@@ -298,7 +298,7 @@ class RegisterConfig(check.PairRun):
     """start from the translation between the centres of the images' head masks
     (regode.preprocess.head_center)."""
     principal_axes: bool = True
-    """models that start with a rigid stage: start from the best principal-axes alignment (or the
+    """models that start with a linear (rigid or affine) stage: start from the best principal-axes alignment (or the
     head centres' translation, whichever shares more mutual information); see regode.alignment."""
     polish: bool = True
     """after each network, a short mutual-information optimisation of its result: the network
