@@ -97,12 +97,11 @@ def polish_affine_chosen(fixed: list, moving: list, linear: Affine, center: torc
     keep = foreground(fix.volume)
     if masks[0] is not None:
         keep &= masks[0][-1] > 0.5
-    points = fix.grid.world_points(dtype=torch.float64)[None]  # fixed voxel centres, world LPS mm
 
     @torch.no_grad()
-    def score(transform):  # the candidates are double on the CPU: map there, sample where the images are
-        moved = sample(mov.volume, mov.grid, transform(points).to(device=fix.volume.device, dtype=fix.volume.dtype))
-        return float(local_ncc(moved, fix.volume, 5, keep))
+    def score(transform):  # the candidates are double on the CPU: map the fixed voxel centres (world LPS mm) there
+        mapped = transform.map_grid(fix.grid).to(device=fix.volume.device, dtype=fix.volume.dtype)
+        return float(local_ncc(sample(mov.volume, mov.grid, mapped), fix.volume, 5, keep))
 
     choice = {"mi_local_ncc": score(result), "ncc_local_ncc": score(other), "chosen": "mi"}
     if choice["ncc_local_ncc"] > choice["mi_local_ncc"]:
