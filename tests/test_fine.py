@@ -61,11 +61,14 @@ def test_fine_spacing_follows_the_image_down_to_1_mm():
 
 
 def test_fine_lattice_is_set_in_mm():
-    """The fine level's lattice stride: the smallest whose lattice is at least fine_lattice_mm
-    (3 mm) on images at the fine spacing; None keeps the strides given."""
+    """The fine levels' lattice strides: the smallest whose lattice is at least fine_lattice_mm
+    (3 mm) on each level's images (the fine spacing, and twice it for the coarse level); None
+    keeps the strides given."""
     schedule = PolishConfig()
-    assert [schedule.fine_levels(s)[0].stride for s in (0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0)] == [4, 3, 3, 2, 2, 1, 1]
-    assert all(level.iterations == 45 for level in schedule.fine_levels(2.0))
+    spacings = (0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0)
+    assert [schedule.fine_levels(s)[-1].stride for s in spacings] == [4, 3, 3, 2, 2, 1, 1]  # images at s mm
+    assert [schedule.fine_levels(s)[0].stride for s in spacings] == [2, 2, 2, 1, 1, 1, 1]  # images at 2 s mm
+    assert [(level.coarseness, level.iterations) for level in schedule.fine_levels(2.0)] == [(1, 30), (0, 45)]
     assert PolishConfig(fine_lattice_mm=None).fine_levels(2.0) == PolishConfig().fine
     with pytest.raises(RegodeError, match="fine_lattice_mm"):
         PolishConfig(fine_lattice_mm=0.0)
@@ -108,11 +111,13 @@ def test_register_ends_at_the_image_resolution(fine_pair):
         assert warp.GetSize() == grid.size and np.allclose(warp.GetSpacing(), grid.spacing)
     fine = docs["fine"]["polish"]["fine"]
     assert docs["fine"]["fine_spacing_mm"] == 1.0 and fine["metric"] == "ncc" and fine["spacing_mm"] == 1.0
-    history = fine["stages"][0]["history"]
-    assert fine["iterations"] == 45  # the fine schedule (PolishConfig.fine), not the 2 mm polish's 40 steps
-    assert fine["stages"][0]["name"] == "0:3"  # a 3 mm lattice: every third voxel at 1 mm (fine_lattice_mm)
-    assert all(-1.0 <= h["similarity"] <= 0 for h in history)  # minus local NCC (mutual information would be below -1 here)
-    assert history[-1]["similarity"] < history[0]["similarity"]
+    assert fine["iterations"] == 30 + 45  # the fine schedule (PolishConfig.fine), not the 2 mm polish's 40 steps
+    # 4 mm lattices on the 2 mm images (every second voxel), then 3 mm at 1 mm (every third: fine_lattice_mm)
+    assert [stage["name"] for stage in fine["stages"]] == ["1:2", "0:3"]
+    for stage in fine["stages"]:
+        history = stage["history"]
+        assert all(-1.0 <= h["similarity"] <= 0 for h in history)  # minus local NCC (mutual information would be below -1 here)
+        assert history[-1]["similarity"] < history[0]["similarity"]
     assert docs["none"]["fine_spacing_mm"] is None and "fine" not in docs["none"]["polish"]
     assert "fine" in docs["fine"]["timings_s"]
 
@@ -147,10 +152,11 @@ def test_register_fine_level_also_at_2_mm(fine_pair, monkeypatch):
     out = str(folder / "r2_")
     import regode.odenet.register as engine
 
-    schedules, polish_dense = [], engine.polish_dense
+    schedules, spacings, polish_dense = [], [], engine.polish_dense
 
-    def spy(*args, **kwargs):  # the fine level's schedule
+    def spy(*args, **kwargs):  # the fine level's schedule and the spacings of its fixed pyramid
         schedules.append(args[4])
+        spacings.append([float(level.grid.spacing[0]) for level in args[0]])
         return polish_dense(*args, **kwargs)
 
     monkeypatch.setattr(engine, "polish_dense", spy)
@@ -160,12 +166,23 @@ def test_register_fine_level_also_at_2_mm(fine_pair, monkeypatch):
     given = PolishConfig()
     (schedule,) = schedules  # its own step and lattice; the 2 mm polishes keep theirs
     assert schedule.bspline_step == given.fine_step != given.bspline_step and schedule.fine == given.fine_levels(2.0)
+    assert spacings == [[4.0, 2.0]]  # the images at twice the fine spacing, then at it
     doc = json.loads(open(out + "regode.json").read())
     fine = doc["polish"]["fine"]
     assert doc["fine_spacing_mm"] == 2.0 and fine["spacing_mm"] == 2.0
-    assert fine["stages"][0]["name"] == "0:2"  # a 4 mm lattice: every second voxel at 2 mm (fine_lattice_mm)
-    history = fine["stages"][0]["history"]
-    assert history[-1]["similarity"] < history[0]["similarity"]
+    # 4 mm lattices: every voxel of the 4 mm images, then every second voxel at 2 mm (fine_lattice_mm)
+    assert [stage["name"] for stage in fine["stages"]] == ["1:1", "0:2"]
+    coarse = fine["stages"][0]["history"]
+    assert coarse[-1]["similarity"] < coarse[0]["similarity"]
+    result = runner.invoke(app, ["register", "-f", str(folder / "f2.nii.gz"), "-m", str(folder / "m2.nii.gz"), "-o", str(folder / "r0_"),
+                                 "--model", "affine+bspline", "--no-qc", "--fine-spacing", "0"])
+    assert result.exit_code == 0, result.output
+    fixed = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "f2.nii.gz"))).ravel()
+
+    def correlation(prefix):  # of the warped moving image with the fixed one
+        return np.corrcoef(fixed, sitk.GetArrayFromImage(sitk.ReadImage(str(folder / f"{prefix}Warped.nii.gz"))).ravel())[0, 1]
+
+    assert correlation("r2_") > correlation("r0_")  # the fine level improves the match
     out = str(folder / "n2_")
     result = runner.invoke(app, ["fit-field", "-f", str(folder / "f2.nii.gz"), "-m", str(folder / "m2.nii.gz"), "-o", out, "-q", "--no-qc",
                                  "--preset", "inter-subject", "--iterations", "10", "--coarse-iterations", "10"])

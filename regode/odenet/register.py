@@ -27,7 +27,7 @@ from ..sampling import sample
 from ..transforms import Compose, DisplacementField
 from .config import RegisterConfig
 from .kinds import KINDS
-from .model import Level, MSODENet, check_pyramid, load_model, pyramid
+from .model import MSODENet, check_pyramid, load_model, pyramid
 from .polish import polish_dense
 
 
@@ -127,13 +127,14 @@ def _fine_level(fixed: Image, moving: Image, working_fixed, working_moving, line
             moved = sample(moving_w, moving_grid, copy.deepcopy(Compose([linear, field])).to(device).float().map_grid(fixed_grid))
         keep = None if masks[0] is None else working_mask(masks[0], fixed_grid, device) > 0.5
         metric, figures = choose_similarity(fixed_w[0, 0], moved[0, 0], None if keep is None else keep[0, 0])
+    given = config.polish_schedule
     fixed_f, fine_grid = working_image(fixed, spacing, device)
     moving_f, moving_grid_f = working_image(moving, spacing, device)
-    images = ([Level(fixed_f, fine_grid)], [Level(moving_f, moving_grid_f)])
+    depth = 1 + max(level.coarseness for level in given.fine)  # the fine schedule's pyramid
+    images = (pyramid(fixed_f, fine_grid, depth), pyramid(moving_f, moving_grid_f, depth))
     # the field stays on its working grid: the correction's control spacing (6 mm) is coarse enough
     # for it, and the fit samples a field 8 times smaller at every step; the images are what is finer
     start = DisplacementField(field.grid, field.field.to(device=device, dtype=fixed_f.dtype))
-    given = config.polish_schedule
     schedule = replace(given, lambda_grad=getattr(given, f"fine_lambda_grad_{metric}"), bspline_step=given.fine_step,
                        fine=given.fine_levels(spacing))
     refined, record = polish_dense(*images, linear, start, schedule, config.seed, _level_masks(masks, images), metric, fine=True)
