@@ -188,3 +188,33 @@ def test_register_fine_level_also_at_2_mm(fine_pair, monkeypatch):
                                  "--preset", "inter-subject", "--iterations", "10", "--coarse-iterations", "10"])
     assert result.exit_code == 0, result.output
     assert json.loads(open(out + "regode.json").read())["fine_spacing_mm"] is None
+
+
+def test_register_fine_level_masks_hold_on_every_level():
+    """The fine level's fixed mask (ANTs' -x) on both levels of its pyramid: a moving image that
+    differs from the fixed one only in its left half (shifted 6 mm there) pulls the correction there
+    unmasked; with a fixed mask of the right half, nothing does, on the coarse level or the fine."""
+    from regode.io import Image
+    from regode.odenet.register import _fine_level
+    from regode.preprocess import working_image
+    from regode.transforms import Affine, DisplacementField, Rigid
+
+    grid = Grid((40, 44, 36), (3.0, 3.0, 3.0), (-60.0, -66.0, -54.0))
+    fixed = render(phantom_labels(grid, 16, 5), grid, 1)
+    moved = resample(fixed, grid, grid, Rigid(torch.tensor([[0.0, 0.0, 0.0, 6.0, 0.0, 0.0]], dtype=torch.float64)))
+    left = torch.zeros_like(fixed, dtype=torch.bool)
+    left[..., : grid.size[0] // 2] = True  # x is the last tensor axis
+    images = Image(fixed, grid, np.float32), Image(torch.where(left, moved, fixed), grid, np.float32)
+    mask = Image((~left).float(), grid, np.uint8)
+    working = [working_image(image, 3.0, torch.device("cpu")) for image in images]
+    start = DisplacementField(grid, torch.zeros(1, 3, *grid.shape, dtype=torch.float64))
+    config = RegisterConfig(model="affine+bspline", metric="ncc")
+    identity = Affine(torch.eye(3, dtype=torch.float64)[None])
+    inner = left.clone()
+    inner[..., grid.size[0] // 2 - 4 :] = False  # away from the mask's edge
+    sizes = {}
+    for name, masks in (("free", (None, None)), ("masked", (mask, None))):
+        field, record = _fine_level(*images, *working, identity, start, 3.0, config, masks, torch.device("cpu"))
+        assert [stage["name"] for stage in record["stages"]] == ["1:1", "0:1"]  # 6 mm images, then 3 mm: every voxel
+        sizes[name] = float(field.field[0].norm(dim=0)[inner[0, 0]].mean())
+    assert sizes["free"] > 1.0 and sizes["masked"] < 0.4 * sizes["free"], sizes

@@ -253,7 +253,7 @@ class PolishConfig:
     at twice the fine spacing, then 45 at the fine spacing (lattices of every voxel and every third,
     or the strides ``fine_lattice_mm`` sets). The coarse half carries the larger corrections: on
     NiChart pairs at 2 mm (tuning pairs, not the reported ones) 63.5 -> 65.0 Dice on 6 pairs and
-    65.3 -> 66.7 on 4, for about 1.3 s more per pair (docs/benchmarks.md, "Inter-subject")."""
+    65.3 -> 66.7 on 4, for about 1.3 s more per pair (docs/benchmarks.md, "A pyramid for the fine level")."""
     fine_lattice_mm: float | None = 3.0
     """the fine levels' lattices: every n-th voxel of each level's images, n the smallest stride
     whose lattice is at least this many mm (at a 2 mm fine spacing: every voxel of the 4 mm images,
@@ -262,9 +262,10 @@ class PolishConfig:
     fine_control_spacing: float = 6.0
     """the fine level's B-spline control spacing (mm)."""
     fine_step: float = 1.0
-    """Adam's step for the fine level's control points (mm). With the 4 mm lattice, 45 steps of 1 mm
-    against 60 of 0.3 mm on every third voxel, on 4 NiChart pairs at 2 mm (tuning pairs, not the
-    reported ones): 62.6 -> 65.3 Dice, 7.6 -> 8.1 s (docs/benchmarks.md, "Inter-subject")."""
+    """Adam's step for the fine level's control points (mm), on every level of it. Chosen before the
+    coarse level was added: on a 4 mm lattice of 2 mm images, 45 steps of 1 mm against 60 of 0.3 mm
+    on every third voxel, on 4 NiChart pairs (tuning pairs, not the reported ones): 62.6 -> 65.3
+    Dice, 7.6 -> 8.1 s (docs/benchmarks.md, "The fine level's lattice in mm")."""
     fine_lambda_grad_mi: float = 1.0
     fine_lambda_grad_ncc: float = 0.5
     """the fine level's smoothness weight per similarity: the 2 mm polish's 5 held the 1 mm fit back

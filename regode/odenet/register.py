@@ -130,7 +130,7 @@ def _fine_level(fixed: Image, moving: Image, working_fixed, working_moving, line
     given = config.polish_schedule
     fixed_f, fine_grid = working_image(fixed, spacing, device)
     moving_f, moving_grid_f = working_image(moving, spacing, device)
-    depth = 1 + max(level.coarseness for level in given.fine)  # the fine schedule's pyramid
+    depth = 1 + max((level.coarseness for level in given.fine), default=0)  # the fine schedule's pyramid
     images = (pyramid(fixed_f, fine_grid, depth), pyramid(moving_f, moving_grid_f, depth))
     # the field stays on its working grid: the correction's control spacing (6 mm) is coarse enough
     # for it, and the fit samples a field 8 times smaller at every step; the images are what is finer
