@@ -118,8 +118,9 @@ def register_images(fixed: Image, moving: Image, config: RegisterConfig, models:
 def _fine_level(fixed: Image, moving: Image, working_fixed, working_moving, linear, field: DisplacementField, spacing: float,
                 config: RegisterConfig, masks, device) -> tuple[DisplacementField, dict]:
     """The fine level: ``field`` refined by a B-spline correction on a pyramid of the images at
-    ``spacing`` mm (the levels of ``PolishConfig.fine``), with the similarity ``config.metric`` (auto: chosen on the working images as the pair stands,
-    regode.contrast); the result is a displacement field on ``field``'s grid."""
+    ``spacing`` mm (the levels of ``PolishConfig.fine``), with the similarity ``config.metric``
+    (auto: chosen on the working images as the pair stands, regode.contrast); the result is a
+    displacement field on ``field``'s grid."""
     metric, figures = config.metric, None
     if metric == "auto":
         (fixed_w, fixed_grid), (moving_w, moving_grid) = working_fixed, working_moving
