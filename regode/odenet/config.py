@@ -253,7 +253,7 @@ class PolishConfig:
     at twice the fine spacing, then 45 at the fine spacing (lattices of every voxel and every third,
     or the strides ``fine_lattice_mm`` sets). The coarse half carries the larger corrections: on
     NiChart pairs at 2 mm (tuning pairs, not the reported ones) 63.5 -> 65.0 Dice on 6 pairs and
-    65.3 -> 66.7 on 4, for about 1.3 s more per pair (docs/benchmarks.md, "A pyramid for the fine level")."""
+    65.3 -> 66.7 on 4, for 1.5 to 1.9 s more per pair (docs/benchmarks.md, "A pyramid for the fine level")."""
     fine_lattice_mm: float | None = 3.0
     """the fine levels' lattices: every n-th voxel of each level's images, n the smallest stride
     whose lattice is at least this many mm (at a 2 mm fine spacing: every voxel of the 4 mm images,
