@@ -15,10 +15,12 @@ from regode.cli import app
 from regode.contrast import choose_similarity, fine_spacing
 from regode.errors import RegodeError
 from regode.grid import Grid
-from regode.io import write_image
+from regode.io import Image, write_image
 from regode.odenet.config import PolishConfig, RegisterConfig
+from regode.odenet.register import _fine_level
+from regode.preprocess import working_image
 from regode.synthetic import phantom_labels, render
-from regode.transforms import BSpline
+from regode.transforms import Affine, BSpline, DisplacementField, Rigid
 from regode.warp import resample
 
 runner = CliRunner()
@@ -194,11 +196,6 @@ def test_register_fine_level_masks_hold_on_every_level():
     """The fine level's fixed mask (ANTs' -x) on both levels of its pyramid: a moving image that
     differs from the fixed one only in its left half (shifted 6 mm there) pulls the correction there
     unmasked; with a fixed mask of the right half, nothing does, on the coarse level or the fine."""
-    from regode.io import Image
-    from regode.odenet.register import _fine_level
-    from regode.preprocess import working_image
-    from regode.transforms import Affine, DisplacementField, Rigid
-
     grid = Grid((40, 44, 36), (3.0, 3.0, 3.0), (-60.0, -66.0, -54.0))
     fixed = render(phantom_labels(grid, 16, 5), grid, 1)
     moved = resample(fixed, grid, grid, Rigid(torch.tensor([[0.0, 0.0, 0.0, 6.0, 0.0, 0.0]], dtype=torch.float64)))

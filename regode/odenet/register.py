@@ -79,13 +79,10 @@ def register_images(fixed: Image, moving: Image, config: RegisterConfig, models:
                   "drop --no-center-of-mass, or give --initial-transform" if not config.center_of_mass else "give --initial-transform")
     pyramids = {}
 
-    def levels(n):  # the working images' n-level pyramids: the finest n of a deeper one already built
-        deeper = [k for k in pyramids if k >= n]
-        if not deeper:
+    def levels(n):
+        if n not in pyramids:
             pyramids[n] = (pyramid(fixed_w, fixed_grid, n), pyramid(moving_w, moving_grid, n))
-            deeper = [n]
-        fixed_levels, moving_levels = pyramids[min(deeper)]
-        return fixed_levels[-n:], moving_levels[-n:]
+        return pyramids[n]
 
     timings["preprocess"] = time.perf_counter() - start
     field = None
@@ -109,7 +106,7 @@ def register_images(fixed: Image, moving: Image, config: RegisterConfig, models:
     if fine is not None:
         t0 = time.perf_counter()
         field, polish["fine"] = _fine_level(fixed, moving, (fixed_w, fixed_grid), (moving_w, moving_grid), linear, field, fine,
-                                            config, masks, device, levels if fine == spacing else None)
+                                            config, masks, device)
         timings["fine"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - start
     stats = {"timings_s": timings, "nfe": nfe, "device": str(device), "working_spacing_mm": spacing, "fine_spacing_mm": fine,
@@ -119,31 +116,29 @@ def register_images(fixed: Image, moving: Image, config: RegisterConfig, models:
 
 
 def _fine_level(fixed: Image, moving: Image, working_fixed, working_moving, linear, field: DisplacementField, spacing: float,
-                config: RegisterConfig, masks, device, working_pyramids=None) -> tuple[DisplacementField, dict]:
+                config: RegisterConfig, masks, device) -> tuple[DisplacementField, dict]:
     """The fine level: ``field`` refined by a B-spline correction on a pyramid of the images at
     ``spacing`` mm (the levels of ``PolishConfig.fine``), with the similarity ``config.metric``
     (auto: chosen on the working images as the pair stands, regode.contrast); the result is a
-    displacement field on ``field``'s grid. ``working_pyramids(n)``: the working images' n-level
-    pyramids, when ``spacing`` is the working spacing (they are the fine level's images then)."""
+    displacement field on ``field``'s grid."""
+    (fixed_w, fixed_grid), (moving_w, moving_grid) = working_fixed, working_moving
     metric, figures = config.metric, None
     if metric == "auto":
-        (fixed_w, fixed_grid), (moving_w, moving_grid) = working_fixed, working_moving
         with torch.no_grad():
             moved = sample(moving_w, moving_grid, copy.deepcopy(Compose([linear, field])).to(device).float().map_grid(fixed_grid))
         keep = None if masks[0] is None else working_mask(masks[0], fixed_grid, device) > 0.5
         metric, figures = choose_similarity(fixed_w[0, 0], moved[0, 0], None if keep is None else keep[0, 0])
     given = config.polish_schedule
     depth = 1 + max((level.coarseness for level in given.fine), default=0)  # the fine schedule's pyramid
-    if working_pyramids is not None:
-        images = working_pyramids(depth)
+    if spacing == float(fixed_grid.spacing[0]):  # at the (isotropic) working spacing: the working images
+        fixed_f, fine_grid, moving_f, moving_grid_f = fixed_w, fixed_grid, moving_w, moving_grid
     else:
         fixed_f, fine_grid = working_image(fixed, spacing, device)
         moving_f, moving_grid_f = working_image(moving, spacing, device)
-        images = (pyramid(fixed_f, fine_grid, depth), pyramid(moving_f, moving_grid_f, depth))
-    fine_dtype = images[0][-1].volume.dtype
+    images = (pyramid(fixed_f, fine_grid, depth), pyramid(moving_f, moving_grid_f, depth))
     # the field stays on its working grid: the correction's control spacing (6 mm) is coarse enough
     # for it, and the fit samples a field 8 times smaller at every step; the images are what is finer
-    start = DisplacementField(field.grid, field.field.to(device=device, dtype=fine_dtype))
+    start = DisplacementField(field.grid, field.field.to(device=device, dtype=fixed_f.dtype))
     schedule = replace(given, lambda_grad=getattr(given, f"fine_lambda_grad_{metric}"), bspline_step=given.fine_step,
                        fine=given.fine_levels(spacing))
     refined, record = polish_dense(*images, linear, start, schedule, config.seed, _level_masks(masks, images), metric, fine=True)
