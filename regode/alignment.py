@@ -103,10 +103,8 @@ MIN_OVERLAP = 0.05
 """the share of the fixed head that must land on the moving head under a registration's start."""
 
 
-def check_overlap(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid, linear: Affine, fix: str) -> float:
-    """The share of the fixed working image's foreground that ``linear`` maps onto the moving one's;
-    below :data:`MIN_OVERLAP` the pair is refused with one line suggesting ``fix`` (no registration
-    can start from images that do not meet: it would write empty images and succeed)."""
+def overlap(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid, linear: Affine) -> float:
+    """The share of the fixed working image's foreground that ``linear`` maps onto the moving one's."""
     index = torch.nonzero(foreground(fixed[0, 0]))  # (k, j, i)
     if len(index) == 0:
         return 1.0
@@ -114,8 +112,39 @@ def check_overlap(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, m
     m = linear.homogeneous()[0].detach().double().cpu()
     points = torch.as_tensor(fixed_grid.index_to_world(index), dtype=torch.float64)
     mapped = (points @ m[:3, :3].T + m[:3, 3])[None].to(dtype=moving.dtype, device=moving.device)
-    share = float((sample(moving, moving_grid, mapped) > FOREGROUND).float().mean())
+    return float((sample(moving, moving_grid, mapped) > FOREGROUND).float().mean())
+
+
+def check_overlap(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid, linear: Affine, fix: str) -> float:
+    """:func:`overlap`, refused below :data:`MIN_OVERLAP` with one line suggesting ``fix`` (no
+    registration can start from images that do not meet: it would write empty images and succeed)."""
+    share = overlap(fixed, fixed_grid, moving, moving_grid, linear)
     if share < MIN_OVERLAP:
         raise RegodeError(f"the fixed and moving images do not overlap at the start: {100 * share:.1f} % of the fixed head lands "
                           f"on the moving head; {fix}")
     return share
+
+
+START_GAP_MM = 25.0
+"""the distance (mm, at the fixed head's centre) between the head-centre start and the headers' beyond
+which a model that starts with an affine stage runs it from both (see :func:`header_start`)."""
+
+
+def header_start(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid, start: Affine,
+                 c_fix: torch.Tensor) -> tuple[Affine | None, dict]:
+    """The headers' start (the identity: the images' own world coordinates) as a second candidate
+    beside ``start`` (the head centres' translation), where the two put the fixed head's centre
+    more than :data:`START_GAP_MM` apart and the headers' start overlaps the heads (at least
+    :data:`MIN_OVERLAP`); else None. The head centres assume both images show the same part of the
+    head: a slab (a FLAIR without the neck) against a head with its neck, or a head against a
+    brain-only template, moves one centre and not the other, while images in one scanner space are
+    already close by their headers. Which start is right is judged after the first stage
+    (regode.odenet.register). The record: the gap (mm) and the headers' overlap."""
+    identity = Affine(torch.eye(3, dtype=torch.float64))
+    centre = torch.as_tensor(c_fix, dtype=torch.float64).reshape(1, 1, 3)
+    gap = float(torch.linalg.norm(start(centre).detach() - centre))
+    record = {"gap_mm": gap}
+    if gap <= START_GAP_MM:
+        return None, record
+    record["header_overlap"] = overlap(fixed, fixed_grid, moving, moving_grid, identity)
+    return (identity if record["header_overlap"] >= MIN_OVERLAP else None), record

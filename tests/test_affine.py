@@ -23,7 +23,7 @@ from regode.odenet.networks import _offsets, fit_affine_velocity
 from regode.rotations import euler_matrix
 from regode.sampling import sample
 from regode.synthetic import phantom_labels, render
-from regode.transforms import Affine
+from regode.transforms import Affine, Compose
 from regode.warp import resample
 
 runner = CliRunner()
@@ -162,3 +162,49 @@ def test_affine_polish_keeps_the_candidate_with_the_higher_local_ncc(tmp_path):
     alone, record = polish_affine_chosen(*levels, start, center, replace(PolishConfig(), affine_ncc_candidate=False), 0)
     mi, _ = polish_affine(*levels, start, center, PolishConfig(), 0)
     assert "similarity_choice" not in record and torch.allclose(alone.homogeneous(), mi.homogeneous())
+
+
+def _slab_pair(shift_headers_mm: float):
+    """A phantom head (fixed) and a slab of it (moving: the top slices only, as a FLAIR without the
+    neck against a whole head), in one world space up to a small known shift, and the moving
+    header moved by ``shift_headers_mm`` along x besides (0: the headers are right)."""
+    from regode.io import Image
+
+    grid = Grid((72, 80, 84), (2.0, 2.0, 2.0), (-70.0, -80.0, -90.0), OBLIQUE)
+    labels = phantom_labels(grid, 12, 5)
+    truth = Affine(torch.eye(3, dtype=torch.float64)[None], torch.tensor([[2.0, -3.0, 1.5]], dtype=torch.float64))
+    slab = grid.rows(slice(50, 84))
+    moving = resample(render(labels, grid, 2), grid, slab, truth.inverse())
+    origin = np.asarray(slab.origin) + np.array([shift_headers_mm, 0.0, 0.0])
+    moved = Grid(slab.size, slab.spacing, tuple(origin), slab.direction)
+    header = Affine(torch.eye(3, dtype=torch.float64)[None], torch.tensor([[shift_headers_mm, 0.0, 0.0]], dtype=torch.float64))
+    return (Image(render(labels, grid, 1).float(), grid, np.dtype(np.float32)), Image(moving.float(), moved, np.dtype(np.float32)),
+            Compose([header, truth]), grid)
+
+
+@pytest.mark.parametrize("headers_off_mm", [0.0, 45.0])
+def test_affine_first_models_judge_the_headers_start_after_the_affine_stage(monkeypatch, headers_off_mm):
+    """A slab against a whole head in one world space: the head centres' translation is wrong (the
+    slab's head is the top of the head) and the headers are right. The affine stage runs from both
+    starts and keeps the better; without the headers' start (never tried) it lands far off. With the
+    slab's header moved 45 mm off, the head centres are kept."""
+    from regode import alignment, api
+
+    fixed, moving, truth, grid = _slab_pair(headers_off_mm)
+    pts = torch.as_tensor(grid.center)[None, None] + torch.randn(1, 300, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 25
+
+    def error(result):
+        return float((result.transform(pts) - truth(pts)).norm(dim=-1).square().mean().sqrt())
+
+    config = api.RegisterConfig(model="affine")
+    judged = api.register(fixed, moving, config)
+    choice = judged.stats["start_choice"]
+    assert choice["gap_mm"] > alignment.START_GAP_MM
+    assert choice["chosen"] == ("headers" if headers_off_mm == 0 else "head_centres"), choice
+    monkeypatch.setattr(alignment, "START_GAP_MM", float("inf"))
+    alone = api.register(fixed, moving, config)
+    assert "chosen" not in alone.stats["start_choice"]
+    if headers_off_mm == 0:
+        assert error(judged) < 2.0 and error(alone) > 3 * error(judged), (error(judged), error(alone))
+    else:  # the headers' start tried and dropped: the result is the head centres' own
+        assert torch.allclose(alone.transform.as_affine().homogeneous(), judged.transform.as_affine().homogeneous())

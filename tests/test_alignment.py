@@ -226,3 +226,24 @@ def test_dense_polish_corrects_a_displacement_field():
     assert error(found) < 0.8 * error(half) and record["stages"][0]["history"][-1]["similarity"] < record["stages"][0]["history"][0]["similarity"]
     kept, _ = polish_dense(*images, identity, DisplacementField(GRID, true_field.clone()))
     assert error(kept) < 1.0  # from zero the same polish ends near 3 mm
+
+
+def test_header_start_only_where_the_starts_differ_and_the_headers_overlap():
+    """The headers' start is offered beside the head centres' only where the two put the fixed head's
+    centre more than START_GAP_MM apart, and only where the headers' own alignment overlaps the heads."""
+    from regode.alignment import START_GAP_MM, header_start
+
+    fixed, moving, _ = _pair([0, 0, 0], [0.0, 0.0, 0.0])
+    c_fix = torch.as_tensor(GRID.center, dtype=torch.float64)
+
+    def start(shift):
+        return Affine(torch.eye(3, dtype=torch.float64), torch.tensor([shift], dtype=torch.float64))
+
+    near, record = header_start(fixed, GRID, moving, GRID, start([10.0, 0.0, 0.0]), c_fix)
+    assert near is None and record["gap_mm"] == pytest.approx(10.0)
+    far, record = header_start(fixed, GRID, moving, GRID, start([0.0, START_GAP_MM + 5, 0.0]), c_fix)
+    assert far is not None and torch.allclose(far.homogeneous(), torch.eye(4, dtype=torch.float64)[None])
+    assert record["header_overlap"] > 0.9
+    away = Grid(GRID.size, GRID.spacing, tuple(np.asarray(GRID.origin) + 400.0), GRID.direction)
+    none, record = header_start(fixed, GRID, moving, away, start([0.0, START_GAP_MM + 5, 0.0]), c_fix)
+    assert none is None and record["header_overlap"] < 0.05

@@ -93,21 +93,26 @@ def polish_affine_chosen(fixed: list, moving: list, linear: Affine, center: torc
     if not config.affine_ncc_candidate:
         return result, record
     other, other_record = polish_affine(fixed, moving, linear, center, config, seed, masks, metric="ncc")
-    fix, mov = fixed[-1], moving[-1]  # the finest level
-    keep = foreground(fix.volume)
-    if masks[0] is not None:
-        keep &= masks[0][-1] > 0.5
-
-    @torch.no_grad()
-    def score(transform):  # the candidates are double on the CPU: map the fixed voxel centres (world LPS mm) there
-        mapped = transform.map_grid(fix.grid).to(device=fix.volume.device, dtype=fix.volume.dtype)
-        return float(local_ncc(sample(mov.volume, mov.grid, mapped), fix.volume, 5, keep))
-
-    choice = {"mi_local_ncc": score(result), "ncc_local_ncc": score(other), "chosen": "mi"}
+    choice = {"mi_local_ncc": head_local_ncc(fixed, moving, result, masks),
+              "ncc_local_ncc": head_local_ncc(fixed, moving, other, masks), "chosen": "mi"}
     if choice["ncc_local_ncc"] > choice["mi_local_ncc"]:
         result, record, choice["chosen"] = other, other_record, "ncc"
     record["similarity_choice"] = choice
     return result, record
+
+
+@torch.no_grad()
+def head_local_ncc(fixed: list, moving: list, transform, masks=(None, None)) -> float:
+    """The squared local correlation (5-voxel windows) of the fixed image and the moving image
+    mapped through ``transform`` (fixed -> moving, double on the CPU), over the fixed head (or
+    inside its mask) on the pyramids' finest level: how the linear candidates of a registration are
+    judged (a local linear relation of either sign, so it also judges a pair of two contrasts)."""
+    fix, mov = fixed[-1], moving[-1]
+    keep = foreground(fix.volume)
+    if masks[0] is not None:
+        keep &= masks[0][-1] > 0.5
+    mapped = transform.map_grid(fix.grid).to(device=fix.volume.device, dtype=fix.volume.dtype)
+    return float(local_ncc(sample(mov.volume, mov.grid, mapped), fix.volume, 5, keep))
 
 
 def polish_bspline(fixed: list, moving: list, linear: Affine, bspline: BSpline, config: PolishConfig = PolishConfig(),

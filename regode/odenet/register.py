@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..alignment import check_overlap, starting_point
+from ..alignment import check_overlap, header_start, starting_point
 from ..checkpoint import weights_dir
 from ..contrast import choose_similarity, fine_spacing
 from ..device import resolve_device
@@ -28,7 +28,7 @@ from ..transforms import Compose, DisplacementField
 from .config import RegisterConfig
 from .kinds import KINDS
 from .model import MSODENet, check_pyramid, load_model, pyramid
-from .polish import polish_dense
+from .polish import head_local_ncc, polish_dense
 
 
 def load_models(config: RegisterConfig) -> dict[str, tuple[MSODENet, Path]]:
@@ -84,22 +84,28 @@ def register_images(fixed: Image, moving: Image, config: RegisterConfig, models:
             pyramids[n] = (pyramid(fixed_w, fixed_grid, n), pyramid(moving_w, moving_grid, n))
         return pyramids[n]
 
+    # an affine-first model whose head-centre start is far from the headers' also starts from the headers
+    header, start_choice = None, None
+    if config.stages[0] == "affine" and config.center_of_mass and not config.initial_transform:
+        header, start_choice = header_start(fixed_w, fixed_grid, moving_w, moving_grid, linear, c_fix)
     timings["preprocess"] = time.perf_counter() - start
     field = None
-    for name, (model, _) in models.items():
-        t0 = time.perf_counter()
-        model = model.to(device)
-        with torch.no_grad():
-            theta, nfe[name] = model(*levels(model.config.levels), None, c_fix.float().to(device)[None],
-                                     copy.deepcopy(linear).float().to(device))
-        linear, core = model.kind.result(model, theta.cpu().double(), linear, c_fix, fixed_grid)
-        timings[name] = time.perf_counter() - t0
-        if config.polish:
-            t0 = time.perf_counter()
-            images = levels(max(2, model.config.levels))  # the polish works on the 4 and 2 mm levels
-            linear, core, polish[name] = model.kind.polish(*images, linear, core, c_fix, config.seed, config.polish_schedule,
-                                                           _level_masks(masks, images))
-            timings[f"{name}_polish"] = time.perf_counter() - t0
+    for index, (name, (model, _)) in enumerate(models.items()):
+        starts = [linear] if index or header is None else [linear, header]
+        outcomes = [_stage(model.to(device), levels, start_i, c_fix, fixed_grid, config, masks, device) for start_i in starts]
+        for outcome in outcomes:  # every start tried counts
+            for key, seconds in outcome[4].items():
+                timings[f"{name}{key}"] = timings.get(f"{name}{key}", 0.0) + seconds
+        chosen = 0
+        if len(outcomes) > 1:  # judged after the stage, as the affine polish judges its candidates
+            images = levels(2)
+            scores = [head_local_ncc(*images, outcome[0], _level_masks(masks, images)) for outcome in outcomes]
+            chosen = max(range(len(scores)), key=scores.__getitem__)
+            start_choice.update(head_centres_local_ncc=scores[0], headers_local_ncc=scores[1],
+                                chosen=("head_centres", "headers")[chosen])
+        linear, core, nfe[name], record, _ = outcomes[chosen]
+        if record is not None:
+            polish[name] = record
         if core is not None:
             field = DisplacementField(fixed_grid, core.displacement(fixed_grid).detach())
     fine = fine_spacing(config.fine_request, fixed.grid, spacing, at_working=True) if field is not None else None
@@ -111,8 +117,28 @@ def register_images(fixed: Image, moving: Image, config: RegisterConfig, models:
     timings["total"] = time.perf_counter() - start
     stats = {"timings_s": timings, "nfe": nfe, "device": str(device), "working_spacing_mm": spacing, "fine_spacing_mm": fine,
              "head_center_fixed": c_fix.tolist(), "head_center_moving": c_mov.tolist(),
-             "principal_axes": alignment, "polish": polish}
+             "principal_axes": alignment, "start_choice": start_choice, "polish": polish}
     return Result(linear, field, stats)
+
+
+def _stage(model: MSODENet, levels, linear, c_fix, fixed_grid, config: RegisterConfig, masks, device) -> tuple:
+    """One stage from ``linear``: its network, then (``config.polish``) its kind's polish on the 4
+    and 2 mm levels. Returns (linear, core, network evaluations, polish record or None,
+    {"": network seconds, "_polish": polish seconds})."""
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        theta, nfe = model(*levels(model.config.levels), None, c_fix.float().to(device)[None],
+                           copy.deepcopy(linear).float().to(device))
+    linear, core = model.kind.result(model, theta.cpu().double(), linear, c_fix, fixed_grid)
+    seconds = {"": time.perf_counter() - t0}
+    record = None
+    if config.polish:
+        t0 = time.perf_counter()
+        images = levels(max(2, model.config.levels))  # the polish works on the 4 and 2 mm levels
+        linear, core, record = model.kind.polish(*images, linear, core, c_fix, config.seed, config.polish_schedule,
+                                                 _level_masks(masks, images))
+        seconds["_polish"] = time.perf_counter() - t0
+    return linear, core, nfe, record, seconds
 
 
 def _fine_level(fixed: Image, moving: Image, working_fixed, working_moving, linear, field: DisplacementField, spacing: float,
