@@ -166,8 +166,9 @@ def test_register_fine_level_also_at_2_mm(fine_pair, monkeypatch):
                                  "--model", "affine+bspline", "--no-qc"])
     assert result.exit_code == 0, result.output
     given = PolishConfig()
-    (schedule,) = schedules  # its own step and lattice; the 2 mm polishes keep theirs
+    (schedule,) = schedules  # its own step, lattice and folding penalty; the 2 mm polishes keep theirs
     assert schedule.bspline_step == given.fine_step != given.bspline_step and schedule.fine == given.fine_levels(2.0)
+    assert schedule.lambda_fold == given.fine_lambda_fold != given.lambda_fold  # its own folding penalty
     assert spacings == [[4.0, 2.0]]  # the images at twice the fine spacing, then at it
     doc = json.loads(open(out + "regode.json").read())
     fine = doc["polish"]["fine"]
