@@ -18,7 +18,7 @@ import torch
 from .errors import RegodeError
 from .grid import Grid
 from .io import load_transform_chain
-from .losses import mattes_mutual_information
+from .losses import local_ncc, mattes_mutual_information
 from .preprocess import FOREGROUND, blur, foreground, head_center, head_moments
 from .sampling import sample
 from .transforms import Affine
@@ -148,3 +148,19 @@ def header_start(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, mo
         return None, record
     record["header_overlap"] = overlap(fixed, fixed_grid, moving, moving_grid, identity)
     return (identity if record["header_overlap"] >= MIN_OVERLAP else None), record
+
+
+@torch.no_grad()
+def local_fit(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid, transform,
+              keep: torch.Tensor | None = None) -> float:
+    """How well ``transform`` (fixed -> moving) aligns two working images: the squared local
+    correlation (5-voxel windows) of the fixed image and the moving image sampled through it, over
+    the fixed head (and ``keep``, a mask on the fixed grid). A local linear relation of either sign
+    scores high, so it also judges a pair of two contrasts. This judges the candidates of a
+    registration that have each been optimised (the starts, after the first stage; the affine
+    polish's two similarities), where a similarity's own value would favour its own candidate."""
+    inside = foreground(fixed)
+    if keep is not None:
+        inside &= keep > 0.5
+    mapped = transform.map_grid(fixed_grid).to(device=fixed.device, dtype=fixed.dtype)
+    return float(local_ncc(sample(moving, moving_grid, mapped), fixed, 5, inside))

@@ -7,8 +7,11 @@ import pytest
 import torch
 
 from regode.grid import Grid
+from regode.io import Image
 from regode.rotations import euler_matrix
 from regode.synthetic import phantom_labels, render
+from regode.transforms import Affine, Compose
+from regode.warp import resample
 
 
 def oblique_direction(angles=(0.35, -0.25, 0.5)) -> tuple[float, ...]:
@@ -33,3 +36,21 @@ def random_world_points(grid: Grid, n: int, seed: int, margin: float = 1.0) -> n
     rng = np.random.default_rng(seed)
     index = rng.uniform(margin, np.asarray(grid.size) - 1 - margin, size=(n, 3))
     return grid.index_to_world(index)
+
+
+def slab_pair(shift_headers_mm: float, direction: tuple):
+    """A phantom head (fixed) and a slab of it (moving: the top slices only, as a FLAIR without the
+    neck against a whole head), in one world space up to a small known shift, and the moving
+    header moved by ``shift_headers_mm`` along x besides (0: the headers are right). Returns the two
+    images, the fixed -> moving truth and the fixed grid."""
+    grid = Grid((72, 80, 84), (2.0, 2.0, 2.0), (-70.0, -80.0, -90.0), direction)
+    labels = phantom_labels(grid, 12, 5)
+    truth = Affine(torch.eye(3, dtype=torch.float64)[None], torch.tensor([[2.0, -3.0, 1.5]], dtype=torch.float64))
+    slab = grid.rows(slice(50, 84))
+    moving = resample(render(labels, grid, 2), grid, slab, truth.inverse())
+    origin = np.asarray(slab.origin) + np.array([shift_headers_mm, 0.0, 0.0])
+    moved = Grid(slab.size, slab.spacing, tuple(origin), slab.direction)
+    header = Affine(torch.eye(3, dtype=torch.float64)[None], torch.tensor([[shift_headers_mm, 0.0, 0.0]], dtype=torch.float64))
+    return (Image(render(labels, grid, 1).float(), grid, np.dtype(np.float32)), Image(moving.float(), moved, np.dtype(np.float32)),
+            Compose([header, truth]), grid)
+

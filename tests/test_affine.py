@@ -23,8 +23,10 @@ from regode.odenet.networks import _offsets, fit_affine_velocity
 from regode.rotations import euler_matrix
 from regode.sampling import sample
 from regode.synthetic import phantom_labels, render
-from regode.transforms import Affine, Compose
+from regode.transforms import Affine
 from regode.warp import resample
+
+from .conftest import slab_pair
 
 runner = CliRunner()
 OBLIQUE = tuple(euler_matrix(torch.tensor([0.2, -0.3, 0.4], dtype=torch.float64)).numpy().ravel())
@@ -164,24 +166,6 @@ def test_affine_polish_keeps_the_candidate_with_the_higher_local_ncc(tmp_path):
     assert "similarity_choice" not in record and torch.allclose(alone.homogeneous(), mi.homogeneous())
 
 
-def _slab_pair(shift_headers_mm: float):
-    """A phantom head (fixed) and a slab of it (moving: the top slices only, as a FLAIR without the
-    neck against a whole head), in one world space up to a small known shift, and the moving
-    header moved by ``shift_headers_mm`` along x besides (0: the headers are right)."""
-    from regode.io import Image
-
-    grid = Grid((72, 80, 84), (2.0, 2.0, 2.0), (-70.0, -80.0, -90.0), OBLIQUE)
-    labels = phantom_labels(grid, 12, 5)
-    truth = Affine(torch.eye(3, dtype=torch.float64)[None], torch.tensor([[2.0, -3.0, 1.5]], dtype=torch.float64))
-    slab = grid.rows(slice(50, 84))
-    moving = resample(render(labels, grid, 2), grid, slab, truth.inverse())
-    origin = np.asarray(slab.origin) + np.array([shift_headers_mm, 0.0, 0.0])
-    moved = Grid(slab.size, slab.spacing, tuple(origin), slab.direction)
-    header = Affine(torch.eye(3, dtype=torch.float64)[None], torch.tensor([[shift_headers_mm, 0.0, 0.0]], dtype=torch.float64))
-    return (Image(render(labels, grid, 1).float(), grid, np.dtype(np.float32)), Image(moving.float(), moved, np.dtype(np.float32)),
-            Compose([header, truth]), grid)
-
-
 @pytest.mark.parametrize("headers_off_mm", [0.0, 45.0])
 def test_affine_first_models_judge_the_headers_start_after_the_affine_stage(monkeypatch, headers_off_mm):
     """A slab against a whole head in one world space: the head centres' translation is wrong (the
@@ -190,7 +174,7 @@ def test_affine_first_models_judge_the_headers_start_after_the_affine_stage(monk
     slab's header moved 45 mm off, the head centres are kept."""
     from regode import alignment, api
 
-    fixed, moving, truth, grid = _slab_pair(headers_off_mm)
+    fixed, moving, truth, grid = slab_pair(headers_off_mm, OBLIQUE)
     pts = torch.as_tensor(grid.center)[None, None] + torch.randn(1, 300, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 25
 
     def error(result):

@@ -446,3 +446,34 @@ def test_the_inter_subject_preset_fills_what_the_options_leave(tmp_path):
     mine = config_of(**dict(common, lambda_fold=50.0), preset="inter-subject")
     assert mine.lambda_fold == 50.0 and mine.affine and mine.lambda_grad == 1.0
     assert config_of(**common) == FitConfig()
+
+
+@pytest.mark.parametrize("headers_off_mm", [0.0, 45.0])
+def test_affine_stage_judges_the_headers_start(monkeypatch, headers_off_mm):
+    """fit-field with ``affine`` and ``center_of_mass`` (the inter-subject preset's start) on a slab
+    against a whole head in one world space: the affine stage also runs from the headers, and the
+    better start is kept (the headers where they are right; the head centres where the slab's header
+    is 45 mm off, and then the whole fit is the one that never tried the headers, to the bit)."""
+    from regode import alignment
+
+    from .conftest import slab_pair
+
+    fixed, moving, truth, grid = slab_pair(headers_off_mm, oblique_direction((0.2, -0.1, 0.3)))
+    config = FitConfig(stride=2, iterations=20, coarse_iterations=20, affine=True, center_of_mass=True)
+    points = torch.as_tensor(grid.center)[None, None] + torch.randn(1, 300, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 25
+
+    def error(result):
+        return float((result.transform.double()(points) - truth(points)).norm(dim=-1).square().mean().sqrt())
+
+    judged = fit_images(fixed, moving, config)
+    choice = judged.stats["start_choice"]
+    assert choice["gap_mm"] > alignment.START_GAP_MM
+    assert choice["chosen"] == ("headers" if headers_off_mm == 0 else "head_centres"), choice
+    monkeypatch.setattr(alignment, "START_GAP_MM", float("inf"))
+    alone = fit_images(fixed, moving, config)
+    assert "chosen" not in alone.stats["start_choice"]
+    if headers_off_mm == 0:
+        assert error(judged) < 6.0 and error(alone) > 1.8 * error(judged), (error(judged), error(alone))
+    else:
+        assert torch.equal(judged.field.field, alone.field.field)
+        assert torch.equal(judged.linear.homogeneous(), alone.linear.homogeneous())

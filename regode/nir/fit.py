@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .. import fitting
-from ..alignment import check_overlap, initial_linear
+from ..alignment import check_overlap, header_start, initial_linear, local_fit
 from ..contrast import choose_similarity, fine_spacing
 from ..device import resolve_device
 from ..encoder.features import content_volume, load_encoder
@@ -111,6 +111,33 @@ def _fit_affine(config: FitConfig, coarse, fixed_grid: Grid, moving_at: Grid, re
     return affine.requires_grad_(False), record
 
 
+def _on_cpu(affine: Affine) -> Affine:
+    """A fitted affine stage as a fixed float64 map on the CPU (where the start and the result live)."""
+    return Affine(affine.matrix.detach().double().cpu(), affine.translation.detach().double().cpu(), affine.center.double().cpu())
+
+
+def _judge_starts(config: FitConfig, coarse, plain, fixed_grid: Grid, moving_grid: Grid, region: Grid, masks, similarity: str,
+                  generator: torch.Generator, state: torch.Tensor, centred: tuple, header: Affine, choice: dict) -> tuple:
+    """The affine stage from the headers' start as well as from the head centres' (``centred``: its
+    start, pulled-back moving grid, affine and record); the one whose local correlation over the
+    fixed head is higher is returned as the same four, and ``choice`` records both scores. The
+    headers' fit draws its lattices from a generator in ``state`` (the shared one's before the first
+    fit), so that a run that keeps the head centres goes on exactly as one that never tried the
+    headers, and one that keeps the headers as if it had started from them."""
+    before = torch.Generator()
+    before.set_state(state)
+    moving_at = moving_grid.pulled_back(header.homogeneous()[0].detach().cpu().numpy())
+    affine, record = _fit_affine(config, coarse, fixed_grid, moving_at, region, masks, similarity, before)
+    tries = [centred, (header, moving_at, affine, record)]
+    scores = [local_fit(plain[0], fixed_grid, plain[1], moving_grid, Compose([start, _on_cpu(fitted)]), masks[0])
+              for start, _, fitted, _ in tries]
+    chosen = int(scores[1] > scores[0])
+    choice.update(head_centres_local_ncc=scores[0], headers_local_ncc=scores[1], chosen=("head_centres", "headers")[chosen])
+    if chosen:
+        generator.set_state(before.get_state())
+    return tries[chosen]
+
+
 def _choose(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_at: Grid, affine, mask) -> tuple[str, dict]:
     """``--metric auto``: the similarity of the pair as it stands (regode.contrast)."""
     with torch.no_grad():
@@ -149,6 +176,10 @@ def fit_images(fixed: Image, moving: Image, config: FitConfig, progress: bool = 
     linear = initial_linear(config.initial_transform, config.center_of_mass, c_fix, c_mov)
     check_overlap(fixed_w, fixed_grid, moving_w, moving_grid, linear,
                   "add --center-of-mass, or give --initial-transform" if not config.center_of_mass else "give --initial-transform")
+    header, start_choice = None, None
+    if config.affine and config.center_of_mass and not config.initial_transform:  # as register's affine-first models
+        header, start_choice = header_start(fixed_w, fixed_grid, moving_w, moving_grid, linear, c_fix)
+    plain = fixed_w, moving_w  # the working images (before any feature volumes), for judging the starts
     # sampling the moving image at linear(y) = sampling it on its grid pulled back through linear
     moving_at = moving_grid.pulled_back(linear.homogeneous()[0].detach().cpu().numpy())
     raw_masks = masks
@@ -169,7 +200,12 @@ def fit_images(fixed: Image, moving: Image, config: FitConfig, progress: bool = 
     affine = None
     if config.affine:  # a linear stage first, on the coarse lattice, as ANTs' Affine before SyN
         t0 = time.perf_counter()
+        state = generator.get_state()
         affine, record = _fit_affine(config, images["coarse"], fixed_grid, moving_at, region, masks, similarity, generator)
+        if header is not None:  # the affine stage from the headers too; the better kept (regode.alignment.local_fit)
+            linear, moving_at, affine, record = _judge_starts(config, images["coarse"], plain, fixed_grid, moving_grid, region, masks,
+                                                              similarity, generator, state, (linear, moving_at, affine, record),
+                                                              header, start_choice)
         records.append(record)
         timings["affine"] = time.perf_counter() - t0
 
@@ -204,9 +240,9 @@ def fit_images(fixed: Image, moving: Image, config: FitConfig, progress: bool = 
         inverse = DisplacementField(fixed_grid, mapping.inverse().displacement(fixed_grid).cpu()) if config.diffeomorphic else None
     timings["evaluate"] = time.perf_counter() - t0
     if affine is not None:  # moving points are linear(affine(y)): the affine is applied first
-        fitted = Affine(affine.matrix.detach().double().cpu(), affine.translation.detach().double().cpu(), affine.center.double().cpu())
-        linear = Compose([linear, fitted]).as_affine()
+        linear = Compose([linear, _on_cpu(affine)]).as_affine()
     timings["total"] = time.perf_counter() - start
     stats = {"timings_s": timings, "device": str(device), "working_spacing_mm": config.spacing, "fine_spacing_mm": fine,
-             "metric": similarity, "metric_choice": choice, "sample_region": {"size": region.size, "origin": region.origin}, "fit": records}
+             "metric": similarity, "metric_choice": choice, "start_choice": start_choice,
+             "sample_region": {"size": region.size, "origin": region.origin}, "fit": records}
     return Result(linear, forward, stats, inverse)

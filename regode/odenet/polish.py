@@ -19,10 +19,8 @@ import torch
 from torch import nn
 
 from .. import fitting
+from ..alignment import local_fit
 from ..lattice import downsize, region_of
-from ..losses import local_ncc
-from ..preprocess import foreground
-from ..sampling import sample
 from ..transforms import Affine, BSpline, Compose, DisplacementField, Rigid
 from .config import PolishConfig, PolishLevel
 
@@ -101,18 +99,11 @@ def polish_affine_chosen(fixed: list, moving: list, linear: Affine, center: torc
     return result, record
 
 
-@torch.no_grad()
 def head_local_ncc(fixed: list, moving: list, transform, masks=(None, None)) -> float:
-    """The squared local correlation (5-voxel windows) of the fixed image and the moving image
-    mapped through ``transform`` (fixed -> moving, double on the CPU), over the fixed head (or
-    inside its mask) on the pyramids' finest level: how the linear candidates of a registration are
-    judged (a local linear relation of either sign, so it also judges a pair of two contrasts)."""
+    """:func:`regode.alignment.local_fit` on the pyramids' finest level (inside the fixed mask there)."""
     fix, mov = fixed[-1], moving[-1]
-    keep = foreground(fix.volume)
-    if masks[0] is not None:
-        keep &= masks[0][-1] > 0.5
-    mapped = transform.map_grid(fix.grid).to(device=fix.volume.device, dtype=fix.volume.dtype)
-    return float(local_ncc(sample(mov.volume, mov.grid, mapped), fix.volume, 5, keep))
+    keep = None if masks[0] is None else masks[0][-1]
+    return local_fit(fix.volume, fix.grid, mov.volume, mov.grid, transform, keep)
 
 
 def polish_bspline(fixed: list, moving: list, linear: Affine, bspline: BSpline, config: PolishConfig = PolishConfig(),
