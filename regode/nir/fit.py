@@ -116,26 +116,35 @@ def _on_cpu(affine: Affine) -> Affine:
     return Affine(affine.matrix.detach().double().cpu(), affine.translation.detach().double().cpu(), affine.center.double().cpu())
 
 
-def _judge_starts(config: FitConfig, coarse, plain, fixed_grid: Grid, moving_grid: Grid, region: Grid, masks, similarity: str,
-                  generator: torch.Generator, state: torch.Tensor, centred: tuple, header: Affine, choice: dict) -> tuple:
-    """The affine stage from the headers' start as well as from the head centres' (``centred``: its
-    start, pulled-back moving grid, affine and record); the one whose local correlation over the
-    fixed head is higher is returned as the same four, and ``choice`` records both scores. The
-    headers' fit draws its lattices from a generator in ``state`` (the shared one's before the first
-    fit), so that a run that keeps the head centres goes on exactly as one that never tried the
-    headers, and one that keeps the headers as if it had started from them."""
-    before = torch.Generator()
-    before.set_state(state)
-    moving_at = moving_grid.pulled_back(header.homogeneous()[0].detach().cpu().numpy())
-    affine, record = _fit_affine(config, coarse, fixed_grid, moving_at, region, masks, similarity, before)
-    tries = [centred, (header, moving_at, affine, record)]
+def _affine_stage(config: FitConfig, coarse, plain, fixed_grid: Grid, moving_grid: Grid, region: Grid, masks, similarity: str,
+                  generator: torch.Generator, linear: Affine, c_fix: torch.Tensor) -> tuple:
+    """The affine stage from ``linear``, and (``center_of_mass``, where the head centres' start is
+    more than ``regode.alignment.START_GAP_MM`` from the headers') from the headers too, as
+    ``register``'s affine-first models: the one whose local correlation over the fixed head is
+    higher (``plain``: the working images) is kept. Returns the kept start, the moving grid pulled
+    back through it, the fitted affine, its record and the record of the choice (or None). The
+    headers' fit draws its lattices from a copy of the generator as it was before the first fit, so
+    a run that keeps the head centres goes on exactly as one that never tried the headers, and one
+    that keeps the headers as if it had started from them."""
+    header, choice = None, None
+    if config.center_of_mass and not config.initial_transform:
+        header, choice = header_start(plain[0], fixed_grid, plain[1], moving_grid, linear, c_fix)
+    starts = [linear] if header is None else [linear, header]
+    generators = [generator] + [torch.Generator().set_state(generator.get_state()) for _ in starts[1:]]
+    tries = []
+    for start, gen in zip(starts, generators):
+        moving_at = moving_grid.pulled_back(start.homogeneous()[0].detach().cpu().numpy())
+        affine, record = _fit_affine(config, coarse, fixed_grid, moving_at, region, masks, similarity, gen)
+        tries.append((start, moving_at, affine, record))
+    if len(tries) == 1:
+        return (*tries[0], choice)
     scores = [local_fit(plain[0], fixed_grid, plain[1], moving_grid, Compose([start, _on_cpu(fitted)]), masks[0])
               for start, _, fitted, _ in tries]
     chosen = int(scores[1] > scores[0])
     choice.update(head_centres_local_ncc=scores[0], headers_local_ncc=scores[1], chosen=("head_centres", "headers")[chosen])
     if chosen:
-        generator.set_state(before.get_state())
-    return tries[chosen]
+        generator.set_state(generators[1].get_state())
+    return (*tries[chosen], choice)
 
 
 def _choose(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_at: Grid, affine, mask) -> tuple[str, dict]:
@@ -176,9 +185,6 @@ def fit_images(fixed: Image, moving: Image, config: FitConfig, progress: bool = 
     linear = initial_linear(config.initial_transform, config.center_of_mass, c_fix, c_mov)
     check_overlap(fixed_w, fixed_grid, moving_w, moving_grid, linear,
                   "add --center-of-mass, or give --initial-transform" if not config.center_of_mass else "give --initial-transform")
-    header, start_choice = None, None
-    if config.affine and config.center_of_mass and not config.initial_transform:  # as register's affine-first models
-        header, start_choice = header_start(fixed_w, fixed_grid, moving_w, moving_grid, linear, c_fix)
     plain = fixed_w, moving_w  # the working images (before any feature volumes), for judging the starts
     # sampling the moving image at linear(y) = sampling it on its grid pulled back through linear
     moving_at = moving_grid.pulled_back(linear.homogeneous()[0].detach().cpu().numpy())
@@ -197,15 +203,11 @@ def fit_images(fixed: Image, moving: Image, config: FitConfig, progress: bool = 
     similarity = "features" if features else config.metric
     records = []
 
-    affine = None
+    affine, start_choice = None, None
     if config.affine:  # a linear stage first, on the coarse lattice, as ANTs' Affine before SyN
         t0 = time.perf_counter()
-        state = generator.get_state()
-        affine, record = _fit_affine(config, images["coarse"], fixed_grid, moving_at, region, masks, similarity, generator)
-        if header is not None:  # the affine stage from the headers too; the better kept (regode.alignment.local_fit)
-            linear, moving_at, affine, record = _judge_starts(config, images["coarse"], plain, fixed_grid, moving_grid, region, masks,
-                                                              similarity, generator, state, (linear, moving_at, affine, record),
-                                                              header, start_choice)
+        linear, moving_at, affine, record, start_choice = _affine_stage(config, images["coarse"], plain, fixed_grid, moving_grid,
+                                                                        region, masks, similarity, generator, linear, c_fix)
         records.append(record)
         timings["affine"] = time.perf_counter() - t0
 
