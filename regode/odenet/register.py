@@ -98,11 +98,14 @@ def register_images(fixed: Image, moving: Image, config: RegisterConfig, models:
                 timings[f"{name}{key}"] = timings.get(f"{name}{key}", 0.0) + seconds
         chosen = 0
         if len(outcomes) > 1:  # judged after the stage, as the affine polish judges its candidates
-            images = levels(2)
-            scores = [head_local_ncc(*images, outcome[0], _level_masks(masks, images)) for outcome in outcomes]
+            t0 = time.perf_counter()
+            images = levels(max(2, model.config.levels))  # the polish's pyramid: its finest level is the working image
+            level_masks = _level_masks(masks, images)
+            scores = [head_local_ncc(*images, outcome[0], level_masks) for outcome in outcomes]
             chosen = max(range(len(scores)), key=scores.__getitem__)
             start_choice.update(head_centres_local_ncc=scores[0], headers_local_ncc=scores[1],
                                 chosen=("head_centres", "headers")[chosen])
+            timings[f"{name}_judge"] = time.perf_counter() - t0
         linear, core, nfe[name], record, _ = outcomes[chosen]
         if record is not None:
             polish[name] = record
