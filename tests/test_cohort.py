@@ -124,6 +124,31 @@ def test_a_killed_run_started_again_runs_only_the_missing_rows(cohort):
     assert {row["status"] for row in _summary(out).values()} == {"done"}
 
 
+def test_a_rerun_removes_the_staging_folder_a_kill_left_beside_a_complete_row(cohort):
+    """A row killed after its record was moved into place but before its (empty) staging folder was
+    removed is complete, so a rerun skips it; it still removes that folder, which is a dead
+    process's, and keeps a live process's."""
+    import socket
+
+    from regode.cohort.manifest import read_manifest
+    from regode.cohort.run import run_cohort
+
+    out = cohort / "out"
+    assert run(["cohort", str(cohort / "manifest.csv"), "--out", str(out), "--row", "1", "-q"]) == 0
+    rows = read_manifest(cohort / "manifest.csv", out)[:1]
+    folder = rows[0].record(out).parent
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname().replace("-", "_")
+    stale, live = folder / f".regode-{host}-{dead.pid}-abc", folder / f".regode-{host}-{os.getpid()}-abc"
+    stale.mkdir()
+    live.mkdir()
+    record = rows[0].record(out).stat().st_mtime_ns
+    lines = run_cohort(rows, out, progress=False)
+    assert [line["status"] for line in lines] == ["done"] and rows[0].record(out).stat().st_mtime_ns == record
+    assert not stale.exists() and live.exists()
+
+
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
 def test_the_report_opens_in_a_browser_from_disk(cohort, tmp_path):
     assert run(["cohort", str(cohort / "manifest.csv"), "--out", str(cohort / "out"), "--row", "1", "-q"]) == 0

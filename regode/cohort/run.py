@@ -4,7 +4,7 @@ row without Dask (``--row``, for job arrays, Snakemake or Nextflow).
 A row is complete when its JSON record exists: outputs are written into a private folder and moved
 into place with the record last (regode.io.atomic), so a rerun skips complete rows and runs the
 rest, and a worker killed mid-row leaves nothing that counts (its staging folder is removed by the
-next run that writes there). A failed row records its one error line in ``OUT/ID/ID_error.json``
+next run: by the row's own run, or, where the record was already in place, when the row is skipped). A failed row records its one error line in ``OUT/ID/ID_error.json``
 and does not stop the others.
 """
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import RegodeError
-from ..io.atomic import atomic_output
+from ..io.atomic import atomic_output, remove_stale
 from ..progress import bar
 from .manifest import Row
 
@@ -114,6 +114,9 @@ def run_cohort(rows: list[Row], out, engine: Engine = Engine(), qc: bool = True,
     """Run every row that is not complete on Dask; returns the summary lines of all rows."""
     out = Path(out).resolve()  # workers may run in another folder (a scheduler's)
     pending = [row for row in rows if not complete(row, out)]
+    for row in rows:  # a row killed after its record was in place left an empty staging folder
+        if complete(row, out):
+            remove_stale(row.record(out).parent)
     lines = {row.id: summary_line(row, out) for row in rows}
     if pending:
         with _client(engine) as client, bar(progress, eta=True) as progress_bar:

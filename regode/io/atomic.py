@@ -81,9 +81,10 @@ def check_outputs(outputs, inputs=()) -> list[Path]:
     return outputs
 
 
-def staging_folder(folder: str | os.PathLike) -> str:
-    """A new private folder in ``folder`` for files being written, after removing the staging
-    folders that a killed regode process left there."""
+def remove_stale(folder: str | os.PathLike) -> None:
+    """Remove the staging folders that a killed regode process of this machine left in ``folder``
+    (a process killed while it wrote there, or after its last file was in place and before its
+    empty folder went)."""
     folder = Path(folder)
     here = f"{STAGING}{socket.gethostname().replace('-', '_')}-"
     for stale in folder.glob(f"{here}*"):
@@ -93,6 +94,11 @@ def staging_folder(folder: str | os.PathLike) -> str:
                 shutil.rmtree(stale, ignore_errors=True)
             else:
                 stale.unlink(missing_ok=True)
+
+
+def staging_folder(folder: str | os.PathLike) -> str:
+    """A new private folder in ``folder`` for files being written, after :func:`remove_stale`."""
+    remove_stale(folder)
     return tempfile.mkdtemp(prefix=_mine(), dir=folder)
 
 
