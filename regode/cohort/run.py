@@ -4,8 +4,9 @@ row without Dask (``--row``, for job arrays, Snakemake or Nextflow).
 A row is complete when its JSON record exists: outputs are written into a private folder and moved
 into place with the record last (regode.io.atomic), so a rerun skips complete rows and runs the
 rest, and a worker killed mid-row leaves nothing that counts (its staging folder is removed by the
-next run: by the row's own run, or, where the record was already in place, when the row is skipped). A failed row records its one error line in ``OUT/ID/ID_error.json``
-and does not stop the others.
+next run: by the row's own run, or, where the record was already in place, when the row is
+skipped). A failed row records its one error line in ``OUT/ID/ID_error.json`` and does not stop
+the others.
 """
 
 from __future__ import annotations
