@@ -165,3 +165,12 @@ def local_fit(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, movin
         inside &= keep > 0.5
     mapped = transform.map_grid(fixed_grid).to(device=fixed.device, dtype=fixed.dtype)
     return float(local_ncc(sample(moving, moving_grid, mapped), fixed, 5, inside))
+
+
+def keep_better_start(choice: dict, scores: list[float]) -> int:
+    """Which of the two starts judged after the first stage to keep: the index of the higher
+    :func:`local_fit` (the head centres' on a tie), recorded in ``choice`` (``header_start``'s record)
+    with both scores."""
+    chosen = int(scores[1] > scores[0])
+    choice.update(head_centres_local_ncc=scores[0], headers_local_ncc=scores[1], chosen=("head_centres", "headers")[chosen])
+    return chosen

@@ -53,4 +53,3 @@ def slab_pair(shift_headers_mm: float, direction: tuple):
     header = Affine(torch.eye(3, dtype=torch.float64)[None], torch.tensor([[shift_headers_mm, 0.0, 0.0]], dtype=torch.float64))
     return (Image(render(labels, grid, 1).float(), grid, np.dtype(np.float32)), Image(moving.float(), moved, np.dtype(np.float32)),
             Compose([header, truth]), grid)
-

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .. import fitting
-from ..alignment import check_overlap, header_start, initial_linear, local_fit
+from ..alignment import check_overlap, header_start, initial_linear, keep_better_start, local_fit
 from ..contrast import choose_similarity, fine_spacing
 from ..device import resolve_device
 from ..encoder.features import content_volume, load_encoder
@@ -129,21 +129,20 @@ def _affine_stage(config: FitConfig, coarse, plain, fixed_grid: Grid, moving_gri
     header, choice = None, None
     if config.center_of_mass and not config.initial_transform:
         header, choice = header_start(plain[0], fixed_grid, plain[1], moving_grid, linear, c_fix)
-    starts = [linear] if header is None else [linear, header]
-    generators = [generator] + [torch.Generator().set_state(generator.get_state()) for _ in starts[1:]]
-    tries = []
-    for start, gen in zip(starts, generators):
+    spare = None if header is None else torch.Generator().set_state(generator.get_state())  # before the first fit
+
+    def fit_from(start, gen):
         moving_at = moving_grid.pulled_back(start.homogeneous()[0].detach().cpu().numpy())
-        affine, record = _fit_affine(config, coarse, fixed_grid, moving_at, region, masks, similarity, gen)
-        tries.append((start, moving_at, affine, record))
-    if len(tries) == 1:
+        return (start, moving_at, *_fit_affine(config, coarse, fixed_grid, moving_at, region, masks, similarity, gen))
+
+    tries = [fit_from(linear, generator)]
+    if header is None:
         return (*tries[0], choice)
-    scores = [local_fit(plain[0], fixed_grid, plain[1], moving_grid, Compose([start, _on_cpu(fitted)]), masks[0])
-              for start, _, fitted, _ in tries]
-    chosen = int(scores[1] > scores[0])
-    choice.update(head_centres_local_ncc=scores[0], headers_local_ncc=scores[1], chosen=("head_centres", "headers")[chosen])
+    tries.append(fit_from(header, spare))
+    chosen = keep_better_start(choice, [local_fit(plain[0], fixed_grid, plain[1], moving_grid, Compose([start, _on_cpu(fitted)]),
+                                                  masks[0]) for start, _, fitted, _ in tries])
     if chosen:
-        generator.set_state(generators[1].get_state())
+        generator.set_state(spare.get_state())
     return (*tries[chosen], choice)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..alignment import check_overlap, header_start, starting_point
+from ..alignment import check_overlap, header_start, keep_better_start, local_fit, starting_point
 from ..checkpoint import weights_dir
 from ..contrast import choose_similarity, fine_spacing
 from ..device import resolve_device
@@ -28,7 +28,7 @@ from ..transforms import Compose, DisplacementField
 from .config import RegisterConfig
 from .kinds import KINDS
 from .model import MSODENet, check_pyramid, load_model, pyramid
-from .polish import head_local_ncc, polish_dense
+from .polish import polish_dense
 
 
 def load_models(config: RegisterConfig) -> dict[str, tuple[MSODENet, Path]]:
@@ -97,14 +97,11 @@ def register_images(fixed: Image, moving: Image, config: RegisterConfig, models:
             for key, seconds in outcome[4].items():
                 timings[f"{name}{key}"] = timings.get(f"{name}{key}", 0.0) + seconds
         chosen = 0
-        if len(outcomes) > 1:  # judged after the stage, as the affine polish judges its candidates
+        if len(outcomes) > 1:  # judged on the working images after the stage, as the affine polish judges its candidates
             t0 = time.perf_counter()
-            images = levels(max(2, model.config.levels))  # the polish's pyramid: its finest level is the working image
-            level_masks = _level_masks(masks, images)
-            scores = [head_local_ncc(*images, outcome[0], level_masks) for outcome in outcomes]
-            chosen = max(range(len(scores)), key=scores.__getitem__)
-            start_choice.update(head_centres_local_ncc=scores[0], headers_local_ncc=scores[1],
-                                chosen=("head_centres", "headers")[chosen])
+            keep = None if masks[0] is None else working_mask(masks[0], fixed_grid, device)
+            chosen = keep_better_start(start_choice, [local_fit(fixed_w, fixed_grid, moving_w, moving_grid, outcome[0], keep)
+                                                      for outcome in outcomes])
             timings[f"{name}_judge"] = time.perf_counter() - t0
         linear, core, nfe[name], record, _ = outcomes[chosen]
         if record is not None:
