@@ -18,12 +18,12 @@ from regode.grid import Grid
 from regode.io import load_transform, read_image, write_image
 from regode.odenet.config import ModelConfig, MotionRange, TrainConfig, parse_schedule
 from regode.odenet.data import SyntheticPairs
-from regode.odenet.model import MSODENet, load_model, pyramid
+from regode.odenet.model import Level, MSODENet, load_model, pyramid
 from regode.odenet.motion import recenter
 from regode.odenet.train import losses, train
 from regode.rotations import euler_matrix, rotation_matrix
 from regode.synthetic import phantom_labels, render
-from regode.transforms import Rigid
+from regode.transforms import Affine, Rigid
 from regode.warp import resample
 
 runner = CliRunner()
@@ -516,3 +516,46 @@ def test_train_validates_on_a_dataset_folder(tmp_path):
     assert refused.exit_code != 0 and "regode: error:" in refused.output
     twice = runner.invoke(app, [*args, "--validate-data", str(root), "--out", str(tmp_path / "t.pt")])
     assert twice.exit_code != 0 and "regode: error: --validate-data" in twice.output
+
+
+class Recorder(nn.Module):
+    """A network that records the similarity force it is given and returns no velocity."""
+
+    def __init__(self):
+        super().__init__()
+        self.forces = []
+
+    def forward(self, warped, fixed, t, force, to_control=None, spacing=None):
+        self.forces.append(force.detach())
+        if callable(to_control):
+            return torch.zeros_like(to_control(force))
+        return torch.zeros(force.shape[0], 6)
+
+
+@pytest.mark.parametrize("kind, where", [("rigid", "pre"), ("rigid", "theta"), ("bspline", "pre")])
+def test_the_force_points_where_the_velocity_acts(kind, where):
+    """The moving image is the fixed one moved by a 90 degree turn (the start ``pre``, or the rigid
+    state theta itself) after a 6 mm shift along x of the fixed points. The velocity acts on the
+    fixed points before that turn, so the force the networks see must point along +x; taken in the
+    moving image's space (as before this was mended) it pointed along y, and the rigid flow went
+    astray from any start with a large rotation."""
+    grid = Grid((24, 24, 24), (4.0, 4.0, 4.0), (-46.0, -46.0, -46.0))
+    blobs = torch.tensor([[-12.0, 8.0, 4.0, 14.0], [16.0, -6.0, -8.0, 10.0], [2.0, 18.0, -14.0, 8.0]], dtype=torch.float64)
+
+    def phantom(points):
+        d2 = (points[..., None, :] - blobs[:, :3]).square().sum(-1)
+        return torch.exp(-d2 / (2 * blobs[:, 3] ** 2)).sum(-1).clamp(max=1.0)
+
+    turn = rotation_matrix(torch.tensor([0.0, 0.0, np.pi / 2], dtype=torch.float64))
+    shift = torch.tensor([6.0, 0.0, 0.0], dtype=torch.float64)
+    points = grid.world_points(dtype=torch.float64)  # moving(turn (x + shift)) = fixed(x)
+    fixed = phantom(points)[None, None].float()
+    moving = phantom(points @ turn - shift)[None, None].float()
+    model = MSODENet(ModelConfig(kind=kind, levels=1, horizon=1.0, schedule="F(1)", spacing=4.0, control_spacing=16.0))
+    model.nets[0] = recorder = Recorder()
+    pre, theta0 = Affine(turn.float()), None
+    if where == "theta":
+        pre, theta0 = None, torch.tensor([[0.0, 0.0, np.pi / 2, 0.0, 0.0, 0.0]])
+    model([Level(fixed, grid)], [Level(moving, grid)], theta0, pre=pre)
+    total = recorder.forces[0].sum((2, 3, 4))[0].double()  # grid axes = world axes here
+    assert float(total @ shift) / float(total.norm() * shift.norm()) > 0.9

@@ -64,6 +64,13 @@ class Kind:
         """d theta / dt from the level network's output (grid axes -> world)."""
         raise NotImplementedError
 
+    def pullback(self, dyn, theta: torch.Tensor) -> torch.Tensor:
+        """``[B or 1, 3, 3]``: the linear map from a world displacement where the velocity acts (of
+        theta's displaced points ``x + u(x)``, before ``pre``) to the moving level's normalised
+        coordinates. The similarity force is taken with respect to such a displacement, so that it
+        points where the velocity should."""
+        return dyn.lead[:, :3, :3]
+
     def shift(self, dyn, theta: torch.Tensor, linear: torch.Tensor) -> torch.Tensor:
         """theta's displacement at the level's voxel centres, ``[B, 3, nz, ny, nx]``, after the
         ``linear`` part ``[B, 3, 3]`` of the start (world -> the moving level's normalised units)."""
@@ -141,6 +148,12 @@ class RigidKind(Kind):
 
     def coordinates(self, dyn, theta):
         return voxel_images(dyn.fixed.grid, dyn.lead @ self.transform(theta.double(), None, dyn.center.double()).homogeneous(), theta.dtype)
+
+    def pullback(self, dyn, theta):
+        # the velocity acts on fixed points before the current motion: a displacement u there moves
+        # the moving point by pre's and theta's linear parts times u
+        matrix = self.transform(theta.double(), None, dyn.center.double()).homogeneous()[:, :3, :3]
+        return dyn.lead[:, :3, :3] @ matrix
 
     training_pair = staticmethod(rigid_pair)
 

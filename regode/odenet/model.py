@@ -82,7 +82,6 @@ class Dynamics(nn.Module):
         # moving image is sampled at lead(T_theta(x)) without building world points
         to_moving = normalised_map(moving.grid, torch.float64, fixed.volume.device)[None]
         self.lead = to_moving if pre is None else to_moving @ pre.homogeneous().to(torch.float64)  # [1 or B, 4, 4]
-        self.world_step = to_moving[:, :3, :3].transpose(-1, -2).to(fixed.volume.dtype)  # a world displacement (row) -> normalised
         self.kind.prepare(self)
         self.direct = self.kind.direct(self)
 
@@ -94,11 +93,14 @@ class Dynamics(nn.Module):
         # as an input, as learned optimisers are given their gradient (no second derivatives)
         warped = sample_normalised(self.moving.volume, self.moving.grid, coords)
         # MI reads every step-th voxel only: the gradient is zero elsewhere, so only those points
-        # are sampled again, moved by a world displacement u (mm, in the moving image's space) to differentiate
+        # are sampled again, moved by a world displacement u (mm) of the points the velocity moves
+        # (the fixed points before theta's motion for a linear kind; x + theta(x) before pre for a
+        # field), which pre and theta's linear parts turn into the moving image's space
         flat = coords.reshape(coords.shape[0], -1, 3)
+        step = self.kind.pullback(self, theta).transpose(-1, -2)  # a displacement (row) -> normalised
         with torch.enable_grad():
             u = torch.zeros_like(flat[:, :: self.similarity.step], requires_grad=True)
-            moved = flat[:, :: self.similarity.step].detach() + u @ self.world_step.to(u.dtype)
+            moved = flat[:, :: self.similarity.step].detach() + u @ step.to(u.dtype)
             values = sample_normalised(self.moving.volume, self.moving.grid, moved)
             (grad,) = torch.autograd.grad(self.similarity.of_samples(values.reshape(values.shape[0], -1)) * values.shape[0], u)
         force = torch.zeros_like(flat, dtype=grad.dtype)
