@@ -559,3 +559,36 @@ def test_the_force_points_where_the_velocity_acts(kind, where):
     model([Level(fixed, grid)], [Level(moving, grid)], theta0, pre=pre)
     total = recorder.forces[0].sum((2, 3, 4))[0].double()  # grid axes = world axes here
     assert float(total @ shift) / float(total.norm() * shift.norm()) > 0.9
+
+
+def test_the_bspline_force_is_a_weighted_mean_about_each_control_point():
+    """The B-spline network's force term spreads the force onto the control points through the
+    B-spline's own weights, over the voxels where mutual information reads it (every 4th here): a
+    force along x that grows linearly with x at those voxels (zero elsewhere) becomes, at every
+    control point whose support lies inside the image, the force at that point, and nothing along
+    y and z. The earlier term, a point sample of the pooled force, gave about a quarter of it here, and
+    0.07 to 2.1 times it from one control point to another at the 2 mm level of a BraTS pair."""
+    grid = Grid((64, 64, 72), (4.0, 4.0, 4.0), (-126.0, -126.0, -142.0))
+    model = MSODENet(ModelConfig(kind="bspline", levels=1, horizon=1.0, schedule="F(1)", spacing=4.0, control_spacing=20.0))
+    x = grid.world_points(dtype=torch.float32)[..., 0]
+    seen = {}
+
+    class Spy(nn.Module):
+        def forward(self, warped, fixed, t, force, to_control, spread):
+            assert force[0, 0].numel() // 60_000 == 4  # MI reads every 4th voxel of this grid
+            read = torch.zeros(force[0, 0].numel())
+            read[::4] = 1.0
+            ramp = torch.zeros_like(force)
+            ramp[:, 0] = read.reshape(force.shape[2:]) * (1.0 + x / 100.0)
+            seen["mean"] = spread(ramp)
+            return torch.zeros_like(to_control(force))
+
+    model.nets[0] = Spy()
+    volume = torch.rand(1, 1, *grid.shape)
+    model([Level(volume, grid)], [Level(volume, grid)])
+    points = model.state_grid(grid).world_points(dtype=torch.float32)  # [z, y, x, 3]
+    low, high = torch.tensor(grid.origin) + 40.0, torch.tensor(grid.origin) + (torch.tensor(grid.size) - 1) * 4.0 - 40.0
+    inside = ((points >= low) & (points <= high)).all(-1)
+    assert int(inside.sum()) >= 27
+    torch.testing.assert_close(seen["mean"][0, 0][inside], 1.0 + points[..., 0][inside] / 100.0, atol=2e-3, rtol=0)
+    assert float(seen["mean"][0, 1:].abs().max()) == 0.0

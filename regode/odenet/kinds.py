@@ -229,9 +229,28 @@ class BSplineKind(Kind):
         index = torch.minimum(torch.clamp(index, min=0), torch.as_tensor(grid.size, dtype=torch.float64) - 1)
         inside = torch.as_tensor(grid.index_to_world(index.numpy()))
         dyn.control_points = inside.reshape(1, *cpts.shape[:-1], 3).to(dtype=dyn.fixed.volume.dtype, device=dyn.fixed.volume.device)
+        # the force is read where mutual information samples the level (every step-th voxel): its
+        # B-spline-weighted sum at each control point over those voxels' weights is a weighted mean
+        read = torch.zeros(dyn.fixed.volume[0, 0].numel(), dtype=dyn.fixed.volume.dtype, device=dyn.fixed.volume.device)
+        read[:: dyn.similarity.step] = 1.0
+        weight = self.spread(dyn, read.reshape(1, 1, *grid.shape).expand(1, 3, *grid.shape))
+        dyn.spread_weight = weight.clamp_min(1e-3 * float(weight.max()))
+
+    @staticmethod
+    def spread(dyn, field: torch.Tensor) -> torch.Tensor:
+        """The B-spline's adjoint: ``[B, 3, nz, ny, nx]`` on the level grid -> ``[B, 3, *control]``,
+        each control point's sum of the field weighted by its basis function (the gradient with
+        respect to the control points of a similarity whose gradient per voxel is ``field``).
+        Linear in ``field`` and differentiable, so training reaches through it."""
+        with torch.enable_grad():
+            zero = torch.zeros(field.shape[0], 3, *dyn.state_grid.shape, dtype=field.dtype, device=field.device, requires_grad=True)
+            out = BSpline(dyn.state_grid, zero).displacement(dyn.fixed.grid)
+            (total,) = torch.autograd.grad(out, zero, grad_outputs=field, create_graph=field.requires_grad)
+        return total
 
     def velocity(self, dyn, t, theta, warped, force):
-        v = dyn.net(warped, dyn.fixed.volume, t, force, lambda f: sample(f, dyn.fixed.grid, dyn.control_points))
+        v = dyn.net(warped, dyn.fixed.volume, t, force, lambda f: sample(f, dyn.fixed.grid, dyn.control_points),
+                    lambda f: self.spread(dyn, f) / dyn.spread_weight)
         return torch.einsum("ij,bj...->bi...", dyn.direction, v)
 
     def shift(self, dyn, theta, linear):

@@ -195,11 +195,13 @@ class BSplineNet(GuidedStep):
         nn.init.zeros_(self.head[-1].bias)
         self.scale = scale
 
-    def forward(self, warped, fixed, t, force, to_control):
+    def forward(self, warped, fixed, t, force, to_control, spread):
         """``to_control(features)`` resamples a feature map to the control grid (the model knows
-        where the control points lie in this level's grid)."""
+        where the control points lie in this level's grid); ``spread(force)`` is the force's
+        B-spline-weighted mean about each control point (the direction of steepest ascent of the
+        control points, over the voxels where the force is read)."""
         learned = self.head(to_control(self.features(_inputs(warped, fixed, t, force)))) * self.scale
-        return learned + self.step * to_control(_pool(force, 2))
+        return learned + self.step * spread(force)
 
 
 class UNet(GuidedStep):
