@@ -521,24 +521,28 @@ def test_train_validates_on_a_dataset_folder(tmp_path):
 class Recorder(nn.Module):
     """A network that records the similarity force it is given and returns no velocity."""
 
-    def __init__(self):
+    def __init__(self, kind: str):
         super().__init__()
-        self.forces = []
+        self.kind, self.forces = kind, []
 
-    def forward(self, warped, fixed, t, force, to_control=None, spacing=None):
+    def forward(self, warped, fixed, t, force, *rest):
         self.forces.append(force.detach())
-        if callable(to_control):
-            return torch.zeros_like(to_control(force))
-        return torch.zeros(force.shape[0], 6)
+        if self.kind == "bspline":
+            return torch.zeros_like(rest[0](force))  # rest[0]: to_control
+        if self.kind == "dense":
+            return torch.zeros_like(force)
+        return torch.zeros(force.shape[0], {"rigid": 6, "affine": 12}[self.kind])
 
 
-@pytest.mark.parametrize("kind, where", [("rigid", "pre"), ("rigid", "theta"), ("bspline", "pre")])
+@pytest.mark.parametrize("kind, where", [("rigid", "pre"), ("rigid", "theta"), ("rigid", "both"), ("affine", "both"),
+                                         ("bspline", "pre"), ("dense", "pre")])
 def test_the_force_points_where_the_velocity_acts(kind, where):
-    """The moving image is the fixed one moved by a 90 degree turn (the start ``pre``, or the rigid
-    state theta itself) after a 6 mm shift along x of the fixed points. The velocity acts on the
-    fixed points before that turn, so the force the networks see must point along +x; taken in the
-    moving image's space (as before this was mended) it pointed along y, and the rigid flow went
-    astray from any start with a large rotation."""
+    """The moving image is the fixed one moved by a turn (90 degrees about z as the start ``pre``,
+    90 degrees about x as the state theta, or both) after a 6 mm shift along y of the fixed points.
+    The velocity acts on the fixed points before those turns, so the force the networks see must
+    point along +y; taken in the moving image's space (as before this was mended) it pointed along
+    x or z, and the rigid flow went astray from any start with a large rotation. With both turns,
+    composing them in the wrong order would point it along x."""
     grid = Grid((24, 24, 24), (4.0, 4.0, 4.0), (-46.0, -46.0, -46.0))
     blobs = torch.tensor([[-12.0, 8.0, 4.0, 14.0], [16.0, -6.0, -8.0, 10.0], [2.0, 18.0, -14.0, 8.0]], dtype=torch.float64)
 
@@ -546,19 +550,39 @@ def test_the_force_points_where_the_velocity_acts(kind, where):
         d2 = (points[..., None, :] - blobs[:, :3]).square().sum(-1)
         return torch.exp(-d2 / (2 * blobs[:, 3] ** 2)).sum(-1).clamp(max=1.0)
 
-    turn = rotation_matrix(torch.tensor([0.0, 0.0, np.pi / 2], dtype=torch.float64))
-    shift = torch.tensor([6.0, 0.0, 0.0], dtype=torch.float64)
+    about_z = rotation_matrix(torch.tensor([0.0, 0.0, np.pi / 2], dtype=torch.float64))
+    about_x = rotation_matrix(torch.tensor([np.pi / 2, 0.0, 0.0], dtype=torch.float64))
+    pre = None if where == "theta" else Affine(about_z.float())
+    state = about_x if where in ("theta", "both") else torch.eye(3, dtype=torch.float64)
+    theta0 = None
+    if where != "pre":
+        theta0 = (torch.tensor([[np.pi / 2, 0.0, 0.0, 0.0, 0.0, 0.0]]) if kind == "rigid"
+                  else torch.cat([(about_x - torch.eye(3, dtype=torch.float64)).reshape(1, 9), torch.zeros(1, 3, dtype=torch.float64)], 1).float())
+    turn = (torch.eye(3, dtype=torch.float64) if pre is None else about_z) @ state  # the map is pre(theta(x))
+    shift = torch.tensor([0.0, 6.0, 0.0], dtype=torch.float64)
     points = grid.world_points(dtype=torch.float64)  # moving(turn (x + shift)) = fixed(x)
     fixed = phantom(points)[None, None].float()
     moving = phantom(points @ turn - shift)[None, None].float()
     model = MSODENet(ModelConfig(kind=kind, levels=1, horizon=1.0, schedule="F(1)", spacing=4.0, control_spacing=16.0))
-    model.nets[0] = recorder = Recorder()
-    pre, theta0 = Affine(turn.float()), None
-    if where == "theta":
-        pre, theta0 = None, torch.tensor([[0.0, 0.0, np.pi / 2, 0.0, 0.0, 0.0]])
+    model.nets[0] = recorder = Recorder(kind)
     model([Level(fixed, grid)], [Level(moving, grid)], theta0, pre=pre)
     total = recorder.forces[0].sum((2, 3, 4))[0].double()  # grid axes = world axes here
     assert float(total @ shift) / float(total.norm() * shift.norm()) > 0.9
+
+
+def test_the_bspline_network_adds_its_step_times_the_spread_force():
+    """An untrained B-spline network's velocity is its step times the force as the kind spreads it
+    onto the control points (the learned term starts at zero)."""
+    from regode.odenet.networks import BSplineNet
+
+    net = BSplineNet(width=4, step=3.0)
+    force = torch.randn(1, 3, 16, 16, 16)
+    image = torch.rand(1, 1, 16, 16, 16)
+    to_control = lambda f: f[:, :, 2:14:4, 2:14:4, 2:14:4]  # noqa: E731
+    spread = lambda f: 0.5 * f[:, :, 1:13:4, 1:13:4, 1:13:4]  # noqa: E731
+    with torch.no_grad():
+        v = net(image, image, 0.0, force, to_control, spread)
+    torch.testing.assert_close(v, 3.0 * spread(force))
 
 
 def test_the_bspline_force_is_a_weighted_mean_about_each_control_point():

@@ -66,7 +66,7 @@ class Kind:
 
     def pullback(self, dyn, theta: torch.Tensor) -> torch.Tensor:
         """``[B or 1, 3, 3]``: the linear map from a world displacement where the velocity acts (of
-        theta's displaced points ``x + u(x)``, before ``pre``) to the moving level's normalised
+        theta's displaced points ``x + d(x)``, before ``pre``) to the moving level's normalised
         coordinates. The similarity force is taken with respect to such a displacement, so that it
         points where the velocity should."""
         return dyn.lead[:, :3, :3]
@@ -152,7 +152,7 @@ class RigidKind(Kind):
     def pullback(self, dyn, theta):
         # the velocity acts on fixed points before the current motion: a displacement u there moves
         # the moving point by pre's and theta's linear parts times u
-        matrix = self.transform(theta.double(), None, dyn.center.double()).homogeneous()[:, :3, :3]
+        matrix = self.transform(theta.detach().double(), None, dyn.center.double()).matrix  # the force is a constant input
         return dyn.lead[:, :3, :3] @ matrix
 
     training_pair = staticmethod(rigid_pair)
@@ -241,7 +241,9 @@ class BSplineKind(Kind):
         """The B-spline's adjoint: ``[B, 3, nz, ny, nx]`` on the level grid -> ``[B, 3, *control]``,
         each control point's sum of the field weighted by its basis function (the gradient with
         respect to the control points of a similarity whose gradient per voxel is ``field``).
-        Linear in ``field`` and differentiable, so training reaches through it."""
+        Linear in ``field`` and differentiable, so training reaches through it. Separable (three small
+        matrix products) because the control grid keeps the fine grid's axes (``control_grid_for``);
+        a control grid at an angle to the level would take BSpline's pointwise path, far slower."""
         with torch.enable_grad():
             zero = torch.zeros(field.shape[0], 3, *dyn.state_grid.shape, dtype=field.dtype, device=field.device, requires_grad=True)
             out = BSpline(dyn.state_grid, zero).displacement(dyn.fixed.grid)

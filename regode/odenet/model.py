@@ -88,8 +88,8 @@ class Dynamics(nn.Module):
     def forward(self, t, theta):
         self.nfe += 1
         coords = self.moving_coordinates(theta)
-        # the gradient of the similarity with respect to a displacement of every fixed point (times
-        # the number of voxels): the force a classical optimiser would follow, given to the network
+        # the gradient of the similarity with respect to a displacement of every point the velocity
+        # moves (times the number of voxels): the force a classical optimiser would follow, given to the network
         # as an input, as learned optimisers are given their gradient (no second derivatives)
         warped = sample_normalised(self.moving.volume, self.moving.grid, coords)
         # MI reads every step-th voxel only: the gradient is zero elsewhere, so only those points

@@ -2,7 +2,8 @@
 
 Each network sees, on one pyramid level, the current warped moving image, the fixed image, the
 time t (a constant channel) and the similarity force: the gradient of mutual information with
-respect to a displacement of each fixed point, times the number of voxels (the direction a
+respect to a displacement of each point the velocity moves (the fixed points before the current
+motion, or x + theta(x) before the start), times the number of voxels (the direction a
 classical optimiser would follow, given to the network as learned optimisers are given their
 gradient; it vanishes at the optimum). It returns a velocity of the transform's parameters in the level grid's axes: mm (and
 radians for rotations) per unit time. The model turns grid-axis vectors into world LPS vectors,
@@ -98,10 +99,8 @@ class RigidNet(GuidedStep):
     """
 
     def __init__(self, width: int = 16, scale: float = 10.0, ridge: float = 1e-3, step: float = 100.0):
-        # step: mm per unit time along the force's rigid fit. 1500 carries brain-like pairs at
-        # +-20 degrees from their centres of mass 3 times further (regode.anatomy), but from the
-        # principal-axes start of `register` the fixed-step flow then overshoots on BraTS (networks
-        # alone: RMSE(phi) 19.4 mm against 3.9): the step stays at 100 (docs/msodenet.md)
+        # step: mm per unit time along the force's rigid fit, the untrained model's; a trained file
+        # holds its own per level (weights/rigid.pt learned 1091, 870 and 152 on brain-like pairs)
         super().__init__(step)
         w = width
         self.features = nn.Sequential(_block(IN_CHANNELS, w, 2), _block(w, 2 * w, 2), _block(2 * w, 2 * w, 2), _block(2 * w, 2 * w))
@@ -198,8 +197,8 @@ class BSplineNet(GuidedStep):
     def forward(self, warped, fixed, t, force, to_control, spread):
         """``to_control(features)`` resamples a feature map to the control grid (the model knows
         where the control points lie in this level's grid); ``spread(force)`` is the force's
-        B-spline-weighted mean about each control point (the direction of steepest ascent of the
-        control points, over the voxels where the force is read)."""
+        B-spline-weighted mean about each control point over the voxels where it is read (an ascent
+        direction: the control points' gradient, normalised per control point)."""
         learned = self.head(to_control(self.features(_inputs(warped, fixed, t, force)))) * self.scale
         return learned + self.step * spread(force)
 
