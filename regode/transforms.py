@@ -282,20 +282,48 @@ class BSpline(Transform):
             return super().map_lattice(lattice)
         return lattice.points + disp.movedim(1, -1).to(lattice.points.dtype)
 
-    def _separable(self, grid: Grid) -> torch.Tensor | None:
-        c = self.coefficients
-        m = self.control_grid.matrix("world", "index") @ grid.matrix("index", "world")
+    @staticmethod
+    def _axis_weights(control_grid: Grid, grid: Grid, dtype, device) -> list[torch.Tensor] | None:
+        """Each axis's basis weights ``[n_axis, control_axis]`` (x, y, z) of the control points at
+        ``grid``'s voxels, or None where the grids' axes are not parallel."""
+        m = control_grid.matrix("world", "index") @ grid.matrix("index", "world")
         if not np.allclose(m[:3, :3], np.diag(np.diag(m[:3, :3])), atol=1e-6):
             return None
         mats = []
         for axis in range(3):
             u = m[axis, axis] * np.arange(grid.size[axis]) + m[axis, 3]
-            d = torch.as_tensor(u[:, None] - np.arange(self.control_grid.size[axis])[None, :], dtype=c.dtype, device=c.device)
-            mats.append(bspline_kernel(d))  # [n_axis, control_axis]
+            d = torch.as_tensor(u[:, None] - np.arange(control_grid.size[axis])[None, :], dtype=dtype, device=device)
+            mats.append(bspline_kernel(d))
+        return mats
+
+    def _separable(self, grid: Grid) -> torch.Tensor | None:
+        c = self.coefficients
+        mats = self._axis_weights(self.control_grid, grid, c.dtype, c.device)
+        if mats is None:
+            return None
         wx, wy, wz = mats
         out = torch.einsum("xi,bckji->bckjx", wx, c)
         out = torch.einsum("yj,bckjx->bckyx", wy, out)
         return torch.einsum("zk,bckyx->bczyx", wz, out)
+
+    @classmethod
+    def adjoint(cls, control_grid: Grid, grid: Grid, field: torch.Tensor) -> torch.Tensor:
+        """The transpose of ``coefficients -> displacement(grid)``: ``field [B, 3, nz, ny, nx]`` on
+        ``grid`` -> ``[B, 3, *control]``, each control point's sum of the field weighted by its basis
+        function (the gradient with respect to the coefficients of a loss whose gradient per voxel
+        is ``field``). Separable where the grids' axes are parallel, by automatic differentiation
+        of the pointwise path otherwise; differentiable in ``field`` either way."""
+        mats = cls._axis_weights(control_grid, grid, field.dtype, field.device)
+        if mats is None:
+            with torch.enable_grad():
+                zero = torch.zeros(field.shape[0], 3, *control_grid.shape, dtype=field.dtype, device=field.device, requires_grad=True)
+                (total,) = torch.autograd.grad(cls(control_grid, zero).displacement(grid), zero, grad_outputs=field,
+                                               create_graph=field.requires_grad)
+            return total
+        wx, wy, wz = mats
+        out = torch.einsum("zk,bczyx->bckyx", wz, field)
+        out = torch.einsum("yj,bckyx->bckjx", wy, out)
+        return torch.einsum("xi,bckjx->bckji", wx, out)
 
     def inverse(self, grid: Grid | None = None) -> DisplacementField:
         """Numerical inverse as a displacement field on ``grid`` (default: the control grid's

@@ -162,3 +162,18 @@ def test_field_displacement_on_another_grid(parallel):
     found = DisplacementField(coarse, field).displacement(target)
     torch.testing.assert_close(found, expected, rtol=0, atol=1e-9)
     assert bool((found == 0).all(1).any()) and bool((found != 0).any())
+
+
+@pytest.mark.parametrize("oblique", [False, True])
+def test_bspline_adjoint_is_the_transpose_of_the_displacement(oblique):
+    """<B c, f> = <c, B^T f> on the separable path (parallel grids) and on the pointwise one (a
+    grid at an angle to the control grid)."""
+    direction = tuple(euler_matrix(torch.tensor([0.2, 0.1, 0.3], dtype=torch.float64)).numpy().ravel()) if oblique else None
+    control = BSpline.control_grid_for(Grid((20, 18, 16), (2.0, 2.0, 2.0), (-19.0, -17.0, -15.0)), 10.0)
+    grid = Grid((20, 18, 16), (2.0, 2.0, 2.0), (-19.0, -17.0, -15.0), *(() if direction is None else (direction,)))
+    gen = torch.Generator().manual_seed(0)
+    c = torch.randn(2, 3, *control.shape, dtype=torch.float64, generator=gen)
+    f = torch.randn(2, 3, *grid.shape, dtype=torch.float64, generator=gen)
+    lhs = (BSpline(control, c).displacement(grid) * f).sum()
+    rhs = (c * BSpline.adjoint(control, grid, f)).sum()
+    torch.testing.assert_close(lhs, rhs, rtol=1e-10, atol=1e-10)

@@ -238,17 +238,10 @@ class BSplineKind(Kind):
 
     @staticmethod
     def spread(dyn, field: torch.Tensor) -> torch.Tensor:
-        """The B-spline's adjoint: ``[B, 3, nz, ny, nx]`` on the level grid -> ``[B, 3, *control]``,
-        each control point's sum of the field weighted by its basis function (the gradient with
-        respect to the control points of a similarity whose gradient per voxel is ``field``).
-        Linear in ``field`` and differentiable, so training reaches through it. Separable (three small
-        matrix products) because the control grid keeps the fine grid's axes (``control_grid_for``);
-        a control grid at an angle to the level would take BSpline's pointwise path, far slower."""
-        with torch.enable_grad():
-            zero = torch.zeros(field.shape[0], 3, *dyn.state_grid.shape, dtype=field.dtype, device=field.device, requires_grad=True)
-            out = BSpline(dyn.state_grid, zero).displacement(dyn.fixed.grid)
-            (total,) = torch.autograd.grad(out, zero, grad_outputs=field, create_graph=field.requires_grad)
-        return total
+        """``[B, 3, nz, ny, nx]`` on the level grid -> ``[B, 3, *control]``: the B-spline's adjoint
+        (:meth:`BSpline.adjoint`), each control point's sum of the field weighted by its basis
+        function. Linear in ``field`` and differentiable, so training reaches through it."""
+        return BSpline.adjoint(dyn.state_grid, dyn.fixed.grid, field)
 
     def velocity(self, dyn, t, theta, warped, force):
         v = dyn.net(warped, dyn.fixed.volume, t, force, lambda f: sample(f, dyn.fixed.grid, dyn.control_points),
