@@ -134,8 +134,8 @@ def header_start(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, mo
                  c_fix: torch.Tensor) -> tuple[Affine | None, dict]:
     """The headers' start (the identity: the images' own world coordinates) as a second candidate
     beside ``start`` (the head centres' translation, or the principal-axes rotation about them that
-    :func:`principal_axes` chose; the ``head_centres`` of the record), where the two put the fixed head's centre
-    more than :data:`START_GAP_MM` apart and the headers' start overlaps the heads (at least
+    :func:`principal_axes` chose; the ``head_centres`` of the record), where the two put the fixed
+    head's centre more than :data:`START_GAP_MM` apart and the headers' start overlaps the heads (at least
     :data:`MIN_OVERLAP`); else None. The head centres assume both images show the same part of the
     head: a slab (a FLAIR without the neck) against a head with its neck, or a head against a
     brain-only template, moves one centre and not the other, while images in one scanner space are

@@ -114,10 +114,12 @@ def summary_line(row: Row, out: Path) -> dict:
 def run_cohort(rows: list[Row], out, engine: Engine = Engine(), qc: bool = True, progress: bool = True) -> list[dict]:
     """Run every row that is not complete on Dask; returns the summary lines of all rows."""
     out = Path(out).resolve()  # workers may run in another folder (a scheduler's)
-    pending = [row for row in rows if not complete(row, out)]
-    for row in rows:  # a row killed after its record was in place left an empty staging folder
-        if complete(row, out):
+    pending = []
+    for row in rows:
+        if complete(row, out):  # a row killed after its record was in place left an empty staging folder
             remove_stale(row.record(out).parent)
+        else:
+            pending.append(row)
     lines = {row.id: summary_line(row, out) for row in rows}
     if pending:
         with _client(engine) as client, bar(progress, eta=True) as progress_bar:

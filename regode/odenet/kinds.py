@@ -229,23 +229,18 @@ class BSplineKind(Kind):
         index = torch.minimum(torch.clamp(index, min=0), torch.as_tensor(grid.size, dtype=torch.float64) - 1)
         inside = torch.as_tensor(grid.index_to_world(index.numpy()))
         dyn.control_points = inside.reshape(1, *cpts.shape[:-1], 3).to(dtype=dyn.fixed.volume.dtype, device=dyn.fixed.volume.device)
-        # the force is read where mutual information samples the level (every step-th voxel): its
-        # B-spline-weighted sum at each control point over those voxels' weights is a weighted mean
+        # the force is read where mutual information samples the level (every step-th voxel in the
+        # flattened z, y, x order of Dynamics.forward): the network's force term, the B-spline's
+        # adjoint of the force (regode.transforms.BSpline.adjoint) divided by that of those voxels,
+        # is a weighted mean of the force about each control point
         read = torch.zeros(dyn.fixed.volume[0, 0].numel(), dtype=dyn.fixed.volume.dtype, device=dyn.fixed.volume.device)
         read[:: dyn.similarity.step] = 1.0
-        weight = self.spread(dyn, read.reshape(1, 1, *grid.shape).expand(1, 3, *grid.shape))
+        weight = BSpline.adjoint(dyn.state_grid, grid, read.reshape(1, 1, *grid.shape).expand(1, 3, *grid.shape))
         dyn.spread_weight = weight.clamp_min(1e-3 * float(weight.max()))
-
-    @staticmethod
-    def spread(dyn, field: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, nz, ny, nx]`` on the level grid -> ``[B, 3, *control]``: the B-spline's adjoint
-        (:meth:`BSpline.adjoint`), each control point's sum of the field weighted by its basis
-        function. Linear in ``field`` and differentiable, so training reaches through it."""
-        return BSpline.adjoint(dyn.state_grid, dyn.fixed.grid, field)
 
     def velocity(self, dyn, t, theta, warped, force):
         v = dyn.net(warped, dyn.fixed.volume, t, force, lambda f: sample(f, dyn.fixed.grid, dyn.control_points),
-                    lambda f: self.spread(dyn, f) / dyn.spread_weight)
+                    lambda f: BSpline.adjoint(dyn.state_grid, dyn.fixed.grid, f) / dyn.spread_weight)
         return torch.einsum("ij,bj...->bi...", dyn.direction, v)
 
     def shift(self, dyn, theta, linear):
