@@ -79,6 +79,24 @@ def test_constant_velocity_integrates_exactly(kind, schedule):
     assert all(n >= 1 for n in nfe) and len(nfe) == 2
 
 
+@pytest.mark.parametrize("kind", ["rigid", "bspline"])
+def test_a_model_integrates_only_the_levels_asked_for(kind):
+    """``levels=2`` of 3 stops theta at two thirds of the horizon, after the two coarse levels."""
+    grid = Grid((16, 12, 12), (2.0, 2.0, 2.0), (-16.0, -12.0, -12.0), OBLIQUE)
+    model = MSODENet(ModelConfig(kind=kind, levels=3, horizon=3.0, schedule="F(0.5)-F(0.5)-F(0.25)", spacing=2.0, control_spacing=8.0))
+    value = torch.tensor([0.0, 0.0, 0.0, 1.5, -2.0, 0.5]) if kind == "rigid" else torch.tensor([1.5, -2.0, 0.5])
+    for i in range(3):
+        model.nets[i] = Constant(value)
+    levels = pyramid(torch.rand(1, 1, *grid.shape), grid, 3)
+    full, nfe_full = model(levels, levels)
+    part, nfe_part = model(levels, levels, levels=2)
+    assert nfe_part == nfe_full[:2] == [2, 2] and nfe_full[2] == 4
+    torch.testing.assert_close(part, full * 2 / 3, atol=1e-5, rtol=1e-5)  # a constant velocity: theta grows linearly in time
+    for wrong in (0, 4):
+        with pytest.raises(ValueError, match="integrates 1 to 3 levels"):
+            model(levels, levels, levels=wrong)
+
+
 def test_schedule_parsing():
     solvers = parse_schedule("A(1e-3)-A(1e-3)-F(0.1)", 3)
     assert [s.method for s in solvers] == ["adaptive_heun", "adaptive_heun", "euler"]
@@ -212,13 +230,16 @@ def test_register_recovers_a_20_degree_rotation(rotated_pair, tmp_path):
     import json
 
     folder, truth = rotated_pair
-    for name, extra in (("r_", []), ("n_", ["--no-polish"])):
+    # the network's finest level runs only where no polish follows, or where --network-levels asks
+    for name, extra, levels in (("r_", [], 2), ("n_", ["--no-polish"], 3), ("a_", ["--network-levels", "3"], 3)):
         out = str(tmp_path / name)
         result = runner.invoke(app, ["register", "-f", str(folder / "fixed.nii.gz"), "-m", str(folder / "moving.nii.gz"), "-o", out,
                                      "--model", "rigid", *extra])
         assert result.exit_code == 0, result.output
         doc = json.loads(open(out + "regode.json").read())
-        assert doc["config"]["polish"] == (not extra) and ("rigid_polish" in doc["timings_s"]) == (not extra)
+        polished = name != "n_"
+        assert doc["config"]["polish"] == polished and ("rigid_polish" in doc["timings_s"]) == polished
+        assert len(doc["nfe"]["rigid"]) == levels, doc["nfe"]
     found = load_transform(str(tmp_path / "r_0GenericAffine.mat"))
     assert _angle(found, truth) < 2.0
     pts = truth.center[:, None] + torch.randn(1, 100, 3, dtype=torch.float64) * 30

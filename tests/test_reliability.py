@@ -370,3 +370,11 @@ def test_masks_that_cannot_work_are_refused(pair, capfd):
     write_image(torch.ones(1, 1, *GRID.shape), GRID, pair / "full.nii.gz", np.uint8)
     refused(["register", *_fix(pair), "-o", pair / "n_", "--fixed-mask", pair / "full.nii.gz", "--no-polish"], pair, capfd, words="--no-polish")
     refused(["register", *_fix(pair), "-o", pair / "m_", "--moving-mask", pair / "nomask.nii.gz"], pair, capfd, words="nomask.nii.gz")
+
+
+def test_network_levels_beyond_the_model_are_refused(pair, capfd):
+    """``--network-levels`` below one, or above a model's pyramid levels, is one error line naming
+    the option (the second before any image is read)."""
+    refused(["register", *_fix(pair), "-o", pair / "z_", "--network-levels", "0"], pair, capfd, words="--network-levels must be 1 or more")
+    refused(["register", *_fix(pair), "-o", pair / "f_", "--model", "rigid+bspline", "--network-levels", "4"], pair, capfd,
+            words="--network-levels 4: the rigid model has 3 pyramid levels")

@@ -31,6 +31,7 @@ def register(
     no_center_of_mass: Annotated[bool, typer.Option("--no-center-of-mass", help="Start from the identity (no translation between the head centres, no principal axes).")] = False,
     no_principal_axes: Annotated[bool, typer.Option("--no-principal-axes", help="Models that start with a rigid or affine stage: start from the translation between the head centres only, not from the best principal-axes alignment.")] = False,
     polish: Annotated[bool, typer.Option("--polish/--no-polish", help="After each network, optimise its result by mutual information (a few dozen Adam steps at 2 mm; for dense a 10 mm B-spline correction of its field); --no-polish runs the networks alone.")] = RegisterConfig.polish,
+    network_levels: Annotated[Optional[int], typer.Option("--network-levels", help="Pyramid levels each network integrates, coarse first (8, 4, 2 mm). Default: all but the finest when the polish follows (it runs there, about ten times cheaper per step), all with --no-polish.")] = None,
     fine_spacing: Annotated[Optional[float], typer.Option("--fine-spacing", help="Refine the last deformable stage on images at this spacing (mm; 0: no). Default: the fixed image's spacing (at least 1 mm) for the affine+bspline/dense cascades, none for the other models.")] = None,
     metric: Annotated[Metric, typer.Option("--metric", help="The fine level's similarity: auto (local NCC for one contrast, MI across contrasts, judged on the pair), mi or ncc.")] = Metric(RegisterConfig.metric),
     device: Annotated[Device, typer.Option("--device", help="auto, cpu or cuda.")] = Device(RegisterConfig.device),
@@ -42,7 +43,7 @@ def register(
     from ..pipeline import register_files
 
     config = config_of(model, checkpoint, initial_transform, no_center_of_mass, no_principal_axes, polish, device, threads, seed,
-                       fixed_mask, moving_mask, fine_spacing, metric)
+                       fixed_mask, moving_mask, fine_spacing, metric, network_levels)
     doc = register_files(fixed, moving, out, config, moving_labels, qc=qc)
     t = doc["timings_s"]
     print(f"registered {moving} to {fixed} with {model.value} in {t['wall']:.2f} s (model {t['total']:.2f} s); "
@@ -50,10 +51,10 @@ def register(
 
 
 def config_of(model, checkpoint, initial_transform, no_center_of_mass, no_principal_axes, polish, device, threads, seed,
-              fixed_mask=None, moving_mask=None, fine_spacing=None, metric=RegisterConfig.metric, **_) -> RegisterConfig:
+              fixed_mask=None, moving_mask=None, fine_spacing=None, metric=RegisterConfig.metric, network_levels=None, **_) -> RegisterConfig:
     """The RegisterConfig of the command's parsed options (``regode cohort`` parses a row's too)."""
     return RegisterConfig(model=getattr(model, "value", model), checkpoints=tuple(str(p) for p in checkpoint or ()),
                           center_of_mass=not no_center_of_mass, principal_axes=not no_principal_axes, polish=polish,
                           initial_transform=tuple(initial_transform or ()), device=getattr(device, "value", device), threads=threads,
                           seed=seed, fixed_mask=str(fixed_mask) if fixed_mask else None, moving_mask=str(moving_mask) if moving_mask else None,
-                          fine_spacing=fine_spacing, metric=getattr(metric, "value", metric))
+                          fine_spacing=fine_spacing, metric=getattr(metric, "value", metric), network_levels=network_levels)

@@ -103,11 +103,11 @@ class Dynamics(nn.Module):
             moved = flat[:, :: self.similarity.step].detach() + u @ step.to(u.dtype)
             values = sample_normalised(self.moving.volume, self.moving.grid, moved)
             (grad,) = torch.autograd.grad(self.similarity.of_samples(values.reshape(values.shape[0], -1)) * values.shape[0], u)
+        # world -> grid axes, times the voxel count (a per-voxel scale, independent of the image
+        # size; it vanishes at the optimum), on the samples before they are spread into the level
         force = torch.zeros_like(flat, dtype=grad.dtype)
-        force[:, :: self.similarity.step] = grad
-        force = (force.reshape(coords.shape) @ self.direction).movedim(-1, 1)  # world -> grid axes, [B, 3, nz, ny, nx]
-        force = force * force[0, 0].numel()  # per-voxel scale, independent of the image size; vanishes at the optimum
-        return self.kind.velocity(self, t, theta, warped, force)
+        force[:, :: self.similarity.step] = (grad @ self.direction) * flat.shape[1]
+        return self.kind.velocity(self, t, theta, warped, force.reshape(coords.shape).movedim(-1, 1))  # [B, 3, nz, ny, nx]
 
     def moving_coordinates(self, theta: torch.Tensor) -> torch.Tensor:
         """``pre(T_theta(x))`` for the fixed level's voxel centres x, in the moving level's
@@ -143,12 +143,18 @@ class MSODENet(nn.Module):
         return core if pre is None else Compose([pre, core])
 
     def forward(self, fixed: list[Level], moving: list[Level], theta0: torch.Tensor | None = None,
-                center: torch.Tensor | None = None, pre: Transform | None = None, adjoint: bool = False):
-        """Integrate the ODE level by level. Returns (theta_T, number of function evaluations per level)."""
+                center: torch.Tensor | None = None, pre: Transform | None = None, adjoint: bool = False,
+                levels: int | None = None):
+        """Integrate the ODE level by level: the first ``levels`` pyramid levels (coarse first; None:
+        all), so that theta stops at time ``levels * T / L``. Returns (theta, number of function
+        evaluations per level run)."""
         from torchdiffeq import odeint, odeint_adjoint  # 0.25 s to import: not for commands that never integrate
 
         if len(fixed) != self.config.levels or len(moving) != self.config.levels:
             raise ValueError(f"the model needs {self.config.levels} pyramid levels")
+        levels = self.config.levels if levels is None else levels
+        if not 1 <= levels <= self.config.levels:
+            raise ValueError(f"the model integrates 1 to {self.config.levels} levels, not {levels}")
         fine = fixed[-1].grid
         state_grid = self.state_grid(fine)
         dtype, device = fixed[-1].volume.dtype, fixed[-1].volume.device
@@ -158,7 +164,7 @@ class MSODENet(nn.Module):
             center = torch.as_tensor(fine.center, dtype=dtype, device=device).expand(batch, 3)
         segment = self.config.horizon / self.config.levels
         nfe = []
-        for level, solver in enumerate(self.solvers):
+        for level, solver in enumerate(self.solvers[:levels]):
             dyn = Dynamics(self, level, fixed[level], moving[level], state_grid, center, pre)
             times = torch.tensor([level * segment, (level + 1) * segment], dtype=dtype, device=device)
             if adjoint:

@@ -52,6 +52,8 @@ def load_models(config: RegisterConfig) -> dict[str, tuple[MSODENet, Path]]:
         if not path.is_file():
             raise RegodeError(f"no shipped {kind} model at {path}: train one with `regode train --model {kind}` or pass --checkpoint")
         models[kind] = (load_model(path)[0], path)
+    for kind, (model, _) in models.items():
+        config.levels_run(kind, model.config.levels)  # refuses a --network-levels beyond a model's levels, before any image is read
     return models
 
 
@@ -122,13 +124,15 @@ def register_images(fixed: Image, moving: Image, config: RegisterConfig, models:
 
 
 def _stage(model: MSODENet, levels, linear, c_fix, fixed_grid, config: RegisterConfig, masks, device) -> tuple:
-    """One stage from ``linear``: its network, then (``config.polish``) its kind's polish on the 4
-    and 2 mm levels. Returns (linear, core, network evaluations, polish record or None,
-    {"": network seconds, "_polish": polish seconds})."""
+    """One stage from ``linear``: its network (on the pyramid levels ``config.levels_run`` names),
+    then (``config.polish``) its kind's polish on the 4 and 2 mm levels. Returns (linear, core,
+    network evaluations per level run, polish record or None, {"": network seconds, "_polish":
+    polish seconds})."""
     t0 = time.perf_counter()
+    run = config.levels_run(model.config.kind, model.config.levels)
     with torch.no_grad():
         theta, nfe = model(*levels(model.config.levels), None, c_fix.float().to(device)[None],
-                           copy.deepcopy(linear).float().to(device))
+                           copy.deepcopy(linear).float().to(device), levels=run)
     linear, core = model.kind.result(model, theta.cpu().double(), linear, c_fix, fixed_grid)
     seconds = {"": time.perf_counter() - t0}
     record = None
