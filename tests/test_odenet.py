@@ -239,7 +239,7 @@ def test_register_recovers_a_20_degree_rotation(rotated_pair, tmp_path):
         doc = json.loads(open(out + "regode.json").read())
         polished = name != "n_"
         assert doc["config"]["polish"] == polished and ("rigid_polish" in doc["timings_s"]) == polished
-        assert len(doc["nfe"]["rigid"]) == levels, doc["nfe"]
+        assert len(doc["nfe"]["rigid"]) == levels == doc["network_levels"]["rigid"], doc["nfe"]
     found = load_transform(str(tmp_path / "r_0GenericAffine.mat"))
     assert _angle(found, truth) < 2.0
     pts = truth.center[:, None] + torch.randn(1, 100, 3, dtype=torch.float64) * 30
@@ -589,6 +589,36 @@ def test_the_force_points_where_the_velocity_acts(kind, where):
     model([Level(fixed, grid)], [Level(moving, grid)], theta0, pre=pre)
     total = recorder.forces[0].sum((2, 3, 4))[0].double()  # grid axes = world axes here
     assert float(total @ shift) / float(total.norm() * shift.norm()) > 0.9
+
+
+def test_the_force_field_is_the_gradient_at_every_voxel_in_grid_axes():
+    """The force a network is given: the gradient of mutual information with respect to a world
+    displacement of each voxel (zero where MI does not read), in the fixed grid's axes, times the
+    voxel count. Checked against automatic differentiation over the whole level, on an oblique grid
+    where MI reads every second voxel, for a batch of two moving images."""
+    from regode.odenet.model import Dynamics
+    from regode.sampling import sample_normalised
+
+    grid = Grid((56, 50, 48), (3.0, 3.0, 3.0), (-80.0, -70.0, -70.0), OBLIQUE)
+    labels = phantom_labels(grid, 10, 3)
+    fixed = render(labels, grid, 1)
+    moving = torch.cat([render(labels, grid, 2), render(labels, grid, 3)]).roll(2, dims=3)
+    model = MSODENet(ModelConfig(kind="bspline", levels=1, horizon=1.0, schedule="F(1)", spacing=3.0, control_spacing=15.0))
+    model.nets[0] = recorder = Recorder("bspline")
+    model([Level(fixed, grid)], [Level(moving, grid)])
+    found = recorder.forces[0]
+    dyn = Dynamics(model, 0, Level(fixed, grid), Level(moving, grid), model.state_grid(grid),
+                   torch.as_tensor(grid.center, dtype=torch.float32).expand(2, 3), None)
+    assert dyn.similarity.step == 2 and found.shape == (2, 3, *grid.shape)
+    theta = model.identity(grid, 2)
+    coords = dyn.moving_coordinates(theta)
+    step = dyn.kind.pullback(dyn, theta).transpose(-1, -2).float()
+    u = torch.zeros(2, grid.shape[0] * grid.shape[1] * grid.shape[2], 3, requires_grad=True)
+    values = sample_normalised(moving, grid, (coords.reshape(2, -1, 3) + u @ step).reshape(coords.shape))
+    (grad,) = torch.autograd.grad(dyn.similarity(values) * 2, u)
+    expected = ((grad @ dyn.direction) * u.shape[1]).reshape(coords.shape).movedim(-1, 1)
+    assert float(expected.abs().max()) > 0 and bool((expected[:, :, 0, 0, 1] == 0).all())  # voxel 1 is not read
+    torch.testing.assert_close(found, expected, atol=1e-6 * float(expected.abs().max()), rtol=1e-4)
 
 
 def test_the_bspline_network_adds_its_step_times_the_spread_force():

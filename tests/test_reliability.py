@@ -375,6 +375,9 @@ def test_masks_that_cannot_work_are_refused(pair, capfd):
 def test_network_levels_beyond_the_model_are_refused(pair, capfd):
     """``--network-levels`` below one, or above a model's pyramid levels, is one error line naming
     the option (the second before any image is read)."""
-    refused(["register", *_fix(pair), "-o", pair / "z_", "--network-levels", "0"], pair, capfd, words="--network-levels must be 1 or more")
+    refused(["register", *_fix(pair), "-o", pair / "z_", "--network-levels", "0"], pair, capfd, words="--network-levels must be a whole number, 1 or more")
     refused(["register", *_fix(pair), "-o", pair / "f_", "--model", "rigid+bspline", "--network-levels", "4"], pair, capfd,
             words="--network-levels 4: the rigid model has 3 pyramid levels")
+    # refused when the models are read, before the images: a missing image is not what it names
+    refused(["register", "-f", pair / "absent.nii.gz", "-m", pair / "moving.nii.gz", "-o", pair / "g_", "--network-levels", "4"],
+            pair, capfd, words="--network-levels 4")
