@@ -239,7 +239,7 @@ def test_register_recovers_a_20_degree_rotation(rotated_pair, tmp_path):
         doc = json.loads(open(out + "regode.json").read())
         polished = name != "n_"
         assert doc["config"]["polish"] == polished and ("rigid_polish" in doc["timings_s"]) == polished
-        assert len(doc["nfe"]["rigid"]) == levels == doc["network_levels"]["rigid"], doc["nfe"]
+        assert len(doc["nfe"]["rigid"]) == levels == doc["network_levels_run"]["rigid"], doc["nfe"]
     found = load_transform(str(tmp_path / "r_0GenericAffine.mat"))
     assert _angle(found, truth) < 2.0
     pts = truth.center[:, None] + torch.randn(1, 100, 3, dtype=torch.float64) * 30

@@ -117,7 +117,8 @@ def register_images(fixed: Image, moving: Image, config: RegisterConfig, models:
                                             config, masks, device)
         timings["fine"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - start
-    stats = {"timings_s": timings, "nfe": nfe, "network_levels": {name: len(counts) for name, counts in nfe.items()}, "device": str(device), "working_spacing_mm": spacing, "fine_spacing_mm": fine,
+    stats = {"timings_s": timings, "nfe": nfe, "network_levels_run": {name: len(counts) for name, counts in nfe.items()},
+             "device": str(device), "working_spacing_mm": spacing, "fine_spacing_mm": fine,
              "head_center_fixed": c_fix.tolist(), "head_center_moving": c_mov.tolist(),
              "principal_axes": alignment, "start_choice": start_choice, "polish": polish}
     return Result(linear, field, stats)
