@@ -612,9 +612,9 @@ def test_the_force_field_is_the_gradient_at_every_voxel_in_grid_axes():
     assert dyn.similarity.step == 2 and found.shape == (2, 3, *grid.shape)
     theta = model.identity(grid, 2)
     coords = dyn.moving_coordinates(theta)
-    step = dyn.kind.pullback(dyn, theta).transpose(-1, -2).float()
+    to_moving = dyn.kind.pullback(dyn, theta).transpose(-1, -2).float()  # world mm -> moving normalised
     u = torch.zeros(2, grid.shape[0] * grid.shape[1] * grid.shape[2], 3, requires_grad=True)
-    values = sample_normalised(moving, grid, (coords.reshape(2, -1, 3) + u @ step).reshape(coords.shape))
+    values = sample_normalised(moving, grid, (coords.reshape(2, -1, 3) + u @ to_moving).reshape(coords.shape))
     (grad,) = torch.autograd.grad(dyn.similarity(values) * 2, u)
     expected = ((grad @ dyn.direction) * u.shape[1]).reshape(coords.shape).movedim(-1, 1)
     assert float(expected.abs().max()) > 0 and bool((expected[:, :, 0, 0, 1] == 0).all())  # voxel 1 is not read

@@ -97,10 +97,10 @@ class Dynamics(nn.Module):
         # (the fixed points before theta's motion for a linear kind; x + theta(x) before pre for a
         # field), which pre and theta's linear parts turn into the moving image's space
         flat = coords.reshape(coords.shape[0], -1, 3)
-        step = self.kind.pullback(self, theta).transpose(-1, -2)  # a displacement (row) -> normalised
+        to_moving = self.kind.pullback(self, theta).transpose(-1, -2)  # a world displacement (mm, row) -> moving normalised
         with torch.enable_grad():
             u = torch.zeros_like(flat[:, :: self.similarity.step], requires_grad=True)
-            moved = flat[:, :: self.similarity.step].detach() + u @ step.to(u.dtype)
+            moved = flat[:, :: self.similarity.step].detach() + u @ to_moving.to(u.dtype)
             values = sample_normalised(self.moving.volume, self.moving.grid, moved)
             (grad,) = torch.autograd.grad(self.similarity.of_samples(values.reshape(values.shape[0], -1)) * values.shape[0], u)
         # world -> grid axes, times the voxel count (a per-voxel scale, independent of the image
