@@ -20,7 +20,7 @@ from .grid import Grid
 from .io import load_transform_chain
 from .losses import local_ncc, mattes_mutual_information
 from .preprocess import FOREGROUND, blur, foreground, head_center, head_moments
-from .sampling import sample
+from .sampling import sample, sample_on_grid
 from .transforms import Affine
 
 MIN_RATIO = 1.1
@@ -60,8 +60,7 @@ def principal_axes(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, 
     if len(maps) == 1:
         return maps[0], {**record, "candidate_mi": [], "chosen": 0}
     coarse = fixed_grid.with_spacing(spacing)
-    f = sample(blur(fixed, [0.5 * spacing / s for s in fixed_grid.spacing]), fixed_grid,
-               coarse.world_points(dtype=fixed.dtype, device=fixed.device)[None])
+    f = sample_on_grid(blur(fixed, [0.5 * spacing / s for s in fixed_grid.spacing]), fixed_grid, coarse)
     m = blur(moving, [0.5 * spacing / s for s in moving_grid.spacing])
     scores = []
     for linear in maps:

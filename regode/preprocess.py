@@ -13,6 +13,7 @@ from scipy import ndimage
 
 from .errors import RegodeError
 from .grid import Grid
+from .sampling import sample_on_grid
 from .transforms import Compose
 from .warp import resample
 
@@ -65,7 +66,10 @@ def to_grid(image, grid: Grid) -> torch.Tensor:
     """``image`` (an :class:`~regode.io.Image`) resampled onto ``grid`` (world LPS, linear), smoothed
     first along every axis the new grid samples more coarsely, and normalised to [0, 1]."""
     sigmas = [0.5 * (new / old) if new > old * 1.01 else 0.0 for old, new in zip(image.grid.spacing, grid.spacing)]
-    return normalise(resample(blur(image.data, sigmas), image.grid, grid, Compose([])))
+    smoothed = blur(image.data, sigmas)
+    if grid.parallel_to(image.grid):  # the usual case (Grid.with_spacing): three one-dimensional interpolations
+        return normalise(sample_on_grid(smoothed.float(), image.grid, grid))
+    return normalise(resample(smoothed, image.grid, grid, Compose([])))
 
 
 FOREGROUND = 0.05
@@ -100,14 +104,21 @@ def moments(volume: torch.Tensor, grid: Grid) -> tuple[np.ndarray, np.ndarray, n
     """Centre (mm), principal variances (mm², ascending) and axes (columns, world) of the
     head (:func:`head_mask`) of the first volume of ``[B, 1, nz, ny, nx]``."""
     v = volume[0, 0].detach().double().cpu().numpy()
-    mask = head_mask(v)
-    index = np.argwhere(mask)[:, ::-1].astype(float)  # (i, j, k)
-    if len(index) < 10:
+    mask = head_mask(v).astype(float)
+    count = mask.sum()
+    if count < 10:
         raise ValueError("too few foreground voxels for a principal-axes alignment")
-    points = grid.index_to_world(index)
-    center = points.mean(0)
-    variances, axes = np.linalg.eigh(np.cov((points - center).T))
-    return center, variances, axes
+    # the mask's first and second moments of the voxel index (i, j, k), from its sums over one and
+    # two axes, not from a list of its voxels; world coordinates are an affine map of the index
+    k, j, i = (np.arange(n, dtype=float) for n in mask.shape)
+    over_i, over_j, over_k = mask.sum(2), mask.sum(1), mask.sum(0)  # [k, j], [k, i], [j, i]
+    first = np.array([over_k.sum(0) @ i, over_k.sum(1) @ j, over_j.sum(1) @ k]) / count
+    ij, ik, jk = j @ over_k @ i, k @ over_j @ i, k @ over_i @ j
+    second = np.array([[over_k.sum(0) @ i**2, ij, ik], [ij, over_k.sum(1) @ j**2, jk], [ik, jk, over_j.sum(1) @ k**2]])
+    scatter = second - count * np.outer(first, first)  # sum of (index - mean)(index - mean)^T
+    linear = grid.direction_matrix * np.asarray(grid.spacing)[None, :]  # index -> world
+    variances, axes = np.linalg.eigh(linear @ scatter @ linear.T / (count - 1))
+    return grid.index_to_world(first), variances, axes
 
 
 def head_moments(volume: torch.Tensor, grid: Grid) -> tuple | None:

@@ -66,6 +66,19 @@ def test_moments_follow_a_rotation():
     assert np.abs(np.abs((rotated * axes_f).sum(0)) - 1).max() < 0.02
 
 
+def test_moments_are_those_of_the_head_voxels_in_world_mm():
+    """The centre and covariance from the mask's sums over axes equal those of the list of its
+    voxels' world points, on an oblique grid of unequal spacings."""
+    grid = Grid((30, 26, 22), (1.5, 2.0, 3.0), (-20.0, 10.0, -30.0), OBLIQUE)
+    fixed, _, _ = _pair([10.0, 20.0, 30.0], [0.0, 0.0, 0.0])
+    volume = fixed[..., :22, :26, :30]
+    centre, variances, axes = moments(volume, grid)
+    points = grid.index_to_world(np.argwhere(head_mask(volume[0, 0].double().numpy()))[:, ::-1].astype(float))
+    assert np.allclose(centre, points.mean(0), atol=1e-9)
+    assert np.allclose(axes @ np.diag(variances) @ axes.T, np.cov(points.T), rtol=1e-9, atol=1e-9)
+    assert np.all(np.diff(variances) > 0)
+
+
 def test_candidates_hold_the_truth_and_the_centre_of_mass_shift():
     fixed, moving, truth = _pair([40.0, -120.0, 30.0], [6.0, -4.0, 8.0])
     maps = candidates(moments(fixed, GRID), moments(moving, GRID))

@@ -326,3 +326,25 @@ def test_resample_many_equals_one_at_a_time():
         together = resample_many([(image, interps[0]), (labels, interps[1])], grid, reference, chain, slab_voxels=4000)
         for out, volume, interp in zip(together, (image, labels), interps):
             torch.testing.assert_close(out, resample(volume, grid, reference, chain, interp, slab_voxels=4000), rtol=0, atol=1e-6)
+
+
+def test_working_images_on_a_parallel_grid_equal_resampling_at_world_points():
+    """``to_grid`` onto a grid parallel to the image's (Grid.with_spacing: the usual case) takes
+    three one-dimensional interpolations; the values are those of ``resample`` at every voxel
+    centre, the outside padded with zero, and an oblique target still goes through ``resample``."""
+    from regode.io import Image
+    from regode.odenet.model import pyramid
+    from regode.preprocess import blur, normalise, to_grid
+    from regode.sampling import sample
+
+    grid = Grid((40, 36, 30), (1.0, 1.2, 1.5), (-20.0, -18.0, -22.0), oblique_direction())
+    data = torch.rand(1, 1, *grid.shape) * 500
+    image = Image(data, grid, np.dtype("float32"))
+    for target in (grid.with_spacing(2.0), grid.with_spacing(1.0), Grid((30, 30, 30), (2.0, 2.0, 2.0), (-25.0, -25.0, -25.0), oblique_direction())):
+        sigmas = [0.5 * (new / old) if new > old * 1.01 else 0.0 for old, new in zip(grid.spacing, target.spacing)]
+        expected = normalise(resample(blur(data, sigmas), grid, target, Compose([])))
+        torch.testing.assert_close(to_grid(image, target), expected, atol=1e-4, rtol=0)
+    fine = to_grid(image, grid.with_spacing(2.0))
+    coarse = grid.with_spacing(2.0).with_spacing(4.0)
+    torch.testing.assert_close(pyramid(fine, grid.with_spacing(2.0), 2)[0].volume,
+                               sample(blur(fine, (1.0, 1.0, 1.0)), grid.with_spacing(2.0), coarse.world_points()[None]), atol=1e-5, rtol=0)

@@ -22,7 +22,7 @@ from ..errors import RegodeError
 from ..grid import Grid
 from ..losses import MutualInformationTo
 from ..preprocess import blur
-from ..sampling import normalised_map, sample, sample_normalised
+from ..sampling import normalised_map, sample_normalised, sample_on_grid
 from ..transforms import Compose, Transform
 from .config import ModelConfig, parse_schedule
 from .kinds import KINDS
@@ -46,9 +46,7 @@ def pyramid(volume: torch.Tensor, grid: Grid, levels: int) -> list[Level]:
     for _ in range(levels - 1):
         prev = out[0]
         coarse = prev.grid.with_spacing(np.asarray(prev.grid.spacing) * 2)
-        blurred = blur(prev.volume, (1.0, 1.0, 1.0))
-        points = coarse.world_points(dtype=volume.dtype, device=volume.device)[None]
-        out.insert(0, Level(sample(blurred, prev.grid, points), coarse))
+        out.insert(0, Level(sample_on_grid(blur(prev.volume, (1.0, 1.0, 1.0)), prev.grid, coarse), coarse))
     return out
 
 
