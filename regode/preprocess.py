@@ -97,7 +97,15 @@ def head_mask(volume: np.ndarray) -> np.ndarray:
     robust threshold of FSL's BET), holes filled so that dark tissue inside counts too."""
     values = volume.reshape(-1)
     low, high = np.percentile(values[:: max(1, values.size // 1_000_000)], [2, 98])
-    return ndimage.binary_fill_holes(volume > low + 0.1 * (high - low))
+    above = volume > low + 0.1 * (high - low)
+    # holes: the parts of the background (face-connected, as binary_fill_holes) that do not reach
+    # the volume's border; labelling them once is twice as fast as binary_fill_holes' dilations
+    labels, _ = ndimage.label(~above)
+    outside = np.zeros(labels.max() + 1, dtype=bool)
+    for axis in range(volume.ndim):
+        outside[np.take(labels, [0, -1], axis=axis)] = True
+    outside[0] = False  # label 0 is the head itself
+    return ~outside[labels]
 
 
 def moments(volume: torch.Tensor, grid: Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
