@@ -97,6 +97,18 @@ def test_a_model_integrates_only_the_levels_asked_for(kind):
             model(levels, levels, levels=wrong)
 
 
+def test_the_levels_each_kind_runs_by_default():
+    """With the polish: the rigid network its coarsest level, the others all but the finest; every
+    level without the polish; an explicit count for every kind."""
+    from regode.odenet.config import RegisterConfig
+
+    polished, bare, three = RegisterConfig(), RegisterConfig(polish=False), RegisterConfig(network_levels=3)
+    assert [polished.levels_run(kind, 3) for kind in ("rigid", "affine", "bspline", "dense")] == [1, 2, 2, 2]
+    assert polished.levels_run("bspline", 1) == polished.levels_run("rigid", 1) == 1
+    assert [bare.levels_run(kind, 3) for kind in ("rigid", "bspline")] == [3, 3]
+    assert [three.levels_run(kind, 3) for kind in ("rigid", "bspline")] == [3, 3]
+
+
 def test_schedule_parsing():
     solvers = parse_schedule("A(1e-3)-A(1e-3)-F(0.1)", 3)
     assert [s.method for s in solvers] == ["adaptive_heun", "adaptive_heun", "euler"]
@@ -230,8 +242,9 @@ def test_register_recovers_a_20_degree_rotation(rotated_pair, tmp_path):
     import json
 
     folder, truth = rotated_pair
-    # the network's finest level runs only where no polish follows, or where --network-levels asks
-    for name, extra, levels in (("r_", [], 2), ("n_", ["--no-polish"], 3), ("a_", ["--network-levels", "3"], 3)):
+    # with the polish the rigid network runs its coarsest level only (POLISHED_LEVELS); every level
+    # where no polish follows, or where --network-levels asks
+    for name, extra, levels in (("r_", [], 1), ("n_", ["--no-polish"], 3), ("a_", ["--network-levels", "3"], 3)):
         out = str(tmp_path / name)
         result = runner.invoke(app, ["register", "-f", str(folder / "fixed.nii.gz"), "-m", str(folder / "moving.nii.gz"), "-o", out,
                                      "--model", "rigid", *extra])
