@@ -100,5 +100,6 @@ def file_hash(path) -> str:
 
 def weights_dir() -> Path:
     """The shipped weights: ``$REGODE_WEIGHTS`` or the package's own ``weights/`` folder (package
-    data, so a non-editable install has them too)."""
-    return Path(os.environ.get("REGODE_WEIGHTS", Path(__file__).resolve().parent / "weights"))
+    data, so a non-editable install has them too). An empty ``$REGODE_WEIGHTS`` counts as unset, not
+    as the current folder."""
+    return Path(os.environ.get("REGODE_WEIGHTS") or Path(__file__).resolve().parent / "weights")

@@ -49,3 +49,18 @@ def test_public_api_registers_and_warps_images_in_memory():
     ideal = regode.apply_transforms(moving, grid, truth)
     back = regode.apply_transforms(moving, grid, result.transform)
     assert float((back - ideal).abs()[0, 0][mask].mean()) < 0.7 * float((moving.data - ideal).abs()[0, 0][mask].mean())
+
+
+def test_an_empty_weights_variable_means_the_shipped_weights(monkeypatch, tmp_path):
+    """``REGODE_WEIGHTS=`` (set, empty) is the shipped folder, not the current one; a folder given is used."""
+    from pathlib import Path
+
+    import regode
+    from regode.checkpoint import weights_dir
+
+    shipped = Path(regode.__file__).resolve().parent / "weights"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("REGODE_WEIGHTS", "")
+    assert weights_dir() == shipped and (weights_dir() / "rigid.pt").is_file()
+    monkeypatch.setenv("REGODE_WEIGHTS", str(tmp_path))
+    assert weights_dir() == tmp_path
