@@ -340,7 +340,9 @@ def test_working_images_on_a_parallel_grid_equal_resampling_at_world_points():
     grid = Grid((40, 36, 30), (1.0, 1.2, 1.5), (-20.0, -18.0, -22.0), oblique_direction())
     data = torch.rand(1, 1, *grid.shape) * 500
     image = Image(data, grid, np.dtype("float32"))
-    for target in (grid.with_spacing(2.0), grid.with_spacing(1.0), Grid((30, 30, 30), (2.0, 2.0, 2.0), (-25.0, -25.0, -25.0), oblique_direction())):
+    oblique = Grid((30, 30, 30), (2.0, 2.0, 2.0), (-25.0, -25.0, -25.0), oblique_direction((0.1, 0.2, -0.3)))
+    assert grid.with_spacing(2.0).parallel_to(grid) and not oblique.parallel_to(grid)
+    for target in (grid.with_spacing(2.0), grid.with_spacing(1.0), oblique):
         sigmas = [0.5 * (new / old) if new > old * 1.01 else 0.0 for old, new in zip(grid.spacing, target.spacing)]
         expected = normalise(resample(blur(data, sigmas), grid, target, Compose([])))
         torch.testing.assert_close(to_grid(image, target), expected, atol=1e-4, rtol=0)

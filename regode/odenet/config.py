@@ -300,7 +300,7 @@ class PolishConfig:
 
 POLISHED_LEVELS = {"rigid": 1}
 """levels a network of a kind integrates by default when the polish follows, where fewer than all
-but the finest: the rigid network on its 8 mm level only. Its 4 mm level added nothing that the
+but the finest: the rigid network on its coarsest level only (8 mm for the shipped model). Its 4 mm level added nothing that the
 rigid polish's own 4 mm steps do not: on 32 BraTS pairs (seeds 0-3, 8 each) the rigid task's mean
 Dice / RMSE(phi) were 93.10 / 0.488 mm with it and without it, rigid+bspline's 77.5 / 2.67 and
 77.6 / 2.67 mm, for 0.1 to 0.2 s less per pair. The B-spline network's 4 mm level does earn its
