@@ -126,9 +126,11 @@ class Grid:
         return m
 
     def _normalised_to_index(self) -> np.ndarray:
-        half = np.maximum(np.asarray(self.size, dtype=float) - 1, 1) / 2
-        m = np.diag([*half, 1.0])
-        m[:3, 3] = half
+        # -1 and 1 are the first and last voxel centres; an axis of one voxel has it at 0 (where
+        # grid_sample, with align_corners, reads that voxel whatever the coordinate)
+        size = np.asarray(self.size, dtype=float)
+        m = np.diag([*(np.maximum(size - 1, 1) / 2), 1.0])
+        m[:3, 3] = (size - 1) / 2
         return m
 
     def index_to_world(self, index: np.ndarray) -> np.ndarray:

@@ -23,8 +23,10 @@ def _world_to_normalised(grid: Grid, dtype: torch.dtype, device: str) -> tuple[t
     """(matrix, offset, buffer limit) of ``grid``'s world -> normalised map, cached: optimisation
     loops sample the same grids thousands of times."""
     m = torch.as_tensor(grid.matrix("world", "normalised"), dtype=dtype, device=device)
-    # half a voxel past the first / last voxel centre, in normalised units
-    limit = 1 + 1 / torch.as_tensor(np.maximum(np.asarray(grid.size) - 1, 1), dtype=dtype, device=device)
+    # half a voxel past the first / last voxel centre, in normalised units: (n / 2) / ((n - 1) / 2),
+    # and half a voxel either side of a single voxel's centre (at 0, one normalised unit a voxel)
+    size = np.asarray(grid.size, dtype=float)
+    limit = torch.as_tensor(size / np.maximum(size - 1, 1), dtype=dtype, device=device)
     return m[:3, :3].T.contiguous(), m[:3, 3].contiguous(), limit
 
 

@@ -47,3 +47,20 @@ def test_with_spacing_keeps_centre_and_extent(awkward_grid):
     assert coarse.spacing == (2.0, 2.0, 2.0)
     assert coarse.direction == awkward_grid.direction
     assert coarse.size == (18, 20, 21)  # round(41*0.9/2), round(37*1.1/2), round(17*2.5/2)
+
+
+def test_an_axis_of_one_voxel_is_inside_for_half_a_voxel_either_side():
+    """A single slice (nz = 1) of 2 mm: points within 1 mm of its plane take its values, points
+    further out the padding, on either side (the buffer is [-0.5, 0.5] in index, as on every axis)."""
+    from regode.sampling import sample, sample_on_grid
+
+    grid = Grid((4, 3, 1), (1.0, 1.0, 2.0), (0.0, 0.0, 10.0))
+    volume = torch.arange(1.0, 13.0).reshape(1, 1, 1, 3, 4)
+    z = torch.tensor([8.5, 9.2, 10.0, 10.8, 11.5])  # index -0.75, -0.4, 0, 0.4, 0.75 along k
+    points = torch.stack([torch.full_like(z, 2.0), torch.full_like(z, 1.0), z], -1)[None]
+    values = sample(volume, grid, points)[0, 0]
+    assert values.tolist() == [0.0, 7.0, 7.0, 7.0, 0.0]
+    above = Grid((4, 3, 1), (1.0, 1.0, 2.0), (0.0, 0.0, 11.5))  # the same slice 0.75 voxel higher
+    near = Grid((4, 3, 1), (1.0, 1.0, 2.0), (0.0, 0.0, 10.8))
+    assert float(sample_on_grid(volume, grid, above).abs().max()) == 0.0
+    torch.testing.assert_close(sample_on_grid(volume, grid, near), volume)
