@@ -69,7 +69,7 @@ def to_grid(image, grid: Grid) -> torch.Tensor:
     smoothed = blur(image.data, sigmas)
     if grid.parallel_to(image.grid):  # the usual case (Grid.with_spacing): three one-dimensional interpolations
         return normalise(sample_on_grid(smoothed.float(), image.grid, grid))
-    return normalise(resample(smoothed, image.grid, grid, Compose([])))
+    return normalise(resample(smoothed, image.grid, grid, Compose([])))  # slab by slab: no world point per voxel at once
 
 
 FOREGROUND = 0.05

@@ -122,6 +122,7 @@ def sample_on_grid(volume: torch.Tensor, grid: Grid, target: Grid, padding: floa
         n = target.size[axis]
         u = torch.as_tensor(m[axis, axis] * np.arange(n) + m[axis, 3], dtype=torch.float64, device=volume.device)
         inside[axis] = u.abs() <= limit[axis]
+        # normalised -> index (Grid._normalised_to_index; an axis of one voxel reads it anywhere)
         values = _lerp_along(values, 4 - axis, (u + 1) / 2 * (grid.size[axis] - 1))
     if padding is None or all(bool(i.all()) for i in inside):
         return values
