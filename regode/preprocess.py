@@ -49,14 +49,17 @@ def blur(volume: torch.Tensor, sigmas) -> torch.Tensor:
 
 def normalise(volume: torch.Tensor, low: float = 0.5, high: float = 99.5) -> torch.Tensor:
     """Map each volume of ``[B, 1, ...]`` to [0, 1]: its ``low`` percentile to 0 and the ``high``
-    percentile of the voxels above that to 1, clipped (robust to outliers and to background)."""
+    percentile of the voxels above that (by more than a millionth of the range) to 1, clipped
+    (robust to outliers, to background, and to rounding in the background)."""
     out = torch.empty_like(volume)
     for i, v in enumerate(volume):
         flat = v.reshape(-1)
         step = max(1, flat.numel() // 2_000_000)
         values = flat[::step].double().cpu().numpy()
         lo = np.percentile(values, low)
-        above = values[values > lo]
+        # values within rounding of lo count as background: an interpolation's last bits on an
+        # exactly flat background must not move the bright percentile
+        above = values[values > lo + 1e-6 * (values.max() - lo)]
         hi = np.percentile(above, high) if above.size else lo + 1
         out[i] = ((v - lo) / max(hi - lo, 1e-8)).clamp(0, 1)
     return out

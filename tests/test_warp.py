@@ -350,3 +350,25 @@ def test_working_images_on_a_parallel_grid_equal_resampling_at_world_points():
     coarse = grid.with_spacing(2.0).with_spacing(4.0)
     torch.testing.assert_close(pyramid(fine, grid.with_spacing(2.0), 2)[0].volume,
                                sample(blur(fine, (1.0, 1.0, 1.0)), grid.with_spacing(2.0), coarse.world_points()[None]), atol=1e-5, rtol=0)
+
+
+def test_normalising_ignores_rounding_in_the_background():
+    """A background that is zero up to an interpolation's last bits (as resampling at voxel centres
+    leaves it around a head) normalises as an exact zero would: the bright percentile is taken over
+    the head, not over the head and the rounding."""
+    from regode.preprocess import normalise
+
+    gen = torch.Generator().manual_seed(0)
+    volume = torch.zeros(1, 1, 40, 40, 40)
+    volume[..., 8:32, 8:32, 8:32] = 100 + 900 * torch.rand(1, 1, 24, 24, 24, generator=gen)
+    rounded = volume.clone()
+    background = rounded == 0
+    background[..., :4, :, :] = False  # 0.5 % and more of the voxels stay exact zeros: the low percentile is 0
+    rounded[background] = 1e-9  # a millionth of a millionth of the range
+    exact, noisy = normalise(volume), normalise(rounded)
+    assert float(exact.amax()) == 1.0
+    torch.testing.assert_close(noisy, exact, atol=1e-6, rtol=0)
+    # a genuinely faint background (a thousandth of the range) is still above it
+    faint = volume.clone()
+    faint[background] = 1.0
+    assert float((normalise(faint) - exact).abs().amax()) > 1e-3
