@@ -87,17 +87,24 @@ class Linear(Transform):
     @property
     def offset(self) -> torch.Tensor:
         """``o`` in ``y = A x + o`` (centre folded in), ``[B, 3]``."""
-        return self.translation + self.center - (self.matrix @ self.center[..., None])[..., 0]
+        return self._offset(self.matrix)
+
+    def _offset(self, a: torch.Tensor) -> torch.Tensor:
+        """:attr:`offset` for the matrix ``a`` already computed (a rigid map's comes from its
+        rotation vector at every access: a polish step would build it twice)."""
+        return self.translation + self.center - (a @ self.center[..., None])[..., 0]
 
     def homogeneous(self) -> torch.Tensor:
         """4x4 matrices ``[B, 4, 4]`` acting on column vectors (x, y, z, 1)."""
-        a, o = self.matrix, self.offset
+        a = self.matrix
+        o = self._offset(a)
         top = torch.cat([a, o[..., None]], dim=-1)
         bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=a.dtype, device=a.device).expand(a.shape[0], 1, 4)
         return torch.cat([top, bottom], dim=-2)
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
-        a, o = self.matrix.to(points.dtype), self.offset.to(points.dtype)
+        matrix = self.matrix
+        a, o = matrix.to(points.dtype), self._offset(matrix).to(points.dtype)
         flat = points.reshape(points.shape[0], -1, 3)
         moved = flat @ a.transpose(-1, -2) + o[:, None, :]
         return moved.reshape(max(a.shape[0], points.shape[0]), *points.shape[1:])
