@@ -114,6 +114,8 @@ def test_register_ends_at_the_image_resolution(fine_pair):
     fine = docs["fine"]["polish"]["fine"]
     assert docs["fine"]["fine_spacing_mm"] == 1.0 and fine["metric"] == "ncc" and fine["spacing_mm"] == 1.0
     assert fine["iterations"] == 30 + 45  # the fine schedule (PolishConfig.fine), not the 2 mm polish's 40 steps
+    dense = docs["fine"]["polish"]["dense"]  # the 2 mm dense polish: its own schedule and step, not the B-spline's
+    assert dense["iterations"] == 40 and dense["step_mm"] == 0.3
     # 4 mm lattices on the 2 mm images (every second voxel), then 3 mm at 1 mm (every third: fine_lattice_mm)
     assert [stage["name"] for stage in fine["stages"]] == ["1:2", "0:3"]
     for stage in fine["stages"]:
@@ -167,12 +169,13 @@ def test_register_fine_level_also_at_2_mm(fine_pair, monkeypatch):
     assert result.exit_code == 0, result.output
     given = PolishConfig()
     (schedule,) = schedules  # its own step, lattice and folding penalty; the 2 mm polishes keep theirs
-    assert schedule.bspline_step == given.fine_step != given.bspline_step and schedule.fine == given.fine_levels(2.0)
+    assert schedule.fine == given.fine_levels(2.0)
     assert schedule.lambda_fold == given.fine_lambda_fold != given.lambda_fold  # its own folding penalty
     assert spacings == [[4.0, 2.0]]  # the images at twice the fine spacing, then at it
     doc = json.loads(open(out + "regode.json").read())
     fine = doc["polish"]["fine"]
     assert doc["fine_spacing_mm"] == 2.0 and fine["spacing_mm"] == 2.0
+    assert fine["step_mm"] == given.fine_step not in (given.bspline_step, given.dense_step)
     # 4 mm lattices: every voxel of the 4 mm images, then every second voxel at 2 mm (fine_lattice_mm)
     assert [stage["name"] for stage in fine["stages"]] == ["1:1", "0:2"]
     coarse = fine["stages"][0]["history"]

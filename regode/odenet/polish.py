@@ -108,20 +108,23 @@ def head_local_ncc(fixed: list, moving: list, transform, masks=(None, None)) -> 
 
 def polish_bspline(fixed: list, moving: list, linear: Affine, bspline: BSpline, config: PolishConfig = PolishConfig(),
                    seed: int = 0, base: DisplacementField | None = None, masks=(None, None), metric: str = "mi",
-                   levels: tuple[PolishLevel, ...] | None = None) -> tuple[BSpline, dict]:
+                   levels: tuple[PolishLevel, ...] | None = None, step: float | None = None) -> tuple[BSpline, dict]:
     """The control-point displacements of ``bspline`` (applied to fixed points before ``linear``)
     optimised for the mutual information of two images given as pyramids, with fit-field's folding
     penalty and smoothness term on the mapping's Jacobian; and a record. With ``base``, the mapping
     is ``linear(x + base(x) + bspline(x))``: the B-spline is a correction of a fixed displacement
     field (:func:`polish_dense`), and the smoothness term is the correction's. ``metric``: the
-    similarity (regode.fitting); ``levels``: the schedule (default ``config.deformable``)."""
+    similarity (regode.fitting); ``levels`` and ``step``: the schedule and Adam's step in mm
+    (default ``config.deformable`` and ``config.bspline_step``)."""
     device, dtype = fixed[-1].volume.device, fixed[-1].volume.dtype
     start = bspline.coefficients.detach()
     current = BSpline(bspline.control_grid, nn.Parameter(start.to(device=device, dtype=dtype).clone()))
     objective = fitting.Objective(metric, lambda_fold=config.lambda_fold, lambda_grad=config.lambda_grad)
-    fit = fitting.Fit(current, objective, lr=config.bspline_step, base=base)
+    step = config.bspline_step if step is None else step
+    fit = fitting.Fit(current, objective, lr=step, base=base)
     stages = _stages(fixed, moving, config.deformable if levels is None else levels, linear, masks)
     record = fitting.run(fit, stages, torch.Generator().manual_seed(seed))
+    record["step_mm"] = step
     coefficients = current.coefficients.detach().to(start.dtype).cpu()
     record["largest_change_mm"] = float((coefficients - start.cpu()).norm(dim=1).max())
     return BSpline(bspline.control_grid, coefficients), record
@@ -132,12 +135,14 @@ def polish_dense(fixed: list, moving: list, linear: Affine, field: DisplacementF
     """The dense network's displacement ``field`` (fixed points, before ``linear``) plus a smooth
     correction, a B-spline of ``config.dense_control_spacing`` mm optimised as in
     :func:`polish_bspline`; the result is a displacement field on ``field``'s grid, and a record.
-    ``fine``: the fine level's correction and schedule (``config.fine_control_spacing``, ``config.fine``)."""
+    The schedule and step are ``config.dense`` and ``config.dense_step``; with ``fine``, the fine
+    level's (``config.fine``, ``config.fine_step``, and its correction ``config.fine_control_spacing``)."""
     dtype, device = field.field.dtype, field.field.device
     grid = BSpline.control_grid_for(field.grid, config.fine_control_spacing if fine else config.dense_control_spacing)
     zero = BSpline(grid, torch.zeros(1, 3, *grid.shape, dtype=dtype, device=device))
     correction, record = polish_bspline(fixed, moving, linear, zero, config, seed, base=field, masks=masks, metric=metric,
-                                        levels=config.fine if fine else None)
+                                        levels=config.fine if fine else config.dense,
+                                        step=config.fine_step if fine else config.dense_step)
     with torch.no_grad():
         total = field.field + correction.displacement(field.grid).to(dtype)
     return DisplacementField(field.grid, total), record

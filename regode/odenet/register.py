@@ -171,7 +171,7 @@ def _fine_level(fixed: Image, moving: Image, working_fixed, working_moving, line
     # for it, and the fit samples a field 8 times smaller at every step; the images are what is finer
     start = DisplacementField(field.grid, field.field.to(device=device, dtype=fixed_f.dtype))
     schedule = replace(given, lambda_grad=getattr(given, f"fine_lambda_grad_{metric}"), lambda_fold=given.fine_lambda_fold,
-                       bspline_step=given.fine_step, fine=given.fine_levels(spacing))
+                       fine=given.fine_levels(spacing))
     refined, record = polish_dense(*images, linear, start, schedule, config.seed, _level_masks(masks, images), metric, fine=True)
     record.update(metric=metric, metric_figures=figures, spacing_mm=spacing)
     return DisplacementField(field.grid, refined.field.detach().cpu()), record
