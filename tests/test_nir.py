@@ -206,7 +206,7 @@ def test_diffeomorphic_mode_does_not_fold_where_displacement_mode_does():
     diffeo = fit_images(*pair, FitConfig(**free, diffeomorphic=True))
     det_plain = jacobian_determinant(plain.field.field[0].double().numpy(), GRID)
     det_diffeo = jacobian_determinant(diffeo.field.field[0].double().numpy(), GRID)
-    assert (det_plain <= 0).mean() > 0.0005
+    assert (det_plain <= 0).sum() >= 10  # 20 of 46 080 voxels fold (24 before normalise's rounding tolerance)
     assert (det_diffeo > 0).all()
     points = torch.as_tensor(GRID.world_points(torch.float32))[None]
     there = diffeo.field(points)
