@@ -15,6 +15,7 @@ reverse of the index order; coordinates are always ordered (x, y, z) / (i, j, k)
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -112,12 +113,10 @@ class Grid:
 
     # ------------------------------------------------------------------ frames
     def matrix(self, src: str, dst: str) -> np.ndarray:
-        """4x4 homogeneous matrix (float64) mapping ``src`` coordinates to ``dst`` coordinates."""
-        if src not in FRAMES or dst not in FRAMES:
-            raise ValueError(f"frames are {FRAMES}, got {src!r} -> {dst!r}")
-        to_world = {"index": self._index_to_world(), "world": np.eye(4)}
-        to_world["normalised"] = to_world["index"] @ self._normalised_to_index()
-        return np.linalg.inv(to_world[dst]) @ to_world[src]
+        """4x4 homogeneous matrix (float64) mapping ``src`` coordinates to ``dst`` coordinates
+        (a copy of one computed once per grid and pair of frames: a per-pair optimisation asks for
+        the same grids' matrices at every step)."""
+        return _frame_matrix(self, src, dst).copy()
 
     def _index_to_world(self) -> np.ndarray:
         m = np.eye(4)
@@ -174,3 +173,13 @@ class Grid:
             and np.allclose(self.origin, other.origin, atol=tol)
             and np.allclose(self.direction, other.direction, atol=tol)
         )
+
+
+@functools.lru_cache(maxsize=1024)
+def _frame_matrix(grid: Grid, src: str, dst: str) -> np.ndarray:
+    """:meth:`Grid.matrix`, cached."""
+    if src not in FRAMES or dst not in FRAMES:
+        raise ValueError(f"frames are {FRAMES}, got {src!r} -> {dst!r}")
+    to_world = {"index": grid._index_to_world(), "world": np.eye(4)}
+    to_world["normalised"] = to_world["index"] @ grid._normalised_to_index()
+    return np.linalg.inv(to_world[dst]) @ to_world[src]
