@@ -381,3 +381,31 @@ def test_network_levels_beyond_the_model_are_refused(pair, capfd):
     # refused when the models are read, before the images: a missing image is not what it names
     refused(["register", "-f", pair / "absent.nii.gz", "-m", pair / "moving.nii.gz", "-o", pair / "g_", "--network-levels", "4"],
             pair, capfd, words="--network-levels 4")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process states are read from /proc (Linux)")
+def test_a_zombie_process_counts_as_gone_for_its_staging_folder(tmp_path):
+    """A killed process that its parent has not reaped yet (a cohort's worker, whose nanny was killed
+    with it) is still in the process table; its staging folder is removed all the same, while a
+    running process's stays."""
+    from regode.io.atomic import _alive, remove_stale
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.time() + 30
+    while time.time() < deadline:  # exited, not yet waited for: a zombie
+        state = Path(f"/proc/{child.pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+        if state == b"Z":
+            break
+        time.sleep(0.02)
+    try:
+        assert state == b"Z"
+        host = socket.gethostname().replace("-", "_")
+        zombie = tmp_path / f".regode-{host}-{child.pid}-abcd"
+        zombie.mkdir()
+        live = tmp_path / f".regode-{host}-{os.getpid()}-live"
+        live.mkdir()
+        assert not _alive(child.pid) and _alive(os.getpid())
+        remove_stale(tmp_path)
+        assert not zombie.exists() and live.exists()
+    finally:
+        child.wait()

@@ -138,6 +138,9 @@ def run_cohort(rows: list[Row], out, engine: Engine = Engine(), qc: bool = True,
                 lines[row.id] = line
                 failed += line["status"] != "done"
                 progress_bar.update(task, advance=1, info=f"{failed} failed" if failed else "")
+        for row in rows:  # again at the end: a killed run's workers may not have been gone at the start
+            if complete(row, out):
+                remove_stale(row.record(out).parent)
     return [lines[row.id] for row in rows]
 
 

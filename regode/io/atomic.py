@@ -103,13 +103,21 @@ def staging_folder(folder: str | os.PathLike) -> str:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine may still write. A killed process stays in the
+    process table as a zombie until its parent reaps it (a cohort's killed workers, whose nanny died
+    with them, wait for init), and a zombie writes nothing: it counts as gone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process
         return True
-    return True
+    try:  # Linux: the state follows the parenthesised command name in /proc/PID/stat
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            state = stat.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):  # no /proc (macOS), or the process just went
+        return True
+    return state not in (b"Z", b"X")
 
 
 @contextlib.contextmanager
