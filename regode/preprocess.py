@@ -49,8 +49,8 @@ def blur(volume: torch.Tensor, sigmas) -> torch.Tensor:
 
 def normalise(volume: torch.Tensor, low: float = 0.5, high: float = 99.5) -> torch.Tensor:
     """Map each volume of ``[B, 1, ...]`` to [0, 1]: its ``low`` percentile to 0 and the ``high``
-    percentile of the voxels above that (by more than a millionth of the range) to 1, clipped
-    (robust to outliers, to background, and to rounding in the background)."""
+    percentile of the voxels above that (by more than a millionth of the range up to the ``high``
+    percentile) to 1, clipped (robust to outliers, to background, and to rounding in the background)."""
     out = torch.empty_like(volume)
     for i, v in enumerate(volume):
         flat = v.reshape(-1)
@@ -58,8 +58,10 @@ def normalise(volume: torch.Tensor, low: float = 0.5, high: float = 99.5) -> tor
         values = flat[::step].double().cpu().numpy()
         lo = np.percentile(values, low)
         # values within rounding of lo count as background: an interpolation's last bits on an
-        # exactly flat background must not move the bright percentile
-        above = values[values > lo + 1e-6 * (values.max() - lo)]
+        # exactly flat background must not move the bright percentile. The range is read at the
+        # high percentile, so that one outlier cannot widen it (the maximum where that is lo)
+        top = np.percentile(values, high)
+        above = values[values > lo + 1e-6 * ((top if top > lo else values.max()) - lo)]
         hi = np.percentile(above, high) if above.size else lo + 1
         out[i] = ((v - lo) / max(hi - lo, 1e-8)).clamp(0, 1)
     return out
