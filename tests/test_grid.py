@@ -64,3 +64,15 @@ def test_an_axis_of_one_voxel_is_inside_for_half_a_voxel_either_side():
     near = Grid((4, 3, 1), (1.0, 1.0, 2.0), (0.0, 0.0, 10.8))
     assert float(sample_on_grid(volume, grid, above).abs().max()) == 0.0
     torch.testing.assert_close(sample_on_grid(volume, grid, near), volume)
+
+
+def test_frame_matrices_are_cached_but_a_caller_cannot_change_them():
+    """Grid.matrix computes each grid's matrices once; what it returns is the caller's own copy, so
+    writing into it (or into a tensor sharing its memory) leaves the next call's answer alone."""
+    grid = Grid((5, 6, 7), (1.0, 2.0, 3.0), (1.0, -2.0, 4.0))
+    first = grid.matrix("world", "index")
+    expected = first.copy()
+    first[:] = 0.0
+    torch.as_tensor(grid.matrix("world", "index"))[0, 0] = 99.0  # shares the returned array's memory
+    np.testing.assert_array_equal(grid.matrix("world", "index"), expected)
+    assert grid.matrix("world", "index") is not grid.matrix("world", "index")

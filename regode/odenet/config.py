@@ -232,8 +232,10 @@ class PolishConfig:
     deformable: tuple[PolishLevel, ...] = (PolishLevel(0, 3, 30),)
     """the B-spline's control points: 30 steps (of :attr:`bspline_step`) on a 6 mm lattice of the
     2 mm images. 40 steps of 0.3 mm until a ninth session: on 32 BraTS pairs (seeds 0–3, 8 each) 30
-    of 0.4 mm gave the same mean Dice and RMSE(phi) to 0.07 and 0.004 mm, on the deformable and
-    rigid+deformable tasks, for a quarter fewer steps (docs/msodenet.md, "A shorter B-spline polish")."""
+    of 0.4 mm gave the same mean Dice and RMSE(phi) to 0.07 Dice and 0.004 mm, on the deformable and
+    rigid+deformable tasks, for a quarter fewer steps (docs/msodenet.md, "A shorter B-spline polish").
+    Not the dense model's correction (:attr:`dense`, :attr:`dense_step`) nor the fine level
+    (:attr:`fine`, :attr:`fine_step`)."""
     dense: tuple[PolishLevel, ...] = (PolishLevel(0, 3, 40),)
     """the dense field's B-spline correction: 40 steps (of :attr:`dense_step`) on a 6 mm lattice of
     the 2 mm images (30 of 0.4 mm left RMSE(phi) 0.01–0.02 mm worse on each of the 4 seeds)."""
@@ -246,7 +248,8 @@ class PolishConfig:
     """Adam's step for the entries of an affine correction's matrix (as the rotation's: 0.5 mm at
     50 mm from the centre; half of it left the phantom of tests/test_odenet.py twice as far off)."""
     bspline_step: float = 0.4
-    """Adam's step for the B-spline's control-point displacements (mm)."""
+    """Adam's step for the B-spline model's control-point displacements (mm); the dense model's
+    correction has :attr:`dense_step`, the fine level :attr:`fine_step`."""
     dense_step: float = 0.3
     """Adam's step for the control points of the dense field's correction (mm)."""
     lambda_fold: float = 10.0
