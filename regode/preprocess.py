@@ -56,11 +56,10 @@ def normalise(volume: torch.Tensor, low: float = 0.5, high: float = 99.5) -> tor
         flat = v.reshape(-1)
         step = max(1, flat.numel() // 2_000_000)
         values = flat[::step].double().cpu().numpy()
-        lo = np.percentile(values, low)
+        lo, top = np.percentile(values, [low, high])  # one partial sort for both
         # values within rounding of lo count as background: an interpolation's last bits on an
         # exactly flat background must not move the bright percentile. The range is read at the
         # high percentile, so that one outlier cannot widen it (the maximum where that is lo)
-        top = np.percentile(values, high)
         above = values[values > lo + 1e-6 * ((top if top > lo else values.max()) - lo)]
         hi = np.percentile(above, high) if above.size else lo + 1
         out[i] = ((v - lo) / max(hi - lo, 1e-8)).clamp(0, 1)
