@@ -114,12 +114,8 @@ def summary_line(row: Row, out: Path) -> dict:
 def run_cohort(rows: list[Row], out, engine: Engine = Engine(), qc: bool = True, progress: bool = True) -> list[dict]:
     """Run every row that is not complete on Dask; returns the summary lines of all rows."""
     out = Path(out).resolve()  # workers may run in another folder (a scheduler's)
-    pending = []
-    for row in rows:
-        if complete(row, out):  # a row killed after its record was in place left an empty staging folder
-            remove_stale(row.record(out).parent)
-        else:
-            pending.append(row)
+    _sweep_complete(rows, out)
+    pending = [row for row in rows if not complete(row, out)]
     lines = {row.id: summary_line(row, out) for row in rows}
     if pending:
         with _client(engine) as client, bar(progress, eta=True) as progress_bar:
@@ -138,10 +134,16 @@ def run_cohort(rows: list[Row], out, engine: Engine = Engine(), qc: bool = True,
                 lines[row.id] = line
                 failed += line["status"] != "done"
                 progress_bar.update(task, advance=1, info=f"{failed} failed" if failed else "")
-        for row in rows:  # again at the end: a killed run's workers may not have been gone at the start
-            if complete(row, out):
-                remove_stale(row.record(out).parent)
+        _sweep_complete(rows, out)  # again: a killed run's workers may not have been gone at the start
     return [lines[row.id] for row in rows]
+
+
+def _sweep_complete(rows: list[Row], out: Path) -> None:
+    """Remove the staging folders that killed processes left beside complete rows (killed after the
+    record was in place, before the empty folder went); incomplete rows' folders go when they run."""
+    for row in rows:
+        if complete(row, out):
+            remove_stale(row.record(out).parent)
 
 
 class _client:
