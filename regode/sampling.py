@@ -111,8 +111,8 @@ def sample_on_grid(volume: torch.Tensor, grid: Grid, target: Grid, padding: floa
     if not target.parallel_to(grid):
         points = target.world_points(dtype=volume.dtype, device=volume.device)[None]
         return sample(volume, grid, points, padding=padding).reshape(volume.shape[0], volume.shape[1], *target.shape)
-    m = grid.matrix("world", "normalised") @ target.matrix("index", "world")  # diagonal: one scale and shift per axis
-    _, _, limit = _world_to_normalised(grid, torch.float64, str(volume.device))
+    # target voxel index -> grid voxel index: diagonal, one scale and shift per axis
+    m = grid.matrix("world", "index") @ target.matrix("index", "world")
     values, inside = volume, [None] * 3
     # (i, j, k): x, y, z, i.e. tensor dimensions 4, 3, 2. Interpolating along x gathers strided
     # columns, the slow one: first when the volume grows (up-sampling), last when it shrinks (a
@@ -120,10 +120,9 @@ def sample_on_grid(volume: torch.Tensor, grid: Grid, target: Grid, padding: floa
     shrinks = target.size[1] * target.size[2] < grid.size[1] * grid.size[2]
     for axis in (2, 1, 0) if shrinks else (0, 1, 2):
         n = target.size[axis]
-        u = torch.as_tensor(m[axis, axis] * np.arange(n) + m[axis, 3], dtype=torch.float64, device=volume.device)
-        inside[axis] = u.abs() <= limit[axis]
-        # normalised -> index (Grid._normalised_to_index; an axis of one voxel reads it anywhere)
-        values = _lerp_along(values, 4 - axis, (u + 1) / 2 * (grid.size[axis] - 1))
+        index = torch.as_tensor(m[axis, axis] * np.arange(n) + m[axis, 3], dtype=torch.float64, device=volume.device)
+        inside[axis] = (index >= -0.5) & (index <= grid.size[axis] - 0.5)  # half a voxel past the end centres
+        values = _lerp_along(values, 4 - axis, index)  # an axis of one voxel reads it anywhere
     if padding is None or all(bool(i.all()) for i in inside):
         return values
     mask = inside[2][:, None, None] & inside[1][None, :, None] & inside[0][None, None, :]
