@@ -141,9 +141,10 @@ def run(fit: Fit, stages: list[Stage], generator: torch.Generator, progress: Cal
 
 
 def _fixed_values(volume: torch.Tensor, grid: Grid, lattice: Lattice) -> torch.Tensor:
-    """A fixed volume at the lattice's points: on a lattice that is a grid parallel to the volume's
-    (regode.lattice.downsize), by separable interpolation, several times faster than at the points."""
-    if lattice.grid is not None and lattice.points.shape[0] == 1 and lattice.grid.parallel_to(grid):
+    """A fixed volume at the lattice's points: on a lattice that is a grid (regode.lattice.downsize),
+    by :func:`sample_on_grid` (separable interpolation where the grids are parallel, as a downsized
+    lattice of the fixed grid is: several times faster than at the points)."""
+    if lattice.grid is not None and lattice.points.shape[0] == 1:
         return sample_on_grid(volume, grid, lattice.grid)
     return sample(volume, grid, lattice.points)
 
