@@ -1,10 +1,12 @@
-"""Run configurations: frozen dataclasses, validated one way.
+"""Run configurations: frozen dataclasses whose fields are declared options (regode.options).
 
-Every run (register, fit-field, train, bench) is described by a frozen dataclass whose
-``__post_init__`` checks each field with the helpers below; a bad value raises
-:class:`~regode.errors.RegodeError` naming the command-line option (``--lr``), so the library and
-the command line refuse it with the same line. The resolved config is saved beside every output
-(``dataclasses.asdict``) and rebuilt from it with :func:`from_dict`.
+Every run (register, fit-field, train, bench, cohort) is described by a frozen dataclass. Each
+field is declared once with :func:`~regode.options.setting` (type, default, unit, range, help,
+flag); ``__post_init__`` checks the fields against their declarations
+(:func:`~regode.options.validate`) and checks what involves several fields with the helpers
+below. A bad value raises :class:`~regode.errors.RegodeError` naming the command-line option
+(``--lr``), so the library and the command line refuse it with the same line. The resolved config
+is saved beside every output (``dataclasses.asdict``) and rebuilt from it with :func:`from_dict`.
 
 This module and the config modules of the method packages import no torch: the command line
 reads its choices and defaults from them, and ``regode --help`` stays instant.
@@ -14,9 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import typing
 
 from .errors import RegodeError
+from .options import REQUIRED, from_dict, setting, validate  # noqa: F401  (from_dict: rebuilt configs)
 
 DEVICES = ("auto", "cpu", "cuda")
 """``--device``: auto takes a CUDA GPU when torch sees one (regode.device)."""
@@ -63,47 +65,45 @@ def threads(config) -> None:
             f"--threads must be a number of threads (0: all cores), not {config.threads}")
 
 
+FIXED_HELP = "Fixed (reference) image, or mni152: the MNI ICBM152 2009 T1 template (brain-extracted, 1 mm, from nilearn)."
+
+
+@dataclasses.dataclass(frozen=True)
+class PairInputs:
+    """The files of one registration (``register``, ``fit-field``): what a replay reads again."""
+
+    fixed: str = setting(REQUIRED, FIXED_HELP, short="-f", path=True)
+    moving: str = setting(REQUIRED, "Moving image.", short="-m", path=True)
+    moving_labels: str | None = setting(None, "Label image on the moving grid, warped with label interpolation.", path=True)
+    qc: bool = setting(True, "Write PREFIXqc.png (planes before and after) and QC figures in PREFIXregode.json.")
+
+    def __post_init__(self):
+        for name in ("fixed", "moving", "moving_labels"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, str(getattr(self, name)))
+        validate(self)
+
+
 @dataclasses.dataclass(frozen=True)
 class PairRun:
     """What every registration of one pair has, whatever the method (``register``, ``fit-field``):
     the start, the masks, the device and threads, the seed, the inverse's iterations."""
 
-    initial_transform: tuple[str, ...] = ()
-    """linear transform specs (antsApplyTransforms order) of the starting fixed -> moving mapping,
-    e.g. ``register``'s 0GenericAffine.mat."""
-    fixed_mask: str | None = None
-    """an image (any grid; non-zero = inside): only fixed points inside count in the similarity
-    (ANTs' ``-x``): lesions, partial fields of view, skull left out."""
-    moving_mask: str | None = None
-    """the same for the moving image: only points that map inside it count."""
-    device: str = "auto"
-    threads: int | None = None
-    seed: int = 0
-    inverse_iterations: int = 30
+    initial_transform: tuple[str, ...] = setting(
+        (), "Linear transform file(s) to start from, fixed -> moving in -t order (e.g. register's PREFIX0GenericAffine.mat); "
+        "'\\[f.mat,1]' inverts; repeatable.", path=True)
+    fixed_mask: str | None = setting(
+        None, "Only fixed points inside this image's non-zero voxels count in the similarity (ANTs' -x): lesions, partial fields of view.",
+        path=True)
+    moving_mask: str | None = setting(None, "Only points that map inside this image's non-zero voxels count.", path=True)
+    device: str = setting("auto", "auto (a CUDA GPU when torch sees one), cpu or cuda.", choices=DEVICES)
+    threads: int | None = setting(None, "CPU threads (default and 0: all cores).", low=0)
+    seed: int = setting(0, "Random seed (sample lattices, initial fields): the same seed and threads give the same outputs.")
+    inverse_iterations: int = setting(30, "Fixed-point iterations of the inverse warp (PREFIX1InverseWarp.nii.gz).", low=1)
 
     def __post_init__(self):
-        one_of(self, "device", DEVICES)
-        threads(self)
-        at_least(self, 1, "inverse_iterations")
         object.__setattr__(self, "initial_transform", tuple(str(p) for p in self.initial_transform))
-
-
-def from_dict(cls, values: dict):
-    """The config ``cls`` from a dict written by ``dataclasses.asdict`` (nested configs rebuilt,
-    lists back to tuples where the field is a tuple); unknown keys are an error."""
-    values = dict(values)
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - names
-    require(not unknown, f"unknown setting(s) for {cls.__name__}: {', '.join(sorted(unknown))}")
-    for f in dataclasses.fields(cls):
-        if f.name not in values:
-            continue
-        kind = hints[f.name]
-        if dataclasses.is_dataclass(kind) and isinstance(values[f.name], dict):
-            values[f.name] = from_dict(kind, values[f.name])
-        elif typing.get_origin(kind) is tuple and isinstance(values[f.name], (list, tuple)):
-            (item,) = {a for a in typing.get_args(kind) if a is not Ellipsis}
-            values[f.name] = tuple(from_dict(item, v) if dataclasses.is_dataclass(item) and isinstance(v, dict) else v
-                                   for v in values[f.name])
-    return cls(**values)
+        for name in ("fixed_mask", "moving_mask"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, str(getattr(self, name)))
+        validate(self)

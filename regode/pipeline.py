@@ -165,9 +165,10 @@ def _document(command: str, fixed_path, moving_path, moving_labels, config) -> d
 
 
 def register_files(fixed_path, moving_path, prefix, config: RegisterConfig, moving_labels=None, qc: bool = True,
-                   models: dict | None = None, paths: dict | None = None) -> dict:
+                   models: dict | None = None, paths: dict | None = None, record: dict | None = None) -> dict:
     """``regode register``: read, register with MS-ODENet, and write ANTs-named outputs at the fixed
-    image's full resolution (or ``paths``, e.g. :func:`bids_paths`); returns the JSON record."""
+    image's full resolution (or ``paths``, e.g. :func:`bids_paths`); returns the JSON record
+    (with ``record``'s entries, such as each setting's source, added)."""
     start = time.perf_counter()
     paths = paths or output_paths(prefix, not KINDS[config.stages[-1]].linear, moving_labels is not None, qc)
     models = models if models is not None else load_models(config)
@@ -177,16 +178,16 @@ def register_files(fixed_path, moving_path, prefix, config: RegisterConfig, movi
     read_s = time.perf_counter() - start
     result = register_images(fixed, moving, config, models, masks)
     result.stats["timings_s"]["read"] = read_s
-    document = _document("register", fixed_path, moving_path, moving_labels, config)
+    document = {**_document("register", fixed_path, moving_path, moving_labels, config), **(record or {})}
     document["models"] = {kind: {"path": str(p), "sha256": file_hash(p), "config": asdict(m.config)} for kind, (m, p) in models.items()}
     write_outputs(result, fixed, moving, labels, paths, document, config.inverse_iterations, start)
     return document
 
 
 def fit_files(fixed_path, moving_path, prefix, config: FitConfig, moving_labels=None, progress: bool = False, qc: bool = True,
-              paths: dict | None = None) -> dict:
+              paths: dict | None = None, record: dict | None = None) -> dict:
     """``regode fit-field``: read, fit neural fields, and write ANTs-named outputs at the fixed
-    image's full resolution; returns the JSON record."""
+    image's full resolution; returns the JSON record (with ``record``'s entries added)."""
     start = time.perf_counter()
     paths = paths or output_paths(prefix, True, moving_labels is not None, qc)
     fixed, moving, labels = read_inputs(fixed_path, moving_path, moving_labels, paths,
@@ -195,6 +196,6 @@ def fit_files(fixed_path, moving_path, prefix, config: FitConfig, moving_labels=
     read_s = time.perf_counter() - start
     result = fit_images(fixed, moving, config, progress, masks)
     result.stats["timings_s"]["read"] = read_s
-    document = _document("fit-field", fixed_path, moving_path, moving_labels, config)
+    document = {**_document("fit-field", fixed_path, moving_path, moving_labels, config), **(record or {})}
     write_outputs(result, fixed, moving, labels, paths, document, config.inverse_iterations, start)
     return document

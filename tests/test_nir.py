@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 
@@ -303,28 +302,6 @@ def test_fit_field_bad_inputs(pair_files, tmp_path):
     assert result.exit_code == 1 and "does not exist" in result.output
 
 
-def test_cli_defaults_are_the_config_defaults():
-    """``regode fit-field`` offers FitConfig's choices and defaults (read from the config classes)."""
-    from regode.cli import fit_field as command
-    from regode.nir import config as nir
-
-    for choices, values in ((command.Sampler, nir.SAMPLERS), (command.Metric, nir.METRICS), (command.Solver, nir.SOLVERS),
-                            (command.Encoding, nir.ENCODINGS), (command.Activation, nir.ACTIVATIONS)):
-        assert tuple(c.value for c in choices) == values
-    config, network = FitConfig(), FieldConfig()
-    checked = 0
-    for name, parameter in inspect.signature(command.fit_field).parameters.items():
-        default = parameter.default
-        default = getattr(default, "value", default)
-        if hasattr(config, name) and default is not None and name not in ("initial_transform",):
-            assert getattr(config, name) == default, name
-            checked += 1
-        elif hasattr(network, name):
-            assert getattr(network, name) == default, name
-            checked += 1
-    assert checked >= 23
-
-
 def test_field_transform_is_a_transform_with_a_separable_grid_path():
     """A neural field is a Transform: its grid evaluation (separable, in slabs) equals mapping the
     grid's points, and a velocity field's inverse undoes it."""
@@ -429,23 +406,20 @@ def test_masks_leave_what_they_exclude_out_of_the_fit(tmp_path):
         assert record["config"]["fixed_mask"] == str(tmp_path / "mask.nii.gz")
 
 
-def test_the_inter_subject_preset_fills_what_the_options_leave(tmp_path):
-    """``--preset inter-subject`` is --affine --center-of-mass --lambda-grad 1 --lambda-fold 100,
-    where no option says otherwise (the resolved values are what PREFIXregode.json records)."""
-    from regode.cli.fit_field import config_of
-    from regode.nir.config import PRESETS
+def test_the_inter_subject_preset_fills_what_the_options_leave():
+    """``--preset inter-subject`` sets --affine --center-of-mass --lambda-grad 1 --lambda-fold 100
+    --metric auto and the fine level only where no option gives them: an option equal to the
+    default still wins over the preset, and each setting's source is recorded."""
+    from regode.nir.config import PRESETS, SPEC
+    from regode.options import resolve
 
-    defaults = {name: getattr(FitConfig, name) for name in ("diffeomorphic", "sampler", "metric", "iterations", "coarse_iterations",
-                                                              "refine_iterations", "affine", "center_of_mass", "lr", "lambda_fold",
-                                                              "lambda_grad", "lambda_bending", "ncc_window", "spacing", "stride",
-                                                              "patch_size", "patches", "solver", "integration_steps", "device", "threads",
-                                                              "seed")}
-    common = dict(defaults, encoder=None, initial_transform=None, encoding="grid", activation="relu")
-    preset = config_of(**common, preset="inter-subject")
-    assert all(getattr(preset, k) == v for k, v in PRESETS["inter-subject"].items())
-    mine = config_of(**dict(common, lambda_fold=50.0), preset="inter-subject")
-    assert mine.lambda_fold == 50.0 and mine.affine and mine.lambda_grad == 1.0
-    assert config_of(**common) == FitConfig()
+    preset = resolve(SPEC, [("command line", {"fixed": "f", "moving": "m"})], "inter-subject")
+    assert all(getattr(preset["config"], k) == v for k, v in PRESETS["inter-subject"].items())
+    assert preset.sources["lambda_grad"] == "preset" and preset.sources["seed"] == "default"
+    mine = resolve(SPEC, [("command line", {"fixed": "f", "moving": "m", "lambda_grad": 5.0, "metric": "mi"})], "inter-subject")
+    assert mine["config"].lambda_grad == 5.0 and mine["config"].metric == "mi" and mine["config"].affine
+    assert mine.sources["lambda_grad"] == mine.sources["metric"] == "command line"
+    assert resolve(SPEC, [("command line", {"fixed": "f", "moving": "m"})])["config"] == FitConfig()
 
 
 @pytest.mark.parametrize("headers_off_mm", [0.0, 45.0])

@@ -215,7 +215,7 @@ def test_an_unwritable_output_is_refused_first(pair, capfd, output):
     (["train", "--model", "encoder", "--out", "{d}/m.pt", "--steps", "0"], 1, "--steps"),
     (["fit-field", "-f", "{d}/fixed.nii.gz", "-m", "{d}/moving.nii.gz", "-o", "{d}/o_", "--lr", "nan"], 1, "--lr"),
     (["register", "-f", "{d}/fixed.nii.gz", "-m", "{d}/moving.nii.gz", "-o", "{d}/o_", "--model", "dense+rigid"], 2, "--model"),
-    (["register", "-m", "{d}/moving.nii.gz", "-o", "{d}/o_"], 2, "--fixed"),
+    (["register", "-m", "{d}/moving.nii.gz", "-o", "{d}/o_"], 1, "missing --fixed"),
     (["warp", "-i", "{d}/nothing.nii.gz", "-r", "{d}/fixed.nii.gz", "-o", "{d}/o.nii.gz"], 1, "nothing.nii.gz"),
     (["warp", "-i", "{d}/moving.nii.gz", "-r", "{d}/fixed.nii.gz", "-o", "{d}/o.nii.gz", "-t", "{d}/none.mat"], 1, "none.mat"),
 ])
@@ -375,7 +375,7 @@ def test_masks_that_cannot_work_are_refused(pair, capfd):
 def test_network_levels_beyond_the_model_are_refused(pair, capfd):
     """``--network-levels`` below one, or above a model's pyramid levels, is one error line naming
     the option (the second before any image is read)."""
-    refused(["register", *_fix(pair), "-o", pair / "z_", "--network-levels", "0"], pair, capfd, words="--network-levels must be a whole number, 1 or more")
+    refused(["register", *_fix(pair), "-o", pair / "z_", "--network-levels", "0"], pair, capfd, words="--network-levels must be at least 1")
     refused(["register", *_fix(pair), "-o", pair / "f_", "--model", "rigid+bspline", "--network-levels", "4"], pair, capfd,
             words="--network-levels 4: the rigid model has 3 pyramid levels")
     # refused when the models are read, before the images: a missing image is not what it names

@@ -27,10 +27,6 @@ app = typer.Typer(
 )
 
 
-FIXED_HELP = "Fixed (reference) image, or mni152: the MNI ICBM152 2009 T1 template (brain-extracted, 1 mm, from nilearn)."
-"""--fixed of register and fit-field."""
-
-
 def user_errors(fn: Callable) -> Callable:
     """Turn a RegodeError into one ``regode: error: ...`` line on stderr and exit code 1."""
 

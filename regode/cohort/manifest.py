@@ -8,7 +8,8 @@ Columns (a header row names them; order free):
 - ``moving_labels`` (optional): a label image on the moving grid;
 - ``command`` (optional): ``register`` or ``fit-field`` (default: the command line's ``--command``);
 - ``options`` (optional): that command's options as on its command line, e.g.
-  ``--model rigid+bspline --seed 1`` (default: the command line's ``--options``);
+  ``--model rigid+bspline --seed 1``, over the cohort's ``--options`` (a row's option wins; either
+  may name a ``--preset`` and a ``--config`` file);
 - ``from``, ``to`` (with ``--bids``): the moving and fixed images' labels (``FLAIR``, ``T1w``) in
   BIDS-style names; the id is then the entities, ``sub-01`` or ``sub-01_ses-1``.
 """
@@ -18,21 +19,25 @@ from __future__ import annotations
 import csv
 import re
 import shlex
-from dataclasses import dataclass, replace
+import dataclasses
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-
-import typer
 
 from ..errors import RegodeError
 from ..io import read_grid
 from ..io.atomic import check_outputs, input_path
+from ..nir.config import SPEC as FIT_SPEC
 from ..nir.config import FitConfig
+from ..odenet.config import SPEC as REGISTER_SPEC
 from ..odenet.config import RegisterConfig
+from ..options import Spec, read_file, resolve
+from ..options.cli import parse_args
 from ..odenet.kinds import KINDS
 from ..pipeline import bids_paths, output_paths
 from ..templates import is_template, template_file
 
-COMMANDS = ("register", "fit-field")
+from .config import COMMANDS
+SPECS = {"register": REGISTER_SPEC, "fit-field": FIT_SPEC}
 COLUMNS = ("id", "fixed", "moving", "moving_labels", "command", "options", "from", "to")
 BIDS_ID = re.compile(r"^sub-[A-Za-z0-9]+(_ses-[A-Za-z0-9]+)?$")
 LABEL = re.compile(r"^[A-Za-z0-9]+$")
@@ -57,6 +62,9 @@ class Row:
     """BIDS-style names (``--bids``): the moving image's label, e.g. ``FLAIR``."""
     target: str | None = None
     """BIDS-style names: the fixed image's label, e.g. ``T1w``."""
+    sources: dict = field(default_factory=dict)
+    """where each setting of ``config`` came from (regode.options.SOURCES)."""
+    preset: str | None = None
 
     def prefix(self, out: Path) -> Path:
         """The row's output prefix: ``OUT/ID/ID_``."""
@@ -135,52 +143,59 @@ def _row(number: int, values: dict, base: Path, command: str, options: str, bids
     if which not in COMMANDS:
         raise RegodeError(f"command {which!r} is not one of {', '.join(COMMANDS)}")
     try:
-        args = shlex.split(cell("options") or options)
+        row_args, cohort_args = shlex.split(cell("options")), shlex.split(options)
     except ValueError as exc:
         raise RegodeError(f"options: {exc}") from None
-    taken = [a for a in args if a.split("=", 1)[0] in FORBIDDEN]
+    taken = [a for a in row_args + cohort_args if a.split("=", 1)[0] in FORBIDDEN]
     if taken:
         raise RegodeError(f"options {', '.join(taken)}: the manifest's columns and --out give these")
-    config = parse_options(which, args)
-    # files named in the options are relative to the manifest too, like its columns
-    specs = tuple(str(_absolute(spec, base)) if not spec.startswith("[") else f"[{_absolute(spec[1:-1].rsplit(',', 1)[0], base)},"
-                  f"{spec[1:-1].rsplit(',', 1)[1]}]" for spec in config.initial_transform)
-    files_in_options = {"initial_transform": specs, **{name: str(_absolute(getattr(config, name), base))
-                                                        for name in ("fixed_mask", "moving_mask") if getattr(config, name)}}
-    if isinstance(config, RegisterConfig):
-        files_in_options["checkpoints"] = tuple(str(_absolute(p, base)) for p in config.checkpoints)
-    elif config.encoder:
-        files_in_options["encoder"] = str(_absolute(config.encoder, base))
-    return Row(number, row_id, files["fixed"], files["moving"], files["moving_labels"], which, replace(config, **files_in_options),
-               source, target)
+    config, sources, preset = row_settings(which, cohort_args, row_args, base)
+    return Row(number, row_id, files["fixed"], files["moving"], files["moving_labels"], which, config, source, target,
+               sources=sources, preset=preset)
+
+
+def row_settings(command: str, cohort_args: list[str], row_args: list[str], base: Path):
+    """A row's config, each setting's source and the preset: the row's options over the cohort's
+    ``--options``, over a ``--config`` file either names (the row's first), over a ``--preset``
+    either names, over the defaults. Files named in options or config files are relative to the
+    manifest's folder ``base``, like its columns."""
+    spec = SPECS[command]
+    cohort_given, cohort_preset, cohort_config = parse_args(spec, "config", cohort_args, "cohort options")
+    row_given, row_preset, row_config = parse_args(spec, "config", row_args, "manifest row")
+    config_file = row_config or cohort_config
+    layers = [("config file", read_file(_absolute(config_file, base), spec))] if config_file else []
+    layers = [(source, {k: v for k, v in values.items() if k.split(".")[0] in _config_fields(spec)}) for source, values in layers]
+    layers += [("cohort options", cohort_given), ("manifest row", row_given)]
+    preset = row_preset or cohort_preset
+    resolved = resolve(_config_only(spec), layers, preset)
+    config = resolved["config"]
+    leaves = {name: leaf for name, (section, leaf) in spec.leaves().items() if section == "config"}
+    files = {}
+    for name in (n for n in leaves if leaves[n].option.path and "." not in n):
+        value = getattr(config, name)
+        if name == "initial_transform":
+            files[name] = tuple(str(_absolute(spec_, base)) if not spec_.startswith("[") else
+                                f"[{_absolute(spec_[1:-1].rsplit(',', 1)[0], base)},{spec_[1:-1].rsplit(',', 1)[1]}]" for spec_ in value)
+        elif isinstance(value, tuple):
+            files[name] = tuple(str(_absolute(v, base)) for v in value)
+        elif value:
+            files[name] = str(_absolute(value, base))
+    return replace(config, **files), resolved.sources, preset
+
+
+def _config_fields(spec: Spec) -> set[str]:
+    return {f.name for f in dataclasses.fields(spec.sections["config"])}
+
+
+def _config_only(spec: Spec) -> Spec:
+    """``spec`` without its input files (a row's columns give them)."""
+    return Spec(spec.command, {"config": spec.sections["config"]}, spec.presets)
 
 
 def _absolute(path: str, base: Path) -> Path:
     """``path`` as an absolute path, relative ones taken from the manifest's folder ``base``."""
     path = Path(path.strip())
     return (path if path.is_absolute() else base / path).resolve()
-
-
-def parse_options(command: str, args: list[str]) -> RegisterConfig | FitConfig:
-    """The config of ``command`` with ``args`` as on its command line (the command line's own
-    parser, choices and defaults)."""
-    # here, not at the top: importing regode.cli runs its __init__, which imports this package
-    from ..cli.fit_field import config_of as fit_config
-    from ..cli.fit_field import fit_field
-    from ..cli.register import config_of as register_config
-    from ..cli.register import register
-
-    commands = typer.Typer()
-    commands.command("register")(register)
-    commands.command("fit-field")(fit_field)
-    click_command = typer.main.get_command(commands).commands[command]
-    try:
-        context = click_command.make_context(command, ["-f", "-", "-m", "-", "-o", "-", *args])
-    except Exception as exc:  # click's usage errors (its own copy of click inside typer): one line
-        message = (exc.format_message() if hasattr(exc, "format_message") else str(exc)).replace("Value error, ", "")
-        raise RegodeError(f"options: {message}") from None
-    builder = register_config if command == "register" else fit_config
-    return builder(**context.params)
 
 
 def _check_files(row: Row, out: Path, qc: bool) -> None:

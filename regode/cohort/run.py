@@ -75,11 +75,12 @@ def run_row(row: Row, out: str, qc: bool = True, threads: int | None = None) -> 
         paths = row.outputs(out, qc)
         paths["json"].parent.mkdir(parents=True, exist_ok=True)
         paths.pop("error").unlink(missing_ok=True)
+        record = {"sources": {**row.sources, **({"threads": "command line"} if threads else {})}, "preset": row.preset}
         if row.command == "register":
             document = register_files(row.fixed, row.moving, None, config, row.moving_labels, qc=qc,
-                                      models=_models(config.model, config.checkpoints), paths=paths)
+                                      models=_models(config.model, config.checkpoints), paths=paths, record=record)
         else:
-            document = fit_files(row.fixed, row.moving, None, config, row.moving_labels, qc=qc, paths=paths)
+            document = fit_files(row.fixed, row.moving, None, config, row.moving_labels, qc=qc, paths=paths, record=record)
         line.update(status="done", error=None, seconds=time.perf_counter() - start, qc_picture=_picture(row, out),
                     **document.get("qc", {}))
     except Exception as exc:  # any failure of this row is its record, not the cohort's end (and not retried)

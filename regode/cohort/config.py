@@ -1,0 +1,43 @@
+"""The configuration of ``regode cohort``: the rows' command and options, the engine, the outputs.
+No torch here (see regode.config)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import config as check
+from ..options import Spec, setting, validate
+
+COMMANDS = ("register", "fit-field")
+"""the commands a manifest row can run."""
+
+
+@dataclass(frozen=True)
+class CohortConfig:
+    """Everything that defines a cohort run, besides its manifest and output folder."""
+
+    command: str = setting("register", "The command of rows that name none.", choices=COMMANDS)
+    options: str = setting("", "Options for every row, e.g. \"--model rigid+bspline\" (a row's own options win).")
+    workers: int | None = setting(None, "Worker processes (default: cores / threads).", low=1)
+    threads: int = setting(2, "CPU threads per worker.", low=1)
+    scheduler: str | None = setting(None, "Submit to a running Dask scheduler (tcp://host:8786).")
+    slurm: bool = setting(False, "Start Dask workers as SLURM jobs (dask-jobqueue: pip install 'regode[hpc]').")
+    queue: str | None = setting(None, "--slurm: partition.")
+    account: str | None = setting(None, "--slurm: account.")
+    walltime: str = setting("01:00:00", "--slurm: time limit per job.")
+    memory: str = setting("8GB", "--slurm: memory per job.")
+    jobs: int = setting(1, "--slurm: jobs to start.", low=1)
+    row: int | None = setting(None, "Run this row only, here, without Dask (job arrays: --row $SLURM_ARRAY_TASK_ID).", low=1)
+    retries: int = setting(1, "Times a task whose worker died is run again.", low=0)
+    bids: bool = setting(False, "BIDS-style derivatives: OUT/sub-X/anat/sub-X_from-FLAIR_to-T1w_mode-image_xfm.h5 ... (manifest "
+                                "columns from, to) and OUT/dataset_description.json.")
+    report_only: bool = setting(False, "Write the summary and report from the outputs there (after job arrays).")
+    qc: bool = setting(True, "QC picture and figures per row.")
+
+    def __post_init__(self):
+        validate(self)
+        check.require(not (self.scheduler and self.slurm), "--scheduler and --slurm are two engines: choose one")
+
+
+SPEC = Spec("cohort", {"config": CohortConfig})
+"""the settings of ``regode cohort``."""

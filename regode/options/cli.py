@@ -1,0 +1,165 @@
+"""The command line of a :class:`~regode.options.settings.Spec`: one typer option per declared
+setting with a flag (:func:`command`), and the same parser for a cohort manifest's ``options``
+cell (:func:`parse_args`)."""
+
+from __future__ import annotations
+
+import enum
+import inspect
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+from ..errors import RegodeError
+from .schema import Leaf, _item, _optional, convert
+from .settings import Spec, read_file, resolve, to_toml
+
+def _choices(name: str, values) -> type[enum.Enum]:
+    return enum.Enum(name, {v: v for v in values}, type=str)
+
+
+def parameter(leaf: Leaf, name: str, default: Any = None, help_suffix: str = "") -> inspect.Parameter:
+    """The typer parameter of a declared setting (``name``: the Python parameter's name)."""
+    import typer
+
+    option, kind = leaf.option, _optional(leaf.type)[0]
+    item = _item(kind)
+    text = option.help + (f" ({option.unit})" if option.unit and f"({option.unit}" not in option.help else "") + help_suffix
+    flags = [leaf.flag] + ([option.short] if option.short else [])
+    shown: Any = True
+    if kind is bool:
+        flags[0] = f"{leaf.flag}/--no-{leaf.flag[2:]}"
+        annotation: Any = Optional[bool]
+    elif item is not None and option.separator is None:
+        annotation = Optional[list[str]]
+        default, shown = None, False
+    elif item is not None:
+        annotation = Optional[str]
+        default = option.separator.join(map(str, default)) if default else None
+    elif option.choices is not None:
+        annotation = Optional[_choices(name.title().replace("_", ""), option.choices)]
+    elif option.none is not None:
+        annotation, shown = Optional[str], option.none if default is None else True
+        default = option.none if default is None else default
+    else:
+        annotation = Optional[kind]
+    if leaf.required:
+        text += " [required unless --config gives it]"
+    info = typer.Option(*flags, help=text, show_default=shown)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[annotation, info])
+
+
+def parameters(leaves_by_name: dict[str, Leaf]) -> dict[str, tuple[inspect.Parameter, Leaf]]:
+    """``{python name: (parameter, leaf)}`` for the leaves that have a flag (checked unique)."""
+    out, flags = {}, {}
+    for name, leaf in leaves_by_name.items():
+        if leaf.flag is None:
+            continue
+        if leaf.flag in flags:
+            raise TypeError(f"flag {leaf.flag} is declared by {flags[leaf.flag]} and {name}")
+        flags[leaf.flag] = name
+        python = "opt_" + name.replace(".", "__")
+        out[python] = (parameter(leaf, python, leaf.default), leaf)
+    return out
+
+
+def given(ctx, params: dict[str, tuple[inspect.Parameter, Leaf]], values: dict[str, Any], names: dict[str, str] | None = None) -> dict:
+    """``{dotted name: value}`` of the options given on the command line (not their defaults)."""
+    out = {}
+    for python, (_, leaf) in params.items():
+        source = ctx.get_parameter_source(python)
+        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+            out[(names or {}).get(python, leaf.name)] = convert(leaf, values[python])
+    return out
+
+
+def command(app, name: str, spec: Spec, run: Callable, extras: list[inspect.Parameter], help: str, with_preset: bool = False):
+    """Register ``regode NAME`` on the typer ``app``: one option per declared setting of ``spec``
+    with a flag, and ``extras`` (the command's own arguments: ``--out``, ``--quiet``), plus
+    ``--config`` and ``--print-config``. ``run(resolved, **extras)`` does the work."""
+    import typer
+
+    params = parameters({n: leaf for n, (_, leaf) in spec.leaves().items()})
+    own = [
+        inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[Path], typer.Option(
+            "--config", help="Settings from a TOML file, or from the PREFIXregode.json of an earlier run (replay); options given "
+            "here win.")]),
+        inspect.Parameter("print_config", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[bool, typer.Option(
+            "--print-config", help="Print the resolved settings as TOML (for --config) and exit.")]),
+    ]
+    if with_preset:
+        preset_choices = _choices(f"{name.title().replace('-', '')}Preset", tuple(spec.presets))
+        own.append(inspect.Parameter("preset", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+            Optional[preset_choices], typer.Option("--preset", help=_preset_help(spec))]))
+    context = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
+
+    def function(ctx, **values):
+        cli = given(ctx, params, values)
+        preset = values.pop("preset", None)
+        preset = getattr(preset, "value", preset)
+        layers = [("config file", read_file(values["config"], spec))] if values["config"] else []
+        resolved = resolve(spec, [*layers, ("command line", cli)], preset)
+        if values["print_config"]:
+            print(to_toml(spec, resolved), end="")
+            return
+        run(resolved, **{p.name: values[p.name] for p in extras})
+
+    signature = [context, *extras, *(p for p, _ in params.values()), *own]
+    function.__signature__ = inspect.Signature(signature)
+    function.__annotations__ = {p.name: p.annotation for p in signature}
+    function.__doc__ = help
+    function.__name__ = name.replace("-", "_")
+    return function
+
+
+def _preset_help(spec: Spec) -> str:
+    parts = []
+    for preset, values in spec.presets.items():
+        known = spec.leaves()
+        said = ", ".join(f"{known[n][1].label} {_spelled(known[n][1], v)}" for n, v in values.items())
+        parts.append(f"{preset} = {said}")
+    return "Settings for a kind of pair, where neither an option nor --config gives them: " + "; ".join(parts) + "."
+
+
+def _spelled(leaf: Leaf, value) -> str:
+    if value is None:
+        return leaf.option.none or "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def parse_args(spec: Spec, section: str, args: list[str], source: str) -> tuple[dict[str, Any], str | None, str | None]:
+    """A cohort manifest's options (``args``, as on the command line) against the settings of
+    ``spec``'s ``section``: ``({dotted name: value}, --preset, --config)``. Uses the command
+    line's own parser, so a row accepts exactly what the command does."""
+    import typer
+
+    known = {n: leaf for n, (s, leaf) in spec.leaves().items() if s == section}
+    params = parameters(known)
+    extra = [inspect.Parameter("preset", inspect.Parameter.KEYWORD_ONLY, default=None,
+                               annotation=Annotated[Optional[str], typer.Option("--preset")]),
+             inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None,
+                               annotation=Annotated[Optional[str], typer.Option("--config")])]
+    captured = {}
+
+    def function(ctx, **values):
+        captured.update(given(ctx, params, values), preset=values["preset"], config=values["config"])
+
+    signature = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+                 *(p for p, _ in params.values()), *extra]
+    function.__signature__ = inspect.Signature(signature)
+    function.__annotations__ = {p.name: p.annotation for p in signature}
+    app = typer.Typer()
+    app.command(spec.command)(function)
+    app.command("_")(lambda: None)  # two commands: typer keeps the group, whose subcommand we call
+    click_command = typer.main.get_command(app).commands[spec.command]
+    try:
+        ctx = click_command.make_context(spec.command, list(args))
+        click_command.invoke(ctx)
+    except RegodeError:
+        raise
+    except Exception as exc:  # click's usage errors (typer's own copy of click): one line
+        message = (exc.format_message() if hasattr(exc, "format_message") else str(exc)).replace("Value error, ", "")
+        raise RegodeError(f"options: {message}") from None
+    preset, config = captured.pop("preset"), captured.pop("config")
+    return captured, preset, config
