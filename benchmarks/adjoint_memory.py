@@ -19,7 +19,8 @@ import torch
 from regode.odenet.config import ModelConfig, TrainConfig
 from regode.odenet.model import MSODENet
 from regode.odenet.train import losses, make_source
-kind, size, steps, threads, adjoint = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
+kind, size, steps, threads, adjoint = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]),
+sys.argv[5] == "1"
 torch.set_num_threads(threads)
 torch.manual_seed(0)
 config = TrainConfig(model=ModelConfig(kind=kind), size=size, adjoint=adjoint)
@@ -35,7 +36,8 @@ for pair in pairs:
     loss.backward()
     times.append(time.perf_counter() - start)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"seconds": statistics.median(times), "peak_mib": peak / 1024, "data_mib": before / 1024, "nfe": info["nfe"]}))
+print(json.dumps({"seconds": statistics.median(times), "peak_mib": peak / 1024, "data_mib": before / 1024,
+"nfe": info["nfe"]}))
 """
 
 
@@ -48,10 +50,17 @@ def main() -> None:
     args = parser.parse_args()
     print(f"{args.model}, {args.size}^3 at 2 mm, batch 2, {args.threads} threads, median of {args.steps} steps")
     for name, flag in (("backprop", "0"), ("adjoint", "1")):
-        out = subprocess.run([sys.executable, "-c", CHILD, args.model, str(args.size), str(args.steps), str(args.threads), flag],
-                             check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, args.model, str(args.size), str(args.steps), str(args.threads), flag],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         r = json.loads(out.strip().splitlines()[-1])
-        print(f"  {name:9s} {r['seconds']:6.2f} s/step   peak RSS {r['peak_mib']:7.0f} MiB   (after loading data {r['data_mib']:.0f} MiB)   NFE {r['nfe']}")
+        print(
+            f"  {name:9s} {r['seconds']:6.2f} s/step   peak RSS {r['peak_mib']:7.0f} MiB   (after loading "
+            f"data {r['data_mib']:.0f} MiB)   NFE {r['nfe']}"
+        )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ For every subject of a dataset folder and every pair of contrasts (default T1 vs
 T2): the fixed image is the first contrast and the moving image the second (co-registered, so the
 truth is the identity), both at ``--spacing`` mm. The moving image is rotated about the head
 centre (about the world z axis: in the axial plane) from -60 to 60 degrees, and shifted along x
-from -30 to 30 mm (the values are the parameters of the fixed -> moving map, ITK's convention); each metric (lower is better) is recorded at each position. For each curve:
+from -30 to 30 mm (the values are the parameters of the fixed -> moving map, ITK's convention); each metric
+(lower is better) is recorded at each position. For each curve:
 where its minimum lies and how wide its basin is (the interval around the minimum over which it
 never decreases away from it). ``--max-angle 0`` or ``--max-shift 0`` leaves that motion out.
 Writes PREFIX.png, PREFIX.md and PREFIX.json.
@@ -41,7 +42,9 @@ def main() -> None:
     parser.add_argument("--angle-step", type=float, default=1.0)
     parser.add_argument("--max-shift", type=float, default=30.0)
     parser.add_argument("--shift-step", type=float, default=1.0)
-    parser.add_argument("--slices", type=int, default=32, help="E3D slice positions per axis (fewer: faster, noisier curves)")
+    parser.add_argument(
+        "--slices", type=int, default=32, help="E3D slice positions per axis (fewer: faster, noisier curves)"
+    )
     parser.add_argument("--axis", type=int, default=2, help="world axis of the rotation and the shift: 0 x, 1 y, 2 z")
     parser.add_argument("--shift-axis", type=int, default=0)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -73,21 +76,43 @@ def main() -> None:
             for kind, values, axis in motions:
                 rows = {m: [] for m in METRICS}
                 for v in values:
-                    moved = moved_by(moving, grid, center, axis, angle_deg=v if kind == "rotation" else 0.0,
-                                     shift_mm=v if kind == "translation" else 0.0)
+                    moved = moved_by(
+                        moving,
+                        grid,
+                        center,
+                        axis,
+                        angle_deg=v if kind == "rotation" else 0.0,
+                        shift_mm=v if kind == "translation" else 0.0,
+                    )
                     for m in METRICS:
                         rows[m].append(metrics(m, moved))
                 for m in METRICS:
                     best, lo, hi = basin(values, rows[m])
-                    curves.append({"subject": subject.name, "pair": f"{a}-{b}", "kind": kind, "metric": m,
-                                   "params": values.tolist(), "values": rows[m], "minimum": best, "basin": [lo, hi], "width": hi - lo})
-                print(f"{subject.name} {a}-{b} {kind}: " + ", ".join(
-                    f"{c['metric']} min {c['minimum']:+.0f} basin {c['width']:.0f}" for c in curves[-3:]), flush=True)
+                    curves.append(
+                        {
+                            "subject": subject.name,
+                            "pair": f"{a}-{b}",
+                            "kind": kind,
+                            "metric": m,
+                            "params": values.tolist(),
+                            "values": rows[m],
+                            "minimum": best,
+                            "basin": [lo, hi],
+                            "width": hi - lo,
+                        }
+                    )
+                print(
+                    f"{subject.name} {a}-{b} {kind}: "
+                    + ", ".join(f"{c['metric']} min {c['minimum']:+.0f} basin {c['width']:.0f}" for c in curves[-3:]),
+                    flush=True,
+                )
     if not curves:
         raise SystemExit(f"no subject in {args.data} has the contrasts of {args.pairs}")
     seconds = time.perf_counter() - start
     out = Path(args.out)
-    out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "seconds": seconds, "curves": curves}, indent=1))
+    out.with_suffix(".json").write_text(
+        json.dumps({"args": vars(args), "seconds": seconds, "curves": curves}, indent=1)
+    )
     write_table(curves, out.with_suffix(".md"), args)
     plot(curves, out.with_suffix(".png"))
     print(f"wrote {out}.png, {out}.md, {out}.json in {seconds:.0f} s")
@@ -95,14 +120,25 @@ def main() -> None:
 
 def write_table(curves, path: Path, args) -> None:
     unit = {"rotation": "°", "translation": " mm"}
-    lines = [f"Capture range (spacing {args.spacing} mm; rotation about world axis {args.axis}, translation along axis {args.shift_axis}; "
-             f"E3D with {args.slices} slices per axis; encoder {args.encoder})", "",
-             "| subject | pair | motion | metric | minimum at | basin | width |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Capture range (spacing {args.spacing} mm; rotation about world axis {args.axis}, translation along "
+        f"axis {args.shift_axis}; "
+        f"E3D with {args.slices} slices per axis; encoder {args.encoder})",
+        "",
+        "| subject | pair | motion | metric | minimum at | basin | width |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for c in curves:
         u = unit[c["kind"]]
-        lines.append(f"| {c['subject']} | {c['pair']} | {c['kind']} | {c['metric']} | {c['minimum']:+.0f}{u} | "
-                     f"[{c['basin'][0]:+.0f}, {c['basin'][1]:+.0f}]{u} | {c['width']:.0f}{u} |")
-    lines += ["", "| motion | metric | minimum within 2° / 1 mm | median basin width | narrowest basin |", "|---|---|---|---|---|"]
+        lines.append(
+            f"| {c['subject']} | {c['pair']} | {c['kind']} | {c['metric']} | {c['minimum']:+.0f}{u} | "
+            f"[{c['basin'][0]:+.0f}, {c['basin'][1]:+.0f}]{u} | {c['width']:.0f}{u} |"
+        )
+    lines += [
+        "",
+        "| motion | metric | minimum within 2° / 1 mm | median basin width | narrowest basin |",
+        "|---|---|---|---|---|",
+    ]
     for kind, tol in (("rotation", 2.0), ("translation", 1.0)):
         for m in METRICS:
             sel = [c for c in curves if c["kind"] == kind and c["metric"] == m]
@@ -110,7 +146,10 @@ def write_table(curves, path: Path, args) -> None:
                 continue
             ok = sum(abs(c["minimum"]) <= tol for c in sel)
             widths = [c["width"] for c in sel]
-            lines.append(f"| {kind} | {m} | {ok}/{len(sel)} | {np.median(widths):.0f}{unit[kind]} | {min(widths):.0f}{unit[kind]} |")
+            lines.append(
+                f"| {kind} | {m} | {ok}/{len(sel)} | {np.median(widths):.0f}{unit[kind]} | "
+                f"{min(widths):.0f}{unit[kind]} |"
+            )
     path.write_text("\n".join(lines) + "\n")
 
 

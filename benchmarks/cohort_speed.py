@@ -1,6 +1,7 @@
 """Cohort throughput: ``regode cohort`` against a shell loop of ``regode register`` on the same pairs.
 
-    python benchmarks/cohort_speed.py --data ../shared/data [--model rigid] [--workers 1 --threads 2] [--out bench-out/cohort]
+    python benchmarks/cohort_speed.py --data ../shared/data [--model rigid] [--workers 1 --threads 2] [--out
+    bench-out/cohort]
 
 The pairs: every BraTS subject's T1c, T2 and FLAIR to its T1 (1 mm) and each NiChart subject's
 FLAIR to its T1 (2 mm). Prints pairs per minute for both, and the time per pair split into start-up
@@ -36,7 +37,12 @@ def pairs(data: Path) -> list[tuple[str, Path, Path]]:
 
 def split(record: Path) -> dict:
     t = json.loads(record.read_text())["timings_s"]
-    return {"read": t.get("read", 0.0), "registration": t["total"], "outputs": t["wall"] - t["total"] - t.get("read", 0.0), "wall": t["wall"]}
+    return {
+        "read": t.get("read", 0.0),
+        "registration": t["total"],
+        "outputs": t["wall"] - t["total"] - t.get("read", 0.0),
+        "wall": t["wall"],
+    }
 
 
 def main() -> None:
@@ -56,16 +62,47 @@ def main() -> None:
         writer.writerows([(name, fixed.resolve(), moving.resolve()) for name, fixed, moving in rows])
 
     start = time.perf_counter()
-    subprocess.run([*REGODE, "cohort", str(args.out / "manifest.csv"), "--out", str(args.out / "cohort"), "--options", f"--model {args.model}",
-                    "--workers", str(args.workers), "--threads", str(args.threads), "-q"], check=True)
+    subprocess.run(
+        [
+            *REGODE,
+            "cohort",
+            str(args.out / "manifest.csv"),
+            "--out",
+            str(args.out / "cohort"),
+            "--options",
+            f"--model {args.model}",
+            "--workers",
+            str(args.workers),
+            "--threads",
+            str(args.threads),
+            "-q",
+        ],
+        check=True,
+    )
     cohort_s = time.perf_counter() - start
 
     loop_s, startups = 0.0, []
     (args.out / "loop").mkdir()
     for name, fixed, moving in rows:
         start = time.perf_counter()
-        subprocess.run([*REGODE, "register", "-f", str(fixed), "-m", str(moving), "-o", str(args.out / "loop" / f"{name}_"),
-                        "--model", args.model, "--threads", str(args.threads)], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                *REGODE,
+                "register",
+                "-f",
+                str(fixed),
+                "-m",
+                str(moving),
+                "-o",
+                str(args.out / "loop" / f"{name}_"),
+                "--model",
+                args.model,
+                "--threads",
+                str(args.threads),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         seconds = time.perf_counter() - start
         loop_s += seconds
         startups.append(seconds - split(args.out / "loop" / f"{name}_regode.json")["wall"])
@@ -73,18 +110,31 @@ def main() -> None:
     cohort_parts = [split(args.out / "cohort" / name / f"{name}_regode.json") for name, _, _ in rows]
     loop_parts = [split(args.out / "loop" / f"{name}_regode.json") for name, _, _ in rows]
     n = len(rows)
-    print(f"{n} pairs ({sum('brats' not in str(f) for _, f, _ in rows)} NiChart at 2 mm, the rest BraTS at 1 mm), --model {args.model}, "
-          f"{args.workers} worker(s) x {args.threads} threads")
+    print(
+        f"{n} pairs ({sum('brats' not in str(f) for _, f, _ in rows)} NiChart at 2 mm, the rest BraTS at 1 "
+        f"mm), --model {args.model}, "
+        f"{args.workers} worker(s) x {args.threads} threads"
+    )
     print("| | pairs per minute | wall s per pair | start-up | read | registration | outputs (+QC) |")
     print("|---|---|---|---|---|---|---|")
     med = lambda parts, key: statistics.median(p[key] for p in parts)  # noqa: E731
-    print(f"| regode cohort | {60 * n / cohort_s:.1f} | {cohort_s / n:.2f} | {(cohort_s - sum(p['wall'] for p in cohort_parts) / args.workers) / n:.2f} "
-          f"(spread over pairs) | {med(cohort_parts, 'read'):.2f} | {med(cohort_parts, 'registration'):.2f} | {med(cohort_parts, 'outputs'):.2f} |")
-    print(f"| shell loop of regode register | {60 * n / loop_s:.1f} | {loop_s / n:.2f} | {statistics.median(startups):.2f} | "
-          f"{med(loop_parts, 'read'):.2f} | {med(loop_parts, 'registration'):.2f} | {med(loop_parts, 'outputs'):.2f} |")
-    brats = [p for (name, _, _), p in zip(rows, cohort_parts) if not name.startswith("Subj")]
+    startup = (cohort_s - sum(p["wall"] for p in cohort_parts) / args.workers) / n
+    print(
+        f"| regode cohort | {60 * n / cohort_s:.1f} | {cohort_s / n:.2f} | {startup:.2f} "
+        f"(spread over pairs) | {med(cohort_parts, 'read'):.2f} | {med(cohort_parts, 'registration'):.2f} | "
+        f"{med(cohort_parts, 'outputs'):.2f} |"
+    )
+    print(
+        f"| shell loop of regode register | {60 * n / loop_s:.1f} | {loop_s / n:.2f} | "
+        f"{statistics.median(startups):.2f} | "
+        f"{med(loop_parts, 'read'):.2f} | {med(loop_parts, 'registration'):.2f} | {med(loop_parts, 'outputs'):.2f} |"
+    )
+    brats = [p for (name, _, _), p in zip(rows, cohort_parts, strict=False) if not name.startswith("Subj")]
     if brats:
-        print(f"1 mm BraTS pairs in the cohort: median {statistics.median(p['wall'] for p in brats):.2f} s per pair end to end on a worker")
+        print(
+            f"1 mm BraTS pairs in the cohort: median {statistics.median(p['wall'] for p in brats):.2f} s per "
+            f"pair end to end on a worker"
+        )
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@ user runs it: a fresh ``regode`` process per run, wall time from start to exit, 
 memory of that process, and the stage timings of its ``PREFIXregode.json``. Prints one line per
 run and the medians.
 
-    python benchmarks/register_time.py -f FIXED -m MOVING [--labels SEG] [--model rigid+bspline] [--runs 5] [--threads 2]
+    python benchmarks/register_time.py -f FIXED -m MOVING [--labels SEG] [--model rigid+bspline] [--runs 5]
+    [--threads 2]
                                        [--against OTHER_CHECKOUT]
 
 Issue 4's figure: ``-f BraTS-GLI-00001-000/t1.nii.gz -m .../flair.nii.gz --labels .../seg.nii.gz``
@@ -37,9 +38,22 @@ START_FROM_SOURCE = (
 
 def one_run(args, prefix: Path, source: str | None = None) -> dict:
     """One ``regode register`` process: the installed console script, or ``source``'s code."""
-    regode = [shutil.which("regode") or "regode"] if source is None else [sys.executable, "-c", START_FROM_SOURCE, source]
-    command = regode + ["register", "-f", args.fixed, "-m", args.moving, "-o", str(prefix),
-                        "--model", args.model, "--threads", str(args.threads)]
+    regode = (
+        [shutil.which("regode") or "regode"] if source is None else [sys.executable, "-c", START_FROM_SOURCE, source]
+    )
+    command = regode + [
+        "register",
+        "-f",
+        args.fixed,
+        "-m",
+        args.moving,
+        "-o",
+        str(prefix),
+        "--model",
+        args.model,
+        "--threads",
+        str(args.threads),
+    ]
     if args.labels:
         command += ["--moving-labels", args.labels]
     with tempfile.TemporaryFile(mode="w+") as errors:  # a file, not a pipe: the child never blocks on it
@@ -67,7 +81,9 @@ def main() -> None:
     if args.against:
         here, other = (str(Path(p).resolve()) for p in (Path(__file__).parents[1], args.against))
         sources = {here: here, other: other}
-        order = [name for i in range(args.runs) for name in ((here, other) if i % 2 == 0 else (other, here))]  # A B B A ...
+        order = [
+            name for i in range(args.runs) for name in ((here, other) if i % 2 == 0 else (other, here))
+        ]  # A B B A ...
     else:
         sources = {"installed": None}
         order = ["installed"] * args.runs
@@ -78,12 +94,18 @@ def main() -> None:
             run = one_run(args, Path(folder) / f"run{i}_", sources[name])
             runs[name].append(run)
             stages = " ".join(f"{k} {v:.2f}" for k, v in run["stages"].items())
-            print(f"{label(name)}run {len(runs[name])}: {run['wall_s']:.2f} s, peak {run['peak_mb']:.0f} MB  ({stages})", flush=True)
+            print(
+                f"{label(name)}run {len(runs[name])}: {run['wall_s']:.2f} s, peak {run['peak_mb']:.0f} MB  ({stages})",
+                flush=True,
+            )
     for name, done in runs.items():
         walls = [r["wall_s"] for r in done]
         peaks = [r["peak_mb"] for r in done]
-        print(f"{label(name)}median of {len(done)}: {statistics.median(walls):.2f} s ({min(walls):.2f}-{max(walls):.2f}), "
-              f"peak {min(peaks):.0f}-{max(peaks):.0f} MB; model {args.model}, {args.threads} threads")
+        print(
+            f"{label(name)}median of {len(done)}: {statistics.median(walls):.2f} s "
+            f"({min(walls):.2f}-{max(walls):.2f}), "
+            f"peak {min(peaks):.0f}-{max(peaks):.0f} MB; model {args.model}, {args.threads} threads"
+        )
 
 
 if __name__ == "__main__":

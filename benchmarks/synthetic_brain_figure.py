@@ -30,11 +30,18 @@ def main() -> None:
         images = [anatomy.render_subject(subject, gen)[0, 0] for _ in range(2)]
         labels = anatomy.tissue_labels(subject)[0, 0]
         mid = [n // 2 for n in labels.shape]
-        panels = [(images[0][mid[0]], "gray"), (images[1][mid[0]], "gray"), (images[0][:, mid[1]], "gray"),
-                  (images[1][:, mid[1]], "gray"), (labels[mid[0]].float(), "tab10")]
+        panels = [
+            (images[0][mid[0]], "gray"),
+            (images[1][mid[0]], "gray"),
+            (images[0][:, mid[1]], "gray"),
+            (images[1][:, mid[1]], "gray"),
+            (labels[mid[0]].float(), "tab10"),
+        ]
         for row, (plane, cmap) in enumerate(panels):
             ax = axes[row, column]
-            ax.imshow(plane.flip(0).numpy(), cmap=cmap, vmin=0, vmax=1 if cmap == "gray" else 9, interpolation="nearest")
+            ax.imshow(
+                plane.flip(0).numpy(), cmap=cmap, vmin=0, vmax=1 if cmap == "gray" else 9, interpolation="nearest"
+            )
             ax.set_axis_off()
         axes[0, column].set_title(f"subject {column + 1}" + (" (skull)" if subject.skull else ""), fontsize=9)
     fig.suptitle("regode.anatomy: two random contrasts per subject (axial, coronal) and tissue labels", fontsize=10)

@@ -16,9 +16,28 @@ Frames used throughout (see docs/conventions.md and docs/architecture.md):
 
 from ._version import __version__
 
-API = ("register", "fit_field", "register_files", "fit_files", "load_models", "apply_transforms", "warp_files", "read_image",
-       "write_image", "read_grid", "load_transforms", "save_transform", "Image", "Grid", "Result", "Transform",
-       "RegisterConfig", "FitConfig", "FieldConfig", "RegodeError")
+API = (
+    "register",
+    "fit_field",
+    "register_files",
+    "fit_files",
+    "load_models",
+    "apply_transforms",
+    "warp_files",
+    "read_image",
+    "write_image",
+    "read_grid",
+    "load_transforms",
+    "save_transform",
+    "Image",
+    "Grid",
+    "Result",
+    "Transform",
+    "RegisterConfig",
+    "FitConfig",
+    "FieldConfig",
+    "RegodeError",
+)
 
 
 def __getattr__(name: str):

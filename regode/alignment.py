@@ -6,7 +6,8 @@ rotations that carry the fixed image's axes onto the moving image's are known up
 signs (four proper rotations); together with the plain translation between the head centres (the
 start of every registration, :func:`regode.preprocess.head_center`) they are the candidates, and the one under which
 the images share the most mutual information on a coarse grid wins. A head that is nearly round
-(close principal variances), or no head at all, has no reliable axes: then the start is kept. The rigid MS-ODENet stage starts
+(close principal variances), or no head at all, has no reliable axes: then the start is kept. The rigid
+MS-ODENet stage starts
 from the winner.
 """
 
@@ -39,8 +40,15 @@ def candidates(fixed: tuple, moving: tuple) -> list[Affine]:
     return [Affine(torch.as_tensor(r), torch.as_tensor(c_m - r @ c_f)[None]) for r in maps]
 
 
-def principal_axes(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid,
-                   start: Affine, spacing: float = 6.0, heads: tuple | None = None) -> tuple[Affine, dict]:
+def principal_axes(
+    fixed: torch.Tensor,
+    fixed_grid: Grid,
+    moving: torch.Tensor,
+    moving_grid: Grid,
+    start: Affine,
+    spacing: float = 6.0,
+    heads: tuple | None = None,
+) -> tuple[Affine, dict]:
     """Of ``start`` (the translation between the head centres) and the principal-axes candidates (see
     :func:`candidates`) for two working images (values in [0, 1]), the one under which the images
     share the most mutual information, measured at ``spacing`` mm (6 mm chose as 4 mm did on all 60
@@ -49,7 +57,9 @@ def principal_axes(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, 
     Without reliable axes (a round or empty head) ``start`` is returned. ``heads``: the two
     images' :func:`head_moments`, if already known."""
     maps, record = [start.double()], {}
-    fixed_moments, moving_moments = heads if heads is not None else (head_moments(fixed, fixed_grid), head_moments(moving, moving_grid))
+    fixed_moments, moving_moments = (
+        heads if heads is not None else (head_moments(fixed, fixed_grid), head_moments(moving, moving_grid))
+    )
     if fixed_moments is None or moving_moments is None:
         record["skipped"] = "too few foreground voxels for a principal-axes alignment"
     else:
@@ -86,8 +96,15 @@ def initial_linear(specs: list[str], center_of_mass: bool, c_fix: torch.Tensor, 
     return Affine(torch.eye(3, dtype=torch.float64))
 
 
-def starting_point(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid, specs: list[str],
-                   center_of_mass: bool, axes: bool) -> tuple[Affine, torch.Tensor, torch.Tensor, dict | None]:
+def starting_point(
+    fixed: torch.Tensor,
+    fixed_grid: Grid,
+    moving: torch.Tensor,
+    moving_grid: Grid,
+    specs: list[str],
+    center_of_mass: bool,
+    axes: bool,
+) -> tuple[Affine, torch.Tensor, torch.Tensor, dict | None]:
     """The fixed -> moving linear map a registration starts from (``specs``, the head centres'
     translation, or with ``axes`` the best principal-axes alignment), the two head centres (world
     mm) and the record of the principal-axes choice (or None), for two working images."""
@@ -116,13 +133,17 @@ def overlap(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_
     return float((sample(moving, moving_grid, mapped) > FOREGROUND).float().mean())
 
 
-def check_overlap(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid, linear: Affine, fix: str) -> float:
+def check_overlap(
+    fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid, linear: Affine, fix: str
+) -> float:
     """:func:`overlap`, refused below :data:`MIN_OVERLAP` with one line suggesting ``fix`` (no
     registration can start from images that do not meet: it would write empty images and succeed)."""
     share = overlap(fixed, fixed_grid, moving, moving_grid, linear)
     if share < MIN_OVERLAP:
-        raise RegodeError(f"the fixed and moving images do not overlap at the start: {100 * share:.1f} % of the fixed head lands "
-                          f"on the moving head; {fix}")
+        raise RegodeError(
+            f"the fixed and moving images do not overlap at the start: {100 * share:.1f} % of the fixed head lands "
+            f"on the moving head; {fix}"
+        )
     return share
 
 
@@ -131,8 +152,9 @@ START_GAP_MM = 25.0
 which a model that starts with an affine stage runs it from both (see :func:`header_start`)."""
 
 
-def header_start(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid, start: Affine,
-                 c_fix: torch.Tensor) -> tuple[Affine | None, dict]:
+def header_start(
+    fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid, start: Affine, c_fix: torch.Tensor
+) -> tuple[Affine | None, dict]:
     """The headers' start (the identity: the images' own world coordinates) as a second candidate
     beside ``start`` (the head centres' translation, or the principal-axes rotation about them that
     :func:`principal_axes` chose; the ``head_centres`` of the record), where the two put the fixed
@@ -153,8 +175,14 @@ def header_start(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, mo
 
 
 @torch.no_grad()
-def local_fit(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid, transform,
-              keep: torch.Tensor | None = None) -> float:
+def local_fit(
+    fixed: torch.Tensor,
+    fixed_grid: Grid,
+    moving: torch.Tensor,
+    moving_grid: Grid,
+    transform,
+    keep: torch.Tensor | None = None,
+) -> float:
     """How well ``transform`` (fixed -> moving) aligns two working images: the squared local
     correlation (5-voxel windows) of the fixed image and the moving image sampled through it, over
     the fixed head (and ``keep``, a mask on the fixed grid). A local linear relation of either sign
@@ -173,5 +201,7 @@ def keep_better_start(choice: dict, scores: list[float]) -> int:
     :func:`local_fit` (the head centres' on a tie), recorded in ``choice`` (``header_start``'s record)
     with both scores."""
     chosen = int(scores[1] > scores[0])
-    choice.update(head_centres_local_ncc=scores[0], headers_local_ncc=scores[1], chosen=("head_centres", "headers")[chosen])
+    choice.update(
+        head_centres_local_ncc=scores[0], headers_local_ncc=scores[1], chosen=("head_centres", "headers")[chosen]
+    )
     return chosen

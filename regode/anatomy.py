@@ -31,8 +31,8 @@ from .preprocess import blur, normalise
 from .sampling import sample
 from .synthetic import acquire, smooth_field, training_grid
 from .templates import template_file
-from .warp import resample
 from .transforms import Compose
+from .warp import resample
 
 TISSUES = ("background", "csf", "gm", "wm", "bone", "scalp")
 SKULL_MM = (5.0, 11.0)
@@ -101,8 +101,9 @@ class Subject:
         return flat.reshape(shape)
 
 
-def draw_subject(gen: torch.Generator, spacing: float = 2.0, size: int = 96, max_sigma: float = 8.0,
-                 skull: bool | None = None) -> Subject:
+def draw_subject(
+    gen: torch.Generator, spacing: float = 2.0, size: int = 96, max_sigma: float = 8.0, skull: bool | None = None
+) -> Subject:
     """A random subject on a ``size``-cubed grid of ``spacing`` mm centred on the template: the
     atlas through a random diffeomorphism (a velocity of 25-40 mm control spacing, control values
     N(0, s^2) with s ~ U(0, ``max_sigma``) mm); skull drawn on or off when ``skull`` is None."""
@@ -119,20 +120,26 @@ def draw_subject(gen: torch.Generator, spacing: float = 2.0, size: int = 96, max
     return subject
 
 
-def render_subject(subject: Subject, gen: torch.Generator, partial_fov: float = 0.2, means: torch.Tensor | None = None) -> torch.Tensor:
+def render_subject(
+    subject: Subject, gen: torch.Generator, partial_fov: float = 0.2, means: torch.Tensor | None = None
+) -> torch.Tensor:
     """One random MRI-like contrast of ``subject`` (``means``: the tissues' mean intensities, else
     drawn): ``[1, 1, nz, ny, nx]`` float32 in [0, 1]."""
     u = lambda lo, hi: float(lo + (hi - lo) * torch.rand(1, generator=gen))  # noqa: E731
     probs, grid = subject.probs, subject.grid
     if not subject.skull:  # skull-stripped: bone and scalp are background
-        probs = torch.cat([probs[:, :1] + probs[:, 4:].sum(1, keepdim=True), probs[:, 1:4], torch.zeros_like(probs[:, 4:])], 1)
+        probs = torch.cat(
+            [probs[:, :1] + probs[:, 4:].sum(1, keepdim=True), probs[:, 1:4], torch.zeros_like(probs[:, 4:])], 1
+        )
     drawn = torch.rand(len(TISSUES), generator=gen)
     means = drawn if means is None else means.clone()
     means[0] = u(0.0, 0.08) if torch.rand(1, generator=gen) < 0.2 else 0.0
     texture = torch.rand(len(TISSUES), generator=gen) * 0.06
     texture[0] = 0.0
     noise = torch.cat([smooth_field(grid, u(4.0, 10.0), 1.0, gen) for _ in range(2)], 1)[:, : len(TISSUES)]
-    image = (probs * (means[None, :, None, None, None] + texture[None, :, None, None, None] * noise)).sum(1, keepdim=True)
+    image = (probs * (means[None, :, None, None, None] + texture[None, :, None, None, None] * noise)).sum(
+        1, keepdim=True
+    )
     image = acquire(image, grid, gen, blur_max=0.8, thick_max=2.5, bias_max=0.25)
     if torch.rand(1, generator=gen) < partial_fov:  # a partial field of view: one side cut off
         axis, keep = int(torch.randint(3, (1,), generator=gen)), u(0.6, 0.85)

@@ -30,7 +30,9 @@ from .transforms import Transform
 from .warp import resample
 
 
-def register(fixed: Image, moving: Image, config: RegisterConfig = RegisterConfig(), models: dict | None = None) -> Result:
+def register(
+    fixed: Image, moving: Image, config: RegisterConfig = RegisterConfig(), models: dict | None = None
+) -> Result:
     """MS-ODENet registration of two images in memory (``models``: :func:`load_models`' result, to
     load the weights once for many pairs)."""
     return register_images(fixed, moving, config, models, read_masks(config))
@@ -47,13 +49,22 @@ def load_transforms(specs: list[str]) -> Transform:
     return load_transform_chain(list(specs))
 
 
-def apply_transforms(image: Image, reference: Grid, transform: Transform, interp: str = "linear", default_value: float = 0.0) -> torch.Tensor:
+def apply_transforms(
+    image: Image, reference: Grid, transform: Transform, interp: str = "linear", default_value: float = 0.0
+) -> torch.Tensor:
     """``image`` resampled onto ``reference`` through ``transform`` (fixed -> moving)."""
     return resample(image.data, image.grid, reference, transform, interp, default_value)
 
 
-def warp_files(input, reference, output, specs: list[str], interp: str = "linear", default_value: float = 0.0,
-               threads: int | None = None) -> None:
+def warp_files(
+    input,
+    reference,
+    output,
+    specs: list[str],
+    interp: str = "linear",
+    default_value: float = 0.0,
+    threads: int | None = None,
+) -> None:
     """``regode warp``: read, resample onto the reference's grid, write with the input's pixel type."""
     if threads:
         torch.set_num_threads(threads)

@@ -19,7 +19,9 @@ from .io.atomic import atomic_output
 VERSION = 1
 
 
-def save(path, fmt: str, model, config, step: int, seconds: float, history: list, optimizer: dict | None = None) -> None:
+def save(
+    path, fmt: str, model, config, step: int, seconds: float, history: list, optimizer: dict | None = None
+) -> None:
     """Write a checkpoint of format ``fmt`` (e.g. ``regode.msodenet``) atomically: the model's and
     the run's configs, the step, the time and the validation history, the weights and (for a
     resumable checkpoint) ``optimizer``, the state dicts of the run's optimisers."""

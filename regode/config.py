@@ -18,7 +18,7 @@ import dataclasses
 import math
 
 from .errors import RegodeError
-from .options import REQUIRED, from_dict, setting, validate  # noqa: F401  (from_dict: rebuilt configs)
+from .options import REQUIRED, Spec, from_dict, setting, validate  # noqa: F401  (from_dict: rebuilt configs)
 
 DEVICES = ("auto", "cpu", "cuda")
 """``--device``: auto takes a CUDA GPU when torch sees one (regode.device)."""
@@ -42,16 +42,20 @@ def positive(config, *names: str) -> None:
     """Each field is a finite number above zero."""
     for name in names:
         value = getattr(config, name)
-        require(isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
-                f"{option(name)} must be a positive number, not {value}")
+        require(
+            isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+            f"{option(name)} must be a positive number, not {value}",
+        )
 
 
 def at_least(config, low: float, *names: str) -> None:
     """Each field is a finite number of at least ``low``."""
     for name in names:
         value = getattr(config, name)
-        require(isinstance(value, (int, float)) and math.isfinite(value) and value >= low,
-                f"{option(name)} must be at least {low:g}, not {value}")
+        require(
+            isinstance(value, (int, float)) and math.isfinite(value) and value >= low,
+            f"{option(name)} must be at least {low:g}, not {value}",
+        )
 
 
 def one_of(config, name: str, allowed) -> None:
@@ -61,11 +65,15 @@ def one_of(config, name: str, allowed) -> None:
 
 def threads(config) -> None:
     """``threads``: None or 0 (all cores) or a positive count."""
-    require(config.threads is None or (isinstance(config.threads, int) and config.threads >= 0),
-            f"--threads must be a number of threads (0: all cores), not {config.threads}")
+    require(
+        config.threads is None or (isinstance(config.threads, int) and config.threads >= 0),
+        f"--threads must be a number of threads (0: all cores), not {config.threads}",
+    )
 
 
-FIXED_HELP = "Fixed (reference) image, or mni152: the MNI ICBM152 2009 T1 template (brain-extracted, 1 mm, from nilearn)."
+FIXED_HELP = (
+    "Fixed (reference) image, or mni152: the MNI ICBM152 2009 T1 template (brain-extracted, 1 mm, from nilearn)."
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +82,9 @@ class PairInputs:
 
     fixed: str = setting(REQUIRED, FIXED_HELP, short="-f", path=True)
     moving: str = setting(REQUIRED, "Moving image.", short="-m", path=True)
-    moving_labels: str | None = setting(None, "Label image on the moving grid, warped with label interpolation.", path=True)
+    moving_labels: str | None = setting(
+        None, "Label image on the moving grid, warped with label interpolation.", path=True
+    )
     qc: bool = setting(True, "Write PREFIXqc.png (planes before and after) and QC figures in PREFIXregode.json.")
 
     def __post_init__(self):
@@ -90,16 +100,29 @@ class PairRun:
     the start, the masks, the device and threads, the seed, the inverse's iterations."""
 
     initial_transform: tuple[str, ...] = setting(
-        (), "Linear transform file(s) to start from, fixed -> moving in -t order (e.g. register's PREFIX0GenericAffine.mat); "
-        "'\\[f.mat,1]' inverts; repeatable.", path=True)
+        (),
+        "Linear transform file(s) to start from, fixed -> moving in -t order (e.g. register's "
+        "PREFIX0GenericAffine.mat); "
+        "'\\[f.mat,1]' inverts; repeatable.",
+        path=True,
+    )
     fixed_mask: str | None = setting(
-        None, "Only fixed points inside this image's non-zero voxels count in the similarity (ANTs' -x): lesions, partial fields of view.",
-        path=True)
-    moving_mask: str | None = setting(None, "Only points that map inside this image's non-zero voxels count.", path=True)
+        None,
+        "Only fixed points inside this image's non-zero voxels count in the similarity (ANTs' -x): lesions, "
+        "partial fields of view.",
+        path=True,
+    )
+    moving_mask: str | None = setting(
+        None, "Only points that map inside this image's non-zero voxels count.", path=True
+    )
     device: str = setting("auto", "auto (a CUDA GPU when torch sees one), cpu or cuda.", choices=DEVICES)
     threads: int | None = setting(None, "CPU threads (default and 0: all cores).", low=0)
-    seed: int = setting(0, "Random seed (sample lattices, initial fields): the same seed and threads give the same outputs.")
-    inverse_iterations: int = setting(30, "Fixed-point iterations of the inverse warp (PREFIX1InverseWarp.nii.gz).", low=1)
+    seed: int = setting(
+        0, "Random seed (sample lattices, initial fields): the same seed and threads give the same outputs."
+    )
+    inverse_iterations: int = setting(
+        30, "Fixed-point iterations of the inverse warp (PREFIX1InverseWarp.nii.gz).", low=1
+    )
 
     def __post_init__(self):
         object.__setattr__(self, "initial_transform", tuple(str(p) for p in self.initial_transform))
@@ -107,3 +130,40 @@ class PairRun:
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, str(getattr(self, name)))
         validate(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class WarpConfig:
+    """``regode warp``: an image resampled through ITK/ANTs transforms onto a reference grid."""
+
+    input: str = setting(REQUIRED, "Image to resample (moving space).", short="-i", path=True)
+    reference: str = setting(
+        REQUIRED,
+        "Image whose grid the output takes (fixed space), or mni152 (the MNI ICBM152 2009 template's grid).",
+        short="-r",
+        path=True,
+    )
+    transforms: tuple[str, ...] = setting(
+        (),
+        "Transform file, repeatable, in antsApplyTransforms order: the last -t moves the image first "
+        "(e.g. -t 1Warp.nii.gz -t 0GenericAffine.mat). '\\[file.mat,1]' inverts a linear transform. None: identity "
+        "(plain resampling).",
+        flag="--transform",
+        short="-t",
+        path=True,
+    )
+    interp: str = setting(
+        "linear", "Interpolation: label = ANTs GenericLabel (no new labels).", short="-n", choices=INTERPOLATIONS
+    )
+    default_value: float = setting(0.0, "Value outside the input image.")
+    threads: int | None = setting(None, "CPU threads (default and 0: all cores).", low=0)
+
+    def __post_init__(self):
+        object.__setattr__(self, "transforms", tuple(str(t) for t in self.transforms))
+        for name in ("input", "reference"):
+            object.__setattr__(self, name, str(getattr(self, name)))
+        validate(self)
+
+
+WARP_SPEC = Spec("warp", {"config": WarpConfig})
+"""the settings of ``regode warp``."""

@@ -29,7 +29,9 @@ def discover(data: str | Path) -> list[Subject]:
     subjects = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         files = {p.name[: -len(".nii.gz")]: p for p in folder.glob("*.nii.gz")}
-        names = [c for c in CONTRASTS if c in files] + sorted(c for c in files if c not in CONTRASTS and c not in NOT_CONTRASTS)
+        names = [c for c in CONTRASTS if c in files] + sorted(
+            c for c in files if c not in CONTRASTS and c not in NOT_CONTRASTS
+        )
         labels = next((files[n] for n in LABEL_FILES if n in files), None)
         if names:
             subjects.append(Subject(folder.name, {c: files[c] for c in names}, labels))

@@ -24,8 +24,9 @@ from .transforms import Affine, Compose
 from .warp import resample
 
 
-def run_demo(out: Path | None, seed: int = 0, model: str = "rigid", threads: int | None = None,
-             checkpoints: tuple = ()) -> dict:
+def run_demo(
+    out: Path | None, seed: int = 0, model: str = "rigid", threads: int | None = None, checkpoints: tuple = ()
+) -> dict:
     """Generate an oblique, anisotropic 30-label phantom seen in two contrasts, move the second by a
     known rotation + translation (+ a smooth warp for deformable models), register it back with
     ``regode register`` (``checkpoints``: model files, as ``--checkpoint``) and compare the
@@ -33,8 +34,10 @@ def run_demo(out: Path | None, seed: int = 0, model: str = "rigid", threads: int
     console = Console()
     folder = Path(out) if out else Path(tempfile.mkdtemp(prefix="regode-demo-"))
     if folder.is_dir() and any(folder.iterdir()) and not (folder / "demo_regode.json").exists():
-        raise RegodeError(f"--out {folder} holds other files, which the demo's would replace: give a new or empty folder "
-                          "(or one an earlier demo wrote)")
+        raise RegodeError(
+            f"--out {folder} holds other files, which the demo's would replace: give a new or empty folder "
+            "(or one an earlier demo wrote)"
+        )
     if folder.exists() and not folder.is_dir():
         raise RegodeError(f"--out {folder} is a file, not a folder")
     folder.mkdir(parents=True, exist_ok=True)
@@ -57,7 +60,9 @@ def run_demo(out: Path | None, seed: int = 0, model: str = "rigid", threads: int
     write_image(labels, grid, folder / "fixed_labels.nii.gz", np.int16)
     write_image(resample(labels.float(), grid, grid, inverse, "label"), grid, folder / "moving_labels.nii.gz", np.int16)
 
-    doc = register_files(folder / "fixed.nii.gz", folder / "moving.nii.gz", folder / "demo_", config, folder / "moving_labels.nii.gz")
+    doc = register_files(
+        folder / "fixed.nii.gz", folder / "moving.nii.gz", folder / "demo_", config, folder / "moving_labels.nii.gz"
+    )
     specs = [str(folder / "demo_1Warp.nii.gz")] if deformable else []
     found = load_transform_chain(specs + [str(folder / "demo_0GenericAffine.mat")])
 

@@ -16,15 +16,22 @@ lattices' random offsets come from it).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
 from .errors import RegodeError
 from .grid import Grid
 from .lattice import Lattice
-from .losses import bending_energy, folding_penalty, jacobian_energy, lattice_jacobian, local_ncc, mattes_mutual_information
+from .losses import (
+    bending_energy,
+    folding_penalty,
+    jacobian_energy,
+    lattice_jacobian,
+    local_ncc,
+    mattes_mutual_information,
+)
 from .optim import Adam
 from .sampling import sample, sample_on_grid
 from .transforms import Transform
@@ -36,7 +43,9 @@ MIN_SAMPLES = 64
 """fewer lattice points than this inside the masks: the masks are ignored for that step."""
 
 
-def similarity(name: str, fixed: torch.Tensor, moved: torch.Tensor, window: int = 5, keep: torch.Tensor | None = None) -> torch.Tensor:
+def similarity(
+    name: str, fixed: torch.Tensor, moved: torch.Tensor, window: int = 5, keep: torch.Tensor | None = None
+) -> torch.Tensor:
     """A loss (lower is better) between sampled fixed and moved values ``[B, C, d, h, w]``: minus
     Mattes mutual information (``mi``), minus local NCC over ``window`` lattice points (``ncc``),
     the mean squared difference (``mse``) or the squared distance of feature vectors (``features``,
@@ -116,7 +125,9 @@ class Fit:
     log_every: int = 10
 
 
-def run(fit: Fit, stages: list[Stage], generator: torch.Generator, progress: Callable[[float], None] | None = None) -> dict:
+def run(
+    fit: Fit, stages: list[Stage], generator: torch.Generator, progress: Callable[[float], None] | None = None
+) -> dict:
     """Optimise ``fit.transform``'s trainable parameters in place through ``stages``; the record:
     per stage its iterations and losses every ``log_every`` steps (and the last)."""
     params = [p for p in fit.transform.parameters() if p.requires_grad]
@@ -129,8 +140,10 @@ def run(fit: Fit, stages: list[Stage], generator: torch.Generator, progress: Cal
             loss.backward()
             adam.step(fit.lr * (1.0 - 0.9 * it / max(1, stage.iterations - 1) if stage.decay else 1.0))
             if not torch.isfinite(loss):
-                raise RegodeError(f"the fit diverged (non-finite loss at {stage.name}, step {it}): lower the learning rate "
-                                  "(fit-field --lr) or raise the regularisation")
+                raise RegodeError(
+                    f"the fit diverged (non-finite loss at {stage.name}, step {it}): lower the learning rate "
+                    "(fit-field --lr) or raise the regularisation"
+                )
             if it % fit.log_every == 0 or it == stage.iterations - 1:
                 history.append({"iteration": it, "loss": float(loss.detach()), "similarity": float(sim.detach())})
             if progress is not None:
@@ -163,13 +176,20 @@ def _loss(fit: Fit, stage: Stage, lattice: Lattice) -> tuple[torch.Tensor, torch
         if stage.moving_mask is not None:
             inside = sample(stage.moving_mask, stage.moving_grid, at.detach()) > 0.5
             keep = inside if keep is None else keep & inside
-    sim = similarity(objective.similarity, _fixed_values(stage.fixed, stage.fixed_grid, lattice),
-                     sample(stage.moving, stage.moving_grid, at), objective.ncc_window, keep)
+    sim = similarity(
+        objective.similarity,
+        _fixed_values(stage.fixed, stage.fixed_grid, lattice),
+        sample(stage.moving, stage.moving_grid, at),
+        objective.ncc_window,
+        keep,
+    )
     loss = sim
     if objective.needs_jacobian:
         jacobian = lattice_jacobian(mapped, lattice.step)
         smooth = jacobian if fit.base is None else lattice_jacobian(own, lattice.step)
-        loss = loss + objective.lambda_fold * folding_penalty(jacobian) + objective.lambda_grad * jacobian_energy(smooth)
+        loss = (
+            loss + objective.lambda_fold * folding_penalty(jacobian) + objective.lambda_grad * jacobian_energy(smooth)
+        )
     if objective.lambda_bending:
         loss = loss + objective.lambda_bending * bending_energy(mapped, lattice.step)
     return loss, sim

@@ -56,10 +56,10 @@ class Grid:
 
     # ----------------------------------------------------------------- builders
     @classmethod
-    def from_sitk(cls, image: "sitk.Image") -> "Grid":
+    def from_sitk(cls, image: sitk.Image) -> Grid:
         return cls(image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
 
-    def apply_to(self, image: "sitk.Image") -> "sitk.Image":
+    def apply_to(self, image: sitk.Image) -> sitk.Image:
         """Set this grid's spacing, origin and direction on a SimpleITK image of the same size."""
         if tuple(image.GetSize()) != self.size:
             raise ValueError(f"image size {image.GetSize()} differs from grid size {self.size}")
@@ -68,7 +68,7 @@ class Grid:
         image.SetDirection(self.direction)
         return image
 
-    def with_spacing(self, spacing: float | tuple[float, float, float]) -> "Grid":
+    def with_spacing(self, spacing: float | tuple[float, float, float]) -> Grid:
         """A grid with the same direction and centre covering the same field of view at a new spacing."""
         new_spacing = np.broadcast_to(np.asarray(spacing, dtype=float), (3,))
         extent = np.asarray(self.size) * np.asarray(self.spacing)
@@ -76,13 +76,13 @@ class Grid:
         origin = self.center - self.direction_matrix @ (new_spacing * (new_size - 1) / 2)
         return Grid(tuple(new_size), tuple(new_spacing), tuple(origin), self.direction)
 
-    def rows(self, slab: slice) -> "Grid":
+    def rows(self, slab: slice) -> Grid:
         """The sub-grid of the slices ``slab`` along k (the tensor's first spatial dimension)."""
         ks = range(self.size[2])[slab]
         origin = self.index_to_world(np.array([0.0, 0.0, float(ks.start)]))
         return Grid((self.size[0], self.size[1], len(ks)), self.spacing, tuple(origin), self.direction)
 
-    def pulled_back(self, matrix: np.ndarray) -> "Grid":
+    def pulled_back(self, matrix: np.ndarray) -> Grid:
         """The grid whose world point ``y`` is this grid's world point ``matrix @ y`` (4x4, world mm).
 
         Sampling this grid's data at ``y`` equals sampling it at ``matrix @ y``: a linear transform
@@ -142,7 +142,7 @@ class Grid:
         m = self.matrix("world", "index")
         return np.asarray(points, dtype=float) @ m[:3, :3].T + m[:3, 3]
 
-    def world_points(self, dtype: "torch.dtype | None" = None, device=None, slab: slice = slice(None)) -> "torch.Tensor":
+    def world_points(self, dtype: torch.dtype | None = None, device=None, slab: slice = slice(None)) -> torch.Tensor:
         """World coordinates of every voxel centre, tensor ``[nz, ny, nx, 3]`` (x, y, z last);
         ``slab`` selects a range of k (slices) only."""
         import torch
@@ -159,13 +159,13 @@ class Grid:
             + k[:, None, None, None] * m[:3, 2]
         )
 
-    def parallel_to(self, other: "Grid") -> bool:
+    def parallel_to(self, other: Grid) -> bool:
         """True if the two grids' axes are parallel, each index axis of one along the same index
         axis of the other (so resampling one onto the other is separable, axis by axis)."""
         n = other.matrix("world", "index")[:3, :3] @ self.matrix("index", "world")[:3, :3]
         return bool(np.allclose(n, np.diag(np.diag(n)), atol=1e-9 * np.abs(n).max()))
 
-    def same_as(self, other: "Grid", tol: float = 1e-4) -> bool:
+    def same_as(self, other: Grid, tol: float = 1e-4) -> bool:
         """True if both grids describe the same voxels (within ``tol`` mm / direction cosine)."""
         return (
             self.size == other.size

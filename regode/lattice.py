@@ -30,7 +30,7 @@ class Lattice:
     grid: Grid | None = None
     """the lattice as a grid, when it is one (``B`` = 1): transforms may map it separably."""
 
-    def to(self, device=None, dtype=None) -> "Lattice":
+    def to(self, device=None, dtype=None) -> Lattice:
         return Lattice(self.points.to(device=device, dtype=dtype), self.step.to(device=device, dtype=dtype), self.grid)
 
 

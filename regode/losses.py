@@ -79,7 +79,9 @@ def mattes_mutual_information(a: torch.Tensor, b: torch.Tensor, bins: int = 32) 
     size = bins + 1  # a value of exactly 1 puts a zero weight in bin `bins`: one spare row and column
     taps = torch.arange(4, device=a.device)
     index = ((fa * size + fb)[:, None] + (taps[:, None] * size + taps).reshape(-1)).reshape(-1)
-    joint = torch.zeros(size * size, dtype=a.dtype, device=a.device).index_add(0, index, (wa[:, :, None] * wb[:, None, :]).reshape(-1))
+    joint = torch.zeros(size * size, dtype=a.dtype, device=a.device).index_add(
+        0, index, (wa[:, :, None] * wb[:, None, :]).reshape(-1)
+    )
     joint = joint.reshape(size, size)[:bins, :bins]
     joint = joint / joint.sum()
     pa, pb = joint.sum(1, keepdim=True), joint.sum(0, keepdim=True)
@@ -104,12 +106,20 @@ def box_mean(volume: torch.Tensor, window: int) -> torch.Tensor:
     for axis in (2, 3, 4):
         n = volume.shape[axis]
         sums = volume.cumsum(axis)
-        sums = torch.cat([sums.narrow(axis, window - 1, 1), sums.narrow(axis, window, n - window) - sums.narrow(axis, 0, n - window)], axis)
+        sums = torch.cat(
+            [
+                sums.narrow(axis, window - 1, 1),
+                sums.narrow(axis, window, n - window) - sums.narrow(axis, 0, n - window),
+            ],
+            axis,
+        )
         volume = sums / window
     return volume
 
 
-def local_ncc(a: torch.Tensor, b: torch.Tensor, window: int = 5, keep: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
+def local_ncc(
+    a: torch.Tensor, b: torch.Tensor, window: int = 5, keep: torch.Tensor | None = None, eps: float = 1e-5
+) -> torch.Tensor:
     """Mean squared local normalised cross-correlation (in [0, 1]) of ``[B, 1, d, h, w]``
     volumes over cubic windows of ``window`` points (windows wholly inside the volumes; with
     ``keep``, a boolean ``[B, 1, d, h, w]``, the windows whose centre it keeps)."""
@@ -169,7 +179,7 @@ def bending_energy(mapped: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
     (the non-mixed terms of the bending energy)."""
     lengths = torch.linalg.norm(step, dim=0).to(mapped.dtype)
     terms = []
-    for axis, length in zip((3, 2, 1), lengths):  # i, j, k are tensor dims w, h, d
+    for axis, length in zip((3, 2, 1), lengths, strict=False):  # i, j, k are tensor dims w, h, d
         n = mapped.shape[axis]
         if n < 3:
             continue
@@ -182,7 +192,14 @@ def mind(volume: torch.Tensor, radius: int = 1, dilation: int = 2) -> torch.Tens
     """MIND (Heinrich et al. 2012) with the six-neighbourhood: ``[B, 6, nz, ny, nx]``, each channel
     exp(-D_k / V) normalised to a maximum of 1 per voxel, D_k the patch distance (box of
     ``2 radius + 1``) to the voxel ``dilation`` away along one direction, V the mean of the D_k."""
-    shifts = [(dilation, 0, 0), (-dilation, 0, 0), (0, dilation, 0), (0, -dilation, 0), (0, 0, dilation), (0, 0, -dilation)]
+    shifts = [
+        (dilation, 0, 0),
+        (-dilation, 0, 0),
+        (0, dilation, 0),
+        (0, -dilation, 0),
+        (0, 0, dilation),
+        (0, 0, -dilation),
+    ]
     pad = dilation
     padded = F.pad(volume, (pad,) * 6, mode="replicate")
     nz, ny, nx = volume.shape[2:]

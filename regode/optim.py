@@ -30,7 +30,7 @@ class Adam:
         (b1, b2) = self.betas
         self.count += 1
         correction1, correction2 = 1 - b1**self.count, 1 - b2**self.count
-        for t, scale, mean, square in zip(self.tensors, self.scales, self.means, self.squares):
+        for t, scale, mean, square in zip(self.tensors, self.scales, self.means, self.squares, strict=False):
             if t.grad is None:
                 continue
             mean.mul_(b1).add_(t.grad, alpha=1 - b1)

@@ -57,8 +57,12 @@ def bids_paths(folder: Path, entities: str, source: str, target: str, labels: bo
     ANTs' ``-t 1Warp -t 0GenericAffine``) and its inverse, the images in each other's space, and the
     record (``*_desc-regode.json``, written last)."""
     pair = f"{entities}_from-{source}_to-{target}"
-    names = {"xfm": f"{pair}_mode-image_xfm.h5", "inverse_xfm": f"{entities}_from-{target}_to-{source}_mode-image_xfm.h5",
-             "warped": f"{entities}_space-{target}_{source}.nii.gz", "inverse_warped": f"{entities}_space-{source}_{target}.nii.gz"}
+    names = {
+        "xfm": f"{pair}_mode-image_xfm.h5",
+        "inverse_xfm": f"{entities}_from-{target}_to-{source}_mode-image_xfm.h5",
+        "warped": f"{entities}_space-{target}_{source}.nii.gz",
+        "inverse_warped": f"{entities}_space-{source}_{target}.nii.gz",
+    }
     if labels:
         names["labels"] = f"{entities}_space-{target}_desc-{source}_dseg.nii.gz"
     if qc:
@@ -67,7 +71,9 @@ def bids_paths(folder: Path, entities: str, source: str, target: str, labels: bo
     return {k: Path(folder) / v for k, v in names.items()}
 
 
-def read_inputs(fixed_path, moving_path, moving_labels, paths: dict[str, Path], other_inputs=()) -> tuple[Image, Image, Image | None]:
+def read_inputs(
+    fixed_path, moving_path, moving_labels, paths: dict[str, Path], other_inputs=()
+) -> tuple[Image, Image, Image | None]:
     """Check every output can be written and is none of the inputs (``other_inputs``: transform
     specs, model files), then read the images (one clear error otherwise)."""
     check_outputs(paths.values(), [fixed_path, moving_path, moving_labels, *other_inputs])
@@ -77,18 +83,31 @@ def read_inputs(fixed_path, moving_path, moving_labels, paths: dict[str, Path], 
     if moving_labels is not None:
         labels = read_image(moving_labels, what="moving label image", exact=True)
         if not labels.grid.same_as(moving.grid):
-            raise RegodeError(f"moving label image {moving_labels} is not on the moving image's grid (size, spacing, origin, direction)")
+            raise RegodeError(
+                f"moving label image {moving_labels} is not on the moving image's grid (size, spacing, "
+                f"origin, direction)"
+            )
     return fixed, moving, labels
 
 
 def read_masks(config) -> tuple[Image | None, Image | None]:
     """The run's ``--fixed-mask`` and ``--moving-mask`` images (or None)."""
-    return tuple(read_image(path, what=what) if path else None
-                 for path, what in ((config.fixed_mask, "fixed mask"), (config.moving_mask, "moving mask")))
+    return tuple(
+        read_image(path, what=what) if path else None
+        for path, what in ((config.fixed_mask, "fixed mask"), (config.moving_mask, "moving mask"))
+    )
 
 
-def write_outputs(result: Result, fixed: Image, moving: Image, labels: Image | None, paths: dict[str, Path],
-                  document: dict, inverse_iterations: int = 30, start: float | None = None) -> None:
+def write_outputs(
+    result: Result,
+    fixed: Image,
+    moving: Image,
+    labels: Image | None,
+    paths: dict[str, Path],
+    document: dict,
+    inverse_iterations: int = 30,
+    start: float | None = None,
+) -> None:
     """Write the transforms, the warped images (and labels) and the JSON ``document`` (with the
     result's statistics, and the wall time since ``start`` (``time.perf_counter()``), added)
     under ``paths`` (all in one folder). Each file is written in the background as soon as it is
@@ -105,7 +124,11 @@ def write_outputs(result: Result, fixed: Image, moving: Image, labels: Image | N
             # twice as fast at 1 mm
             work = copy.deepcopy(result.field).float()
             forward = DisplacementField(grid, work.displacement(grid))
-            inverse_work = copy.deepcopy(result.inverse_field).float() if result.inverse_field is not None else work.inverse(inverse_iterations)
+            inverse_work = (
+                copy.deepcopy(result.inverse_field).float()
+                if result.inverse_field is not None
+                else work.inverse(inverse_iterations)
+            )
             inverse = DisplacementField(grid, inverse_work.displacement(grid))
             if "warp" in paths:
                 staged.write(paths["warp"], lambda path: save_transform(forward, path))
@@ -123,7 +146,9 @@ def write_outputs(result: Result, fixed: Image, moving: Image, labels: Image | N
         qc = None
         if "qc" in paths:  # figures and picture made on a thread of their own, while the rest is computed and written
             title = paths["json"].name.rsplit("regode", 1)[0].rstrip("_-")
-            qc = threading.Thread(target=_quality, args=(quality, fixed, moving, warped, result, title), name="regode-qc", daemon=True)
+            qc = threading.Thread(
+                target=_quality, args=(quality, fixed, moving, warped, result, title), name="regode-qc", daemon=True
+            )
             qc.start()
         if labels is not None:
             staged.write(paths["labels"], lambda path: write_image(warped_labels[0], grid, path, labels.dtype))
@@ -131,8 +156,15 @@ def write_outputs(result: Result, fixed: Image, moving: Image, labels: Image | N
         staged.write(paths["inverse_warped"], lambda path: write_image(inverse_warped, moving.grid, path, np.float32))
         result.stats.setdefault("timings_s", {})["outputs"] = time.perf_counter() - t0
 
-        document.update({"outputs": {k: str(v) for k, v in paths.items()}, "torch": torch.__version__,
-                         "threads": torch.get_num_threads(), "machine": platform.platform(), **result.stats})
+        document.update(
+            {
+                "outputs": {k: str(v) for k, v in paths.items()},
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "machine": platform.platform(),
+                **result.stats,
+            }
+        )
         waited = time.perf_counter()
         if qc is not None:
             qc.join()
@@ -160,38 +192,74 @@ def _quality(into: dict, fixed: Image, moving: Image, warped: torch.Tensor, resu
 
 
 def _document(command: str, fixed_path, moving_path, moving_labels, config) -> dict:
-    return {"regode": __version__, "command": command, "fixed": str(fixed_path), "moving": str(moving_path),
-            "moving_labels": str(moving_labels) if moving_labels else None, "config": asdict(config)}
+    return {
+        "regode": __version__,
+        "command": command,
+        "fixed": str(fixed_path),
+        "moving": str(moving_path),
+        "moving_labels": str(moving_labels) if moving_labels else None,
+        "config": asdict(config),
+    }
 
 
-def register_files(fixed_path, moving_path, prefix, config: RegisterConfig, moving_labels=None, qc: bool = True,
-                   models: dict | None = None, paths: dict | None = None, record: dict | None = None) -> dict:
+def register_files(
+    fixed_path,
+    moving_path,
+    prefix,
+    config: RegisterConfig,
+    moving_labels=None,
+    qc: bool = True,
+    models: dict | None = None,
+    paths: dict | None = None,
+    record: dict | None = None,
+) -> dict:
     """``regode register``: read, register with MS-ODENet, and write ANTs-named outputs at the fixed
     image's full resolution (or ``paths``, e.g. :func:`bids_paths`); returns the JSON record
     (with ``record``'s entries, such as each setting's source, added)."""
     start = time.perf_counter()
     paths = paths or output_paths(prefix, not KINDS[config.stages[-1]].linear, moving_labels is not None, qc)
     models = models if models is not None else load_models(config)
-    fixed, moving, labels = read_inputs(fixed_path, moving_path, moving_labels, paths,
-                                        [*config.initial_transform, *(str(p) for _, p in models.values()), config.fixed_mask, config.moving_mask])
+    fixed, moving, labels = read_inputs(
+        fixed_path,
+        moving_path,
+        moving_labels,
+        paths,
+        [*config.initial_transform, *(str(p) for _, p in models.values()), config.fixed_mask, config.moving_mask],
+    )
     masks = read_masks(config)
     read_s = time.perf_counter() - start
     result = register_images(fixed, moving, config, models, masks)
     result.stats["timings_s"]["read"] = read_s
     document = {**_document("register", fixed_path, moving_path, moving_labels, config), **(record or {})}
-    document["models"] = {kind: {"path": str(p), "sha256": file_hash(p), "config": asdict(m.config)} for kind, (m, p) in models.items()}
+    document["models"] = {
+        kind: {"path": str(p), "sha256": file_hash(p), "config": asdict(m.config)} for kind, (m, p) in models.items()
+    }
     write_outputs(result, fixed, moving, labels, paths, document, config.inverse_iterations, start)
     return document
 
 
-def fit_files(fixed_path, moving_path, prefix, config: FitConfig, moving_labels=None, progress: bool = False, qc: bool = True,
-              paths: dict | None = None, record: dict | None = None) -> dict:
+def fit_files(
+    fixed_path,
+    moving_path,
+    prefix,
+    config: FitConfig,
+    moving_labels=None,
+    progress: bool = False,
+    qc: bool = True,
+    paths: dict | None = None,
+    record: dict | None = None,
+) -> dict:
     """``regode fit-field``: read, fit neural fields, and write ANTs-named outputs at the fixed
     image's full resolution; returns the JSON record (with ``record``'s entries added)."""
     start = time.perf_counter()
     paths = paths or output_paths(prefix, True, moving_labels is not None, qc)
-    fixed, moving, labels = read_inputs(fixed_path, moving_path, moving_labels, paths,
-                                        [*config.initial_transform, config.encoder, config.fixed_mask, config.moving_mask])
+    fixed, moving, labels = read_inputs(
+        fixed_path,
+        moving_path,
+        moving_labels,
+        paths,
+        [*config.initial_transform, config.encoder, config.fixed_mask, config.moving_mask],
+    )
     masks = read_masks(config)
     read_s = time.perf_counter() - start
     result = fit_images(fixed, moving, config, progress, masks)

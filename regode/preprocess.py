@@ -27,13 +27,13 @@ def blur(volume: torch.Tensor, sigmas) -> torch.Tensor:
     radii = [max(1, int(np.ceil(3 * sigma))) for sigma in sigmas]
     if volume.device.type == "cpu" and not (volume.requires_grad and torch.is_grad_enabled()):
         out = volume.detach().reshape(-1, *volume.shape[2:]).numpy().copy()
-        for axis, (sigma, radius) in enumerate(zip(sigmas, radii)):
+        for axis, (sigma, radius) in enumerate(zip(sigmas, radii, strict=False)):
             if sigma >= 0.1:  # x is the last array axis
                 ndimage.gaussian_filter1d(out, sigma, axis=3 - axis, mode="nearest", radius=radius, output=out)
         return torch.from_numpy(out).reshape(volume.shape)
     b, c = volume.shape[:2]
     out = volume.reshape(b * c, 1, *volume.shape[2:])
-    for axis, (sigma, radius) in enumerate(zip(sigmas, radii)):
+    for axis, (sigma, radius) in enumerate(zip(sigmas, radii, strict=False)):
         if sigma < 0.1:
             continue
         x = torch.arange(-radius, radius + 1, dtype=volume.dtype, device=volume.device)
@@ -69,11 +69,16 @@ def normalise(volume: torch.Tensor, low: float = 0.5, high: float = 99.5) -> tor
 def to_grid(image, grid: Grid) -> torch.Tensor:
     """``image`` (an :class:`~regode.io.Image`) resampled onto ``grid`` (world LPS, linear), smoothed
     first along every axis the new grid samples more coarsely, and normalised to [0, 1]."""
-    sigmas = [0.5 * (new / old) if new > old * 1.01 else 0.0 for old, new in zip(image.grid.spacing, grid.spacing)]
+    sigmas = [
+        0.5 * (new / old) if new > old * 1.01 else 0.0
+        for old, new in zip(image.grid.spacing, grid.spacing, strict=False)
+    ]
     smoothed = blur(image.data, sigmas)
     if grid.parallel_to(image.grid):  # the usual case (Grid.with_spacing): three one-dimensional interpolations
         return normalise(sample_on_grid(smoothed.float(), image.grid, grid))
-    return normalise(resample(smoothed, image.grid, grid, Compose([])))  # slab by slab: no world point per voxel at once
+    return normalise(
+        resample(smoothed, image.grid, grid, Compose([]))
+    )  # slab by slab: no world point per voxel at once
 
 
 FOREGROUND = 0.05
@@ -173,5 +178,7 @@ def working_mask(mask, grid: Grid, device) -> torch.Tensor | None:
         return None
     inside = (resample((mask.data[:, :1] != 0).float(), mask.grid, grid, Compose([])) > 0.5).float()
     if not bool(inside.any()):
-        raise RegodeError(f"mask {mask.path or ''} has no voxel inside its image's field of view (empty, or in another space)")
+        raise RegodeError(
+            f"mask {mask.path or ''} has no voxel inside its image's field of view (empty, or in another space)"
+        )
     return inside.to(device)

@@ -41,7 +41,9 @@ def figures(fixed: np.ndarray, before: np.ndarray, after: np.ndarray, grid: Grid
     out = {}
     for name, moved in (("before", before), ("after", after)):
         m = moved[head][::step]
-        out[f"mi_{name}"] = float(mattes_mutual_information(torch.from_numpy(m)[None, None], torch.from_numpy(f)[None, None]))
+        out[f"mi_{name}"] = float(
+            mattes_mutual_information(torch.from_numpy(m)[None, None], torch.from_numpy(f)[None, None])
+        )
         fc, mc = f - f.mean(), m - m.mean()
         out[f"ncc_{name}"] = float((fc * mc).sum() / max(np.sqrt((fc**2).sum() * (mc**2).sum()), 1e-12))
         moved_head = head_mask(moved)
@@ -53,8 +55,11 @@ def figures(fixed: np.ndarray, before: np.ndarray, after: np.ndarray, grid: Grid
         on_field = resample(torch.from_numpy(fixed)[None, None], grid, result.field.grid, Compose([]))[0, 0].numpy()
         field_head = head_mask(on_field)
         region = det[field_head] if field_head.any() else det.ravel()
-        out.update(jacobian_min=float(region.min()), jacobian_max=float(region.max()),
-                   folding_pct=float(100 * (region <= 0).mean()))
+        out.update(
+            jacobian_min=float(region.min()),
+            jacobian_max=float(region.max()),
+            folding_pct=float(100 * (region <= 0).mean()),
+        )
     return out
 
 
@@ -71,9 +76,13 @@ def picture(fixed: np.ndarray, before: np.ndarray, after: np.ndarray, grid: Grid
     from matplotlib.figure import Figure
 
     head = head_mask(fixed)
-    k, j, i = (np.argwhere(head).mean(0).round().astype(int) if head.any() else np.array(fixed.shape) // 2)
+    k, j, i = np.argwhere(head).mean(0).round().astype(int) if head.any() else np.array(fixed.shape) // 2
     sx, sy, sz = grid.spacing
-    planes = [("axial", lambda v: v[k], sy / sx), ("coronal", lambda v: v[:, j], sz / sx), ("sagittal", lambda v: v[:, :, i], sz / sy)]
+    planes = [
+        ("axial", lambda v: v[k], sy / sx),
+        ("coronal", lambda v: v[:, j], sz / sx),
+        ("sagittal", lambda v: v[:, :, i], sz / sy),
+    ]
     fig = Figure(figsize=(9, 6.2), facecolor="black")
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, 3)
@@ -83,7 +92,13 @@ def picture(fixed: np.ndarray, before: np.ndarray, after: np.ndarray, grid: Grid
             ax = axes[row, col]
             ax.imshow(cut(fixed), cmap="gray", origin="lower", aspect=aspect, vmin=0, vmax=1)
             if cut(edges).any():
-                ax.contour(cut(edges), levels=[0.5], colors=["#ff4d4d" if row == 0 else "#38d9a9"], linewidths=0.6, origin="lower")
+                ax.contour(
+                    cut(edges),
+                    levels=[0.5],
+                    colors=["#ff4d4d" if row == 0 else "#38d9a9"],
+                    linewidths=0.6,
+                    origin="lower",
+                )
             ax.set_title(f"{label}: {name}", color="white", fontsize=9)
             ax.axis("off")
     if title:
@@ -104,14 +119,28 @@ def _edges(volume: np.ndarray) -> np.ndarray:
     return (magnitude > level).astype(np.float32)
 
 
-def assess(fixed_data: torch.Tensor, moving_data: torch.Tensor, warped: torch.Tensor, fixed_grid: Grid, moving_grid: Grid,
-           result: Result, title: str = ""):
+def assess(
+    fixed_data: torch.Tensor,
+    moving_data: torch.Tensor,
+    warped: torch.Tensor,
+    fixed_grid: Grid,
+    moving_grid: Grid,
+    result: Result,
+    title: str = "",
+):
     """The figures of a registration, and a function that renders its picture (PNG bytes), from the
     images as read and the warped moving image (all ``[1, 1, ...]``), on the fixed grid at
     :data:`QC_SPACING`. "Before" is the moving image resampled onto it by the identity (world space)."""
-    grid = fixed_grid.with_spacing(np.maximum(fixed_grid.spacing, QC_SPACING)) if min(fixed_grid.spacing) < QC_SPACING else fixed_grid
+    grid = (
+        fixed_grid.with_spacing(np.maximum(fixed_grid.spacing, QC_SPACING))
+        if min(fixed_grid.spacing) < QC_SPACING
+        else fixed_grid
+    )
     identity = Compose([])
-    volumes = (resample(fixed_data, fixed_grid, grid, identity), resample(moving_data, moving_grid, grid, identity),
-               resample(warped, fixed_grid, grid, identity))
+    volumes = (
+        resample(fixed_data, fixed_grid, grid, identity),
+        resample(moving_data, moving_grid, grid, identity),
+        resample(warped, fixed_grid, grid, identity),
+    )
     fixed, before, after = (normalise(v)[0, 0].numpy() for v in volumes)
     return figures(fixed, before, after, grid, result), lambda: picture(fixed, before, after, grid, title)

@@ -20,7 +20,9 @@ def right_jacobian_inverse(rotvec: torch.Tensor) -> torch.Tensor:
     k = skew(rotvec)
     small = angle < 1e-3
     safe = torch.where(small, torch.ones_like(angle), angle)
-    coef = torch.where(small, 1 / 12 + angle**2 / 720, 1 / safe**2 - (1 + torch.cos(safe)) / (2 * safe * torch.sin(safe)))
+    coef = torch.where(
+        small, 1 / 12 + angle**2 / 720, 1 / safe**2 - (1 + torch.cos(safe)) / (2 * safe * torch.sin(safe))
+    )
     return torch.eye(3, dtype=rotvec.dtype, device=rotvec.device) + 0.5 * k + coef * (k @ k)
 
 

@@ -19,7 +19,9 @@ from .grid import Grid
 
 
 @functools.lru_cache(maxsize=256)
-def _world_to_normalised(grid: Grid, dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _world_to_normalised(
+    grid: Grid, dtype: torch.dtype, device: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(matrix, offset, buffer limit) of ``grid``'s world -> normalised map, cached: optimisation
     loops sample the same grids thousands of times."""
     m = torch.as_tensor(grid.matrix("world", "normalised"), dtype=dtype, device=device)
@@ -129,8 +131,9 @@ def sample_on_grid(volume: torch.Tensor, grid: Grid, target: Grid, padding: floa
     return torch.where(mask, values, torch.as_tensor(padding, dtype=values.dtype, device=values.device))
 
 
-def sample_labels(volume: torch.Tensor, grid: Grid, points: torch.Tensor, padding: float = 0.0,
-                  cells: torch.Tensor | None = None) -> torch.Tensor:
+def sample_labels(
+    volume: torch.Tensor, grid: Grid, points: torch.Tensor, padding: float = 0.0, cells: torch.Tensor | None = None
+) -> torch.Tensor:
     """Label-preserving interpolation (ITK/ANTs GenericLabel with a linear kernel).
 
     Every label among the 8 voxels around a point gets the sum of the trilinear weights of the
@@ -154,7 +157,10 @@ def sample_labels(volume: torch.Tensor, grid: Grid, points: torch.Tensor, paddin
     mixed = ~torch.gather(cells.expand(batch, -1), 1, base_lin)
     if bool(mixed.any()):
         rows = torch.arange(batch, device=points.device)[:, None].expand_as(mixed)[mixed]
-        cell, frac = base.expand(batch, -1, -1)[mixed], (index.expand(batch, -1, -1)[mixed] - base.expand(batch, -1, -1)[mixed]).to(torch.float32)
+        cell, frac = (
+            base.expand(batch, -1, -1)[mixed],
+            (index.expand(batch, -1, -1)[mixed] - base.expand(batch, -1, -1)[mixed]).to(torch.float32),
+        )
         corner_labels, corner_weights = [], []
         for dz in (0, 1):
             for dy in (0, 1):

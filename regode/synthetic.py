@@ -101,7 +101,9 @@ def random_head(grid: Grid, gen: torch.Generator) -> torch.Tensor:
     return torch.where(r > 1, torch.zeros_like(labels), labels)
 
 
-def render_contrast(labels: torch.Tensor, grid: Grid, gen: torch.Generator, means: torch.Tensor | None = None) -> torch.Tensor:
+def render_contrast(
+    labels: torch.Tensor, grid: Grid, gen: torch.Generator, means: torch.Tensor | None = None
+) -> torch.Tensor:
     """One random MRI-like contrast of a label map: a random intensity per label (background dark;
     or the given ``means`` per label), partial-volume blur, thick slices along a random axis, a
     smooth bias field, noise and a gamma change, normalised as ``regode register`` normalises its
@@ -114,8 +116,14 @@ def render_contrast(labels: torch.Tensor, grid: Grid, gen: torch.Generator, mean
     return normalise(acquire(image, grid, gen))
 
 
-def acquire(image: torch.Tensor, grid: Grid, gen: torch.Generator, blur_max: float = 1.0, thick_max: float = 2.0,
-            bias_max: float = 0.2) -> torch.Tensor:
+def acquire(
+    image: torch.Tensor,
+    grid: Grid,
+    gen: torch.Generator,
+    blur_max: float = 1.0,
+    thick_max: float = 2.0,
+    bias_max: float = 0.2,
+) -> torch.Tensor:
     """What a scanner does to an ideal image (voxels of ``grid``): a blur of U(0.3, ``blur_max``)
     voxels, thicker slices (up to ``thick_max``) along one random axis, a smooth bias field of up
     to ``bias_max`` (log), noise and a gamma change, drawn from ``gen``."""

@@ -13,8 +13,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 
@@ -46,8 +47,16 @@ class Run(Protocol):
         """Anything to write after a validation (e.g. sample pictures)."""
 
 
-def train(build: Callable[[object], Run], config, out, fmt: str, what: str, resume: bool = False,
-          progress: bool = True, steps: int | None = None) -> dict:
+def train(
+    build: Callable[[object], Run],
+    config,
+    out,
+    fmt: str,
+    what: str,
+    resume: bool = False,
+    progress: bool = True,
+    steps: int | None = None,
+) -> dict:
     """Train ``build(config)`` (or resume the run writing ``out`` with its saved config, ``steps``
     replacing its number of steps if given) and write ``out`` and ``out.ckpt`` in checkpoint format
     ``fmt``; returns the steps, seconds and validation history."""

@@ -35,7 +35,7 @@ class Transform(nn.Module):
 
     is_linear = False
 
-    def inverse(self) -> "Transform":
+    def inverse(self) -> Transform:
         raise NotImplementedError
 
     def displacement(self, grid: Grid) -> torch.Tensor:
@@ -109,7 +109,7 @@ class Linear(Transform):
         moved = flat @ a.transpose(-1, -2) + o[:, None, :]
         return moved.reshape(max(a.shape[0], points.shape[0]), *points.shape[1:])
 
-    def inverse(self) -> "Affine":
+    def inverse(self) -> Affine:
         inv = torch.linalg.inv(self.matrix)
         return Affine(inv, -(inv @ self.translation[..., None])[..., 0], self.center)
 
@@ -117,7 +117,9 @@ class Linear(Transform):
 class Affine(Linear):
     """General affine (12 dof): ``matrix [B, 3, 3]``, ``translation [B, 3]`` mm, ``center [B, 3]`` mm."""
 
-    def __init__(self, matrix: torch.Tensor, translation: torch.Tensor | None = None, center: torch.Tensor | None = None):
+    def __init__(
+        self, matrix: torch.Tensor, translation: torch.Tensor | None = None, center: torch.Tensor | None = None
+    ):
         super().__init__()
         if not isinstance(matrix, nn.Parameter):  # a Parameter (fitted per pair) is kept as it is
             matrix = torch.as_tensor(matrix)
@@ -195,7 +197,7 @@ class DisplacementField(Transform):
         points = grid.world_points(dtype=dtype, device=self.field.device, slab=slab)[None]
         return points + self.field[:, :, slab].movedim(1, -1).to(dtype)
 
-    def inverse(self, iterations: int = 30, tolerance: float = 1e-3) -> "DisplacementField":
+    def inverse(self, iterations: int = 30, tolerance: float = 1e-3) -> DisplacementField:
         """Numerical inverse on the same grid by fixed-point iteration ``v(y) = -u(y + v(y))``: at
         most ``iterations`` steps, fewer once no point moves more than ``tolerance`` mm in a step
         (the error shrinks by the field's Lipschitz constant, well below 1, at every step). Beyond
@@ -323,9 +325,15 @@ class BSpline(Transform):
         mats = cls._axis_weights(control_grid, grid, field.dtype, field.device)
         if mats is None:
             with torch.enable_grad():
-                zero = torch.zeros(field.shape[0], 3, *control_grid.shape, dtype=field.dtype, device=field.device, requires_grad=True)
-                (total,) = torch.autograd.grad(cls(control_grid, zero).displacement(grid), zero, grad_outputs=field,
-                                               create_graph=field.requires_grad)
+                zero = torch.zeros(
+                    field.shape[0], 3, *control_grid.shape, dtype=field.dtype, device=field.device, requires_grad=True
+                )
+                (total,) = torch.autograd.grad(
+                    cls(control_grid, zero).displacement(grid),
+                    zero,
+                    grad_outputs=field,
+                    create_graph=field.requires_grad,
+                )
             return total
         wx, wy, wz = mats
         out = torch.einsum("zk,bczyx->bckyx", wz, field)
@@ -365,7 +373,7 @@ class Compose(Transform):
             points = t(points)
         return points
 
-    def inverse(self) -> "Compose":
+    def inverse(self) -> Compose:
         return Compose([t.inverse() for t in reversed(self.transforms)])
 
     def as_affine(self) -> Affine:

@@ -20,7 +20,7 @@ def _nearest(volume, grid, points, padding):
     return sample(volume, grid, points, "nearest", padding)
 
 
-INTERPOLATORS = dict(zip(INTERPOLATIONS, (_linear, _nearest, sample_labels, sample_bspline)))
+INTERPOLATORS = dict(zip(INTERPOLATIONS, (_linear, _nearest, sample_labels, sample_bspline), strict=False))
 """Interpolator name -> ``f(volume, grid, points, padding)``; ANTs' Linear, NearestNeighbor,
 GenericLabel and BSpline."""
 
@@ -54,8 +54,9 @@ def resample(
 
 
 @torch.no_grad()
-def resample_many(volumes: list, grid: Grid, reference: Grid, transform: Transform, padding: float = 0.0,
-                  slab_voxels: int = 1 << 20) -> list[torch.Tensor]:
+def resample_many(
+    volumes: list, grid: Grid, reference: Grid, transform: Transform, padding: float = 0.0, slab_voxels: int = 1 << 20
+) -> list[torch.Tensor]:
     """:func:`resample` of several ``(volume, interp)`` pairs on the same ``grid`` (an image and its
     labels) through one transform: the mapped points are computed once per slab for all of them."""
     samplers = []
@@ -71,10 +72,14 @@ def resample_many(volumes: list, grid: Grid, reference: Grid, transform: Transfo
     nz, ny, nx = reference.shape
     step = nz if whole else max(1, slab_voxels // (ny * nx))
     # labels and nearest neighbours keep their volume's precision (exact wide labels in float64)
-    outs = [torch.empty(1, volume.shape[1], nz, ny, nx, dtype=volume.dtype if interp in ("label", "nearest") else torch.float32)
-            for volume, interp in volumes]
+    outs = [
+        torch.empty(
+            1, volume.shape[1], nz, ny, nx, dtype=volume.dtype if interp in ("label", "nearest") else torch.float32
+        )
+        for volume, interp in volumes
+    ]
     for k in range(0, nz, step):
         moved = transform.map_grid(reference, slice(k, k + step), dtype)
-        for out, (volume, _), sampler in zip(outs, volumes, samplers):
+        for out, (volume, _), sampler in zip(outs, volumes, samplers, strict=False):
             out[:, :, k : k + step] = sampler(volume, grid, moved, padding).to(out.dtype)
     return outs

@@ -50,6 +50,12 @@ def slab_pair(shift_headers_mm: float, direction: tuple):
     moving = resample(render(labels, grid, 2), grid, slab, truth.inverse())
     origin = np.asarray(slab.origin) + np.array([shift_headers_mm, 0.0, 0.0])
     moved = Grid(slab.size, slab.spacing, tuple(origin), slab.direction)
-    header = Affine(torch.eye(3, dtype=torch.float64)[None], torch.tensor([[shift_headers_mm, 0.0, 0.0]], dtype=torch.float64))
-    return (Image(render(labels, grid, 1).float(), grid, np.dtype(np.float32)), Image(moving.float(), moved, np.dtype(np.float32)),
-            Compose([header, truth]), grid)
+    header = Affine(
+        torch.eye(3, dtype=torch.float64)[None], torch.tensor([[shift_headers_mm, 0.0, 0.0]], dtype=torch.float64)
+    )
+    return (
+        Image(render(labels, grid, 1).float(), grid, np.dtype(np.float32)),
+        Image(moving.float(), moved, np.dtype(np.float32)),
+        Compose([header, truth]),
+        grid,
+    )

@@ -74,7 +74,9 @@ def _known_affine(grid_center) -> Affine:
     shear = torch.eye(3, dtype=torch.float64)
     shear[0, 1], shear[1, 2] = 0.08, -0.06
     matrix = rotation @ shear @ torch.diag(torch.tensor([1.1, 0.92, 1.05], dtype=torch.float64))
-    return Affine(matrix[None], torch.tensor([[5.0, -4.0, 3.0]], dtype=torch.float64), torch.as_tensor(grid_center)[None])
+    return Affine(
+        matrix[None], torch.tensor([[5.0, -4.0, 3.0]], dtype=torch.float64), torch.as_tensor(grid_center)[None]
+    )
 
 
 def test_register_affine_recovers_scale_shear_rotation_and_shift(tmp_path):
@@ -84,12 +86,27 @@ def test_register_affine_recovers_scale_shear_rotation_and_shift(tmp_path):
     grid = Grid((96, 100, 56), (1.5, 1.25, 2.5), (-70.0, -62.0, -70.0), OBLIQUE)
     truth = _known_affine(grid.center)
     _phantom(tmp_path, truth)
-    pts = torch.as_tensor(grid.center)[None, None] + torch.randn(1, 300, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 30
+    pts = (
+        torch.as_tensor(grid.center)[None, None]
+        + torch.randn(1, 300, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 30
+    )
     errors = {}
     for model in ("affine", "rigid"):
         out = str(tmp_path / f"{model}_")
-        result = runner.invoke(app, ["register", "-f", str(tmp_path / "f.nii.gz"), "-m", str(tmp_path / "m.nii.gz"), "-o", out,
-                                     "--model", model])
+        result = runner.invoke(
+            app,
+            [
+                "register",
+                "-f",
+                str(tmp_path / "f.nii.gz"),
+                "-m",
+                str(tmp_path / "m.nii.gz"),
+                "-o",
+                out,
+                "--model",
+                model,
+            ],
+        )
         assert result.exit_code == 0, result.output
         found = load_transform(out + "0GenericAffine.mat")
         errors[model] = float((found(pts) - truth(pts)).norm(dim=-1).square().mean().sqrt())
@@ -117,15 +134,32 @@ def test_label_warping_through_the_cascades_stays_exact(tmp_path, cascade):
     sitk.WriteImage(wide, str(tmp_path / "wide.nii.gz"))
     values = set(np.unique(sitk.GetArrayFromImage(wide)).tolist())
     out = str(tmp_path / "c_")
-    args = ["register", "-f", str(tmp_path / "f.nii.gz"), "-m", str(tmp_path / "m.nii.gz"), "-o", out, "--model", cascade,
-            "--checkpoint", _untrained("affine", tmp_path / "affine.pt"), "--moving-labels", str(tmp_path / "wide.nii.gz")]
+    args = [
+        "register",
+        "-f",
+        str(tmp_path / "f.nii.gz"),
+        "-m",
+        str(tmp_path / "m.nii.gz"),
+        "-o",
+        out,
+        "--model",
+        cascade,
+        "--checkpoint",
+        _untrained("affine", tmp_path / "affine.pt"),
+        "--moving-labels",
+        str(tmp_path / "wide.nii.gz"),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     warped = sitk.GetArrayFromImage(sitk.ReadImage(out + "WarpedLabels.nii.gz"))
     assert set(np.unique(warped).tolist()) <= values and len(np.unique(warped)) > 5
     fixed = sitk.ReadImage(str(tmp_path / "f.nii.gz"))
-    chain = sitk.CompositeTransform([sitk.ReadTransform(out + "0GenericAffine.mat"),
-                                     sitk.DisplacementFieldTransform(sitk.ReadImage(out + "1Warp.nii.gz", sitk.sitkVectorFloat64))])
+    chain = sitk.CompositeTransform(
+        [
+            sitk.ReadTransform(out + "0GenericAffine.mat"),
+            sitk.DisplacementFieldTransform(sitk.ReadImage(out + "1Warp.nii.gz", sitk.sitkVectorFloat64)),
+        ]
+    )
     nearest = sitk.GetArrayFromImage(sitk.Resample(wide, fixed, chain, sitk.sitkNearestNeighbor, 0, sitk.sitkInt32))
     inside = nearest > 0
     assert (warped[inside] == nearest[inside]).mean() > 0.9
@@ -139,9 +173,9 @@ def test_affine_polish_keeps_the_candidate_with_the_higher_local_ncc(tmp_path):
     from dataclasses import replace
 
     from regode.io import read_image
-    from regode.odenet.config import PolishConfig
     from regode.odenet.model import pyramid
     from regode.odenet.polish import polish_affine, polish_affine_chosen
+    from regode.odenet.registry import KINDS
     from regode.preprocess import working_image
 
     grid = Grid((64, 64, 48), (2.0, 2.0, 2.0), (-64.0, -64.0, -48.0), OBLIQUE)
@@ -153,16 +187,20 @@ def test_affine_polish_keeps_the_candidate_with_the_higher_local_ncc(tmp_path):
         levels.append(pyramid(volume, g, 2))
     start = Affine(torch.eye(3, dtype=torch.float64)[None], torch.zeros(1, 3, dtype=torch.float64))
     center = torch.as_tensor(grid.center)
-    chosen, record = polish_affine_chosen(*levels, start, center, PolishConfig(), 0)
+    chosen, record = polish_affine_chosen(*levels, start, center, KINDS["affine"].polish, 0)
     choice = record["similarity_choice"]
     winner = "ncc" if choice["ncc_local_ncc"] > choice["mi_local_ncc"] else "mi"
     assert choice["chosen"] == winner and choice["mi_local_ncc"] != choice["ncc_local_ncc"]
-    again, _ = polish_affine(*levels, start, center, PolishConfig(), 0, metric=winner)
+    again, _ = polish_affine(*levels, start, center, KINDS["affine"].polish, 0, metric=winner)
     assert torch.allclose(chosen.homogeneous(), again.homogeneous())
-    other, _ = polish_affine(*levels, start, center, PolishConfig(), 0, metric="mi" if winner == "ncc" else "ncc")
+    other, _ = polish_affine(
+        *levels, start, center, KINDS["affine"].polish, 0, metric="mi" if winner == "ncc" else "ncc"
+    )
     assert not torch.allclose(chosen.homogeneous(), other.homogeneous())
-    alone, record = polish_affine_chosen(*levels, start, center, replace(PolishConfig(), affine_ncc_candidate=False), 0)
-    mi, _ = polish_affine(*levels, start, center, PolishConfig(), 0)
+    alone, record = polish_affine_chosen(
+        *levels, start, center, replace(KINDS["affine"].polish, ncc_candidate=False), 0
+    )
+    mi, _ = polish_affine(*levels, start, center, KINDS["affine"].polish, 0)
     assert "similarity_choice" not in record and torch.allclose(alone.homogeneous(), mi.homogeneous())
 
 
@@ -175,7 +213,10 @@ def test_affine_first_models_judge_the_headers_start_after_the_affine_stage(monk
     from regode import alignment, api
 
     fixed, moving, truth, grid = slab_pair(headers_off_mm, OBLIQUE)
-    pts = torch.as_tensor(grid.center)[None, None] + torch.randn(1, 300, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 25
+    pts = (
+        torch.as_tensor(grid.center)[None, None]
+        + torch.randn(1, 300, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 25
+    )
 
     def error(result):
         return float((result.transform(pts) - truth(pts)).norm(dim=-1).square().mean().sqrt())

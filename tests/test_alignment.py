@@ -169,7 +169,9 @@ def _polish(fixed, moving, start, seed=0, grid=GRID):
     from regode.odenet.model import pyramid
     from regode.odenet.polish import polish_rigid
 
-    return polish_rigid(pyramid(fixed, grid, 2), pyramid(moving, grid, 2), start, torch.as_tensor(grid.center), seed=seed)
+    return polish_rigid(
+        pyramid(fixed, grid, 2), pyramid(moving, grid, 2), start, torch.as_tensor(grid.center), seed=seed
+    )
 
 
 def test_polish_lands_on_the_truth_across_contrasts():
@@ -179,7 +181,10 @@ def test_polish_lands_on_the_truth_across_contrasts():
     start = _centres_of_mass(fixed, GRID, moving, GRID)
     found, record = _polish(fixed, moving, start)
     assert _error_mm(start, truth) > 8.0 and _error_mm(found, truth) < 1.0
-    assert record["iterations"] == 60 and record["stages"][-1]["history"][-1]["similarity"] < record["stages"][0]["history"][0]["similarity"]
+    assert (
+        record["iterations"] == 60
+        and record["stages"][-1]["history"][-1]["similarity"] < record["stages"][0]["history"][0]["similarity"]
+    )
     assert abs(float(torch.det(found.matrix[0])) - 1) < 1e-9  # still rigid
 
 
@@ -212,20 +217,27 @@ def test_bspline_polish_undoes_a_deformation_across_contrasts():
     labels = phantom_labels(GRID, 12, 4)
     truth = random_bspline(GRID, 40.0, 8.0, seed=3)
     fixed = normalise(render(labels, GRID, 1).float())
-    moving = normalise(resample(render(labels, GRID, 2), GRID, GRID, truth.inverse(GRID)).float())  # fixed -> moving is truth
+    moving = normalise(
+        resample(render(labels, GRID, 2), GRID, GRID, truth.inverse(GRID)).float()
+    )  # fixed -> moving is truth
     identity = Affine(torch.eye(3, dtype=torch.float64))
     control = BSpline.control_grid_for(GRID, 20.0)
     start = BSpline(control, torch.zeros(1, 3, *control.shape, dtype=torch.float64))
     found, record = polish_bspline(pyramid(fixed, GRID, 2), pyramid(moving, GRID, 2), identity, start)
     head = fixed[0, 0].numpy() > 0.1
-    error = lambda t: float(np.sqrt(((t.displacement(GRID) - truth.displacement(GRID))[0].numpy() ** 2).sum(0)[head].mean()))  # noqa: E731
+
+    def error(t):
+        return float(np.sqrt(((t.displacement(GRID) - truth.displacement(GRID))[0].numpy() ** 2).sum(0)[head].mean()))  # noqa: E731
+
     assert error(found) < 0.75 * error(start)  # 3.8 -> 2.7 mm; flat label interiors do not show motion
     points = GRID.world_points(torch.float64)[None]
     from regode.lattice import lattice_step
     from regode.losses import lattice_jacobian
 
     det = torch.linalg.det(lattice_jacobian(found(points), lattice_step(GRID, 1).double()))
-    assert float(det.min()) > 0 and record["iterations"] == 30 and record["step_mm"] == 0.4  # PolishConfig.deformable, bspline_step
+    assert (
+        float(det.min()) > 0 and record["iterations"] == 30 and record["step_mm"] == 0.4
+    )  # the bspline kind's polish schedule
 
 
 def test_dense_polish_corrects_a_displacement_field():
@@ -249,7 +261,10 @@ def test_dense_polish_corrects_a_displacement_field():
     half = DisplacementField(GRID, 0.5 * true_field)
     found, record = polish_dense(*images, identity, half)
     assert isinstance(found, DisplacementField) and found.grid.same_as(GRID)
-    assert error(found) < 0.8 * error(half) and record["stages"][0]["history"][-1]["similarity"] < record["stages"][0]["history"][0]["similarity"]
+    assert (
+        error(found) < 0.8 * error(half)
+        and record["stages"][0]["history"][-1]["similarity"] < record["stages"][0]["history"][0]["similarity"]
+    )
     kept, _ = polish_dense(*images, identity, DisplacementField(GRID, true_field.clone()))
     assert error(kept) < 1.0  # from zero the same polish ends near 3 mm
 

@@ -58,16 +58,55 @@ def test_inter_subject_truth_maps_one_subject_onto_the_other():
     assert float(displacement.norm(dim=1).max()) > 2 and after < 0.6 * before
     moved = points.double() + displacement.movedim(1, -1).double()
     gap = (moving.to_template(moved) - fixed.to_template(points.double())).norm(dim=-1)[0]
-    assert float(gap[fixed.probs[0, 1:4].sum(0) > 0.5].max()) < 0.3  # in the brain (the flows stop at the grid's border)
+    assert (
+        float(gap[fixed.probs[0, 1:4].sum(0) > 0.5].max()) < 0.3
+    )  # in the brain (the flows stop at the grid's border)
 
 
 def test_train_on_the_brain_generator(tmp_path):
     out = tmp_path / "a.pt"
-    result = CliRunner().invoke(app, ["train", "--model", "affine", "--generator", "brain", "--out", str(out), "--steps", "2",
-                                      "--size", "24", "--spacing", "6", "--levels", "2", "--width", "4", "--validate-every", "2",
-                                      "--checkpoint-every", "1", "-q"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--model",
+            "affine",
+            "--generator",
+            "brain",
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--size",
+            "24",
+            "--spacing",
+            "6",
+            "--levels",
+            "2",
+            "--width",
+            "4",
+            "--validate-every",
+            "2",
+            "--checkpoint-every",
+            "1",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     doc = torch.load(out, weights_only=True)
     assert doc["train_config"]["generator"] == "brain" and doc["step"] == 2
-    refused = CliRunner().invoke(app, ["train", "--model", "affine", "--generator", "brain", "--data", str(tmp_path), "--out", str(tmp_path / "b.pt")])
+    refused = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--model",
+            "affine",
+            "--generator",
+            "brain",
+            "--data",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "b.pt"),
+        ],
+    )
     assert refused.exit_code != 0 and "not both" in refused.output

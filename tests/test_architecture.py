@@ -15,7 +15,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "regode"
 METHODS = ("regode.odenet", "regode.nir", "regode.encoder")
-APPLICATIONS = ("regode.pipeline", "regode.api", "regode.qc", "regode.bench", "regode.cohort", "regode.cli", "regode.demo")
+APPLICATIONS = (
+    "regode.pipeline",
+    "regode.api",
+    "regode.qc",
+    "regode.bench",
+    "regode.cohort",
+    "regode.cli",
+    "regode.demo",
+)
 MAX_FILE_LINES, MAX_FUNCTION_LINES = 400, 80
 
 
@@ -107,7 +115,9 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_dependencies_point_down(module):
     """A core module imports only core modules; a method package no application."""
-    assert not upward(module, GRAPH[module]), f"{module} (layer {layer(module)}) imports {upward(module, GRAPH[module])}"
+    assert not upward(module, GRAPH[module]), (
+        f"{module} (layer {layer(module)}) imports {upward(module, GRAPH[module])}"
+    )
 
 
 def test_no_import_cycle():
@@ -140,7 +150,10 @@ def test_torch_free_configs_keep_help_instant():
     import sys
 
     code = "import sys, regode.cli; print('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        == "False"
+    )
 
 
 def test_benchmark_scripts_import_what_exists():
@@ -155,5 +168,6 @@ def test_benchmark_scripts_import_what_exists():
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("regode"):
                 module = importlib.import_module(node.module)
                 for alias in node.names:
-                    assert hasattr(module, alias.name) or importlib.util.find_spec(f"{node.module}.{alias.name}"), \
+                    assert hasattr(module, alias.name) or importlib.util.find_spec(f"{node.module}.{alias.name}"), (
                         f"{script.name}: {node.module} has no {alias.name}"
+                    )

@@ -123,6 +123,7 @@ def test_deformable_motion_is_invertible_enough():
 @pytest.fixture
 def dataset(tmp_path):
     """Two subjects, t1 and t2 renderings of one label map each; labels only when asked."""
+
     def make(with_labels: bool):
         root = tmp_path / ("labelled" if with_labels else "plain")
         for s in range(2):
@@ -134,13 +135,31 @@ def dataset(tmp_path):
             if with_labels:
                 write_image(labels, grid, root / f"sub{s}" / "seg.nii.gz", np.uint8)
         return root
+
     return make
 
 
 def test_bench_without_labels_reports_intensity_and_transform_metrics(dataset, tmp_path):
     root = dataset(False)
-    result = CliRunner().invoke(app, ["bench", "--data", str(root), "--task", "rigid", "--methods", "identity",
-                                      "--pairs", "2", "--resolution", "4", "-q", "--out", str(tmp_path / "res")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--data",
+            str(root),
+            "--task",
+            "rigid",
+            "--methods",
+            "identity",
+            "--pairs",
+            "2",
+            "--resolution",
+            "4",
+            "-q",
+            "--out",
+            str(tmp_path / "res"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     doc = json.loads((tmp_path / "res.json").read_text())
     stats = doc["summary"]["identity"]
@@ -154,8 +173,25 @@ def test_bench_without_labels_reports_intensity_and_transform_metrics(dataset, t
 def test_bench_with_labels_and_inter_subject(dataset, tmp_path):
     root = dataset(True)
     for task in ("deformable", "inter-subject"):
-        result = CliRunner().invoke(app, ["bench", "--data", str(root), "--task", task, "--methods", "identity",
-                                          "--pairs", "1", "--resolution", "4", "-q", "--out", str(tmp_path / task)])
+        result = CliRunner().invoke(
+            app,
+            [
+                "bench",
+                "--data",
+                str(root),
+                "--task",
+                task,
+                "--methods",
+                "identity",
+                "--pairs",
+                "1",
+                "--resolution",
+                "4",
+                "-q",
+                "--out",
+                str(tmp_path / task),
+            ],
+        )
         assert result.exit_code == 0, result.output
         doc = json.loads((tmp_path / f"{task}.json").read_text())
         case = doc["cases"][0]
@@ -214,7 +250,9 @@ def test_principal_axes_method_undoes_a_large_rotation():
     moving = Image(resample(render(labels, grid, seed=2), grid, grid, truth.inverse()), grid, np.dtype(np.float32))
     moving_labels = resample(labels.float(), grid, grid, truth.inverse(), "label")
     disp = truth.displacement(grid)[0].numpy()
-    case = Case("turned", fixed, moving, labels.float(), moving_labels, render(labels, grid, seed=2)[0, 0].numpy(), disp)
+    case = Case(
+        "turned", fixed, moving, labels.float(), moving_labels, render(labels, grid, seed=2)[0, 0].numpy(), disp
+    )
     before = evaluate(case, METHODS["identity"](), seed=0)
     after = evaluate(case, METHODS["regode:principal-axes"](), seed=0)
     assert before["rmse_phi"] > 50 and after["rmse_phi"] < 8.0 and after["dice"] > before["dice"] + 30
@@ -229,7 +267,9 @@ def test_network_ablation_is_the_start_alone():
 
     grid = Grid((56, 64, 52), (3.0, 3.0, 3.0), (-80.0, -95.0, -75.0))
     labels = phantom_labels(grid, 12, 4)
-    truth = Rigid(torch.tensor([[0.1, -0.2, 0.3, 5.0, -4.0, 6.0]], dtype=torch.float64), torch.as_tensor(grid.center)[None])
+    truth = Rigid(
+        torch.tensor([[0.1, -0.2, 0.3, 5.0, -4.0, 6.0]], dtype=torch.float64), torch.as_tensor(grid.center)[None]
+    )
     fixed = Image(render(labels, grid, 1).float(), grid, np.dtype(np.float32))
     moving = Image(resample(render(labels, grid, 2), grid, grid, truth.inverse()).float(), grid, np.dtype(np.float32))
     pts = torch.as_tensor(grid.center)[None, None] + torch.randn(1, 50, 3, dtype=torch.float64) * 20
@@ -252,8 +292,11 @@ def test_ants_full_script_anchors_recover_a_known_motion():
 
     grid = Grid((48, 52, 44), (3.0, 3.0, 3.0), (-72.0, -78.0, -66.0))
     labels = phantom_labels(grid, 10, 4)
-    motion = Affine(euler_matrix(torch.tensor([[0.1, -0.05, 0.08]], dtype=torch.float64)), torch.tensor([[3.0, -2.0, 1.0]], dtype=torch.float64),
-                    torch.as_tensor(grid.center)[None])
+    motion = Affine(
+        euler_matrix(torch.tensor([[0.1, -0.05, 0.08]], dtype=torch.float64)),
+        torch.tensor([[3.0, -2.0, 1.0]], dtype=torch.float64),
+        torch.as_tensor(grid.center)[None],
+    )
     fixed = Image(render(labels, grid, 1), grid, np.float32)
     moving = Image(resample(render(labels, grid, 1), grid, grid, motion.inverse()), grid, np.float32)
     found = METHODS["ants:SyNQuick"]().register(fixed, moving, 0)
@@ -278,9 +321,16 @@ def test_greedy_files_are_read_in_the_right_frame():
     direction = tuple(euler_matrix(torch.tensor([0.1, 0.2, -0.1], dtype=torch.float64)).numpy().ravel())
     grid = Grid((48, 52, 44), (3.0, 3.0, 3.0), (-72.0, -78.0, -66.0), direction)
     labels = phantom_labels(grid, 10, 4)
-    motion = Compose([Affine(euler_matrix(torch.tensor([[0.1, -0.05, 0.08]], dtype=torch.float64)),
-                             torch.tensor([[3.0, -2.0, 1.0]], dtype=torch.float64), torch.as_tensor(grid.center)[None]),
-                      random_bspline(grid, 30.0, 2.0, 3)])
+    motion = Compose(
+        [
+            Affine(
+                euler_matrix(torch.tensor([[0.1, -0.05, 0.08]], dtype=torch.float64)),
+                torch.tensor([[3.0, -2.0, 1.0]], dtype=torch.float64),
+                torch.as_tensor(grid.center)[None],
+            ),
+            random_bspline(grid, 30.0, 2.0, 3),
+        ]
+    )
     image = render(labels, grid, 1)
     fixed = Image(resample(image, grid, grid, motion), grid, np.float32)  # fixed(x) = image(motion(x))
     moving = Image(image, grid, np.float32)
@@ -303,8 +353,25 @@ def test_inter_subject_on_one_subject_is_a_known_affine_and_deformation(tmp_path
     write_image(labels, grid, tmp_path / "one" / "sub" / "seg.nii.gz", np.uint8)
     truth = sample_motion("inter-subject", grid, np.random.default_rng(0))
     assert abs(float(torch.linalg.det(truth.transforms[0].matrix[0])) - 1) > 0.005  # not a rigid motion
-    result = CliRunner().invoke(app, ["bench", "--data", str(tmp_path / "one"), "--task", "inter-subject", "--methods", "identity",
-                                      "--pairs", "1", "--resolution", "4", "-q", "--out", str(tmp_path / "res")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--data",
+            str(tmp_path / "one"),
+            "--task",
+            "inter-subject",
+            "--methods",
+            "identity",
+            "--pairs",
+            "1",
+            "--resolution",
+            "4",
+            "-q",
+            "--out",
+            str(tmp_path / "res"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     case = json.loads((tmp_path / "res.json").read_text())["cases"][0]
     assert case["rmse_phi"] > 1 and 0 < case["dice"] < 100

@@ -35,7 +35,9 @@ def cohort(tmp_path):
         write_image(render(labels, GRID, 1), GRID, tmp_path / f"f{i}.nii.gz")
         write_image(render(labels, GRID, 2), GRID, tmp_path / f"m{i}.nii.gz")
         write_image(labels, GRID, tmp_path / f"l{i}.nii.gz", np.int16)
-        command, options = ("register", "--model rigid --seed 3") if i < 4 else ("fit-field", "--iterations 5 --coarse-iterations 5")
+        command, options = (
+            ("register", "--model rigid --seed 3") if i < 4 else ("fit-field", "--iterations 5 --coarse-iterations 5")
+        )
         rows.append(f"sub-{i},f{i}.nii.gz,m{i}.nii.gz,l{i}.nii.gz,{command},{options}")
     (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
     return tmp_path
@@ -64,12 +66,19 @@ def test_a_manifest_runs_on_two_workers_with_qc_and_a_report(cohort, capfd):
 
 def test_bad_rows_are_all_reported_before_any_work(cohort, capfd):
     manifest = cohort / "manifest.csv"
-    manifest.write_text(manifest.read_text() + "sub-0,f0.nii.gz,m0.nii.gz,,,\nsub-x,nothere.nii.gz,m1.nii.gz,,,\n"
-                        "sub-y,f1.nii.gz,m1.nii.gz,,register,--model nosuch\nsub-z,f1.nii.gz,m1.nii.gz,,register,-o elsewhere\n")
+    manifest.write_text(
+        manifest.read_text() + "sub-0,f0.nii.gz,m0.nii.gz,,,\nsub-x,nothere.nii.gz,m1.nii.gz,,,\n"
+        "sub-y,f1.nii.gz,m1.nii.gz,,register,--model nosuch\nsub-z,f1.nii.gz,m1.nii.gz,,register,-o elsewhere\n"
+    )
     assert run(["cohort", str(manifest), "--out", str(cohort / "out"), *LOCAL]) == 1
     err = capfd.readouterr().err
     assert "4 bad row(s), nothing was run" in err and "Traceback" not in err
-    for words in ("row 6 (sub-0): id sub-0 is also row 1's", "row 7 (sub-x): file not found", "row 8 (sub-y): options", "row 9 (sub-z)"):
+    for words in (
+        "row 6 (sub-0): id sub-0 is also row 1's",
+        "row 7 (sub-x): file not found",
+        "row 8 (sub-y): options",
+        "row 9 (sub-z)",
+    ):
         assert words in err, words
     assert not (cohort / "out").exists(), "nothing may be written"
 
@@ -77,9 +86,34 @@ def test_bad_rows_are_all_reported_before_any_work(cohort, capfd):
 def test_a_row_runs_alone_and_equals_plain_register(cohort):
     """``--row N`` (job arrays) runs one row here, without Dask; its outputs equal those of plain
     ``regode register`` with the same options (same seed, same threads)."""
-    assert run(["cohort", str(cohort / "manifest.csv"), "--out", str(cohort / "out"), "--row", "2", "--threads", "1", "-q"]) == 0
-    assert run(["register", "-f", str(cohort / "f1.nii.gz"), "-m", str(cohort / "m1.nii.gz"), "--moving-labels", str(cohort / "l1.nii.gz"),
-                "-o", str(cohort / "plain_"), "--model", "rigid", "--seed", "3", "--threads", "1"]) == 0
+    assert (
+        run(
+            ["cohort", str(cohort / "manifest.csv"), "--out", str(cohort / "out"), "--row", "2", "--threads", "1", "-q"]
+        )
+        == 0
+    )
+    assert (
+        run(
+            [
+                "register",
+                "-f",
+                str(cohort / "f1.nii.gz"),
+                "-m",
+                str(cohort / "m1.nii.gz"),
+                "--moving-labels",
+                str(cohort / "l1.nii.gz"),
+                "-o",
+                str(cohort / "plain_"),
+                "--model",
+                "rigid",
+                "--seed",
+                "3",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     ours, plain = cohort / "out" / "sub-1" / "sub-1_", cohort / "plain_"
     for name in ("Warped.nii.gz", "WarpedLabels.nii.gz"):
         a, b = (sitk.GetArrayFromImage(sitk.ReadImage(f"{p}{name}")) for p in (ours, plain))
@@ -94,8 +128,12 @@ def test_a_failed_row_is_recorded_and_the_others_finish(cohort, capfd):
     far.SetOrigin((1000.0, 0.0, 0.0))
     sitk.WriteImage(far, str(cohort / "m2.nii.gz"))
     manifest = cohort / "manifest.csv"
-    manifest.write_text(manifest.read_text().replace("sub-2,f2.nii.gz,m2.nii.gz,l2.nii.gz,register,--model rigid --seed 3",
-                                                     "sub-2,f2.nii.gz,m2.nii.gz,,register,--model rigid --no-center-of-mass"))
+    manifest.write_text(
+        manifest.read_text().replace(
+            "sub-2,f2.nii.gz,m2.nii.gz,l2.nii.gz,register,--model rigid --seed 3",
+            "sub-2,f2.nii.gz,m2.nii.gz,,register,--model rigid --no-center-of-mass",
+        )
+    )
     assert run(["cohort", str(manifest), "--out", str(cohort / "out"), *LOCAL]) == 1
     summary = _summary(cohort / "out")
     assert summary["sub-2"]["status"] == "failed" and "do not overlap" in summary["sub-2"]["error"]
@@ -107,7 +145,16 @@ def test_a_failed_row_is_recorded_and_the_others_finish(cohort, capfd):
 
 def test_a_killed_run_started_again_runs_only_the_missing_rows(cohort):
     out = cohort / "out"
-    command = [sys.executable, "-c", "from regode.cli import main; main()", "cohort", str(cohort / "manifest.csv"), "--out", str(out), *LOCAL]
+    command = [
+        sys.executable,
+        "-c",
+        "from regode.cli import main; main()",
+        "cohort",
+        str(cohort / "manifest.csv"),
+        "--out",
+        str(out),
+        *LOCAL,
+    ]
     proc = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
@@ -168,14 +215,27 @@ def test_the_slurm_job_script_holds_the_options():
     pytest.importorskip("dask_jobqueue")
     from regode.cohort.run import Engine, slurm_cluster
 
-    cluster = slurm_cluster(Engine(workers=2, threads=4, slurm={"queue": "long", "account": "neurolab", "walltime": "02:30:00",
-                                                                "memory": "16GB", "jobs": 3}))
+    cluster = slurm_cluster(
+        Engine(
+            workers=2,
+            threads=4,
+            slurm={"queue": "long", "account": "neurolab", "walltime": "02:30:00", "memory": "16GB", "jobs": 3},
+        )
+    )
     try:
         script = cluster.job_script()
     finally:
         cluster.close()
-    for words in ("#SBATCH -p long", "#SBATCH -A neurolab", "#SBATCH -t 02:30:00", "#SBATCH --mem=15G", "--nworkers 2", "--nthreads 4",
-                  "#SBATCH -n 1", "#SBATCH --cpus-per-task=8"):
+    for words in (
+        "#SBATCH -p long",
+        "#SBATCH -A neurolab",
+        "#SBATCH -t 02:30:00",
+        "#SBATCH --mem=15G",
+        "--nworkers 2",
+        "--nthreads 4",
+        "#SBATCH -n 1",
+        "#SBATCH --cpus-per-task=8",
+    ):
         assert words in script, (words, script)
 
 
@@ -188,18 +248,44 @@ def test_bids_names_hold_the_same_mapping_as_ants_files(cohort, capfd):
     from regode.io import load_transform, load_transform_chain
 
     manifest = cohort / "bids.csv"
-    manifest.write_text("id,fixed,moving,from,to,command,options\n"
-                        "sub-01_ses-a,f4.nii.gz,m4.nii.gz,FLAIR,T1w,fit-field,--iterations 5 --coarse-iterations 5\n")
+    manifest.write_text(
+        "id,fixed,moving,from,to,command,options\n"
+        "sub-01_ses-a,f4.nii.gz,m4.nii.gz,FLAIR,T1w,fit-field,--iterations 5 --coarse-iterations 5\n"
+    )
     out = cohort / "derivatives"
     assert run(["cohort", str(manifest), "--out", str(out), "--bids", "--row", "1", "--threads", "1", "-q"]) == 0
     anat = out / "sub-01" / "ses-a" / "anat"
     names = sorted(p.name for p in anat.iterdir())
-    assert names == ["sub-01_ses-a_from-FLAIR_to-T1w_desc-qc.png", "sub-01_ses-a_from-FLAIR_to-T1w_desc-regode.json",
-                     "sub-01_ses-a_from-FLAIR_to-T1w_mode-image_xfm.h5", "sub-01_ses-a_from-T1w_to-FLAIR_mode-image_xfm.h5",
-                     "sub-01_ses-a_space-FLAIR_T1w.nii.gz", "sub-01_ses-a_space-T1w_FLAIR.nii.gz"], names
+    assert names == [
+        "sub-01_ses-a_from-FLAIR_to-T1w_desc-qc.png",
+        "sub-01_ses-a_from-FLAIR_to-T1w_desc-regode.json",
+        "sub-01_ses-a_from-FLAIR_to-T1w_mode-image_xfm.h5",
+        "sub-01_ses-a_from-T1w_to-FLAIR_mode-image_xfm.h5",
+        "sub-01_ses-a_space-FLAIR_T1w.nii.gz",
+        "sub-01_ses-a_space-T1w_FLAIR.nii.gz",
+    ], names
     assert json.loads((out / "dataset_description.json").read_text())["DatasetType"] == "derivative"
-    assert run(["fit-field", "-f", str(cohort / "f4.nii.gz"), "-m", str(cohort / "m4.nii.gz"), "-o", str(cohort / "plain_"), "-q",
-                "--iterations", "5", "--coarse-iterations", "5", "--threads", "1"]) == 0
+    assert (
+        run(
+            [
+                "fit-field",
+                "-f",
+                str(cohort / "f4.nii.gz"),
+                "-m",
+                str(cohort / "m4.nii.gz"),
+                "-o",
+                str(cohort / "plain_"),
+                "-q",
+                "--iterations",
+                "5",
+                "--coarse-iterations",
+                "5",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     points = torch.as_tensor(GRID.world_points(torch.float64)[::3, ::3, ::3].reshape(1, -1, 3))
     composite = load_transform(anat / "sub-01_ses-a_from-FLAIR_to-T1w_mode-image_xfm.h5")(points)
     chain = load_transform_chain([str(cohort / "plain_1Warp.nii.gz"), str(cohort / "plain_0GenericAffine.mat")])(points)
@@ -210,11 +296,17 @@ def test_bids_names_hold_the_same_mapping_as_ants_files(cohort, capfd):
     assert run(["cohort", str(manifest), "--out", str(out), "--bids", "--report-only", "-q"]) == 0
     # one subject, several pairs: allowed; one pair twice, or from == to: refused before any work
     two = cohort / "two.csv"
-    two.write_text("id,fixed,moving,from,to\nsub-02,f1.nii.gz,m1.nii.gz,FLAIR,T1w\nsub-02,f1.nii.gz,m2.nii.gz,T2w,T1w\n"
-                   "sub-02,f1.nii.gz,m3.nii.gz,T2w,T1w\nsub-03,f1.nii.gz,m1.nii.gz,T1w,T1w\n")
+    two.write_text(
+        "id,fixed,moving,from,to\nsub-02,f1.nii.gz,m1.nii.gz,FLAIR,T1w\nsub-02,f1.nii.gz,m2.nii.gz,T2w,T1w\n"
+        "sub-02,f1.nii.gz,m3.nii.gz,T2w,T1w\nsub-03,f1.nii.gz,m1.nii.gz,T1w,T1w\n"
+    )
     capfd.readouterr()
     assert run(["cohort", str(two), "--out", str(cohort / "two"), "--bids", "-q"]) == 1
     err = capfd.readouterr().err
-    assert "2 bad row(s)" in err and "row 3 (sub-02): id sub-02 from T2w to T1w is also row 2's" in err and "row 4 (sub-03)" in err
+    assert (
+        "2 bad row(s)" in err
+        and "row 3 (sub-02): id sub-02 from T2w to T1w is also row 2's" in err
+        and "row 4 (sub-03)" in err
+    )
     assert not (cohort / "two").exists()
     assert 'href="sub-01/ses-a/anat/sub-01_ses-a_from-FLAIR_to-T1w_desc-qc.png"' in (out / "report.html").read_text()

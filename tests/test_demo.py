@@ -8,8 +8,14 @@ def test_demo_runs_register_and_reports_against_the_truth(tmp_path):
     results = run_demo(tmp_path, seed=1)
     assert results["rmse_phi_before"] > 5 and results["dice_before"] < 60  # the motion is visible
     assert 0 <= results["dice_after"] <= 100 and results["rmse_phi_after"] >= 0
-    for name in ("demo_0GenericAffine.mat", "demo_Warped.nii.gz", "demo_WarpedLabels.nii.gz", "demo_regode.json",
-                 "fixed.nii.gz", "moving.nii.gz"):
+    for name in (
+        "demo_0GenericAffine.mat",
+        "demo_Warped.nii.gz",
+        "demo_WarpedLabels.nii.gz",
+        "demo_regode.json",
+        "fixed.nii.gz",
+        "moving.nii.gz",
+    ):
         assert (tmp_path / name).exists()
 
 

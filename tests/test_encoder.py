@@ -72,7 +72,9 @@ def test_modalities_follow_tissue_contrasts():
     t1, t2, flair = render_modalities(labels, grid, ("t1", "t2", "flair"), gen)[:, 0]
     rim = labels[0, 0] == 1
     assert float(t2[rim].mean()) > 2 * float(t1[rim].mean()) and float(flair[rim].mean()) < 0.5 * float(t2[rim].mean())
-    means = [(float(t1[labels[0, 0] == k].mean()), k) for k in range(2, int(labels.max()) + 1) if (labels[0, 0] == k).any()]
+    means = [
+        (float(t1[labels[0, 0] == k].mean()), k) for k in range(2, int(labels.max()) + 1) if (labels[0, 0] == k).any()
+    ]
     brightest = labels[0, 0] == max(means)[1]
     assert float(t2[brightest].mean()) < float(t1[brightest].mean())
 
@@ -192,9 +194,32 @@ def test_foreign_and_corrupt_checkpoints_are_refused(tmp_path):
 
 def test_train_cli_encoder(tmp_path):
     out = tmp_path / "enc.pt"
-    result = runner.invoke(app, ["train", "--model", "encoder", "--synthetic", "--out", str(out), "--steps", "2", "--size", "24",
-                                 "--spacing", "8", "--width", "4", "--batch", "2", "--validate-every", "1", "--quiet",
-                                 "--lambda-basin", "0.5"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            "encoder",
+            "--synthetic",
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--size",
+            "24",
+            "--spacing",
+            "8",
+            "--width",
+            "4",
+            "--batch",
+            "2",
+            "--validate-every",
+            "1",
+            "--quiet",
+            "--lambda-basin",
+            "0.5",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "content ratio" in result.output and "in order of misalignment" in result.output
     model, doc = load_encoder(out)
@@ -202,9 +227,13 @@ def test_train_cli_encoder(tmp_path):
     assert doc["train_config"]["lambda_basin"] == 0.5
     log = [json.loads(line) for line in (tmp_path / "enc.pt.log.jsonl").read_text().splitlines()]
     assert all("basin" in r for r in log[1:])  # the term was trained
-    result = runner.invoke(app, ["train", "--model", "rigid", "--out", str(tmp_path / "r.pt"), "--lambda-basin", "1", "--quiet"])
+    result = runner.invoke(
+        app, ["train", "--model", "rigid", "--out", str(tmp_path / "r.pt"), "--lambda-basin", "1", "--quiet"]
+    )
     assert result.exit_code == 1 and "--lambda-basin" in result.output
-    result = runner.invoke(app, ["train", "--model", "encoder", "--out", str(tmp_path / "x.pt"), "--label-map", str(out), "--quiet"])
+    result = runner.invoke(
+        app, ["train", "--model", "encoder", "--out", str(tmp_path / "x.pt"), "--label-map", str(out), "--quiet"]
+    )
     assert result.exit_code == 1 and "--label-map" in result.output
 
 
@@ -220,12 +249,16 @@ def test_e3d_is_deterministic_for_a_seed(head):
     torch.manual_seed(0)
     encoder = Translator(TINY).eval().content
     p0, p1, p2 = slice_positions(t1, 4, seed=0), slice_positions(t1, 4, seed=0), slice_positions(t1, 4, seed=1)
-    assert all(torch.equal(a, b) for a, b in zip(p0, p1)) and not all(torch.equal(a, b) for a, b in zip(p0, p2))
+    assert all(torch.equal(a, b) for a, b in zip(p0, p1, strict=False)) and not all(
+        torch.equal(a, b) for a, b in zip(p0, p2, strict=False)
+    )
     assert all(len(p) == 4 for p in p0)
     f0, f1 = e3d(encoder, t2, p0, 5), e3d(encoder, t2, p1, 5)
-    assert all(torch.equal(a, b) for a, b in zip(f0, f1)) and f0[0].shape == (4, 8, 16, 16)
+    assert all(torch.equal(a, b) for a, b in zip(f0, f1, strict=False)) and f0[0].shape == (4, 8, 16, 16)
     with torch.no_grad():
-        assert float(content_distance(encoder, t2, t1, 4, seed=0)) == float(content_distance(encoder, t2, t1, 4, seed=0))
+        assert float(content_distance(encoder, t2, t1, 4, seed=0)) == float(
+            content_distance(encoder, t2, t1, 4, seed=0)
+        )
         assert float(content_distance(encoder, t1, t1, 4)) == 0.0
     moved = t2.clone().requires_grad_(True)
     content_distance(encoder, moved, t1, 4).backward()
@@ -273,10 +306,37 @@ def test_msodenet_trains_with_the_content_similarity(tmp_path):
     from regode.odenet.model import load_model
 
     encoder = tmp_path / "enc.pt"
-    train(_tiny_run(steps=1, model=EncoderConfig(width=4, content=8, style=4, blocks=1, spacing=6.0)), encoder, progress=False)
+    train(
+        _tiny_run(steps=1, model=EncoderConfig(width=4, content=8, style=4, blocks=1, spacing=6.0)),
+        encoder,
+        progress=False,
+    )
     out = tmp_path / "rigid.pt"
-    base = ["train", "--model", "rigid", "--synthetic", "--out", str(out), "--steps", "2", "--size", "24", "--levels", "2",
-            "--schedule", "F(0.5)-F(1)", "--width", "4", "--batch", "1", "--validate-every", "1", "--quiet", "--similarity", "content"]
+    base = [
+        "train",
+        "--model",
+        "rigid",
+        "--synthetic",
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--size",
+        "24",
+        "--levels",
+        "2",
+        "--schedule",
+        "F(0.5)-F(1)",
+        "--width",
+        "4",
+        "--batch",
+        "1",
+        "--validate-every",
+        "1",
+        "--quiet",
+        "--similarity",
+        "content",
+    ]
     result = runner.invoke(app, base + ["--spacing", "6", "--encoder", str(encoder)])
     assert result.exit_code == 0, result.output
     _, doc = load_model(out, "rigid")

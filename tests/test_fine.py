@@ -4,6 +4,7 @@ pair (local NCC for one contrast, MI across contrasts)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -41,7 +42,9 @@ def test_one_contrast_gets_ncc_and_two_contrasts_get_mi():
     assert name == "mi" and figures["r"] < 0.5
     other, _ = _rendering(7)  # another random contrast of the anatomy: no linear relation
     r = choose_similarity(image, other)[1]
-    assert choose_similarity(image, other)[0] == ("ncc" if r["r"] > 0 and r["r"] ** 2 >= 0.8 * r["eta2"] and r["eta2"] >= 0.3 else "mi")
+    assert choose_similarity(image, other)[0] == (
+        "ncc" if r["r"] > 0 and r["r"] ** 2 >= 0.8 * r["eta2"] and r["eta2"] >= 0.3 else "mi"
+    )
     assert choose_similarity(image, torch.zeros_like(image))[0] == "mi"  # nothing to judge: the safe choice
 
 
@@ -63,17 +66,18 @@ def test_fine_spacing_follows_the_image_down_to_1_mm():
 
 
 def test_fine_lattice_is_set_in_mm():
-    """The fine levels' lattice strides: the smallest whose lattice is at least fine_lattice_mm
-    (3 mm) on each level's images (the fine spacing, and twice it for the coarse level); None
-    keeps the strides given."""
-    schedule = PolishConfig()
+    """The fine levels' lattice strides: the smallest whose lattice is at least lattice_mm (3 mm) on
+    each level's images (the fine spacing, and twice it for the coarse level); None keeps the
+    strides given. The smoothness weight is the similarity's."""
+    fine = PolishConfig().fine
     spacings = (0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0)
-    assert [schedule.fine_levels(s)[-1].stride for s in spacings] == [4, 3, 3, 2, 2, 1, 1]  # images at s mm
-    assert [schedule.fine_levels(s)[0].stride for s in spacings] == [2, 2, 2, 1, 1, 1, 1]  # images at 2 s mm
-    assert [(level.coarseness, level.iterations) for level in schedule.fine_levels(2.0)] == [(1, 30), (0, 45)]
-    assert PolishConfig(fine_lattice_mm=None).fine_levels(2.0) == PolishConfig().fine
-    with pytest.raises(RegodeError, match="fine_lattice_mm"):
-        PolishConfig(fine_lattice_mm=0.0)
+    assert [fine.for_metric("mi", s).levels[-1].stride for s in spacings] == [4, 3, 3, 2, 2, 1, 1]  # images at s mm
+    assert [fine.for_metric("mi", s).levels[0].stride for s in spacings] == [2, 2, 2, 1, 1, 1, 1]  # at 2 s mm
+    assert [(level.coarseness, level.iterations) for level in fine.for_metric("mi", 2.0).levels] == [(1, 30), (0, 45)]
+    assert replace(fine, lattice_mm=None).for_metric("mi", 2.0).levels == fine.levels
+    assert (fine.for_metric("mi", 2.0).lambda_grad, fine.for_metric("ncc", 2.0).lambda_grad) == (1.0, 0.4)
+    with pytest.raises(RegodeError, match="lattice"):
+        replace(fine, lattice_mm=0.0)
 
 
 @pytest.fixture
@@ -105,8 +109,22 @@ def test_register_ends_at_the_image_resolution(fine_pair):
     docs = {}
     for name, extra in (("fine", []), ("none", ["--fine-spacing", "0"])):
         out = str(folder / f"{name}_")
-        result = runner.invoke(app, ["register", "-f", str(folder / "f.nii.gz"), "-m", str(folder / "m.nii.gz"), "-o", out,
-                                     "--model", "affine+dense", "--no-qc", *extra])
+        result = runner.invoke(
+            app,
+            [
+                "register",
+                "-f",
+                str(folder / "f.nii.gz"),
+                "-m",
+                str(folder / "m.nii.gz"),
+                "-o",
+                out,
+                "--model",
+                "affine+dense",
+                "--no-qc",
+                *extra,
+            ],
+        )
         assert result.exit_code == 0, result.output
         docs[name] = json.loads(open(out + "regode.json").read())
         warp = sitk.ReadImage(out + "1Warp.nii.gz")
@@ -120,7 +138,9 @@ def test_register_ends_at_the_image_resolution(fine_pair):
     assert [stage["name"] for stage in fine["stages"]] == ["1:2", "0:3"]
     for stage in fine["stages"]:
         history = stage["history"]
-        assert all(-1.0 <= h["similarity"] <= 0 for h in history)  # minus local NCC (mutual information would be below -1 here)
+        assert all(
+            -1.0 <= h["similarity"] <= 0 for h in history
+        )  # minus local NCC (mutual information would be below -1 here)
         assert history[-1]["similarity"] < history[0]["similarity"]
     assert docs["none"]["fine_spacing_mm"] is None and "fine" not in docs["none"]["polish"]
     assert "fine" in docs["fine"]["timings_s"]
@@ -131,15 +151,50 @@ def test_fit_field_fine_level_and_auto_metric(fine_pair):
     picks local NCC for this one-contrast pair; content features refuse a fine level."""
     folder, grid = fine_pair
     out = str(folder / "n_")
-    result = runner.invoke(app, ["fit-field", "-f", str(folder / "f.nii.gz"), "-m", str(folder / "m.nii.gz"), "-o", out, "-q", "--no-qc",
-                                 "--metric", "auto", "--fine-spacing", "1", "--fine-iterations", "10", "--iterations", "20",
-                                 "--coarse-iterations", "10"])
+    result = runner.invoke(
+        app,
+        [
+            "fit-field",
+            "-f",
+            str(folder / "f.nii.gz"),
+            "-m",
+            str(folder / "m.nii.gz"),
+            "-o",
+            out,
+            "-q",
+            "--no-qc",
+            "--metric",
+            "auto",
+            "--fine-spacing",
+            "1",
+            "--fine-iterations",
+            "10",
+            "--iterations",
+            "20",
+            "--coarse-iterations",
+            "10",
+        ],
+    )
     assert result.exit_code == 0, result.output
     doc = json.loads(open(out + "regode.json").read())
     assert doc["fine_spacing_mm"] == 1.0 and doc["metric"] == "ncc" and doc["metric_choice"]["r"] > 0.8
     assert doc["fit"][-1]["stages"][0]["name"].startswith("fine:1mm") and doc["fit"][-1]["iterations"] == 10
-    result = runner.invoke(app, ["fit-field", "-f", str(folder / "f.nii.gz"), "-m", str(folder / "m.nii.gz"), "-o", str(folder / "c_"),
-                                 "--metric", "content", "--fine-spacing", "1"])
+    result = runner.invoke(
+        app,
+        [
+            "fit-field",
+            "-f",
+            str(folder / "f.nii.gz"),
+            "-m",
+            str(folder / "m.nii.gz"),
+            "-o",
+            str(folder / "c_"),
+            "--metric",
+            "content",
+            "--fine-spacing",
+            "1",
+        ],
+    )
     assert result.exit_code != 0 and "content" in result.output
 
 
@@ -150,8 +205,10 @@ def test_register_fine_level_also_at_2_mm(fine_pair, monkeypatch):
     folder, _ = fine_pair
     for name in ("f", "m"):  # the pair at 2 mm, as NiChart's T1s
         image = sitk.ReadImage(str(folder / f"{name}.nii.gz"))
-        size = [int(round(n * s / 2.0)) for n, s in zip(image.GetSize(), image.GetSpacing())]
-        coarse = sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), (2.0, 2.0, 2.0), image.GetDirection())
+        size = [int(round(n * s / 2.0)) for n, s in zip(image.GetSize(), image.GetSpacing(), strict=False)]
+        coarse = sitk.Resample(
+            image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), (2.0, 2.0, 2.0), image.GetDirection()
+        )
         sitk.WriteImage(coarse, str(folder / f"{name}2.nii.gz"))
     out = str(folder / "r2_")
     import regode.odenet.register as engine
@@ -164,34 +221,82 @@ def test_register_fine_level_also_at_2_mm(fine_pair, monkeypatch):
         return polish_dense(*args, **kwargs)
 
     monkeypatch.setattr(engine, "polish_dense", spy)
-    result = runner.invoke(app, ["register", "-f", str(folder / "f2.nii.gz"), "-m", str(folder / "m2.nii.gz"), "-o", out,
-                                 "--model", "affine+bspline", "--no-qc"])
+    result = runner.invoke(
+        app,
+        [
+            "register",
+            "-f",
+            str(folder / "f2.nii.gz"),
+            "-m",
+            str(folder / "m2.nii.gz"),
+            "-o",
+            out,
+            "--model",
+            "affine+bspline",
+            "--no-qc",
+        ],
+    )
     assert result.exit_code == 0, result.output
     given = PolishConfig()
     (schedule,) = schedules  # its own step, lattice and folding penalty; the 2 mm polishes keep theirs
-    assert schedule.fine == given.fine_levels(2.0)
-    assert schedule.lambda_fold == given.fine_lambda_fold != given.lambda_fold  # its own folding penalty
+    assert schedule.levels == given.fine.for_metric("mi", 2.0).levels
+    assert schedule.lambda_fold == given.fine.lambda_fold != given.bspline.lambda_fold  # its own folding penalty
     assert spacings == [[4.0, 2.0]]  # the images at twice the fine spacing, then at it
     doc = json.loads(open(out + "regode.json").read())
     fine = doc["polish"]["fine"]
     assert doc["fine_spacing_mm"] == 2.0 and fine["spacing_mm"] == 2.0
-    assert fine["step_mm"] == given.fine_step not in (given.bspline_step, given.dense_step)
+    assert fine["step_mm"] == given.fine.step not in (given.bspline.step, given.dense.step)
     # 4 mm lattices: every voxel of the 4 mm images, then every second voxel at 2 mm (fine_lattice_mm)
     assert [stage["name"] for stage in fine["stages"]] == ["1:1", "0:2"]
     coarse = fine["stages"][0]["history"]
     assert coarse[-1]["similarity"] < coarse[0]["similarity"]
-    result = runner.invoke(app, ["register", "-f", str(folder / "f2.nii.gz"), "-m", str(folder / "m2.nii.gz"), "-o", str(folder / "r0_"),
-                                 "--model", "affine+bspline", "--no-qc", "--fine-spacing", "0"])
+    result = runner.invoke(
+        app,
+        [
+            "register",
+            "-f",
+            str(folder / "f2.nii.gz"),
+            "-m",
+            str(folder / "m2.nii.gz"),
+            "-o",
+            str(folder / "r0_"),
+            "--model",
+            "affine+bspline",
+            "--no-qc",
+            "--fine-spacing",
+            "0",
+        ],
+    )
     assert result.exit_code == 0, result.output
     fixed = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "f2.nii.gz"))).ravel()
 
     def correlation(prefix):  # of the warped moving image with the fixed one
-        return np.corrcoef(fixed, sitk.GetArrayFromImage(sitk.ReadImage(str(folder / f"{prefix}Warped.nii.gz"))).ravel())[0, 1]
+        return np.corrcoef(
+            fixed, sitk.GetArrayFromImage(sitk.ReadImage(str(folder / f"{prefix}Warped.nii.gz"))).ravel()
+        )[0, 1]
 
     assert correlation("r2_") > correlation("r0_")  # the fine level improves the match
     out = str(folder / "n2_")
-    result = runner.invoke(app, ["fit-field", "-f", str(folder / "f2.nii.gz"), "-m", str(folder / "m2.nii.gz"), "-o", out, "-q", "--no-qc",
-                                 "--preset", "inter-subject", "--iterations", "10", "--coarse-iterations", "10"])
+    result = runner.invoke(
+        app,
+        [
+            "fit-field",
+            "-f",
+            str(folder / "f2.nii.gz"),
+            "-m",
+            str(folder / "m2.nii.gz"),
+            "-o",
+            out,
+            "-q",
+            "--no-qc",
+            "--preset",
+            "inter-subject",
+            "--iterations",
+            "10",
+            "--coarse-iterations",
+            "10",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(open(out + "regode.json").read())["fine_spacing_mm"] is None
 

@@ -27,7 +27,9 @@ def random_rigid(seed: int) -> Rigid:
 def random_affine(seed: int) -> Affine:
     rng = np.random.default_rng(seed)
     matrix = np.eye(3) + rng.uniform(-0.3, 0.3, (3, 3))
-    return Affine(torch.as_tensor(matrix), torch.as_tensor(rng.uniform(-30, 30, 3)), torch.as_tensor(rng.uniform(-20, 20, 3)))
+    return Affine(
+        torch.as_tensor(matrix), torch.as_tensor(rng.uniform(-30, 30, 3)), torch.as_tensor(rng.uniform(-20, 20, 3))
+    )
 
 
 def random_field(grid, seed: int) -> DisplacementField:
@@ -105,7 +107,9 @@ def test_reads_sitk_written_transforms(tmp_path, awkward_grid):
     composite = sitk.CompositeTransform([euler, translation])
     for name, tx in [("e.txt", euler), ("s.tfm", similarity), ("t.mat", translation), ("c.h5", composite)]:
         sitk.WriteTransform(tx, str(tmp_path / name))
-        np.testing.assert_allclose(regode_map(load_transform(tmp_path / name), points), sitk_map(tx, points), atol=TOL_MM)
+        np.testing.assert_allclose(
+            regode_map(load_transform(tmp_path / name), points), sitk_map(tx, points), atol=TOL_MM
+        )
 
 
 def test_ants_reads_regode_files(tmp_path, awkward_grid):
@@ -196,4 +200,7 @@ def test_staged_outputs_appear_together_or_not_at_all(tmp_path):
         with pytest.raises(ValueError):
             staged.write(tmp_path / "sub" / "d.txt", text, "d")
         staged.commit()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "c.txt", "sub"] and (tmp_path / "c.txt").read_text() == "c"
+    assert (
+        sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "c.txt", "sub"]
+        and (tmp_path / "c.txt").read_text() == "c"
+    )

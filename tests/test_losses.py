@@ -80,14 +80,16 @@ def test_networks_convolution_equals_pytorch(shape, stride):
     assert torch.allclose(out, reference, atol=1e-5)
     grads = torch.autograd.grad(out.square().sum(), (x, conv.weight, conv.bias))
     grads_ref = torch.autograd.grad(reference.square().sum(), (x, conv.weight, conv.bias))
-    for g, r in zip(grads, grads_ref):
+    for g, r in zip(grads, grads_ref, strict=False):
         assert torch.allclose(g, r, rtol=1e-4, atol=1e-4 * float(r.abs().max()))
     double = conv.double()(x.detach().double())
     assert double.dtype == torch.float64
     assert torch.allclose(double.float(), reference.detach(), atol=1e-5)
 
 
-@pytest.mark.parametrize("shape,window", [((2, 3, 7, 9, 11), 5), ((1, 5, 6, 5, 8), 3), ((1, 1, 5, 5, 5), 5), ((1, 2, 4, 6, 3), 1)])
+@pytest.mark.parametrize(
+    "shape,window", [((2, 3, 7, 9, 11), 5), ((1, 5, 6, 5, 8), 3), ((1, 1, 5, 5, 5), 5), ((1, 2, 4, 6, 3), 1)]
+)
 def test_box_mean_equals_average_pooling(shape, window):
     """The running-sum box filter behind local NCC gives avg_pool3d's windows and gradients."""
     from regode.losses import box_mean
@@ -117,8 +119,10 @@ def test_determinant3_equals_torch_det():
     """The cofactor determinant of the folding penalty gives torch.linalg.det's values and gradients."""
     from regode.losses import determinant3
 
-    m = (torch.eye(3, dtype=torch.float64) + 0.6 * torch.randn(4, 5, 3, 3, dtype=torch.float64,
-                                                                 generator=torch.Generator().manual_seed(4))).requires_grad_(True)
+    m = (
+        torch.eye(3, dtype=torch.float64)
+        + 0.6 * torch.randn(4, 5, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    ).requires_grad_(True)
     assert torch.allclose(determinant3(m), torch.linalg.det(m), atol=1e-12)
     (grad,) = torch.autograd.grad(determinant3(m).sum(), m)
     (grad_ref,) = torch.autograd.grad(torch.linalg.det(m).sum(), m)
@@ -139,9 +143,12 @@ def test_fit_samples_the_fixed_image_on_a_lattice_as_at_its_points(monkeypatch):
     volume = torch.rand(1, 1, *grid.shape, generator=torch.Generator().manual_seed(5))
     lattice = downsize(grid, 2, torch.Generator().manual_seed(6))
     assert lattice.grid is not None
-    shifted = Lattice(lattice.points + 3.0, lattice.step, 
-                      replace(lattice.grid, origin=tuple(float(o) + 3.0 for o in lattice.grid.origin)))
+    shifted = Lattice(
+        lattice.points + 3.0,
+        lattice.step,
+        replace(lattice.grid, origin=tuple(float(o) + 3.0 for o in lattice.grid.origin)),
+    )
     expected = [sample(volume, grid, lat.points) for lat in (lattice, shifted)]
     monkeypatch.setattr("regode.fitting.sample", None)  # the separable path only
-    for lat, values in zip((lattice, shifted), expected):
+    for lat, values in zip((lattice, shifted), expected, strict=False):
         assert torch.allclose(_fixed_values(volume, grid, lat), values, atol=1e-5)

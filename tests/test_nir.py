@@ -88,7 +88,7 @@ def test_downsize_sampler_covers_the_region():
     assert first.points.shape == (1, 3, 4, 5, 3)  # (nz, ny, nx) = ceil(n / 3)
     expected = region.direction_matrix * np.asarray(region.spacing)[None] * 3
     assert np.allclose(first.step.numpy(), expected, atol=1e-5)
-    index = np.concatenate([region.world_to_index(l.points.reshape(-1, 3).double().numpy()) for l in lattices])
+    index = np.concatenate([region.world_to_index(lat.points.reshape(-1, 3).double().numpy()) for lat in lattices])
     assert not np.allclose(lattices[0].points, lattices[1].points)
     for axis, n in enumerate(region.size):
         gaps = np.abs(np.arange(n)[:, None] - index[None, :, axis]).min(1)
@@ -171,7 +171,11 @@ def test_affine_stage_recovers_a_linear_misalignment():
     matrix = 1.06 * euler_matrix(torch.tensor([0.0, 0.05, np.deg2rad(8)], dtype=torch.float64))
     truth = Affine(matrix, torch.tensor([[5.0, -3.0, 2.0]], dtype=torch.float64), c)
     moving = resample(image, GRID, GRID, truth.inverse())
-    result = fit_images(Image(image, GRID, np.float32), Image(moving, GRID, np.float32), FitConfig(**FAST, affine=True, center_of_mass=True))
+    result = fit_images(
+        Image(image, GRID, np.float32),
+        Image(moving, GRID, np.float32),
+        FitConfig(**FAST, affine=True, center_of_mass=True),
+    )
     mask = torch.as_tensor((labels[0, 0] > 0).numpy())
     points = torch.as_tensor(GRID.world_points(torch.float64))[None]
     error = (result.transform.double()(points) - truth(points)).norm(dim=-1)[0][mask]
@@ -184,7 +188,9 @@ def test_thin_images_and_bad_options():
     one clear error."""
     grid = Grid((40, 40, 6), (2.0, 2.0, 2.0))
     image = render(phantom_labels(grid, 8, 1), grid, 1)
-    result = fit_images(Image(image, grid, np.float32), Image(image, grid, np.float32), FitConfig(iterations=5, coarse_iterations=5))
+    result = fit_images(
+        Image(image, grid, np.float32), Image(image, grid, np.float32), FitConfig(iterations=5, coarse_iterations=5)
+    )
     assert bool(torch.isfinite(result.field.field).all())
     for bad in (dict(spacing=0.0), dict(lr=-1.0), dict(stride=0)):
         with pytest.raises(RegodeError):
@@ -232,7 +238,9 @@ def pair_files(tmp_path_factory, warped_pair):
     write_image(moving, GRID, folder / "moving_aligned.nii.gz")
     sitk.WriteTransform(sitk.TranslationTransform(3, (6.0, -4.0, 2.0)), str(folder / "shift.mat"))
     labels = phantom_labels(GRID, 16, 1).float()
-    write_image(resample(labels, GRID, GRID, inverse_on(truth, GRID), "label"), GRID, folder / "labels.nii.gz", np.int16)
+    write_image(
+        resample(labels, GRID, GRID, inverse_on(truth, GRID), "label"), GRID, folder / "labels.nii.gz", np.int16
+    )
     return folder, truth
 
 
@@ -242,13 +250,32 @@ def test_fit_field_writes_ants_files_after_a_linear_start(pair_files, tmp_path):
     undoes the warp, labels stay labels, and the JSON records the config."""
     folder, truth = pair_files
     out = str(tmp_path / "n_")
-    args = ["fit-field", "-f", str(folder / "fixed.nii.gz"), "-m", str(folder / "moving.nii.gz"), "-o", out,
-            "--initial-transform", str(folder / "shift.mat"), "--stride", "2",
-            "--iterations", "80", "--moving-labels", str(folder / "labels.nii.gz"), "--quiet", "--threads", "2"]
+    args = [
+        "fit-field",
+        "-f",
+        str(folder / "fixed.nii.gz"),
+        "-m",
+        str(folder / "moving.nii.gz"),
+        "-o",
+        out,
+        "--initial-transform",
+        str(folder / "shift.mat"),
+        "--stride",
+        "2",
+        "--iterations",
+        "80",
+        "--moving-labels",
+        str(folder / "labels.nii.gz"),
+        "--quiet",
+        "--threads",
+        "2",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     warp = sitk.ReadImage(out + "1Warp.nii.gz", sitk.sitkVectorFloat64)
-    composite = sitk.CompositeTransform([sitk.ReadTransform(out + "0GenericAffine.mat"), sitk.DisplacementFieldTransform(warp)])
+    composite = sitk.CompositeTransform(
+        [sitk.ReadTransform(out + "0GenericAffine.mat"), sitk.DisplacementFieldTransform(warp)]
+    )
     rng = np.random.default_rng(0)
     points = GRID.index_to_world(rng.uniform(8, np.asarray(GRID.size) - 9, (200, 3)))
     found = np.array([composite.TransformPoint(tuple(p)) for p in points])
@@ -273,8 +300,24 @@ def test_fit_field_is_reproducible(pair_files, tmp_path):
     fields = []
     for name in ("a_", "b_"):
         out = str(tmp_path / name)
-        args = ["fit-field", "-f", str(folder / "fixed.nii.gz"), "-m", str(folder / "moving_aligned.nii.gz"), "-o", out,
-                "--sampler", "hybrid", "--iterations", "5", "--refine-iterations", "3", "--quiet", "--seed", "4"]
+        args = [
+            "fit-field",
+            "-f",
+            str(folder / "fixed.nii.gz"),
+            "-m",
+            str(folder / "moving_aligned.nii.gz"),
+            "-o",
+            out,
+            "--sampler",
+            "hybrid",
+            "--iterations",
+            "5",
+            "--refine-iterations",
+            "3",
+            "--quiet",
+            "--seed",
+            "4",
+        ]
         assert runner.invoke(app, args).exit_code == 0
         fields.append(sitk.GetArrayFromImage(sitk.ReadImage(out + "1Warp.nii.gz")))
     assert np.abs(fields[0]).max() > 0 and np.array_equal(fields[0], fields[1])
@@ -329,8 +372,13 @@ def test_mind_fit_works_across_contrasts(warped_pair):
     other = resample(render(labels, GRID, 7), GRID, GRID, inverse_on(truth, GRID))
     truth_disp = truth.displacement(GRID)
     before = _rmse(torch.zeros_like(truth_disp), truth_disp, mask)
-    after = _rmse(fit_images(Image(image, GRID, np.float32), Image(other, GRID, np.float32), FitConfig(**FAST, metric="mind")).field.field,
-                  truth_disp, mask)
+    after = _rmse(
+        fit_images(
+            Image(image, GRID, np.float32), Image(other, GRID, np.float32), FitConfig(**FAST, metric="mind")
+        ).field.field,
+        truth_disp,
+        mask,
+    )
     assert after < 0.6 * before, (before, after)
 
 
@@ -341,12 +389,34 @@ def test_fit_field_content_metric_uses_the_given_encoder(pair_files, tmp_path):
     folder, _ = pair_files
     encoder = tmp_path / "enc.pt"
     tiny = dict(width=4, content=8, style=4, blocks=1)
-    train_encoder(EncoderTrainConfig(model=EncoderConfig(**tiny), steps=1, batch=1, size=24, val_batches=1), encoder, progress=False)
+    train_encoder(
+        EncoderTrainConfig(model=EncoderConfig(**tiny), steps=1, batch=1, size=24, val_batches=1),
+        encoder,
+        progress=False,
+    )
     coarse = tmp_path / "coarse.pt"  # trained on 8 mm slices: refused for a 2 mm fit
-    train_encoder(EncoderTrainConfig(model=EncoderConfig(**tiny, spacing=8.0), steps=1, batch=1, size=24, val_batches=1), coarse, progress=False)
+    train_encoder(
+        EncoderTrainConfig(model=EncoderConfig(**tiny, spacing=8.0), steps=1, batch=1, size=24, val_batches=1),
+        coarse,
+        progress=False,
+    )
     out = str(tmp_path / "c_")
-    args = ["fit-field", "-f", str(folder / "fixed.nii.gz"), "-m", str(folder / "moving_aligned.nii.gz"), "-o", out,
-            "--iterations", "3", "--coarse-iterations", "2", "--metric", "content", "--quiet"]
+    args = [
+        "fit-field",
+        "-f",
+        str(folder / "fixed.nii.gz"),
+        "-m",
+        str(folder / "moving_aligned.nii.gz"),
+        "-o",
+        out,
+        "--iterations",
+        "3",
+        "--coarse-iterations",
+        "2",
+        "--metric",
+        "content",
+        "--quiet",
+    ]
     result = runner.invoke(app, args + ["--encoder", str(encoder)])
     assert result.exit_code == 0, result.output
     doc = json.loads(Path(out + "regode.json").read_text())
@@ -371,7 +441,10 @@ def test_principal_components_keep_feature_distances():
     assert torch.allclose((pf - pm).square().sum(1), (fixed - moving).square().sum(1))
     basis = torch.randn(5, 2, generator=gen, dtype=torch.float64)
     low = lambda c: (basis @ c.reshape(2, -1)).reshape(1, 5, 4, 5, 6)  # noqa: E731
-    f2, m2 = low(torch.randn(2, 120, generator=gen, dtype=torch.float64)), low(torch.randn(2, 120, generator=gen, dtype=torch.float64))
+    f2, m2 = (
+        low(torch.randn(2, 120, generator=gen, dtype=torch.float64)),
+        low(torch.randn(2, 120, generator=gen, dtype=torch.float64)),
+    )
     pf, pm = principal_components(f2, m2, head, 2)
     assert pf.shape == (1, 2, 4, 5, 6) and torch.allclose((pf - pm).square().sum(1), (f2 - m2).square().sum(1))
 
@@ -390,7 +463,9 @@ def test_masks_leave_what_they_exclude_out_of_the_fit(tmp_path):
     mask = Image((~left).float(), grid, np.uint8)
     config = FitConfig(**FAST, metric="mse", spacing=3.0)  # the working grid is the image's
     free = fit_images(Image(fixed, grid, np.float32), Image(moving, grid, np.float32), config).field.field
-    masked = fit_images(Image(fixed, grid, np.float32), Image(moving, grid, np.float32), config, masks=(mask, None)).field.field
+    masked = fit_images(
+        Image(fixed, grid, np.float32), Image(moving, grid, np.float32), config, masks=(mask, None)
+    ).field.field
     inner = left.clone()
     inner[..., grid.size[0] // 2 - 4 :] = False  # away from the mask's edge
     size = lambda field: float(field[0].norm(dim=0)[inner[0, 0]].mean())  # noqa: E731
@@ -398,9 +473,26 @@ def test_masks_leave_what_they_exclude_out_of_the_fit(tmp_path):
     write_image(fixed, grid, tmp_path / "f.nii.gz")
     write_image(moving, grid, tmp_path / "m.nii.gz")
     write_image(mask.data, grid, tmp_path / "mask.nii.gz", np.uint8)
-    for command in (["fit-field", "--iterations", "3", "--coarse-iterations", "0", "-q"], ["register", "--model", "rigid"]):
-        result = runner.invoke(app, [*command, "-f", str(tmp_path / "f.nii.gz"), "-m", str(tmp_path / "m.nii.gz"), "-o", str(tmp_path / f"{command[0]}_"),
-                                     "--fixed-mask", str(tmp_path / "mask.nii.gz"), "--moving-mask", str(tmp_path / "mask.nii.gz")])
+    for command in (
+        ["fit-field", "--iterations", "3", "--coarse-iterations", "0", "-q"],
+        ["register", "--model", "rigid"],
+    ):
+        result = runner.invoke(
+            app,
+            [
+                *command,
+                "-f",
+                str(tmp_path / "f.nii.gz"),
+                "-m",
+                str(tmp_path / "m.nii.gz"),
+                "-o",
+                str(tmp_path / f"{command[0]}_"),
+                "--fixed-mask",
+                str(tmp_path / "mask.nii.gz"),
+                "--moving-mask",
+                str(tmp_path / "mask.nii.gz"),
+            ],
+        )
         assert result.exit_code == 0, result.output
         record = json.loads((tmp_path / f"{command[0]}_regode.json").read_text())
         assert record["config"]["fixed_mask"] == str(tmp_path / "mask.nii.gz")
@@ -416,7 +508,9 @@ def test_the_inter_subject_preset_fills_what_the_options_leave():
     preset = resolve(SPEC, [("command line", {"fixed": "f", "moving": "m"})], "inter-subject")
     assert all(getattr(preset["config"], k) == v for k, v in PRESETS["inter-subject"].items())
     assert preset.sources["lambda_grad"] == "preset" and preset.sources["seed"] == "default"
-    mine = resolve(SPEC, [("command line", {"fixed": "f", "moving": "m", "lambda_grad": 5.0, "metric": "mi"})], "inter-subject")
+    mine = resolve(
+        SPEC, [("command line", {"fixed": "f", "moving": "m", "lambda_grad": 5.0, "metric": "mi"})], "inter-subject"
+    )
     assert mine["config"].lambda_grad == 5.0 and mine["config"].metric == "mi" and mine["config"].affine
     assert mine.sources["lambda_grad"] == mine.sources["metric"] == "command line"
     assert resolve(SPEC, [("command line", {"fixed": "f", "moving": "m"})])["config"] == FitConfig()
@@ -437,7 +531,10 @@ def test_affine_stage_judges_the_headers_start(monkeypatch, headers_off_mm):
 
     fixed, moving, truth, grid = slab_pair(headers_off_mm, oblique_direction((0.2, -0.1, 0.3)))
     config = FitConfig(stride=2, iterations=20, coarse_iterations=20, affine=True, center_of_mass=True)
-    points = torch.as_tensor(grid.center)[None, None] + torch.randn(1, 300, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 25
+    points = (
+        torch.as_tensor(grid.center)[None, None]
+        + torch.randn(1, 300, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 25
+    )
 
     def error(result):
         mapped = copy.deepcopy(result.transform).double()(points)

@@ -23,13 +23,21 @@ if True:  # the specs of the five commands whose options go through the schema
     from regode.bench.config import SPEC as BENCH
     from regode.cli.train import SPECS as TRAIN
     from regode.cohort.config import SPEC as COHORT
+    from regode.config import WARP_SPEC as WARP
     from regode.nir.config import SPEC as FIT
+    from regode.odenet.config import DEMO_SPEC as DEMO
     from regode.odenet.config import SPEC as REGISTER
 
 GRID = Grid((16, 18, 14), (2.0, 2.0, 2.0), (-16.0, -18.0, -14.0))
 SPECIAL = {
-    "model": "affine+dense", "schedule": "F(0.5)-F(0.5)-F(0.5)", "methods": ["identity", "regode:rigid"], "model.kind": "bspline",
-    "slices": 7, "options": "--seed 3", "walltime": "00:10:00", "memory": "2GB",
+    "model": "affine+dense",
+    "schedule": "F(0.5)-F(0.5)-F(0.5)",
+    "methods": ["identity", "regode:rigid"],
+    "model.kind": "bspline",
+    "slices": 7,
+    "options": "--seed 3",
+    "walltime": "00:10:00",
+    "memory": "2GB",
 }
 """values for settings whose value is constrained beyond their declaration."""
 
@@ -110,12 +118,18 @@ def _nested(values: dict) -> dict:
 
 
 COMMANDS = {
-    "register": (REGISTER, ["register", "-o", "x_"], {"fixed": "/tmp/f.nii.gz", "moving": "/tmp/m.nii.gz", "model": "rigid+bspline"}),
+    "register": (
+        REGISTER,
+        ["register", "-o", "x_"],
+        {"fixed": "/tmp/f.nii.gz", "moving": "/tmp/m.nii.gz", "model": "rigid+bspline"},
+    ),
     "fit-field": (FIT, ["fit-field", "-o", "x_"], {"fixed": "/tmp/f.nii.gz", "moving": "/tmp/m.nii.gz"}),
     "bench": (BENCH, ["bench"], {"data": "/tmp/data"}),
     "cohort": (COHORT, ["cohort", "manifest.csv", "--out", "o"], {}),
     "train": (TRAIN["odenet"], ["train", "-o", "m.pt"], {}),
     "train encoder": (TRAIN["encoder"], ["train", "-o", "m.pt"], {"model.kind": "encoder"}),
+    "warp": (WARP, ["warp", "-o", "w.nii.gz"], {"input": "/tmp/i.nii.gz", "reference": "/tmp/r.nii.gz"}),
+    "demo": (DEMO, ["demo"], {}),
 }
 
 
@@ -134,7 +148,9 @@ def test_every_option_reaches_the_config_from_the_command_line_and_a_config_file
         assert _at(printed, name) == value, (name, value)
         file = tmp_path / f"{checked}.toml"
         file.write_text(tomli_w.dumps(_nested({**{n: v for n, v in base.items() if n != "model.kind"}, name: value})))
-        extra = _argv(known["model.kind"][1], base["model.kind"]) if "model.kind" in base and name != "model.kind" else []
+        extra = (
+            _argv(known["model.kind"][1], base["model.kind"]) if "model.kind" in base and name != "model.kind" else []
+        )
         printed = _printed(capsys, argv + extra + ["--config", file])
         assert _at(printed, name) == value, (name, value, "config file")
         checked += 1
@@ -171,8 +187,24 @@ def test_every_option_reaches_a_manifest_row(command, tmp_path):
 def test_a_preset_never_overrides_an_option_the_user_gave(capsys):
     """``fit-field --preset inter-subject --lambda-grad 5 --metric mi``: 5 (FitConfig's default) and
     mi (the default, where the preset says auto) win; the preset fills the rest."""
-    printed = _printed(capsys, ["fit-field", "-f", "a", "-m", "b", "-o", "x_", "--preset", "inter-subject", "--lambda-grad", "5",
-                                "--metric", "mi"])
+    printed = _printed(
+        capsys,
+        [
+            "fit-field",
+            "-f",
+            "a",
+            "-m",
+            "b",
+            "-o",
+            "x_",
+            "--preset",
+            "inter-subject",
+            "--lambda-grad",
+            "5",
+            "--metric",
+            "mi",
+        ],
+    )
     assert printed["lambda_grad"] == 5.0 and printed["metric"] == "mi"
     assert printed["lambda_fold"] == 100.0 and printed["affine"] and printed["fine_spacing"] == "auto"
 
@@ -190,14 +222,17 @@ def test_the_layers_rank_command_line_config_file_preset_default(tmp_path):
     assert resolved.sources["affine"] == "preset" and resolved.sources["seed"] == "default"
 
 
-@pytest.mark.parametrize("text,words", [
-    ('lamda_grad = 2.0\n', "unknown setting 'lamda_grad'"),
-    ('lambda_grad = "a lot"\n', "--lambda-grad must be a number"),
-    ('lambda_grad = -1.0\n', "--lambda-grad must be at least 0"),
-    ('metric = "best"\n', "unknown --metric 'best'"),
-    ('out = "x_"\n', "'out'"),
-    ('lambda_grad = \n', "cannot read it"),
-])
+@pytest.mark.parametrize(
+    "text,words",
+    [
+        ("lamda_grad = 2.0\n", "unknown setting 'lamda_grad'"),
+        ('lambda_grad = "a lot"\n', "--lambda-grad must be a number"),
+        ("lambda_grad = -1.0\n", "--lambda-grad must be at least 0"),
+        ('metric = "best"\n', "unknown --metric 'best'"),
+        ('out = "x_"\n', "'out'"),
+        ("lambda_grad = \n", "cannot read it"),
+    ],
+)
 def test_a_bad_config_file_is_one_error_line_naming_it(tmp_path, capfd, text, words):
     (tmp_path / "c.toml").write_text(text)
     code = run(["fit-field", "-f", "a", "-m", "b", "-o", str(tmp_path / "x_"), "--config", str(tmp_path / "c.toml")])
@@ -207,7 +242,14 @@ def test_a_bad_config_file_is_one_error_line_naming_it(tmp_path, capfd, text, wo
 
 def test_a_record_of_another_command_or_version(tmp_path, capfd):
     """A PREFIXregode.json of fit-field is no register config; one of another version warns."""
-    record = {"regode": "0.0.1", "command": "fit-field", "fixed": "f", "moving": "m", "config": {"lambda_grad": 2.0}, "timings_s": {}}
+    record = {
+        "regode": "0.0.1",
+        "command": "fit-field",
+        "fixed": "f",
+        "moving": "m",
+        "config": {"lambda_grad": 2.0},
+        "timings_s": {},
+    }
     (tmp_path / "r_regode.json").write_text(json.dumps(record))
     assert run(["register", "-o", "x_", "--config", str(tmp_path / "r_regode.json"), "--print-config"]) == 1
     assert "not of regode register" in capfd.readouterr().err
@@ -217,7 +259,11 @@ def test_a_record_of_another_command_or_version(tmp_path, capfd):
 
 
 def _hashes(folder: Path, skip=("regode.json",)) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if not p.name.endswith(skip)}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.iterdir())
+        if not p.name.endswith(skip)
+    }
 
 
 @pytest.fixture
@@ -229,26 +275,67 @@ def pair(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("command,options", [
-    ("register", ["--model", "rigid+bspline", "--seed", "3"]),
-    ("fit-field", ["--preset", "inter-subject", "--lambda-grad", "5", "--metric", "mi", "--iterations", "5", "--coarse-iterations", "5",
-                   "--affine-iterations", "5", "--fine-spacing", "0", "-q"]),
-])
+@pytest.mark.parametrize(
+    "command,options",
+    [
+        ("register", ["--model", "rigid+bspline", "--seed", "3"]),
+        (
+            "fit-field",
+            [
+                "--preset",
+                "inter-subject",
+                "--lambda-grad",
+                "5",
+                "--metric",
+                "mi",
+                "--iterations",
+                "5",
+                "--coarse-iterations",
+                "5",
+                "--affine-iterations",
+                "5",
+                "--fine-spacing",
+                "0",
+                "-q",
+            ],
+        ),
+    ],
+)
 def test_a_run_replays_from_its_record_byte_for_byte(pair, command, options):
     """Register a pair with --threads 1, then ``regode COMMAND --config A/run_regode.json -o
     B/run_`` (the inputs from the record): the same files, byte for byte (the record's timings aside)."""
     (pair / "A").mkdir()
     (pair / "B").mkdir()
-    first = [command, "-f", pair / "fixed.nii.gz", "-m", pair / "moving.nii.gz", "--moving-labels", pair / "labels.nii.gz",
-             "-o", pair / "A" / "run_", "--threads", "1", *options]
+    first = [
+        command,
+        "-f",
+        pair / "fixed.nii.gz",
+        "-m",
+        pair / "moving.nii.gz",
+        "--moving-labels",
+        pair / "labels.nii.gz",
+        "-o",
+        pair / "A" / "run_",
+        "--threads",
+        "1",
+        *options,
+    ]
     assert run([str(a) for a in first]) == 0
     record = json.loads((pair / "A" / "run_regode.json").read_text())
     assert record["sources"]["threads"] == "command line" and record["sources"]["device"] == "default"
     if command == "fit-field":
-        assert record["config"]["lambda_grad"] == 5.0 and record["config"]["metric"] == "mi" and record["config"]["affine"]
+        assert (
+            record["config"]["lambda_grad"] == 5.0 and record["config"]["metric"] == "mi" and record["config"]["affine"]
+        )
         assert record["sources"]["lambda_grad"] == record["sources"]["metric"] == "command line"
         assert record["sources"]["affine"] == "preset" and record["preset"] == "inter-subject"
-    assert run([command, "--config", str(pair / "A" / "run_regode.json"), "-o", str(pair / "B" / "run_")] + (["-q"] if command == "fit-field" else [])) == 0
+    assert (
+        run(
+            [command, "--config", str(pair / "A" / "run_regode.json"), "-o", str(pair / "B" / "run_")]
+            + (["-q"] if command == "fit-field" else [])
+        )
+        == 0
+    )
     a, b = _hashes(pair / "A"), _hashes(pair / "B")
     assert len(a) >= 6 and a == b
     replayed = json.loads((pair / "B" / "run_regode.json").read_text())
@@ -260,8 +347,11 @@ def test_nothing_outside_the_command_line_package_imports_it():
     options from the declarations, not through the command line's modules)."""
     root = Path(__file__).resolve().parents[1] / "regode"
     pattern = re.compile(r"^\s*(from\s+(regode\.cli|\.+cli)\b|import\s+regode\.cli\b)", re.M)
-    offenders = [str(p.relative_to(root)) for p in root.rglob("*.py") if "cli" not in p.relative_to(root).parts[:1]
-                 and pattern.search(p.read_text())]
+    offenders = [
+        str(p.relative_to(root))
+        for p in root.rglob("*.py")
+        if "cli" not in p.relative_to(root).parts[:1] and pattern.search(p.read_text())
+    ]
     assert not offenders
 
 
@@ -270,7 +360,7 @@ def test_every_config_field_is_declared():
     import dataclasses
     import typing
 
-    for spec in (REGISTER, FIT, BENCH, COHORT, *TRAIN.values()):
+    for spec in (REGISTER, FIT, BENCH, COHORT, WARP, DEMO, *TRAIN.values()):
         stack = list(spec.sections.values())
         while stack:
             current = stack.pop()
@@ -280,3 +370,34 @@ def test_every_config_field_is_declared():
                 if "group" in f.metadata:
                     stack.append(hints[f.name])
         assert leaves(next(iter(spec.sections.values())))
+
+
+def test_the_cascades_are_the_rule_s():
+    """``MODELS`` is every cascade the rule allows: today's 11, linear kinds first, one deformable
+    kind at most, last; nothing else."""
+    from regode.odenet.registry import MODELS, valid_cascade
+
+    today = "rigid affine bspline dense rigid+affine rigid+bspline rigid+dense affine+bspline affine+dense"
+    assert MODELS == tuple(today.split()) + ("rigid+affine+bspline", "rigid+affine+dense")
+    for bad in ("affine+rigid", "bspline+dense", "bspline+rigid", "rigid+rigid", "rigid+warp", ""):
+        assert not valid_cascade(bad.split("+")), bad
+
+
+def test_a_new_kind_is_one_registry_entry(monkeypatch):
+    """The recipe of docs/architecture.md: a kind is an entry whose behaviour and network are named
+    by module; the cascade rule takes it in at once, and its behaviour is built from the entry."""
+    from dataclasses import replace
+
+    from regode.odenet import registry
+
+    shift = replace(registry.KINDS["rigid"], name="shift", polished_levels=None)
+    kinds = {
+        "rigid": registry.KINDS["rigid"],
+        "shift": shift,
+        **{k: v for k, v in registry.KINDS.items() if k != "rigid"},
+    }
+    monkeypatch.setattr(registry, "KINDS", kinds)
+    assert registry.valid_cascade(["rigid", "shift", "bspline"]) and not registry.valid_cascade(["shift", "rigid"])
+    assert registry.inter_subject("affine+bspline") and not registry.inter_subject("rigid+shift+bspline")
+    behaviour = shift.load()(shift)
+    assert (behaviour.name, behaviour.linear, behaviour.network.__name__) == ("shift", True, "RigidNet")

@@ -37,8 +37,11 @@ def test_compose_applies_last_first():
 
 def test_linear_inverse_is_exact():
     gen = torch.Generator().manual_seed(0)
-    a = Affine(torch.eye(3, dtype=torch.float64) + 0.2 * torch.randn(3, 3, generator=gen, dtype=torch.float64),
-               torch.randn(3, generator=gen, dtype=torch.float64) * 10, torch.tensor([4.0, -3.0, 7.0], dtype=torch.float64))
+    a = Affine(
+        torch.eye(3, dtype=torch.float64) + 0.2 * torch.randn(3, 3, generator=gen, dtype=torch.float64),
+        torch.randn(3, generator=gen, dtype=torch.float64) * 10,
+        torch.tensor([4.0, -3.0, 7.0], dtype=torch.float64),
+    )
     r = Rigid(torch.tensor([0.5, -0.2, 0.9, 3.0, -8.0, 1.0], dtype=torch.float64), torch.tensor([1.0, 2.0, 3.0]))
     p = torch.randn(1, 1000, 3, generator=gen, dtype=torch.float64) * 80
     for t in (a, r, Compose([a, r])):
@@ -168,7 +171,9 @@ def test_field_displacement_on_another_grid(parallel):
 def test_bspline_adjoint_is_the_transpose_of_the_displacement(oblique):
     """<B c, f> = <c, B^T f> on the separable path (parallel grids) and on the pointwise one (a
     grid at an angle to the control grid)."""
-    direction = tuple(euler_matrix(torch.tensor([0.2, 0.1, 0.3], dtype=torch.float64)).numpy().ravel()) if oblique else None
+    direction = (
+        tuple(euler_matrix(torch.tensor([0.2, 0.1, 0.3], dtype=torch.float64)).numpy().ravel()) if oblique else None
+    )
     control = BSpline.control_grid_for(Grid((20, 18, 16), (2.0, 2.0, 2.0), (-19.0, -17.0, -15.0)), 10.0)
     grid = Grid((20, 18, 16), (2.0, 2.0, 2.0), (-19.0, -17.0, -15.0), *(() if direction is None else (direction,)))
     gen = torch.Generator().manual_seed(0)

@@ -38,10 +38,15 @@ def scene(tmp_path, awkward_grid, phantom):
     write_image(labels * 10, awkward_grid, tmp_path / "labels.nii.gz", np.int16)  # sparse label values
     ref_grid = Grid((30, 34, 22), (1.3, 1.0, 1.7), (-8.0, 18.0, 4.0), oblique_direction((-0.2, 0.1, 0.4)))
     write_image(torch.zeros(1, 1, *ref_grid.shape), ref_grid, tmp_path / "reference.nii.gz")
-    small = Rigid(torch.tensor([0.08, -0.05, 0.1, 2.0, -1.5, 1.0], dtype=torch.float64), torch.as_tensor(awkward_grid.center))
+    small = Rigid(
+        torch.tensor([0.08, -0.05, 0.1, 2.0, -1.5, 1.0], dtype=torch.float64), torch.as_tensor(awkward_grid.center)
+    )
     save_transform(small, tmp_path / "rigid.mat")
-    aff = Affine(torch.eye(3, dtype=torch.float64) * 1.05 + 0.03, torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64),
-                 torch.as_tensor(awkward_grid.center))
+    aff = Affine(
+        torch.eye(3, dtype=torch.float64) * 1.05 + 0.03,
+        torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64),
+        torch.as_tensor(awkward_grid.center),
+    )
     save_transform(aff, tmp_path / "affine.txt")
     field = random_bspline(ref_grid, 10.0, 2.0, seed=9).displacement(ref_grid)
     save_transform(DisplacementField(ref_grid, field), tmp_path / "warp.nii.gz")
@@ -79,7 +84,15 @@ CHAINS = {
 def test_warp_matches_sitk_resample(scene, chain):
     specs = [f"[{scene / s[1:-3]},1]" if s.startswith("[") else str(scene / s) for s in CHAINS[chain]]
     args = [x for s in specs for x in ("-t", s)]
-    regode_warp("--input", scene / "moving.nii.gz", "--reference", scene / "reference.nii.gz", *args, "--output", scene / "out.nii.gz")
+    regode_warp(
+        "--input",
+        scene / "moving.nii.gz",
+        "--reference",
+        scene / "reference.nii.gz",
+        *args,
+        "--output",
+        scene / "out.nii.gz",
+    )
     ours = sitk.GetArrayFromImage(sitk.ReadImage(str(scene / "out.nii.gz")))
     theirs = sitk_resample(scene, specs)
     moving = sitk.GetArrayFromImage(sitk.ReadImage(str(scene / "moving.nii.gz")))
@@ -91,8 +104,18 @@ def test_warp_matches_sitk_resample(scene, chain):
 
 def test_warp_matches_ants_apply_transforms(scene):
     ants = pytest.importorskip("ants")
-    regode_warp("-i", scene / "moving.nii.gz", "-r", scene / "reference.nii.gz", "-t", scene / "warp.nii.gz",
-                "-t", scene / "affine.txt", "-o", scene / "out.nii.gz")
+    regode_warp(
+        "-i",
+        scene / "moving.nii.gz",
+        "-r",
+        scene / "reference.nii.gz",
+        "-t",
+        scene / "warp.nii.gz",
+        "-t",
+        scene / "affine.txt",
+        "-o",
+        scene / "out.nii.gz",
+    )
     save_affine_as_mat = scene / "affine.mat"
     sitk.WriteTransform(sitk.ReadTransform(str(scene / "affine.txt")), str(save_affine_as_mat))
     theirs = ants.apply_transforms(
@@ -107,8 +130,18 @@ def test_warp_matches_ants_apply_transforms(scene):
 
 
 def test_bspline_interpolation_close_to_sitk(scene):
-    regode_warp("-i", scene / "moving.nii.gz", "-r", scene / "reference.nii.gz", "-t", scene / "rigid.mat",
-                "-o", scene / "out.nii.gz", "--interp", "bspline")
+    regode_warp(
+        "-i",
+        scene / "moving.nii.gz",
+        "-r",
+        scene / "reference.nii.gz",
+        "-t",
+        scene / "rigid.mat",
+        "-o",
+        scene / "out.nii.gz",
+        "--interp",
+        "bspline",
+    )
     ours = sitk.GetArrayFromImage(sitk.ReadImage(str(scene / "out.nii.gz")))
     theirs = sitk_resample(scene, [str(scene / "rigid.mat")], sitk.sitkBSpline)
     moving = sitk.GetArrayFromImage(sitk.ReadImage(str(scene / "moving.nii.gz")))
@@ -128,7 +161,18 @@ def test_same_physical_image_in_ras_las_lps_warps_identically(tmp_path, scene, a
         sitk.WriteImage(img, str(path))
         arrays.append(sitk.GetArrayFromImage(img))
         out = tmp_path / f"out_{orient}.nii.gz"
-        regode_warp("-i", path, "-r", scene / "reference.nii.gz", "-t", scene / "warp.nii.gz", "-t", scene / "rigid.mat", "-o", out)
+        regode_warp(
+            "-i",
+            path,
+            "-r",
+            scene / "reference.nii.gz",
+            "-t",
+            scene / "warp.nii.gz",
+            "-t",
+            scene / "rigid.mat",
+            "-o",
+            out,
+        )
         results.append(sitk.GetArrayFromImage(sitk.ReadImage(str(out))))
     assert not np.allclose(arrays[0], arrays[1]) and not np.allclose(arrays[0], arrays[2])  # stored differently
     assert np.abs(results[0]).max() > 0.1
@@ -155,10 +199,30 @@ def label_scene(tmp_path_factory):
     labels = phantom_labels(grid, 30, seed=11)
     write_image(labels, grid, folder / "labels.nii.gz", np.uint8)
     save_transform(DisplacementField(grid, volume_preserving_field(grid, 2.0, seed=3)), folder / "warp.nii.gz")
-    regode_warp("-i", folder / "labels.nii.gz", "-r", folder / "labels.nii.gz", "-t", folder / "warp.nii.gz",
-                "-o", folder / "out.nii.gz", "--interp", "label")
-    regode_warp("-i", folder / "labels.nii.gz", "-r", folder / "labels.nii.gz", "-t", folder / "warp.nii.gz",
-                "-o", folder / "nearest.nii.gz", "--interp", "nearest")
+    regode_warp(
+        "-i",
+        folder / "labels.nii.gz",
+        "-r",
+        folder / "labels.nii.gz",
+        "-t",
+        folder / "warp.nii.gz",
+        "-o",
+        folder / "out.nii.gz",
+        "--interp",
+        "label",
+    )
+    regode_warp(
+        "-i",
+        folder / "labels.nii.gz",
+        "-r",
+        folder / "labels.nii.gz",
+        "-t",
+        folder / "warp.nii.gz",
+        "-o",
+        folder / "nearest.nii.gz",
+        "--interp",
+        "nearest",
+    )
     return folder, labels[0, 0].numpy()
 
 
@@ -173,7 +237,9 @@ def test_label_warping_preserves_labels_and_volumes(label_scene):
     nearest = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "nearest.nii.gz")))
 
     def change(result):
-        return np.array([abs((result == k).sum() - (original == k).sum()) / (original == k).sum() for k in np.unique(original)[1:]])
+        return np.array(
+            [abs((result == k).sum() - (original == k).sum()) / (original == k).sum() for k in np.unique(original)[1:]]
+        )
 
     # GenericLabel (identical to ANTs', see below) moves label boundaries by whole voxels: on these
     # 8-16k voxel labels the typical label changes by under 1 %, the worst by 2-3 %, about half
@@ -211,8 +277,28 @@ def test_label_interpolation_equals_ants_generic_label(label_scene):
 
 def test_linear_interpolation_of_labels_would_invent_values(scene):
     # the reason 'label' exists: linear interpolation of a label image creates values between labels
-    regode_warp("-i", scene / "labels.nii.gz", "-r", scene / "reference.nii.gz", "-t", scene / "rigid.mat", "-o", scene / "lin.nii.gz")
-    regode_warp("-i", scene / "labels.nii.gz", "-r", scene / "reference.nii.gz", "-t", scene / "rigid.mat", "-o", scene / "lab.nii.gz", "-n", "label")
+    regode_warp(
+        "-i",
+        scene / "labels.nii.gz",
+        "-r",
+        scene / "reference.nii.gz",
+        "-t",
+        scene / "rigid.mat",
+        "-o",
+        scene / "lin.nii.gz",
+    )
+    regode_warp(
+        "-i",
+        scene / "labels.nii.gz",
+        "-r",
+        scene / "reference.nii.gz",
+        "-t",
+        scene / "rigid.mat",
+        "-o",
+        scene / "lab.nii.gz",
+        "-n",
+        "label",
+    )
     original = set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(scene / "labels.nii.gz")))))
     assert not set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(scene / "lin.nii.gz"))))) <= original
     assert set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(scene / "lab.nii.gz"))))) <= original
@@ -244,17 +330,38 @@ def test_bad_inputs_fail_cleanly(scene):
         "is 4D": ["-i", scene / "series.nii.gz", *ok, "-o", scene / "o3.nii.gz"],
         "NaN": ["-i", scene / "nan.nii.gz", *ok, "-o", scene / "o4.nii.gz"],
         "cannot read image": ["-i", scene / "corrupt.nii.gz", *ok, "-o", scene / "o5.nii.gz"],
-        "unsupported transform file": ["-i", scene / "moving.nii.gz", "-r", scene / "reference.nii.gz", "-t", scene / "t.xyz", "-o", scene / "o6.nii.gz"],
+        "unsupported transform file": [
+            "-i",
+            scene / "moving.nii.gz",
+            "-r",
+            scene / "reference.nii.gz",
+            "-t",
+            scene / "t.xyz",
+            "-o",
+            scene / "o6.nii.gz",
+        ],
         "does not exist": ["-i", scene / "moving.nii.gz", *ok, "-o", scene / "no" / "such" / "o7.nii.gz"],
         "is a folder": ["-i", scene / "moving.nii.gz", *ok, "-o", scene],
         "unknown image extension": ["-i", scene / "moving.nii.gz", *ok, "-o", scene / "o8.xyz"],
-        "only linear transforms": ["-i", scene / "moving.nii.gz", "-r", scene / "reference.nii.gz", "-t", f"[{scene / 'warp.nii.gz'},1]", "-o", scene / "o9.nii.gz"],
+        "only linear transforms": [
+            "-i",
+            scene / "moving.nii.gz",
+            "-r",
+            scene / "reference.nii.gz",
+            "-t",
+            f"[{scene / 'warp.nii.gz'},1]",
+            "-o",
+            scene / "o9.nii.gz",
+        ],
     }
     for message, args in cases.items():
         result = run_cli("warp", *args)
         assert result.returncode == 1, (message, result.stderr)
         lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("regode: error:") and message in lines[0], (message, result.stderr)
+        assert len(lines) == 1 and lines[0].startswith("regode: error:") and message in lines[0], (
+            message,
+            result.stderr,
+        )
     assert digest(scene) == before  # no output, no temporary, inputs untouched
     assert not any(p.name.startswith(".regode-") for p in scene.iterdir())
 
@@ -267,7 +374,18 @@ def test_failed_write_leaves_no_partial_file(scene, monkeypatch):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(images.sitk if hasattr(images, "sitk") else __import__("SimpleITK"), "WriteImage", explode)
-    result = runner.invoke(app, ["warp", "-i", str(scene / "moving.nii.gz"), "-r", str(scene / "reference.nii.gz"), "-o", str(scene / "o.nii.gz")])
+    result = runner.invoke(
+        app,
+        [
+            "warp",
+            "-i",
+            str(scene / "moving.nii.gz"),
+            "-r",
+            str(scene / "reference.nii.gz"),
+            "-o",
+            str(scene / "o.nii.gz"),
+        ],
+    )
     assert result.exit_code == 1
     assert not (scene / "o.nii.gz").exists()
     assert not any(p.name.startswith(".regode-") for p in scene.iterdir())
@@ -275,7 +393,9 @@ def test_failed_write_leaves_no_partial_file(scene, monkeypatch):
 
 def test_only_sampling_calls_grid_sample():
     root = Path(__file__).resolve().parents[1] / "regode"
-    callers = [p.relative_to(root).as_posix() for p in root.rglob("*.py") if re.search(r"\.grid_sample\(", p.read_text())]
+    callers = [
+        p.relative_to(root).as_posix() for p in root.rglob("*.py") if re.search(r"\.grid_sample\(", p.read_text())
+    ]
     assert callers == ["sampling.py"]
 
 
@@ -305,8 +425,8 @@ def test_label_interpolation_matches_a_direct_vote():
         for dz, dy, dx in corners:
             i, j, k = np.minimum(base + [dx, dy, dz], size - 1)
             values.append(volume[k, j, i])
-            weights.append(np.prod([f if o else 1 - f for f, o in zip(frac, (dx, dy, dz))]))
-        scores = [sum(w for v2, w in zip(values, weights) if v2 == v) for v in values]
+            weights.append(np.prod([f if o else 1 - f for f, o in zip(frac, (dx, dy, dz), strict=False)]))
+        scores = [sum(w for v2, w in zip(values, weights, strict=False) if v2 == v) for v in values]
         assert ours[n] == values[int(np.argmax(scores))], n
     assert len(np.unique(ours)) == 4  # three labels and the padding all occur
 
@@ -320,12 +440,21 @@ def test_resample_many_equals_one_at_a_time():
     labels = phantom_labels(grid, 8, 3).float()
     image = torch.rand(1, 1, *grid.shape, generator=torch.Generator().manual_seed(0))
     reference = Grid((34, 28, 24), (1.7, 1.8, 1.9), (-28.0, -25.0, -20.0))
-    chain = Compose([Rigid(torch.tensor([[0.1, -0.05, 0.2, 3.0, -2.0, 1.0]], dtype=torch.float64), torch.zeros(1, 3, dtype=torch.float64)),
-                     random_bspline(reference, 16.0, 3.0, seed=1)])
+    chain = Compose(
+        [
+            Rigid(
+                torch.tensor([[0.1, -0.05, 0.2, 3.0, -2.0, 1.0]], dtype=torch.float64),
+                torch.zeros(1, 3, dtype=torch.float64),
+            ),
+            random_bspline(reference, 16.0, 3.0, seed=1),
+        ]
+    )
     for interps in (("linear", "label"), ("nearest", "bspline")):
         together = resample_many([(image, interps[0]), (labels, interps[1])], grid, reference, chain, slab_voxels=4000)
-        for out, volume, interp in zip(together, (image, labels), interps):
-            torch.testing.assert_close(out, resample(volume, grid, reference, chain, interp, slab_voxels=4000), rtol=0, atol=1e-6)
+        for out, volume, interp in zip(together, (image, labels), interps, strict=False):
+            torch.testing.assert_close(
+                out, resample(volume, grid, reference, chain, interp, slab_voxels=4000), rtol=0, atol=1e-6
+            )
 
 
 def test_working_images_on_a_parallel_grid_equal_resampling_at_world_points():
@@ -343,13 +472,20 @@ def test_working_images_on_a_parallel_grid_equal_resampling_at_world_points():
     oblique = Grid((30, 30, 30), (2.0, 2.0, 2.0), (-25.0, -25.0, -25.0), oblique_direction((0.1, 0.2, -0.3)))
     assert grid.with_spacing(2.0).parallel_to(grid) and not oblique.parallel_to(grid)
     for target in (grid.with_spacing(2.0), grid.with_spacing(1.0), oblique):
-        sigmas = [0.5 * (new / old) if new > old * 1.01 else 0.0 for old, new in zip(grid.spacing, target.spacing)]
+        sigmas = [
+            0.5 * (new / old) if new > old * 1.01 else 0.0
+            for old, new in zip(grid.spacing, target.spacing, strict=False)
+        ]
         expected = normalise(resample(blur(data, sigmas), grid, target, Compose([])))
         torch.testing.assert_close(to_grid(image, target), expected, atol=1e-4, rtol=0)
     fine = to_grid(image, grid.with_spacing(2.0))
     coarse = grid.with_spacing(2.0).with_spacing(4.0)
-    torch.testing.assert_close(pyramid(fine, grid.with_spacing(2.0), 2)[0].volume,
-                               sample(blur(fine, (1.0, 1.0, 1.0)), grid.with_spacing(2.0), coarse.world_points()[None]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        pyramid(fine, grid.with_spacing(2.0), 2)[0].volume,
+        sample(blur(fine, (1.0, 1.0, 1.0)), grid.with_spacing(2.0), coarse.world_points()[None]),
+        atol=1e-5,
+        rtol=0,
+    )
 
 
 def test_normalising_ignores_rounding_in_the_background():

@@ -52,7 +52,9 @@ class Metrics:
         return float(e3d_distance(e3d(self.encoder.content, moved, self.positions, self.slices), self.fixed_content))
 
 
-def moved_by(moving: torch.Tensor, grid: Grid, center: torch.Tensor, axis: int, angle_deg: float = 0.0, shift_mm: float = 0.0) -> torch.Tensor:
+def moved_by(
+    moving: torch.Tensor, grid: Grid, center: torch.Tensor, axis: int, angle_deg: float = 0.0, shift_mm: float = 0.0
+) -> torch.Tensor:
     """``moving`` (on ``grid``) resampled on ``grid`` through the fixed -> moving map ``y = R(x - c)
     + c + t``: R the rotation by ``angle_deg`` about world ``axis`` (0 x, 1 y, 2 z) through ``center``,
     t the shift ``shift_mm`` along it (ITK's convention; the image content turns by -angle)."""

@@ -14,9 +14,10 @@ import io
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -74,7 +75,9 @@ class Ants:
 
         f, m = to_ants(fixed), to_ants(moving)
         with tempfile.TemporaryDirectory(prefix="regode-ants-") as tmp:
-            result = ants.registration(f, m, type_of_transform=self.kind, random_seed=seed, outprefix=str(Path(tmp) / "out_"))
+            result = ants.registration(
+                f, m, type_of_transform=self.kind, random_seed=seed, outprefix=str(Path(tmp) / "out_")
+            )
             return api.load_transforms(result["fwdtransforms"])
 
 
@@ -103,7 +106,10 @@ class Greedy:
         from picsl_greedy import Greedy3D  # optional (regode[bench])
 
         with tempfile.TemporaryDirectory(prefix="regode-greedy-") as tmp:
-            f, m, a, w, r = (str(Path(tmp) / n) for n in ("fixed.nii.gz", "moving.nii.gz", "affine.mat", "warp.nii.gz", "resliced.nii.gz"))
+            f, m, a, w, r = (
+                str(Path(tmp) / n)
+                for n in ("fixed.nii.gz", "moving.nii.gz", "affine.mat", "warp.nii.gz", "resliced.nii.gz")
+            )
             write_image(fixed.data, fixed.grid, f, np.float32)
             write_image(moving.data, moving.grid, m, np.float32)
             greedy, log = Greedy3D(), io.StringIO()
@@ -115,8 +121,12 @@ class Greedy:
             flip = np.diag([-1.0, -1.0, 1.0, 1.0])
             matrix = flip @ np.loadtxt(a) @ flip  # RAS -> LPS
             warp = read_image(w, components=3)
-            transform = Compose([Affine(torch.as_tensor(matrix[:3, :3])[None], torch.as_tensor(matrix[:3, 3])[None]),
-                                 DisplacementField(warp.grid, warp.data.double())])
+            transform = Compose(
+                [
+                    Affine(torch.as_tensor(matrix[:3, :3])[None], torch.as_tensor(matrix[:3, 3])[None]),
+                    DisplacementField(warp.grid, warp.data.double()),
+                ]
+            )
             return transform, read_image(r).data if reslice else None
 
 
@@ -207,9 +217,12 @@ METHODS: dict[str, Callable[[], Method]] = {
     "regode:nir-diffeo": lambda: NeuralField(diffeomorphic=True),
     # inter-subject pairs: an affine stage first, then a more flexible field (docs/nir.md)
     "regode:nir-affine": lambda: NeuralField(affine=True, center_of_mass=True, lambda_grad=1.0, lambda_fold=100.0),
-    # fit-field --preset inter-subject: the above with the metric chosen per pair and a fine level at the image's spacing
+    # fit-field --preset inter-subject: the above with the metric chosen per pair and a fine level at the
+    # image's spacing
     "regode:nir-inter-subject": lambda: NeuralField(**PRESETS["inter-subject"]),
-    "regode:nir-affine-mind": lambda: NeuralField(affine=True, center_of_mass=True, lambda_grad=1.0, lambda_fold=100.0, metric="mind"),
+    "regode:nir-affine-mind": lambda: NeuralField(
+        affine=True, center_of_mass=True, lambda_grad=1.0, lambda_fold=100.0, metric="mind"
+    ),
     "regode:nir-fourier": lambda: NeuralField(network=FieldConfig(encoding="fourier"), lr=1e-2),
     "regode:nir-siren": lambda: NeuralField(network=FieldConfig(encoding="none", activation="sine"), lr=1e-3),
 }

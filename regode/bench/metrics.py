@@ -12,7 +12,9 @@ from ..grid import Grid
 def dice_per_label(a: np.ndarray, b: np.ndarray) -> dict[int, float]:
     """Dice (percent) of every non-zero label present in both label maps (others are skipped)."""
     labels = np.intersect1d(np.unique(a), np.unique(b))
-    return {int(k): float(200 * np.sum((a == k) & (b == k)) / (np.sum(a == k) + np.sum(b == k))) for k in labels if k != 0}
+    return {
+        int(k): float(200 * np.sum((a == k) & (b == k)) / (np.sum(a == k) + np.sum(b == k))) for k in labels if k != 0
+    }
 
 
 def mean_dice(a: np.ndarray, b: np.ndarray) -> float | None:

@@ -18,13 +18,18 @@ from .config import TASKS, MotionConfig
 
 def rigid_about_center(angles_deg: np.ndarray, translation: np.ndarray, center: np.ndarray) -> Affine:
     matrix = euler_matrix(torch.as_tensor(np.deg2rad(angles_deg), dtype=torch.float64))
-    return Affine(matrix, torch.as_tensor(translation, dtype=torch.float64), torch.as_tensor(center, dtype=torch.float64))
+    return Affine(
+        matrix, torch.as_tensor(translation, dtype=torch.float64), torch.as_tensor(center, dtype=torch.float64)
+    )
 
 
 def random_affine(grid: Grid, rng: np.random.Generator, config: MotionConfig) -> Affine:
     """The inter-subject task's affine about the centre of ``grid``: a rotation, shears and scales."""
-    rot = rigid_about_center(rng.uniform(-config.inter_max_rotation, config.inter_max_rotation, 3),
-                             rng.uniform(-config.inter_max_translation, config.inter_max_translation, 3), grid.center)
+    rot = rigid_about_center(
+        rng.uniform(-config.inter_max_rotation, config.inter_max_rotation, 3),
+        rng.uniform(-config.inter_max_translation, config.inter_max_translation, 3),
+        grid.center,
+    )
     shear = np.eye(3)
     shear[0, 1], shear[0, 2], shear[1, 2] = rng.uniform(-config.inter_max_shear, config.inter_max_shear, 3)
     scales = np.exp(rng.uniform(-config.inter_max_scale, config.inter_max_scale, 3))

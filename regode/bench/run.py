@@ -30,10 +30,28 @@ from .methods import METHODS
 from .motion import inverse_on, sample_motion
 
 METRICS = ("dice", "rmse_x", "rmse_phi", "neg_jac_pct", "sdlogj", "hd95", "seconds", "memory_mb", "gpu_memory_mb")
-HEADINGS = {"dice": "Dice (%)", "rmse_x": "RMSE(x)", "rmse_phi": "RMSE(phi) mm", "neg_jac_pct": "% det J<=0", "sdlogj": "SDlogJ",
-            "hd95": "HD95 mm", "seconds": "s / pair", "memory_mb": "memory MB", "gpu_memory_mb": "GPU memory MB"}
-FORMATS = {"dice": ".1f", "rmse_x": ".4f", "rmse_phi": ".2f", "neg_jac_pct": ".3f", "sdlogj": ".3f", "hd95": ".2f", "seconds": ".2f",
-           "memory_mb": ".0f", "gpu_memory_mb": ".0f"}
+HEADINGS = {
+    "dice": "Dice (%)",
+    "rmse_x": "RMSE(x)",
+    "rmse_phi": "RMSE(phi) mm",
+    "neg_jac_pct": "% det J<=0",
+    "sdlogj": "SDlogJ",
+    "hd95": "HD95 mm",
+    "seconds": "s / pair",
+    "memory_mb": "memory MB",
+    "gpu_memory_mb": "GPU memory MB",
+}
+FORMATS = {
+    "dice": ".1f",
+    "rmse_x": ".4f",
+    "rmse_phi": ".2f",
+    "neg_jac_pct": ".3f",
+    "sdlogj": ".3f",
+    "hd95": ".2f",
+    "seconds": ".2f",
+    "memory_mb": ".0f",
+    "gpu_memory_mb": ".0f",
+}
 
 
 @dataclass
@@ -89,7 +107,9 @@ def build_cases(config: BenchConfig, subjects: list[Subject]) -> list[Case]:
         one = config.task == "inter-subject"  # one subject: itself moved by a known affine and deformation
         candidates = [s for s in subjects if len(s.contrasts) >= (1 if one else 2)]
         if not candidates:
-            raise RegodeError("synthetic-motion tasks need subjects with at least two contrasts" if not one else "no subject found")
+            raise RegodeError(
+                "synthetic-motion tasks need subjects with at least two contrasts" if not one else "no subject found"
+            )
         subject = candidates[rng.integers(len(candidates))]
         if one:
             fixed_c = moving_c = sorted(subject.contrasts)[0]
@@ -103,9 +123,13 @@ def build_cases(config: BenchConfig, subjects: list[Subject]) -> list[Case]:
         truth = sample_motion(config.task, grid, rng, config.motion)
         inverse = inverse_on(truth, grid)
         moving = Image(resample(source.data, grid, grid, inverse), grid, source.dtype)
-        case = Case(f"{i:02d}:{subject.name}:{fixed_c}<-{moving_c}", fixed, moving,
-                    truth_image=source.data[0, 0].numpy(),
-                    truth_displacement=truth.displacement(grid)[0].detach().numpy())
+        case = Case(
+            f"{i:02d}:{subject.name}:{fixed_c}<-{moving_c}",
+            fixed,
+            moving,
+            truth_image=source.data[0, 0].numpy(),
+            truth_displacement=truth.displacement(grid)[0].detach().numpy(),
+        )
         if subject.labels:
             labels = _working(read_image(subject.labels), None, "label", grid).data
             case.fixed_labels = labels
@@ -161,7 +185,9 @@ def evaluate(case: Case, method, seed: int) -> dict:
     registered = resample(case.moving.data, case.moving.grid, grid, transform)[0, 0].numpy()
     det = metrics.jacobian_determinant(disp, grid)
     row = {m: None for m in METRICS}
-    row.update(seconds=seconds, neg_jac_pct=metrics.folding_percent(det, mask), sdlogj=metrics.sd_log_jacobian(det, mask))
+    row.update(
+        seconds=seconds, neg_jac_pct=metrics.folding_percent(det, mask), sdlogj=metrics.sd_log_jacobian(det, mask)
+    )
     if peak is not None:
         row["memory_mb"] = max(0.0, peak - before)
     if cuda:
@@ -198,9 +224,13 @@ def markdown_table(summary: dict, config: BenchConfig, notes: list[str]) -> str:
     shown = _shown(summary)
     head = ["method"] + [HEADINGS[m] for m in shown]
     pairing = f", {config.contrasts} contrasts" if config.task != "inter-subject" else ""
-    lines = [f"Task `{config.task}`{pairing}, {config.pairs} pairs, seed {config.seed}, "
-             f"{config.resolution or 'native'} mm, {config.threads} threads.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [
+        f"Task `{config.task}`{pairing}, {config.pairs} pairs, seed {config.seed}, "
+        f"{config.resolution or 'native'} mm, {config.threads} threads.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     for name, stats in summary.items():
         cells = [f"`{name}`"]
         for metric in shown:
@@ -208,8 +238,11 @@ def markdown_table(summary: dict, config: BenchConfig, notes: list[str]) -> str:
             cells.append(f"{s['mean']:{FORMATS[metric]}} ± {s['sd']:{FORMATS[metric]}}" if s else "–")
         lines.append("| " + " | ".join(cells) + " |")
     if "memory_mb" in shown:
-        notes = ["memory MB: how far the process's resident memory rose above its level at the start of a "
-                 "registration while it ran (the images already loaded)", *notes]
+        notes = [
+            "memory MB: how far the process's resident memory rose above its level at the start of a "
+            "registration while it ran (the images already loaded)",
+            *notes,
+        ]
     lines += [""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
 

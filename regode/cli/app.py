@@ -7,12 +7,11 @@ happen inside the command, so ``regode --help`` is instant.
 
 from __future__ import annotations
 
-import enum
 import functools
 import os
 import signal
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import typer
 
@@ -44,15 +43,13 @@ def user_errors(fn: Callable) -> Callable:
         except EOFError:  # a file that ends early, where no reader said which (click would print "Aborted!")
             print("regode: error: a file ended before its data did (a truncated input)", file=sys.stderr)
         except MemoryError:
-            print("regode: error: out of memory (a smaller --spacing grid, fewer --threads or a larger machine)", file=sys.stderr)
+            print(
+                "regode: error: out of memory (a smaller --spacing grid, fewer --threads or a larger machine)",
+                file=sys.stderr,
+            )
         raise typer.Exit(1)
 
     return wrapper
-
-
-def choices(name: str, values) -> type[enum.Enum]:
-    """A string enum of a config's allowed ``values``, for typer's choices."""
-    return enum.Enum(name, {v: v for v in values}, type=str)
 
 
 def _terminate(signum, frame) -> None:
@@ -79,8 +76,8 @@ def run(args: list[str] | None = None) -> int:
     except click.UsageError as exc:
         command = exc.ctx.command_path.partition(" ")[2] if exc.ctx is not None else ""
         message = exc.format_message().replace("Value error, ", "")
-        print(f"regode: error: {command + ': ' if command else ''}{message} (see regode {command + ' ' if command else ''}-h)",
-              file=sys.stderr)
+        where, see = (f"{command}: ", f"{command} ") if command else ("", "")
+        print(f"regode: error: {where}{message} (see regode {see}-h)", file=sys.stderr)
         return 2
     except click.ClickException as exc:
         print(f"regode: error: {exc.format_message()}", file=sys.stderr)

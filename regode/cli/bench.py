@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -12,10 +12,21 @@ from ..bench.config import SPEC
 from ..options.cli import command
 from .app import app, user_errors
 
-OUT = inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[Path], typer.Option(
-    "--out", help="Output prefix for PREFIX.json and PREFIX.md (default bench_<task>).")])
-QUIET = inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[bool, typer.Option(
-    "--quiet", "-q", help="No progress bar.")])
+OUT = inspect.Parameter(
+    "out",
+    inspect.Parameter.KEYWORD_ONLY,
+    default=None,
+    annotation=Annotated[
+        Path | None,
+        typer.Option("--out", help="Output prefix for PREFIX.json and PREFIX.md (default bench_<task>)."),
+    ],
+)
+QUIET = inspect.Parameter(
+    "quiet",
+    inspect.Parameter.KEYWORD_ONLY,
+    default=False,
+    annotation=Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")],
+)
 
 
 def run(resolved, out: Path | None = None, quiet: bool = False) -> None:
@@ -25,10 +36,14 @@ def run(resolved, out: Path | None = None, quiet: bool = False) -> None:
 
     config = resolved["config"]
     threads = config.threads or os.cpu_count() or 1
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)  # ANTs, read when ITK starts: before any import of it
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(
+        threads
+    )  # ANTs, read when ITK starts: before any import of it
     from ..bench.run import run as run_bench
 
-    run_bench(replace(config, threads=threads), out or Path(f"bench_{config.task.replace('+', '_')}"), progress=not quiet)
+    run_bench(
+        replace(config, threads=threads), out or Path(f"bench_{config.task.replace('+', '_')}"), progress=not quiet
+    )
 
 
-bench = app.command("bench")(user_errors(command(app, "bench", SPEC, run, [OUT, QUIET], run.__doc__)))
+bench = app.command("bench")(user_errors(command("bench", SPEC, run, [OUT, QUIET], run.__doc__)))

@@ -13,12 +13,26 @@ from ..cohort.config import SPEC
 from ..options.cli import command
 from .app import app, user_errors
 
-MANIFEST = inspect.Parameter("manifest", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Annotated[Path, typer.Argument(
-    help="CSV with columns id, fixed, moving[, moving_labels, command, options].")])
-OUT = inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[Path, typer.Option(
-    "--out", "-o", help="Output folder: OUT/ID/ID_* per row, OUT/summary.csv, OUT/report.html.")])
-QUIET = inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[bool, typer.Option(
-    "--quiet", "-q", help="No progress bar.")])
+MANIFEST = inspect.Parameter(
+    "manifest",
+    inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    annotation=Annotated[
+        Path, typer.Argument(help="CSV with columns id, fixed, moving[, moving_labels, command, options].")
+    ],
+)
+OUT = inspect.Parameter(
+    "out",
+    inspect.Parameter.KEYWORD_ONLY,
+    annotation=Annotated[
+        Path, typer.Option("--out", "-o", help="Output folder: OUT/ID/ID_* per row, OUT/summary.csv, OUT/report.html.")
+    ],
+)
+QUIET = inspect.Parameter(
+    "quiet",
+    inspect.Parameter.KEYWORD_ONLY,
+    default=False,
+    annotation=Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")],
+)
 
 
 def run(resolved, manifest: Path, out: Path, quiet: bool = False) -> None:
@@ -43,21 +57,36 @@ def run(resolved, manifest: Path, out: Path, quiet: bool = False) -> None:
         line = run_row(rows[c.row - 1], str(out), c.qc, c.threads)
         if line["status"] != "done":
             raise RegodeError(f"row {c.row} ({line['id']}): {line['error']}")
-        print(f"row {c.row} ({line['id']}) done in {line['seconds']:.1f} s; outputs in {rows[c.row - 1].record(out).parent}")
+        folder = rows[c.row - 1].record(out).parent
+        print(f"row {c.row} ({line['id']}) done in {line['seconds']:.1f} s; outputs in {folder}")
         return
     if c.report_only:
         lines = [summary_line(r, out) for r in rows]
     else:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # this job's share
-        slurm = {"queue": c.queue, "account": c.account, "walltime": c.walltime, "memory": c.memory, "jobs": c.jobs} if c.slurm else None
-        engine = Engine(workers=c.workers or max(1, cores // c.threads), threads=c.threads, scheduler=c.scheduler, slurm=slurm,
-                        retries=c.retries)
+        cores = (
+            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        )  # this job's share
+        slurm = (
+            {"queue": c.queue, "account": c.account, "walltime": c.walltime, "memory": c.memory, "jobs": c.jobs}
+            if c.slurm
+            else None
+        )
+        engine = Engine(
+            workers=c.workers or max(1, cores // c.threads),
+            threads=c.threads,
+            scheduler=c.scheduler,
+            slurm=slurm,
+            retries=c.retries,
+        )
         lines = run_cohort(rows, out, engine, c.qc, progress=not quiet)
     paths = report.write(lines, out)
     counts = {s: sum(line["status"] == s for line in lines) for s in ("done", "failed", "not run")}
-    print(f"cohort: {counts['done']} done, {counts['failed']} failed, {counts['not run']} not run of {len(rows)}; report {paths['html']}")
+    print(
+        f"cohort: {counts['done']} done, {counts['failed']} failed, {counts['not run']} not run of "
+        f"{len(rows)}; report {paths['html']}"
+    )
     if counts["failed"]:
         raise typer.Exit(1)
 
 
-cohort = app.command("cohort")(user_errors(command(app, "cohort", SPEC, run, [MANIFEST, OUT, QUIET], run.__doc__)))
+cohort = app.command("cohort")(user_errors(command("cohort", SPEC, run, [MANIFEST, OUT, QUIET], run.__doc__)))

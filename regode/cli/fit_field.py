@@ -12,11 +12,25 @@ from ..nir.config import SPEC
 from ..options.cli import command
 from .app import app, user_errors
 
-
-OUT = inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[str, typer.Option(
-    "--out", "-o", help="Output prefix: PREFIX1Warp.nii.gz, PREFIX1InverseWarp.nii.gz, PREFIX0GenericAffine.mat, PREFIXWarped.nii.gz, ...")])
-QUIET = inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[bool, typer.Option(
-    "--quiet", "-q", help="No progress bar.")])
+OUT = inspect.Parameter(
+    "out",
+    inspect.Parameter.KEYWORD_ONLY,
+    annotation=Annotated[
+        str,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Output prefix: PREFIX1Warp.nii.gz, PREFIX1InverseWarp.nii.gz, PREFIX0GenericAffine.mat, "
+            "PREFIXWarped.nii.gz, ...",
+        ),
+    ],
+)
+QUIET = inspect.Parameter(
+    "quiet",
+    inspect.Parameter.KEYWORD_ONLY,
+    default=False,
+    annotation=Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")],
+)
 
 
 def run(resolved, out: str, quiet: bool = False) -> None:
@@ -24,11 +38,23 @@ def run(resolved, out: str, quiet: bool = False) -> None:
     from ..pipeline import fit_files
 
     files, config = resolved["inputs"], resolved["config"]
-    doc = fit_files(files.fixed, files.moving, out, config, files.moving_labels, progress=not quiet, qc=files.qc,
-                    record={"inputs": asdict(files), "preset": resolved.preset, "sources": resolved.sources})
+    doc = fit_files(
+        files.fixed,
+        files.moving,
+        out,
+        config,
+        files.moving_labels,
+        progress=not quiet,
+        qc=files.qc,
+        record={"inputs": asdict(files), "preset": resolved.preset, "sources": resolved.sources},
+    )
     t = doc["timings_s"]
-    print(f"fitted {files.moving} to {files.fixed} ({config.sampler} sampler, {config.metric}) in {t['wall']:.2f} s "
-          f"(fit {t['total']:.2f} s); outputs {out}*")
+    print(
+        f"fitted {files.moving} to {files.fixed} ({config.sampler} sampler, {config.metric}) in {t['wall']:.2f} s "
+        f"(fit {t['total']:.2f} s); outputs {out}*"
+    )
 
 
-fit_field = app.command("fit-field")(user_errors(command(app, "fit-field", SPEC, run, [OUT, QUIET], run.__doc__, with_preset=True)))
+fit_field = app.command("fit-field")(
+    user_errors(command("fit-field", SPEC, run, [OUT, QUIET], run.__doc__, with_preset=True))
+)

@@ -12,9 +12,16 @@ from ..odenet.config import SPEC
 from ..options.cli import command
 from .app import app, user_errors
 
-
-OUT = inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[str, typer.Option(
-    "--out", "-o", help="Output prefix: PREFIXWarped.nii.gz, PREFIX0GenericAffine.mat, PREFIX1Warp.nii.gz, ...")])
+OUT = inspect.Parameter(
+    "out",
+    inspect.Parameter.KEYWORD_ONLY,
+    annotation=Annotated[
+        str,
+        typer.Option(
+            "--out", "-o", help="Output prefix: PREFIXWarped.nii.gz, PREFIX0GenericAffine.mat, PREFIX1Warp.nii.gz, ..."
+        ),
+    ],
+)
 
 
 def run(resolved, out: str) -> None:
@@ -22,11 +29,21 @@ def run(resolved, out: str) -> None:
     from ..pipeline import register_files
 
     files, config = resolved["inputs"], resolved["config"]
-    doc = register_files(files.fixed, files.moving, out, config, files.moving_labels, qc=files.qc,
-                         record={"inputs": asdict(files), "sources": resolved.sources})
+    doc = register_files(
+        files.fixed,
+        files.moving,
+        out,
+        config,
+        files.moving_labels,
+        qc=files.qc,
+        record={"inputs": asdict(files), "sources": resolved.sources},
+    )
     t = doc["timings_s"]
-    print(f"registered {files.moving} to {files.fixed} with {config.model} in {t['wall']:.2f} s (model {t['total']:.2f} s); "
-          f"outputs {out}*  NFE {doc['nfe']}")
+    print(
+        f"registered {files.moving} to {files.fixed} with {config.model} in {t['wall']:.2f} s (model "
+        f"{t['total']:.2f} s); "
+        f"outputs {out}*  NFE {doc['nfe']}"
+    )
 
 
-register = app.command("register")(user_errors(command(app, "register", SPEC, run, [OUT], run.__doc__)))
+register = app.command("register")(user_errors(command("register", SPEC, run, [OUT], run.__doc__)))

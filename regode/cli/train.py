@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -55,13 +55,24 @@ def _shown(value) -> str:
 PARAMS = _parameters()
 
 
-def _train(ctx, out: Path, synthetic: bool, resume: bool, threads: Optional[int], quiet: bool, config: Optional[Path],
-           print_config: bool, **values) -> None:
+def _train(
+    ctx,
+    out: Path,
+    synthetic: bool,
+    resume: bool,
+    threads: int | None,
+    quiet: bool,
+    config: Path | None,
+    print_config: bool,
+    **values,
+) -> None:
     """Train an MS-ODENet (rigid, affine, bspline or dense) or the content encoder on synthetic or folder data."""
     from ..errors import RegodeError
     from ..options.settings import load_document
 
-    cli = given(ctx, {p: (param, leaf) for p, (param, _, leaf) in PARAMS.items()}, values)  # keyed by the leaf's dotted name
+    cli = given(
+        ctx, {p: (param, leaf) for p, (param, _, leaf) in PARAMS.items()}, values
+    )  # keyed by the leaf's dotted name
     flags = {leaf.name: (python, names) for python, (_, names, leaf) in PARAMS.items()}
     document = load_document(config) if config else {}
     kind = cli.get("model.kind") or (document.get("model") or {}).get("kind") or TrainConfig().model.kind
@@ -89,8 +100,12 @@ def _train(ctx, out: Path, synthetic: bool, resume: bool, threads: Optional[int]
     if threads:
         torch.set_num_threads(threads)
     ckpt, log = training_files(out)
-    inputs = [*getattr(settings, "label_maps", ()), getattr(settings, "encoder", None), getattr(settings, "init", None),
-              *getattr(settings, "validate_data", ())]
+    inputs = [
+        *getattr(settings, "label_maps", ()),
+        getattr(settings, "encoder", None),
+        getattr(settings, "init", None),
+        *getattr(settings, "validate_data", ()),
+    ]
     check_outputs([out] if resume else [out, ckpt, log], inputs)  # resuming reads and rewrites OUT.ckpt
     steps = chosen.get("steps")
     if key == "encoder":
@@ -98,35 +113,89 @@ def _train(ctx, out: Path, synthetic: bool, resume: bool, threads: Optional[int]
 
         result = run(settings, out, resume=resume, progress=not quiet, steps=steps)
         last = result["history"][-1]
-        print(f"wrote {out}: {result['steps']} steps in {result['seconds'] / 60:.1f} min, validation cross-translation L1 "
-              f"{last['cross_l1']:.3f}, content ratio aligned/shifted {last['content_ratio']:.3f}"
-              + (f", distances in order of misalignment {last['ordered']:.2f}" if "ordered" in last else ""))
+        print(
+            f"wrote {out}: {result['steps']} steps in {result['seconds'] / 60:.1f} min, validation "
+            f"cross-translation L1 "
+            f"{last['cross_l1']:.3f}, content ratio aligned/shifted {last['content_ratio']:.3f}"
+            + (f", distances in order of misalignment {last['ordered']:.2f}" if "ordered" in last else "")
+        )
         return
     from ..odenet.train import train as run
 
     result = run(settings, out, resume=resume, progress=not quiet, steps=steps)
     last = result["history"][-1] if result["history"] else {"val_rmse_mm": float("nan")}
-    folders = "".join(f", {k.removeprefix('val_rmse_mm_')} {v:.2f} mm" for k, v in last.items() if k.startswith("val_rmse_mm_"))
-    print(f"wrote {out}: {result['steps']} steps in {result['seconds'] / 60:.1f} min, validation RMSE(phi) {last['val_rmse_mm']:.2f} mm{folders}")
+    folders = "".join(
+        f", {k.removeprefix('val_rmse_mm_')} {v:.2f} mm" for k, v in last.items() if k.startswith("val_rmse_mm_")
+    )
+    print(
+        f"wrote {out}: {result['steps']} steps in {result['seconds'] / 60:.1f} min, validation RMSE(phi) "
+        f"{last['val_rmse_mm']:.2f} mm{folders}"
+    )
 
 
 def _signature() -> inspect.Signature:
     K = inspect.Parameter.KEYWORD_ONLY
     own = [
         inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
-        inspect.Parameter("out", K, annotation=Annotated[Path, typer.Option(
-            "--out", "-o", help="Final model file (OUT.ckpt holds the resumable state, OUT.log.jsonl the log).")]),
-        inspect.Parameter("synthetic", K, default=False, annotation=Annotated[bool, typer.Option(
-            "--synthetic", help="Train on generated data (the default when --data is not given).")]),
-        inspect.Parameter("resume", K, default=False, annotation=Annotated[bool, typer.Option(
-            "--resume", help="Continue from OUT.ckpt with its saved config (--steps may extend it).")]),
-        inspect.Parameter("threads", K, default=None, annotation=Annotated[Optional[int], typer.Option(
-            "--threads", min=0, help="CPU threads (default: all cores).")]),
-        inspect.Parameter("quiet", K, default=False, annotation=Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]),
-        inspect.Parameter("config", K, default=None, annotation=Annotated[Optional[Path], typer.Option(
-            "--config", help="Settings from a TOML file; options given here win.")]),
-        inspect.Parameter("print_config", K, default=False, annotation=Annotated[bool, typer.Option(
-            "--print-config", help="Print the resolved settings as TOML (for --config) and exit.")]),
+        inspect.Parameter(
+            "out",
+            K,
+            annotation=Annotated[
+                Path,
+                typer.Option(
+                    "--out", "-o", help="Final model file (OUT.ckpt holds the resumable state, OUT.log.jsonl the log)."
+                ),
+            ],
+        ),
+        inspect.Parameter(
+            "synthetic",
+            K,
+            default=False,
+            annotation=Annotated[
+                bool,
+                typer.Option("--synthetic", help="Train on generated data (the default when --data is not given)."),
+            ],
+        ),
+        inspect.Parameter(
+            "resume",
+            K,
+            default=False,
+            annotation=Annotated[
+                bool,
+                typer.Option("--resume", help="Continue from OUT.ckpt with its saved config (--steps may extend it)."),
+            ],
+        ),
+        inspect.Parameter(
+            "threads",
+            K,
+            default=None,
+            annotation=Annotated[
+                int | None, typer.Option("--threads", min=0, help="CPU threads (default: all cores).")
+            ],
+        ),
+        inspect.Parameter(
+            "quiet",
+            K,
+            default=False,
+            annotation=Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")],
+        ),
+        inspect.Parameter(
+            "config",
+            K,
+            default=None,
+            annotation=Annotated[
+                Path | None, typer.Option("--config", help="Settings from a TOML file; options given here win.")
+            ],
+        ),
+        inspect.Parameter(
+            "print_config",
+            K,
+            default=False,
+            annotation=Annotated[
+                bool,
+                typer.Option("--print-config", help="Print the resolved settings as TOML (for --config) and exit."),
+            ],
+        ),
     ]
     return inspect.Signature([*own, *(param for param, _, _ in PARAMS.values())])
 

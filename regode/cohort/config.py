@@ -17,7 +17,7 @@ class CohortConfig:
     """Everything that defines a cohort run, besides its manifest and output folder."""
 
     command: str = setting("register", "The command of rows that name none.", choices=COMMANDS)
-    options: str = setting("", "Options for every row, e.g. \"--model rigid+bspline\" (a row's own options win).")
+    options: str = setting("", 'Options for every row, e.g. "--model rigid+bspline" (a row\'s own options win).')
     workers: int | None = setting(None, "Worker processes (default: cores / threads).", low=1)
     threads: int = setting(2, "CPU threads per worker.", low=1)
     scheduler: str | None = setting(None, "Submit to a running Dask scheduler (tcp://host:8786).")
@@ -27,10 +27,15 @@ class CohortConfig:
     walltime: str = setting("01:00:00", "--slurm: time limit per job.")
     memory: str = setting("8GB", "--slurm: memory per job.")
     jobs: int = setting(1, "--slurm: jobs to start.", low=1)
-    row: int | None = setting(None, "Run this row only, here, without Dask (job arrays: --row $SLURM_ARRAY_TASK_ID).", low=1)
+    row: int | None = setting(
+        None, "Run this row only, here, without Dask (job arrays: --row $SLURM_ARRAY_TASK_ID).", low=1
+    )
     retries: int = setting(1, "Times a task whose worker died is run again.", low=0)
-    bids: bool = setting(False, "BIDS-style derivatives: OUT/sub-X/anat/sub-X_from-FLAIR_to-T1w_mode-image_xfm.h5 ... (manifest "
-                                "columns from, to) and OUT/dataset_description.json.")
+    bids: bool = setting(
+        False,
+        "BIDS-style derivatives: OUT/sub-X/anat/sub-X_from-FLAIR_to-T1w_mode-image_xfm.h5 ... (manifest "
+        "columns from, to) and OUT/dataset_description.json.",
+    )
     report_only: bool = setting(False, "Write the summary and report from the outputs there (after job arrays).")
     qc: bool = setting(True, "QC picture and figures per row.")
 

@@ -17,9 +17,9 @@ Columns (a header row names them; order free):
 from __future__ import annotations
 
 import csv
+import dataclasses
 import re
 import shlex
-import dataclasses
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -30,13 +30,13 @@ from ..nir.config import SPEC as FIT_SPEC
 from ..nir.config import FitConfig
 from ..odenet.config import SPEC as REGISTER_SPEC
 from ..odenet.config import RegisterConfig
+from ..odenet.kinds import KINDS
 from ..options import Spec, read_file, resolve
 from ..options.cli import parse_args
-from ..odenet.kinds import KINDS
 from ..pipeline import bids_paths, output_paths
 from ..templates import is_template, template_file
-
 from .config import COMMANDS
+
 SPECS = {"register": REGISTER_SPEC, "fit-field": FIT_SPEC}
 COLUMNS = ("id", "fixed", "moving", "moving_labels", "command", "options", "from", "to")
 BIDS_ID = re.compile(r"^sub-[A-Za-z0-9]+(_ses-[A-Za-z0-9]+)?$")
@@ -86,7 +86,9 @@ class Row:
         return self.outputs(out)["json"]
 
 
-def read_manifest(path, out, command: str = "register", options: str = "", qc: bool = True, bids: bool = False) -> list[Row]:
+def read_manifest(
+    path, out, command: str = "register", options: str = "", qc: bool = True, bids: bool = False
+) -> list[Row]:
     """Every row of the manifest at ``path``, each checked: files readable 3D images, a unique id,
     options valid for its command, no output that is an input. Every bad row is reported at once
     (one line each, in one error); nothing is run before."""
@@ -103,22 +105,31 @@ def read_manifest(path, out, command: str = "register", options: str = "", qc: b
     missing = {"id", "fixed", "moving"} - set(table[0])
     unknown = set(table[0]) - set(COLUMNS)
     if missing or unknown:
-        raise RegodeError(f"manifest {path}: " + "; ".join(
-            ([f"missing column(s) {', '.join(sorted(missing))}"] if missing else []) + ([f"unknown column(s) {', '.join(sorted(unknown))}"] if unknown else [])))
+        raise RegodeError(
+            f"manifest {path}: "
+            + "; ".join(
+                ([f"missing column(s) {', '.join(sorted(missing))}"] if missing else [])
+                + ([f"unknown column(s) {', '.join(sorted(unknown))}"] if unknown else [])
+            )
+        )
     rows, problems, seen = [], [], {}
     for number, values in enumerate(table, 1):
         try:
             row = _row(number, values, path.parent, command, options, bids)
             key = (row.id.casefold(), row.source, row.target)  # one folder on a case-insensitive file system
             if key in seen:
-                raise RegodeError(f"id {row.id}{f' from {row.source} to {row.target}' if bids else ''} is also row {seen[key]}'s")
+                raise RegodeError(
+                    f"id {row.id}{f' from {row.source} to {row.target}' if bids else ''} is also row {seen[key]}'s"
+                )
             seen[key] = number
             _check_files(row, Path(out), qc)
             rows.append(row)
         except RegodeError as exc:
             problems.append(f"row {number} ({(values.get('id') or '').strip() or 'no id'}): {exc}")
     if problems:
-        raise RegodeError(f"manifest {path} has {len(problems)} bad row(s), nothing was run:\n  " + "\n  ".join(problems))
+        raise RegodeError(
+            f"manifest {path} has {len(problems)} bad row(s), nothing was run:\n  " + "\n  ".join(problems)
+        )
     return rows
 
 
@@ -133,10 +144,20 @@ def _row(number: int, values: dict, base: Path, command: str, options: str, bids
     if bids and source == target:
         raise RegodeError(f"from and to are both {source!r}: the forward and inverse files would be one")
     if bids and not (BIDS_ID.match(row_id) and LABEL.match(source) and LABEL.match(target)):
-        raise RegodeError("--bids needs an id of BIDS entities (sub-01 or sub-01_ses-1) and from/to labels of letters and digits "
-                          f"(FLAIR, T1w), not {row_id!r}, {source!r}, {target!r}")
-    files = {name: (Path(cell(name)) if is_template(cell(name)) and not (base / cell(name)).is_file() else _absolute(cell(name), base))
-             if cell(name) else None for name in ("fixed", "moving", "moving_labels")}
+        raise RegodeError(
+            "--bids needs an id of BIDS entities (sub-01 or sub-01_ses-1) and from/to labels of letters and digits "
+            f"(FLAIR, T1w), not {row_id!r}, {source!r}, {target!r}"
+        )
+    files = {
+        name: (
+            Path(cell(name))
+            if is_template(cell(name)) and not (base / cell(name)).is_file()
+            else _absolute(cell(name), base)
+        )
+        if cell(name)
+        else None
+        for name in ("fixed", "moving", "moving_labels")
+    }
     if files["fixed"] is None or files["moving"] is None:
         raise RegodeError("fixed and moving are required")
     which = cell("command") or command
@@ -150,8 +171,19 @@ def _row(number: int, values: dict, base: Path, command: str, options: str, bids
     if taken:
         raise RegodeError(f"options {', '.join(taken)}: the manifest's columns and --out give these")
     config, sources, preset = row_settings(which, cohort_args, row_args, base)
-    return Row(number, row_id, files["fixed"], files["moving"], files["moving_labels"], which, config, source, target,
-               sources=sources, preset=preset)
+    return Row(
+        number,
+        row_id,
+        files["fixed"],
+        files["moving"],
+        files["moving_labels"],
+        which,
+        config,
+        source,
+        target,
+        sources=sources,
+        preset=preset,
+    )
 
 
 def row_settings(command: str, cohort_args: list[str], row_args: list[str], base: Path):
@@ -164,7 +196,10 @@ def row_settings(command: str, cohort_args: list[str], row_args: list[str], base
     row_given, row_preset, row_config = parse_args(spec, "config", row_args, "manifest row")
     config_file = row_config or cohort_config
     layers = [("config file", read_file(_absolute(config_file, base), spec))] if config_file else []
-    layers = [(source, {k: v for k, v in values.items() if k.split(".")[0] in _config_fields(spec)}) for source, values in layers]
+    layers = [
+        (source, {k: v for k, v in values.items() if k.split(".")[0] in _config_fields(spec)})
+        for source, values in layers
+    ]
     layers += [("cohort options", cohort_given), ("manifest row", row_given)]
     preset = row_preset or cohort_preset
     resolved = resolve(_config_only(spec), layers, preset)
@@ -174,8 +209,12 @@ def row_settings(command: str, cohort_args: list[str], row_args: list[str], base
     for name in (n for n in leaves if leaves[n].option.path and "." not in n):
         value = getattr(config, name)
         if name == "initial_transform":
-            files[name] = tuple(str(_absolute(spec_, base)) if not spec_.startswith("[") else
-                                f"[{_absolute(spec_[1:-1].rsplit(',', 1)[0], base)},{spec_[1:-1].rsplit(',', 1)[1]}]" for spec_ in value)
+            files[name] = tuple(
+                str(_absolute(spec_, base))
+                if not spec_.startswith("[")
+                else f"[{_absolute(spec_[1:-1].rsplit(',', 1)[0], base)},{spec_[1:-1].rsplit(',', 1)[1]}]"
+                for spec_ in value
+            )
         elif isinstance(value, tuple):
             files[name] = tuple(str(_absolute(v, base)) for v in value)
         elif value:
@@ -199,10 +238,18 @@ def _absolute(path: str, base: Path) -> Path:
 
 
 def _check_files(row: Row, out: Path, qc: bool) -> None:
-    for what, path in (("fixed image", row.fixed), ("moving image", row.moving), ("moving label image", row.moving_labels)):
+    for what, path in (
+        ("fixed image", row.fixed),
+        ("moving image", row.moving),
+        ("moving label image", row.moving_labels),
+    ):
         if path is not None:
-            read_grid(template_file(path) if is_template(path) else path, what=what)  # readable 3D images (headers only)
-    others = [input_path(spec) for spec in row.config.initial_transform] + [Path(p) for p in getattr(row.config, "checkpoints", ())]
+            read_grid(
+                template_file(path) if is_template(path) else path, what=what
+            )  # readable 3D images (headers only)
+    others = [input_path(spec) for spec in row.config.initial_transform] + [
+        Path(p) for p in getattr(row.config, "checkpoints", ())
+    ]
     others += [Path(row.config.encoder)] if getattr(row.config, "encoder", None) else []
     for what, mask in (("fixed mask", row.config.fixed_mask), ("moving mask", row.config.moving_mask)):
         if mask:
@@ -212,7 +259,14 @@ def _check_files(row: Row, out: Path, qc: bool) -> None:
             raise RegodeError(f"file not found: {path}")
     paths = list(row.outputs(out, qc).values())
     folder = paths[0].parent
-    inputs = [row.fixed, row.moving, row.moving_labels, *row.config.initial_transform, row.config.fixed_mask, row.config.moving_mask]
+    inputs = [
+        row.fixed,
+        row.moving,
+        row.moving_labels,
+        *row.config.initial_transform,
+        row.config.fixed_mask,
+        row.config.moving_mask,
+    ]
     if folder.is_dir():
         check_outputs(paths, inputs)
     else:  # the row's folder is made when it runs: check the names against the inputs here

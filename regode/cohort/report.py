@@ -14,8 +14,18 @@ import numpy as np
 
 from ..io.atomic import atomic_output
 
-FIGURES = ("seconds", "mi_before", "mi_after", "ncc_before", "ncc_after", "overlap_before", "overlap_after", "jacobian_min",
-           "jacobian_max", "folding_pct")
+FIGURES = (
+    "seconds",
+    "mi_before",
+    "mi_after",
+    "ncc_before",
+    "ncc_after",
+    "overlap_before",
+    "overlap_after",
+    "jacobian_min",
+    "jacobian_max",
+    "folding_pct",
+)
 COLUMNS = ("row", "id", "status", "error", "worker", "outlier", *FIGURES)
 OUTLIER = 3.5
 """a figure more than this many robust standard deviations (1.4826 MAD) from the cohort's median."""
@@ -79,8 +89,12 @@ def page(lines: list[dict], counts: dict) -> str:
     body = []
     for line in lines:
         picture = line.get("qc_picture")
-        thumb = (f'<td><a href="{html.escape(picture)}"><img src="{html.escape(picture)}" alt="QC {html.escape(line["id"])}"></a></td>'
-                 if line.get("status") == "done" and picture else "<td></td>")
+        thumb = (
+            f'<td><a href="{html.escape(picture)}"><img src="{html.escape(picture)}" alt="QC '
+            f'{html.escape(line["id"])}"></a></td>'
+            if line.get("status") == "done" and picture
+            else "<td></td>"
+        )
         css = "failed" if line.get("status") != "done" else "outlier" if line.get("outlier") else ""
         body.append(f'<tr class="{css}">{thumb}' + "".join(_cell(line.get(name)) for name in COLUMNS) + "</tr>")
     summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
@@ -88,7 +102,8 @@ def page(lines: list[dict], counts: dict) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>regode cohort report</title>
 <style>
 body {{ font-family: sans-serif; margin: 1.5em; }} table {{ border-collapse: collapse; font-size: 13px; }}
-th {{ cursor: pointer; background: #eee; position: sticky; top: 0; }} th, td {{ border: 1px solid #ccc; padding: 3px 6px; }}
+th {{ cursor: pointer; background: #eee; position: sticky; top: 0; }} th, td {{ border: 1px solid #ccc;
+padding: 3px 6px; }}
 td img {{ height: 80px; }} tr.failed {{ background: #fdd; }} tr.outlier {{ background: #ffd; }}
 </style></head><body>
 <h1>regode cohort report</h1>
@@ -102,11 +117,13 @@ let ascending = true;
 function sortBy(column) {{
   const tbody = document.querySelector("#rows tbody");
   // numbers (cells with data-v) by value, text by collation, blanks last either way
-  const key = row => {{ const c = row.children[column]; return c.dataset.v !== undefined ? parseFloat(c.dataset.v) : c.textContent; }};
+  const key = row => {{ const c = row.children[column]; return c.dataset.v !== undefined ?
+  parseFloat(c.dataset.v) : c.textContent; }};
   const rows = Array.from(tbody.rows).sort((a, b) => {{
     const x = key(a), y = key(b);
     if (x === "" || y === "") return (x === "") - (y === "");
-    const order = typeof x === "number" && typeof y === "number" ? x - y : String(x).localeCompare(String(y), undefined, {{numeric: true}});
+    const order = typeof x === "number" && typeof y === "number" ? x - y : String(x).localeCompare(String(y),
+    undefined, {{numeric: true}});
     return order * (ascending ? 1 : -1); }});
   ascending = !ascending;
   rows.forEach(r => tbody.appendChild(r));
@@ -121,9 +138,18 @@ def dataset_description(out) -> Path:
 
     path = Path(out) / "dataset_description.json"
     if not path.exists():
-        document = {"Name": "regode registrations", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
-                    "GeneratedBy": [{"Name": "regode", "Version": __version__,
-                                     "Description": "regode cohort: MS-ODENet or neural-field registration"}]}
+        document = {
+            "Name": "regode registrations",
+            "BIDSVersion": "1.9.0",
+            "DatasetType": "derivative",
+            "GeneratedBy": [
+                {
+                    "Name": "regode",
+                    "Version": __version__,
+                    "Description": "regode cohort: MS-ODENet or neural-field registration",
+                }
+            ],
+        }
         with atomic_output(path) as tmp:
             Path(tmp).write_text(json.dumps(document, indent=2))
     return path

@@ -77,14 +77,34 @@ def run_row(row: Row, out: str, qc: bool = True, threads: int | None = None) -> 
         paths.pop("error").unlink(missing_ok=True)
         record = {"sources": {**row.sources, **({"threads": "command line"} if threads else {})}, "preset": row.preset}
         if row.command == "register":
-            document = register_files(row.fixed, row.moving, None, config, row.moving_labels, qc=qc,
-                                      models=_models(config.model, config.checkpoints), paths=paths, record=record)
+            document = register_files(
+                row.fixed,
+                row.moving,
+                None,
+                config,
+                row.moving_labels,
+                qc=qc,
+                models=_models(config.model, config.checkpoints),
+                paths=paths,
+                record=record,
+            )
         else:
-            document = fit_files(row.fixed, row.moving, None, config, row.moving_labels, qc=qc, paths=paths, record=record)
-        line.update(status="done", error=None, seconds=time.perf_counter() - start, qc_picture=_picture(row, out),
-                    **document.get("qc", {}))
+            document = fit_files(
+                row.fixed, row.moving, None, config, row.moving_labels, qc=qc, paths=paths, record=record
+            )
+        line.update(
+            status="done",
+            error=None,
+            seconds=time.perf_counter() - start,
+            qc_picture=_picture(row, out),
+            **document.get("qc", {}),
+        )
     except Exception as exc:  # any failure of this row is its record, not the cohort's end (and not retried)
-        message = str(exc) if isinstance(exc, RegodeError) else f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        message = (
+            str(exc)
+            if isinstance(exc, RegodeError)
+            else f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        )
         line.update(status="failed", error=message, seconds=time.perf_counter() - start)
         try:  # the record of the failure, for --report-only and reruns; the summary has it anyway
             with atomic_output(error_path(row, out)) as tmp:
@@ -105,8 +125,16 @@ def summary_line(row: Row, out: Path) -> dict:
     out = Path(out).resolve()
     if complete(row, out):
         document = json.loads(row.record(out).read_text())
-        return {"id": row.id, "row": row.number, "status": "done", "error": None, "seconds": document.get("timings_s", {}).get("wall"),
-                "worker": None, "qc_picture": _picture(row, out), **document.get("qc", {})}
+        return {
+            "id": row.id,
+            "row": row.number,
+            "status": "done",
+            "error": None,
+            "seconds": document.get("timings_s", {}).get("wall"),
+            "worker": None,
+            "qc_picture": _picture(row, out),
+            **document.get("qc", {}),
+        }
     if error_path(row, out).is_file():
         return json.loads(error_path(row, out).read_text())
     return {"id": row.id, "row": row.number, "status": "not run", "error": None}
@@ -123,15 +151,31 @@ def run_cohort(rows: list[Row], out, engine: Engine = Engine(), qc: bool = True,
             from distributed import as_completed
 
             task = progress_bar.add_task(f"cohort: {len(pending)} of {len(rows)} rows", total=len(pending), info="")
-            futures = {client.submit(run_row, row, str(out), qc, engine.threads, key=f"regode-{row.id}-{time.time_ns()}",
-                                     retries=engine.retries, pure=False): row for row in pending}
+            futures = {
+                client.submit(
+                    run_row,
+                    row,
+                    str(out),
+                    qc,
+                    engine.threads,
+                    key=f"regode-{row.id}-{time.time_ns()}",
+                    retries=engine.retries,
+                    pure=False,
+                ): row
+                for row in pending
+            }
             failed = 0
             for future in as_completed(futures):
                 row = futures[future]
                 try:
                     line = future.result()
                 except Exception as exc:  # the task itself died (a worker killed, twice): the row is not complete
-                    line = {"id": row.id, "row": row.number, "status": "failed", "error": f"the worker running it died ({type(exc).__name__})"}
+                    line = {
+                        "id": row.id,
+                        "row": row.number,
+                        "status": "failed",
+                        "error": f"the worker running it died ({type(exc).__name__})",
+                    }
                 lines[row.id] = line
                 failed += line["status"] != "done"
                 progress_bar.update(task, advance=1, info=f"{failed} failed" if failed else "")
@@ -161,8 +205,12 @@ class _client:
         # Dask's nannies start workers with one OpenMP thread and glibc trimming freed memory at
         # 64 kB: both slow torch down (the registration took 25 % longer); each worker gets its threads
         threads = str(engine.threads)
-        dask.config.set({"logging.distributed": "error",
-                         "distributed.nanny.pre-spawn-environ": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}})
+        dask.config.set(
+            {
+                "logging.distributed": "error",
+                "distributed.nanny.pre-spawn-environ": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads},
+            }
+        )
         if engine.scheduler:
             self.client = Client(engine.scheduler)
         elif engine.slurm is not None:
@@ -170,8 +218,9 @@ class _client:
             self.cluster.scale(jobs=int(engine.slurm.get("jobs", 1)))
             self.client = Client(self.cluster)
         else:
-            self.cluster = LocalCluster(n_workers=engine.workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                        silence_logs=40)
+            self.cluster = LocalCluster(
+                n_workers=engine.workers, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=40
+            )
             self.client = Client(self.cluster)
         return self.client
 
@@ -189,9 +238,15 @@ def slurm_cluster(engine: Engine):
     except ImportError:
         raise RegodeError("--slurm needs dask-jobqueue: pip install 'regode[hpc]'") from None
     options = engine.slurm or {}
-    return SLURMCluster(queue=options.get("queue"), account=options.get("account"), walltime=options.get("walltime", "01:00:00"),
-                        memory=options.get("memory", "8GB"), cores=engine.workers * engine.threads, processes=engine.workers,
-                        job_name="regode-cohort")
+    return SLURMCluster(
+        queue=options.get("queue"),
+        account=options.get("account"),
+        walltime=options.get("walltime", "01:00:00"),
+        memory=options.get("memory", "8GB"),
+        cores=engine.workers * engine.threads,
+        processes=engine.workers,
+        job_name="regode-cohort",
+    )
 
 
 def cohort_threads() -> int:

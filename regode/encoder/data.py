@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..anatomy import TISSUES, draw_subject, render_subject
 from ..datasets import discover
 from ..errors import RegodeError
 from ..grid import Grid
@@ -28,7 +29,6 @@ from ..io import read_image
 from ..preprocess import center_of_mass, to_grid
 from ..rotations import rotation_matrix
 from ..sampling import sample
-from ..anatomy import TISSUES, draw_subject, render_subject
 from ..synthetic import random_head, render_contrast, training_grid
 
 # mean intensity of each tissue class (rows: CSF, GM, WM, deep GM, lesion) in each modality
@@ -105,9 +105,19 @@ class SubjectSource:
     """Base: ``subject(i)`` gives (volumes ``[K, 1, n, n, n]`` of K available modalities, their
     indices); ``batch(step)`` cuts slabs of two random modalities."""
 
-    def __init__(self, modalities: tuple[str, ...], size: int = 96, spacing: float = 2.0, seed: int = 0,
-                 slices: int = 5, batch: int = 4, reuse: int = 4, motions: int = 0, max_angle: float = 180.0,
-                 max_shift: float = 40.0):
+    def __init__(
+        self,
+        modalities: tuple[str, ...],
+        size: int = 96,
+        spacing: float = 2.0,
+        seed: int = 0,
+        slices: int = 5,
+        batch: int = 4,
+        reuse: int = 4,
+        motions: int = 0,
+        max_angle: float = 180.0,
+        max_shift: float = 40.0,
+    ):
         self.modalities, self.size, self.spacing, self.seed = tuple(modalities), size, spacing, seed
         self.slices, self.batch_size, self.reuse = slices, batch, reuse
         self.motions, self.max_angle, self.max_shift = motions, max_angle, max_shift
@@ -159,8 +169,17 @@ class SubjectSource:
         shift = direction[1] * size[1] * self.max_shift / self.spacing
         fractions = torch.rand(self.motions, generator=gen, dtype=torch.float64).sort().values.clamp_min(0.02).tolist()
         points = slab_points(volumes.shape[2:], axis, centers, self.slices)
-        moved = torch.stack([torch.stack([moved_slabs(volumes[k : k + 1], points[n], (f * rotvec).float(), (f * shift).float())
-                                          for n, k in enumerate(which)]) for f in fractions])
+        moved = torch.stack(
+            [
+                torch.stack(
+                    [
+                        moved_slabs(volumes[k : k + 1], points[n], (f * rotvec).float(), (f * shift).float())
+                        for n, k in enumerate(which)
+                    ]
+                )
+                for f in fractions
+            ]
+        )
         return tuple(fractions), moved
 
 
@@ -187,7 +206,9 @@ class SyntheticSubjects(SubjectSource):
         super().__init__(*args, **kwargs)
         unknown = [m for m in self.modalities if m not in TISSUE_MEANS]
         if unknown:
-            raise RegodeError(f"synthetic data renders {', '.join(TISSUE_MEANS)}; no tissue table for {', '.join(unknown)}")
+            raise RegodeError(
+                f"synthetic data renders {', '.join(TISSUE_MEANS)}; no tissue table for {', '.join(unknown)}"
+            )
 
     def subject(self, index, gen):
         grid = training_grid(self.size, self.spacing)
@@ -200,7 +221,9 @@ class BrainSubjects(SyntheticSubjects):
 
     def subject(self, index, gen):
         subject = draw_subject(gen, self.spacing, self.size)
-        skull = torch.rand(2, generator=gen)  # bone and scalp: one random intensity each for every modality of the subject
+        skull = torch.rand(
+            2, generator=gen
+        )  # bone and scalp: one random intensity each for every modality of the subject
         out = []
         for name in self.modalities:
             csf, gm, wm = TISSUE_MEANS[name][:3]

@@ -27,7 +27,9 @@ to the blur that resampling itself adds (none at whole-voxel shifts, most at hal
 the distance dips and jumps at grid-aligned positions instead of following the misalignment."""
 
 
-def slice_positions(reference: torch.Tensor, count: int, seed: int = 0, threshold: float = SLAB_HEAD) -> list[torch.Tensor]:
+def slice_positions(
+    reference: torch.Tensor, count: int, seed: int = 0, threshold: float = SLAB_HEAD
+) -> list[torch.Tensor]:
     """``count`` slice indices along each tensor axis (z, y, x) of ``reference [1, 1, nz, ny, nx]``,
     drawn without replacement among the slices whose head area is at least a third of the largest
     (all slices if the image is empty)."""
@@ -36,21 +38,26 @@ def slice_positions(reference: torch.Tensor, count: int, seed: int = 0, threshol
     out = []
     for axis in range(3):
         area = mask.movedim(axis, 0).flatten(1).sum(1).float()
-        candidates = torch.nonzero(area >= area.max() / 3).flatten() if area.max() > 0 else torch.arange(mask.shape[axis])
+        candidates = (
+            torch.nonzero(area >= area.max() / 3).flatten() if area.max() > 0 else torch.arange(mask.shape[axis])
+        )
         pick = torch.randperm(candidates.numel(), generator=gen)[:count]
         out.append(candidates[pick].sort().values)
     return out
 
 
-def e3d(encoder: ContentEncoder, volume: torch.Tensor, positions: list[torch.Tensor], slices: int) -> list[torch.Tensor]:
+def e3d(
+    encoder: ContentEncoder, volume: torch.Tensor, positions: list[torch.Tensor], slices: int
+) -> list[torch.Tensor]:
     """E3D of ``volume [1, 1, nz, ny, nx]``: per axis, the content features ``[N, C, h', w']`` of the
     slab stacks centred at ``positions`` (from :func:`slice_positions`), after :data:`SMOOTH`."""
     volume = blur(volume, [SMOOTH] * 3)
     return [encoder(cut_slabs(volume, 2 + axis, pos.tolist(), slices)) for axis, pos in enumerate(positions)]
 
 
-def content_distance(encoder: ContentEncoder, moved: torch.Tensor, fixed: torch.Tensor, count: int = 8, seed: int = 0,
-                     slices: int = 5) -> torch.Tensor:
+def content_distance(
+    encoder: ContentEncoder, moved: torch.Tensor, fixed: torch.Tensor, count: int = 8, seed: int = 0, slices: int = 5
+) -> torch.Tensor:
     """``||E3D(moved) - E3D(fixed)||^2`` (mean over features and axes) for volumes on one grid;
     the slice positions are drawn in ``fixed``. Differentiable with respect to ``moved``."""
     positions = slice_positions(fixed, count, seed)
@@ -61,7 +68,7 @@ def content_distance(encoder: ContentEncoder, moved: torch.Tensor, fixed: torch.
 
 def e3d_distance(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
     """Mean squared difference of two E3Ds (per axis, then averaged over the three axes)."""
-    return sum((x - y).square().mean() for x, y in zip(a, b)) / 3
+    return sum((x - y).square().mean() for x, y in zip(a, b, strict=False)) / 3
 
 
 @torch.no_grad()
@@ -77,7 +84,9 @@ def content_volume(encoder: ContentEncoder, volume: torch.Tensor, slices: int, c
         for start in range(0, n, chunk):
             feats = encoder(cut_slabs(volume, 2 + axis, list(range(start, min(n, start + chunk))), slices))
             plane = [s for i, s in enumerate(shape) if i != axis]
-            parts.append(F.interpolate(feats, scale_factor=2, mode="bilinear", align_corners=False)[..., : plane[0], : plane[1]])
+            parts.append(
+                F.interpolate(feats, scale_factor=2, mode="bilinear", align_corners=False)[..., : plane[0], : plane[1]]
+            )
         stack = torch.cat(parts).movedim(0, axis + 1)[None]  # [1, C, ...] with the slice axis back in place
         total = stack if total is None else total + stack
     return total / 3
@@ -91,5 +100,8 @@ def load_encoder(path=None, spacing: float | None = None) -> tuple[Translator, d
     model, document = checkpoint.load_network(path, FORMAT, "encoder", EncoderConfig, Translator)
     trained = model.config.spacing
     if spacing is not None and abs(trained - spacing) > 0.01 * spacing:
-        raise RegodeError(f"{path} was trained on {trained:g} mm slices, the images are registered at {spacing:g} mm (use --spacing {trained:g})")
+        raise RegodeError(
+            f"{path} was trained on {trained:g} mm slices, the images are registered at {spacing:g} mm (use "
+            f"--spacing {trained:g})"
+        )
     return model, document

@@ -33,8 +33,11 @@ class ResBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(channels, channels, 3, 1, 1, padding_mode="reflect"), nn.InstanceNorm2d(channels), nn.ReLU(inplace=True),
-            nn.Conv2d(channels, channels, 3, 1, 1, padding_mode="reflect"), nn.InstanceNorm2d(channels),
+            nn.Conv2d(channels, channels, 3, 1, 1, padding_mode="reflect"),
+            nn.InstanceNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, 1, 1, padding_mode="reflect"),
+            nn.InstanceNorm2d(channels),
         )
 
     def forward(self, x):
@@ -45,8 +48,14 @@ class ContentEncoder(nn.Module):
     def __init__(self, config: EncoderConfig):
         super().__init__()
         w, c = config.width, config.content
-        layers = [nn.Conv2d(config.slices, w, 7, 1, 3, padding_mode="reflect"), nn.InstanceNorm2d(w), nn.ReLU(inplace=True),
-                  nn.Conv2d(w, c, 4, 2, 1, padding_mode="reflect"), nn.InstanceNorm2d(c), nn.ReLU(inplace=True)]
+        layers = [
+            nn.Conv2d(config.slices, w, 7, 1, 3, padding_mode="reflect"),
+            nn.InstanceNorm2d(w),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(w, c, 4, 2, 1, padding_mode="reflect"),
+            nn.InstanceNorm2d(c),
+            nn.ReLU(inplace=True),
+        ]
         layers += [ResBlock(c) for _ in range(config.blocks)]
         self.net = nn.Sequential(*layers)
 
@@ -63,10 +72,14 @@ class StyleEncoder(nn.Module):
         w, k = config.width, len(config.modalities)
         self.count = k
         self.net = nn.Sequential(
-            nn.Conv2d(config.slices + k, w, 7, 1, 3, padding_mode="reflect"), nn.ReLU(inplace=True),
-            nn.Conv2d(w, 2 * w, 4, 2, 1), nn.ReLU(inplace=True),
-            nn.Conv2d(2 * w, 4 * w, 4, 2, 1), nn.ReLU(inplace=True),
-            nn.Conv2d(4 * w, 4 * w, 4, 2, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(config.slices + k, w, 7, 1, 3, padding_mode="reflect"),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(w, 2 * w, 4, 2, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(2 * w, 4 * w, 4, 2, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(4 * w, 4 * w, 4, 2, 1),
+            nn.ReLU(inplace=True),
         )
         self.fc = nn.Linear(4 * w, config.style)
 
@@ -108,7 +121,9 @@ class Generator(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(config.style + k, 64), nn.ReLU(inplace=True), nn.Linear(64, n_params))
         self.outlet = nn.Sequential(
             nn.Upsample(scale_factor=2, mode="nearest"),
-            nn.Conv2d(c, w, 5, 1, 2, padding_mode="reflect"), nn.GroupNorm(1, w), nn.ReLU(inplace=True),
+            nn.Conv2d(c, w, 5, 1, 2, padding_mode="reflect"),
+            nn.GroupNorm(1, w),
+            nn.ReLU(inplace=True),
             nn.Conv2d(w, config.slices, 7, 1, 3, padding_mode="reflect"),
         )
 
@@ -118,7 +133,7 @@ class Generator(nn.Module):
         code = F.one_hot(modality.long(), self.count).to(style.dtype)
         params = self.mlp(torch.cat([style, code], 1)).split([b.params for b in self.blocks], dim=1)
         x = self.inlet(torch.cat([content, one_hot(modality, self.count, content)], 1))
-        for block, p in zip(self.blocks, params):
+        for block, p in zip(self.blocks, params, strict=False):
             x = block(x, p)
         out = torch.sigmoid(self.outlet(x))
         return out if size is None else out[..., : size[0], : size[1]]
@@ -130,9 +145,12 @@ class Discriminator(nn.Module):
         w, k = 2 * config.width, len(config.modalities)
         self.count = k
         self.net = nn.Sequential(
-            nn.Conv2d(config.slices + k, w, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(w, 2 * w, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(2 * w, 4 * w, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(config.slices + k, w, 4, 2, 1),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(w, 2 * w, 4, 2, 1),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(2 * w, 4 * w, 4, 2, 1),
+            nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(4 * w, 1, 3, 1, 1),
         )
 

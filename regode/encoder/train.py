@@ -46,9 +46,18 @@ the run trains the basin term."""
 def make_source(config: EncoderTrainConfig):
     """The run's slab source, with the basin term's moved copies when the term is on."""
     motions = config.basin_motions if config.lambda_basin > 0 else 0
-    common = dict(modalities=config.model.modalities, size=config.size, spacing=config.model.spacing, seed=config.seed,
-                  slices=config.model.slices, batch=config.batch, reuse=config.reuse, motions=motions,
-                  max_angle=config.basin_angle, max_shift=config.basin_shift)
+    common = dict(
+        modalities=config.model.modalities,
+        size=config.size,
+        spacing=config.model.spacing,
+        seed=config.seed,
+        slices=config.model.slices,
+        batch=config.batch,
+        reuse=config.reuse,
+        motions=motions,
+        max_angle=config.basin_angle,
+        max_shift=config.basin_shift,
+    )
     if config.data:
         return FolderSubjects(config.data, **common)
     return BrainSubjects(**common) if config.generator == "brain" else SyntheticSubjects(**common)
@@ -118,7 +127,7 @@ def validate(model: Translator, batches: list[Slabs], margin: float = 2.0) -> di
         cross.append(float(l1(model.translate(s.a, s.b, s.modality_b), s.b)))
         ca, cb = model.content(s.a), model.content(torch.cat([s.b, s.b.roll(3, -1)]))
         aligned.append(float((ca - cb[: len(ca)]).square().mean()))
-        shifted.append(float((ca - cb[len(ca):]).square().mean()))
+        shifted.append(float((ca - cb[len(ca) :]).square().mean()))
         if s.moved is not None:
             d = motion_distances(model.content, ca, cb[: len(ca)], s)
             i, j = torch.triu_indices(len(d), len(d), 1)
@@ -151,9 +160,15 @@ def save_samples(model: Translator, s: Slabs, path: Path, modalities) -> None:
     fig, axes = plt.subplots(rows, 6, figsize=(12, 2.1 * rows), squeeze=False)
     for r in range(rows):
         na, nb = modalities[int(s.modality_a[r])], modalities[int(s.modality_b[r])]
-        panels = [(s.a[r, mid], na), (s.b[r, mid], nb), (ab[r, mid], f"{na}->{nb}"), (ba[r, mid], f"{nb}->{na}"),
-                  (ca[r, 0], f"content({na})"), (cb[r, 0], f"content({nb})")]
-        for ax, (img, title) in zip(axes[r], panels):
+        panels = [
+            (s.a[r, mid], na),
+            (s.b[r, mid], nb),
+            (ab[r, mid], f"{na}->{nb}"),
+            (ba[r, mid], f"{nb}->{na}"),
+            (ca[r, 0], f"content({na})"),
+            (cb[r, 0], f"content({nb})"),
+        ]
+        for ax, (img, title) in zip(axes[r], panels, strict=False):
             ax.imshow(img.cpu().numpy(), cmap="gray", origin="lower")
             ax.set_title(title, fontsize=8)
             ax.axis("off")
@@ -171,8 +186,10 @@ class Run:
         self.config, self.samples = config, out.with_name(out.name + ".samples")
         self.model = Translator(config.model)
         g_params = [p for n, p in self.model.named_parameters() if not n.startswith("discriminator.")]
-        self.optimizers = {"g": torch.optim.Adam(g_params, lr=config.lr, betas=(0.5, 0.999)),
-                           "d": torch.optim.Adam(self.model.discriminator.parameters(), lr=config.lr, betas=(0.5, 0.999))}
+        self.optimizers = {
+            "g": torch.optim.Adam(g_params, lr=config.lr, betas=(0.5, 0.999)),
+            "d": torch.optim.Adam(self.model.discriminator.parameters(), lr=config.lr, betas=(0.5, 0.999)),
+        }
         self.source = make_source(config)
         val_source = copy.copy(self.source)  # shares a folder's loaded subjects
         val_source.reuse, val_source._cache, val_source.motions = 1, None, VALIDATION_MOTIONS
@@ -197,14 +214,18 @@ class Run:
         return validate(self.model, self.val, self.config.basin_margin)
 
     def describe(self, record: dict, last: dict, seconds: float) -> str:
-        return (f"loss {record['loss']:.3f} ({1 / seconds:.1f} it/s) val cross {last['cross_l1']:.3f} ratio {last['content_ratio']:.3f}"
-                + (f" ordered {last['ordered']:.2f}" if "ordered" in last else ""))
+        return (
+            f"loss {record['loss']:.3f} ({1 / seconds:.1f} it/s) val cross {last['cross_l1']:.3f} ratio "
+            f"{last['content_ratio']:.3f}" + (f" ordered {last['ordered']:.2f}" if "ordered" in last else "")
+        )
 
     def after_validation(self, step: int) -> None:
         save_samples(self.model, self.val[0], self.samples / f"step_{step:06d}.png", self.config.model.modalities)
 
 
-def train(config: EncoderTrainConfig, out: Path, resume: bool = False, progress: bool = True, steps: int | None = None) -> dict:
+def train(
+    config: EncoderTrainConfig, out: Path, resume: bool = False, progress: bool = True, steps: int | None = None
+) -> dict:
     """Train (or resume) and write ``out`` (final model), ``out.ckpt`` (resumable state),
     ``out.log.jsonl`` and sample translations in ``out.samples/``."""
     out = Path(out)

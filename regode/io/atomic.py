@@ -8,9 +8,9 @@ import shutil
 import signal
 import socket
 import tempfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import RegodeError
 
@@ -77,7 +77,10 @@ def check_outputs(outputs, inputs=()) -> list[Path]:
             if not same and out.exists() and source.exists():
                 same = os.path.samefile(out, source)
             if same:
-                raise RegodeError(f"output {out} is the input {source}: choose another output name (regode never overwrites its inputs)")
+                raise RegodeError(
+                    f"output {out} is the input {source}: choose another output name (regode never "
+                    f"overwrites its inputs)"
+                )
     return outputs
 
 
@@ -88,7 +91,7 @@ def remove_stale(folder: str | os.PathLike) -> None:
     folder = Path(folder)
     here = f"{STAGING}{socket.gethostname().replace('-', '_')}-"
     for stale in folder.glob(f"{here}*"):
-        pid = stale.name[len(here):].split("-", 1)[0]
+        pid = stale.name[len(here) :].split("-", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
             if stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)
@@ -142,7 +145,8 @@ class StagedOutputs:
     (file writing releases the GIL, so it overlaps with the caller's next computation), where
     ``staged_path`` lies in a private folder inside ``folder``, where every ``path`` must lie.
     ``wait()`` waits for the writes so far and re-raises the first failure; ``commit()`` waits,
-    and only then moves every file written into place (a MetaImage ``.mhd`` brings its ``.raw``); leaving the ``with`` block
+    and only then moves every file written into place (a MetaImage ``.mhd`` brings its ``.raw``); leaving the
+    ``with`` block
     without a commit (an exception) removes the private folder and everything in it."""
 
     def __init__(self, folder: str | os.PathLike):
@@ -177,7 +181,7 @@ class StagedOutputs:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
-    def __enter__(self) -> "StagedOutputs":
+    def __enter__(self) -> StagedOutputs:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -24,7 +24,9 @@ from ..grid import Grid
 from .atomic import atomic_output
 
 IMAGE_EXTENSIONS = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
-sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's warnings (a sheared sform, ...) are not a user's line: regode says what matters
+sitk.ProcessObject.SetGlobalWarningDisplay(
+    False
+)  # ITK's warnings (a sheared sform, ...) are not a user's line: regode says what matters
 
 
 def has_image_extension(path: str | os.PathLike) -> bool:
@@ -96,7 +98,9 @@ def _nifti_pixels(path: str | os.PathLike, size: tuple[int, ...], components: in
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as exc:
-            raise RegodeError(f"{what} {path} is damaged: its compressed data is truncated or corrupt ({exc})") from None
+            raise RegodeError(
+                f"{what} {path} is damaged: its compressed data is truncated or corrupt ({exc})"
+            ) from None
     nii = None
     for kind in (nib.Nifti1Image, nib.Nifti2Image):
         try:
@@ -111,7 +115,9 @@ def _nifti_pixels(path: str | os.PathLike, size: tuple[int, ...], components: in
         return None
     stored = int(np.prod(shape)) * nii.get_data_dtype().itemsize
     if len(raw) < int(nii.header.get_data_offset()) + stored:
-        raise RegodeError(f"{what} {path} is truncated: its header declares {stored} bytes of pixels, the file holds fewer")
+        raise RegodeError(
+            f"{what} {path} is truncated: its header declares {stored} bytes of pixels, the file holds fewer"
+        )
     array = np.asanyarray(nii.dataobj)
     if components == 1 and array.ndim == 3:
         return np.ascontiguousarray(array.transpose(2, 1, 0))
@@ -130,12 +136,20 @@ def _check_size(reader, path, what: str) -> None:
     available = _available_memory()
     shape = "x".join(str(s) for s in size)
     if available is not None and needed > available:
-        raise RegodeError(f"{what} {path} declares {shape} voxels ({needed / 2**30:.1f} GiB to read), more than this "
-                          f"machine's free memory ({available / 2**30:.1f} GiB): a damaged header, or an image too large")
+        raise RegodeError(
+            f"{what} {path} declares {shape} voxels ({needed / 2**30:.1f} GiB to read), more than this "
+            f"machine's free memory ({available / 2**30:.1f} GiB): a damaged header, or an image too large"
+        )
     lower = str(path).lower()
-    if lower.endswith((".nii", ".mha", ".nrrd")) and Path(path).stat().st_size < voxels * itemsize and not _compressed(path):
-        raise RegodeError(f"{what} {path} is truncated: its header declares {shape} voxels "
-                          f"({voxels * itemsize} bytes), the file holds {Path(path).stat().st_size}")
+    if (
+        lower.endswith((".nii", ".mha", ".nrrd"))
+        and Path(path).stat().st_size < voxels * itemsize
+        and not _compressed(path)
+    ):
+        raise RegodeError(
+            f"{what} {path} is truncated: its header declares {shape} voxels "
+            f"({voxels * itemsize} bytes), the file holds {Path(path).stat().st_size}"
+        )
 
 
 def _compressed(path) -> bool:
@@ -145,7 +159,9 @@ def _compressed(path) -> bool:
         return False
     with open(path, "rb") as f:
         head = f.read(4096).decode("latin-1").lower()
-    return "compresseddata = true" in head or "encoding: gz" in head or "encoding: gzip" in head or "encoding: bz" in head
+    return (
+        "compresseddata = true" in head or "encoding: gz" in head or "encoding: gzip" in head or "encoding: bz" in head
+    )
 
 
 def _available_memory() -> int | None:
@@ -157,7 +173,9 @@ def _available_memory() -> int | None:
         return None
 
 
-def read_image(path: str | os.PathLike, *, components: int | None = 1, what: str = "image", exact: bool = False) -> Image:
+def read_image(
+    path: str | os.PathLike, *, components: int | None = 1, what: str = "image", exact: bool = False
+) -> Image:
     """Read a 3D image. ``components`` is the number of values per voxel required (1 for scalar
     images, 3 for displacement fields, None for any); ``what`` names the image in error messages.
     ``exact`` (label images): integer pixels beyond float32's exact range (2^24) are kept in
@@ -177,7 +195,12 @@ def read_image(path: str | os.PathLike, *, components: int | None = 1, what: str
             detail = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
             raise RegodeError(f"cannot read {what} {path}: {detail[-1] if detail else 'damaged file'}") from None
     dtype = array.dtype
-    wide = exact and np.issubdtype(dtype, np.integer) and array.size and max(abs(int(array.min())), abs(int(array.max()))) >= 2**24
+    wide = (
+        exact
+        and np.issubdtype(dtype, np.integer)
+        and array.size
+        and max(abs(int(array.min())), abs(int(array.max()))) >= 2**24
+    )
     if wide and max(abs(int(array.min())), abs(int(array.max()))) > 2**53:
         raise RegodeError(f"{what} {path} holds label values beyond 2^53, which regode cannot resample exactly")
     data = array.astype(np.float64 if wide else np.float32, copy=False)
@@ -235,11 +258,14 @@ def _write_stored_gzip(img, path: str) -> None:
     Displacement fields are float noise to zlib: level 1 gains little size for several times the
     time; every gzip reader reads it."""
 
-
     raw = path[: -len(".gz")]
     sitk.WriteImage(img, raw, useCompression=False)
     try:
-        with open(raw, "rb") as src, open(path, "wb") as out, gzip.GzipFile(filename="", mode="wb", fileobj=out, compresslevel=0, mtime=0) as dst:
+        with (
+            open(raw, "rb") as src,
+            open(path, "wb") as out,
+            gzip.GzipFile(filename="", mode="wb", fileobj=out, compresslevel=0, mtime=0) as dst,
+        ):
             shutil.copyfileobj(src, dst, 1 << 24)
     finally:
         os.remove(raw)

@@ -68,8 +68,11 @@ def _from_sitk(tx, path: str) -> Transform:
     tx = tx.Downcast()
     if isinstance(tx, sitk.CompositeTransform):
         parts = [tx.GetNthTransform(i) for i in range(tx.GetNumberOfTransforms())]
-        if any(isinstance(part.Downcast(), sitk.CompositeTransform) and part.GetNumberOfTransforms() == tx.GetNumberOfTransforms()
-               for part in parts):  # SimpleITK wraps a kind it does not know in a composite of itself
+        if any(
+            isinstance(part.Downcast(), sitk.CompositeTransform)
+            and part.GetNumberOfTransforms() == tx.GetNumberOfTransforms()
+            for part in parts
+        ):  # SimpleITK wraps a kind it does not know in a composite of itself
             raise RegodeError(f"unsupported transform kind in {path}")
         return Compose([_from_sitk(part, path) for part in parts])
     if isinstance(tx, sitk.DisplacementFieldTransform):
@@ -96,7 +99,9 @@ def load_transform(path: str | os.PathLike, invert: bool = False) -> Transform:
             tx = sitk.ReadTransform(path)
         except RuntimeError as exc:
             reason = [line for line in str(exc).strip().splitlines() if line.strip()]
-            raise RegodeError(f"cannot read transform {path}: {reason[-1].strip() if reason else 'unreadable'}") from None
+            raise RegodeError(
+                f"cannot read transform {path}: {reason[-1].strip() if reason else 'unreadable'}"
+            ) from None
         transform = _from_sitk(tx, path)
     if invert:
         if not transform.is_linear:
@@ -124,8 +129,10 @@ def _check_transform_list(path: str) -> None:
     except OSError as exc:
         raise RegodeError(f"cannot read transform {path}: {exc.strerror or exc}") from None
     if len(kinds) > 1 and not kinds[0].startswith("CompositeTransform"):
-        raise RegodeError(f"{path} holds a list of {len(kinds)} transforms ({kinds[0]}, ...), not one mapping; "
-                          "write each to its own file and pass the one you mean")
+        raise RegodeError(
+            f"{path} holds a list of {len(kinds)} transforms ({kinds[0]}, ...), not one mapping; "
+            "write each to its own file and pass the one you mean"
+        )
 
 
 def load_transform_chain(specs: list[str]) -> Compose:

@@ -43,19 +43,27 @@ class GridEncoding(nn.Module):
         super().__init__()
         self.grids = [feature_grid(domain, coarsest / 2**level) for level in range(levels)]
         self.tables = nn.ParameterList(
-            nn.Parameter(torch.empty(1, features, *g.shape).uniform_(-1e-4, 1e-4)) for g in self.grids)
+            nn.Parameter(torch.empty(1, features, *g.shape).uniform_(-1e-4, 1e-4)) for g in self.grids
+        )
         self.out_features = levels * features
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         flat = points.reshape(1, -1, 3)
-        feats = [sample(table, grid, flat, padding=None)[0] for table, grid in zip(self.tables, self.grids)]
+        feats = [
+            sample(table, grid, flat, padding=None)[0] for table, grid in zip(self.tables, self.grids, strict=False)
+        ]
         return torch.cat(feats, 0).T.reshape(*points.shape[:-1], self.out_features)
 
     def on_grid(self, grid: Grid) -> torch.Tensor:
         """``forward`` at the voxels of ``grid``, ``[nz, ny, nx, features]``, computed separably
         (trilinear interpolation is a product of 1D ones when the grid shares the tables' axes):
         far cheaper than sampling every point."""
-        return torch.cat([sample_on_grid(table, fgrid, grid, padding=None)[0] for table, fgrid in zip(self.tables, self.grids)]).movedim(0, -1)
+        return torch.cat(
+            [
+                sample_on_grid(table, fgrid, grid, padding=None)[0]
+                for table, fgrid in zip(self.tables, self.grids, strict=False)
+            ]
+        ).movedim(0, -1)
 
 
 class FourierEncoding(nn.Module):
@@ -134,10 +142,22 @@ class FieldTransform(Transform):
     """A neural field as a transform: ``x -> x + f(x)``, or with ``diffeomorphic`` the flow of the
     stationary velocity ``f`` over [0, 1] (``reverse``: over [0, -1], its inverse)."""
 
-    def __init__(self, network: NeuralField, diffeomorphic: bool = False, steps: int = 6, solver: str = "euler",
-                 reverse: bool = False):
+    def __init__(
+        self,
+        network: NeuralField,
+        diffeomorphic: bool = False,
+        steps: int = 6,
+        solver: str = "euler",
+        reverse: bool = False,
+    ):
         super().__init__()
-        self.network, self.diffeomorphic, self.steps, self.solver, self.reverse = network, diffeomorphic, steps, solver, reverse
+        self.network, self.diffeomorphic, self.steps, self.solver, self.reverse = (
+            network,
+            diffeomorphic,
+            steps,
+            solver,
+            reverse,
+        )
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() or points[..., 0].numel() <= CHUNK:
@@ -166,7 +186,7 @@ class FieldTransform(Transform):
             parts.append(points + self.network.on_grid(grid, part).to(points.dtype))
         return torch.cat(parts)[None]
 
-    def inverse(self) -> "FieldTransform":
+    def inverse(self) -> FieldTransform:
         if not self.diffeomorphic:
             raise ValueError("only velocity fields have a closed-form inverse")
         return FieldTransform(self.network, True, self.steps, self.solver, not self.reverse)

@@ -1,39 +1,27 @@
 """MS-ODENet's configurations: the model, its training, the registration and its polish.
 
 No torch here (see regode.config): the command line reads its choices and defaults from these
-classes. :data:`KINDS` names the model kinds; their behaviour lives in regode.odenet.kinds.
+classes. The model kinds and their cascades are regode.odenet.registry's.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .. import config as check
-from ..options import Spec, group, setting, validate
 from ..config import GENERATORS
 from ..errors import RegodeError
+from ..options import Spec, group, setting, validate
+from .registry import KINDS, MODELS, PolishConfig, PolishLevel, inter_subject  # noqa: F401  (PolishLevel: re-exported)
 
-KINDS = ("rigid", "affine", "bspline", "dense")
-"""the MS-ODENet model kinds (transformation families), registered in regode.odenet.kinds."""
-MODELS = ("rigid", "affine", "bspline", "dense", "rigid+affine", "rigid+bspline", "rigid+dense", "affine+bspline", "affine+dense",
-          "rigid+affine+bspline", "rigid+affine+dense")
-"""``register --model``: one kind, or a cascade of kinds run in order (the way ANTs chains rigid,
-affine and SyN: the linear kinds first, at most one deformable kind last)."""
-LINEAR_KINDS = ("rigid", "affine")
-"""the kinds whose result joins the linear part (the rest are deformable)."""
-DEFAULT_LAMBDA_REG = {"rigid": 0.0, "affine": 0.0, "bspline": 2.0, "dense": 10.0}
-"""the paper's weights of L_reg per kind."""
 SIMILARITIES = ("mi", "content")
 LEARN = ("all", "step")
 """what training optimises: every parameter, or only each level's force step (the networks'
 learned terms stay as they start: the step sizes of a multi-scale gradient flow, learned)."""
 FINE_METRICS = ("auto", "mi", "ncc")
 """the fine level's similarity: auto (regode.contrast: local NCC for one contrast, MI across), or either."""
-INTER_SUBJECT = ("affine+bspline", "affine+dense", "rigid+affine+bspline", "rigid+affine+dense")
-"""the cascades for pairs of subjects (or a subject and a template): the fine level is on by default."""
 SOLVERS = {"F": "euler", "A": "adaptive_heun", "R": "rk4"}
 
 
@@ -64,7 +52,9 @@ def parse_schedule(text: str, levels: int) -> list[Solver]:
     parts = re.findall(r"([FAR])\(\s*([0-9.eE+-]+)\s*\)", text)
     rebuilt = "-".join(f"{a}({b})" for a, b in parts)
     if not parts or rebuilt.replace(" ", "") != text.replace(" ", ""):
-        raise RegodeError(f"bad --schedule {text!r}: write e.g. A(1e-3)-A(1e-3)-F(0.1) (F Euler, R rk4, A adaptive Heun)")
+        raise RegodeError(
+            f"bad --schedule {text!r}: write e.g. A(1e-3)-A(1e-3)-F(0.1) (F Euler, R rk4, A adaptive Heun)"
+        )
     if len(parts) != levels:
         raise RegodeError(f"--schedule {text!r} has {len(parts)} levels, the model has {levels}")
     try:
@@ -80,23 +70,35 @@ def parse_schedule(text: str, levels: int) -> list[Solver]:
 class ModelConfig:
     """Everything that defines an MS-ODENet (saved in every checkpoint)."""
 
-    kind: str = setting("rigid", "Transformation family of the MS-ODENet, or encoder: the content encoder of the learned similarity.",
-                        flag="--model", choices=KINDS)
+    kind: str = setting(
+        "rigid",
+        "Transformation family of the MS-ODENet, or encoder: the content encoder of the learned similarity.",
+        flag="--model",
+        choices=tuple(KINDS),
+    )
     levels: int = setting(3, "Pyramid levels L (factor 2 per level).", low=1)
-    horizon: float | None = setting(None, "Integration time T; level l is solved on [(l-1)T/L, lT/L] (default: L).", low=0, above=True,
-                                    none="auto")
-    schedule: str = setting("", "Solvers per level, coarse to fine, e.g. A(1e-3)-A(1e-3)-F(0.1) (default: Euler, F(0.25) per level "
-                                "and F(0.5) on the finest of 3).")
+    horizon: float | None = setting(
+        None, "Integration time T; level l is solved on [(l-1)T/L, lT/L] (default: L).", low=0, above=True, none="auto"
+    )
+    schedule: str = setting(
+        "",
+        "Solvers per level, coarse to fine, e.g. A(1e-3)-A(1e-3)-F(0.1) (default: Euler, F(0.25) per level "
+        "and F(0.5) on the finest of 3).",
+    )
     spacing: float = setting(2.0, "Finest working spacing (isotropic).", unit="mm", low=0, above=True)
     width: int = setting(16, "Channels of the first conv layer.", low=2)
-    control_spacing: float = setting(20.0, "B-spline control-point spacing of the model's field.", unit="mm", low=0, above=True)
+    control_spacing: float = setting(
+        20.0, "B-spline control-point spacing of the model's field.", unit="mm", low=0, above=True
+    )
 
     def __post_init__(self):
         validate(self)
         if self.horizon is None:
             object.__setattr__(self, "horizon", float(self.levels))
         if not self.schedule:  # every level F(0.25); 4 + 4 + 2 function evaluations with 3 levels
-            object.__setattr__(self, "schedule", "F(0.25)-F(0.25)-F(0.5)" if self.levels == 3 else "-".join(["F(0.25)"] * self.levels))
+            object.__setattr__(
+                self, "schedule", "F(0.25)-F(0.25)-F(0.5)" if self.levels == 3 else "-".join(["F(0.25)"] * self.levels)
+            )
         parse_schedule(self.schedule, self.levels)
 
 
@@ -108,23 +110,44 @@ class MotionRange:
     max_translation: float = setting(20.0, "Rigid, affine: translations U(-t, t) per axis.", unit="mm", low=0)
     max_scale: float = setting(0.15, "Affine: scale factors exp(U(-s, s)) per axis.", low=0)
     max_shear: float = setting(0.1, "Affine: the three shears U(-h, h).", low=0)
-    max_sigma: float = setting(10.0, "Deformable: B-spline control displacement sd, drawn U(0, s) per pair.", unit="mm", low=0)
-    control_spacings: tuple[float, ...] = setting((30.0, 40.0, 50.0), "Deformable: B-spline control spacings of the motion, one "
-                                                  "drawn per pair.", unit="mm", low=0, above=True, flag="")
-    ramp_pairs: int | None = setting(None, "Training pairs over which the motion ranges grow linearly from 20 % to 100 % (0: no ramp; "
-                                           "default: TrainConfig.curriculum of the run's pairs).", low=0, flag="", none="auto")
+    max_sigma: float = setting(
+        10.0, "Deformable: B-spline control displacement sd, drawn U(0, s) per pair.", unit="mm", low=0
+    )
+    control_spacings: tuple[float, ...] = setting(
+        (30.0, 40.0, 50.0),
+        "Deformable: B-spline control spacings of the motion, one drawn per pair.",
+        unit="mm",
+        low=0,
+        above=True,
+        flag="",
+    )
+    ramp_pairs: int | None = setting(
+        None,
+        "Training pairs over which the motion ranges grow linearly from 20 % to 100 % (0: no ramp; "
+        "default: TrainConfig.curriculum of the run's pairs).",
+        low=0,
+        flag="",
+        none="auto",
+    )
 
     def __post_init__(self):
         validate(self)
         check.require(len(self.control_spacings) > 0, "the motion's control spacings must be positive")
 
-    def at(self, index: int) -> "MotionRange":
+    def at(self, index: int) -> MotionRange:
         """The ranges for training pair ``index``."""
         if not self.ramp_pairs or index >= self.ramp_pairs:
             return self
         f = 0.2 + 0.8 * index / self.ramp_pairs
-        return MotionRange(self.max_rotation * f, self.max_translation * f, self.max_scale * f, self.max_shear * f,
-                           self.max_sigma * f, self.control_spacings, 0)
+        return MotionRange(
+            self.max_rotation * f,
+            self.max_translation * f,
+            self.max_scale * f,
+            self.max_shear * f,
+            self.max_sigma * f,
+            self.control_spacings,
+            0,
+        )
 
 
 @dataclass(frozen=True)
@@ -132,47 +155,77 @@ class TrainConfig:
     """Everything that defines an MS-ODENet training run (saved in every checkpoint)."""
 
     model: ModelConfig = group(ModelConfig)
-    data: str | None = setting(None, "Dataset folder DIR/<subject>/<contrast>.nii.gz (co-registered contrasts); default: synthetic "
-                                     "data.", path=True)
-    label_maps: tuple[str, ...] = setting((), "Label map to render as well as random heads (synthetic data), repeatable.",
-                                          flag="--label-map", path=True)
-    generator: str = setting("heads", "Synthetic data: heads (random head-shaped label maps) or brain (brain-like subjects drawn "
-                                      "from the MNI152 template's tissue maps).", choices=GENERATORS)
+    data: str | None = setting(
+        None,
+        "Dataset folder DIR/<subject>/<contrast>.nii.gz (co-registered contrasts); default: synthetic data.",
+        path=True,
+    )
+    label_maps: tuple[str, ...] = setting(
+        (), "Label map to render as well as random heads (synthetic data), repeatable.", flag="--label-map", path=True
+    )
+    generator: str = setting(
+        "heads",
+        "Synthetic data: heads (random head-shaped label maps) or brain (brain-like subjects drawn "
+        "from the MNI152 template's tissue maps).",
+        choices=GENERATORS,
+    )
     steps: int = setting(2000, "Optimiser steps (with --resume: the saved run's, or this).", low=1)
     batch: int = setting(2, "Pairs per step.", low=1)
     lr: float = setting(1e-4, "Adam's learning rate.", low=0, above=True)
-    learn: str = setting("all", "Optimise all parameters, or only each level's force step (on a log scale: use a larger --lr, "
-                                "e.g. 0.02).", choices=LEARN)
+    learn: str = setting(
+        "all",
+        "Optimise all parameters, or only each level's force step (on a log scale: use a larger --lr, e.g. 0.02).",
+        choices=LEARN,
+    )
     init: str | None = setting(None, "Start from this model file's weights (same kind and architecture).", path=True)
-    similarity: str = setting("mi", "L_sim: mi (mutual information) or content (learned content features of --encoder).",
-                              choices=SIMILARITIES)
-    encoder: str | None = setting(None, "--similarity content: encoder from `regode train --model encoder` (default: the shipped "
-                                        "encoder.pt).", path=True)
+    similarity: str = setting(
+        "mi", "L_sim: mi (mutual information) or content (learned content features of --encoder).", choices=SIMILARITIES
+    )
+    encoder: str | None = setting(
+        None,
+        "--similarity content: encoder from `regode train --model encoder` (default: the shipped encoder.pt).",
+        path=True,
+    )
     lambda_sim: float = setting(1.0, "Weight of L_sim.", low=0)
     lambda_self: float = setting(1.0, "Weight of L_self (known motion).", low=0)
-    lambda_reg: float | None = setting(None, "Weight of L_reg (default: the kind's, 2 bspline, 10 dense, 0 linear).", low=0, none="auto")
+    lambda_reg: float | None = setting(
+        None, "Weight of L_reg (default: the kind's, 2 bspline, 10 dense, 0 linear).", low=0, none="auto"
+    )
     size: int = setting(96, "Training volumes are SIZE^3 voxels at the model's spacing.", low=16)
     seed: int = setting(0, "Seed of the initial weights and of the data.")
     adjoint: bool = setting(False, "Backpropagate with torchdiffeq's adjoint method (less memory).")
     checkpoint_every: int = setting(25, "Steps between checkpoints.", low=1)
     validate_every: int = setting(100, "Steps between validations.", low=1)
     val_pairs: int = setting(8, "Validation pairs.", low=1)
-    validate_data: tuple[str, ...] = setting((), "Also validate on the subjects of this dataset folder moved by fixed random motions "
-                                                 "(logged by the folder's name), repeatable.", path=True)
-    curriculum: float = setting(0.5, "Fraction of the training pairs over which the motion ranges grow from 20 % to 100 %.", low=0,
-                                high=1)
+    validate_data: tuple[str, ...] = setting(
+        (),
+        "Also validate on the subjects of this dataset folder moved by fixed random motions "
+        "(logged by the folder's name), repeatable.",
+        path=True,
+    )
+    curriculum: float = setting(
+        0.5, "Fraction of the training pairs over which the motion ranges grow from 20 % to 100 %.", low=0, high=1
+    )
     motion: MotionRange = group(MotionRange)
 
     def __post_init__(self):
         validate(self)
         names = [Path(folder).name for folder in self.validate_data]
-        check.require(all(names) and len(set(names)) == len(names),
-                      "--validate-data folders need distinct, non-empty names (their figures are logged by name)")
-        check.require(not (self.label_maps and self.generator != "heads"), "--label-map renders with the heads generator only")
+        check.require(
+            all(names) and len(set(names)) == len(names),
+            "--validate-data folders need distinct, non-empty names (their figures are logged by name)",
+        )
+        check.require(
+            not (self.label_maps and self.generator != "heads"), "--label-map renders with the heads generator only"
+        )
         if self.lambda_reg is None:
-            object.__setattr__(self, "lambda_reg", DEFAULT_LAMBDA_REG[self.model.kind])
+            object.__setattr__(self, "lambda_reg", KINDS[self.model.kind].lambda_reg)
         if self.motion.ramp_pairs is None:
-            object.__setattr__(self, "motion", replace(self.motion, ramp_pairs=curriculum_pairs(self.curriculum, self.steps, self.batch)))
+            object.__setattr__(
+                self,
+                "motion",
+                replace(self.motion, ramp_pairs=curriculum_pairs(self.curriculum, self.steps, self.batch)),
+            )
 
 
 def curriculum_pairs(curriculum: float, steps: int, batch: int) -> int:
@@ -182,117 +235,77 @@ def curriculum_pairs(curriculum: float, steps: int, batch: int) -> int:
 
 
 @dataclass(frozen=True)
-class PolishLevel:
-    """One level of a polish: how many Adam steps, on which pyramid level, on how coarse a lattice."""
-
-    coarseness: int
-    """the image pyramid level it runs on: 0 is the working grid, each next one has twice the
-    spacing and is smoothed to match."""
-    stride: int
-    """the lattice step, in voxels of that level."""
-    iterations: int
-
-
-def _schedule(default, help: str, **option):
-    """A polish setting: config files only (no command-line option)."""
-    return setting(default, help, flag="", **option)
-
-
-@dataclass(frozen=True)
-class PolishConfig:
-    """The polish after each network (regode.odenet.polish): a short mutual-information fit of its
-    result, and the fine level. Why the defaults are what they are: docs/msodenet.md."""
-
-    rigid: tuple[PolishLevel, ...] = _schedule((PolishLevel(1, 2, 40), PolishLevel(0, 3, 20)),
-                                             "A rigid correction's levels: 40 steps on an 8 mm lattice of the 4 mm images, then 20 on "
-                                             "a 6 mm lattice of the 2 mm images.")
-    affine: tuple[PolishLevel, ...] = _schedule((PolishLevel(1, 2, 60), PolishLevel(0, 3, 30)),
-                                              "An affine correction's levels (12 unknowns).")
-    affine_ncc_candidate: bool = _schedule(True, "A second affine polish with local NCC; the one whose local NCC is higher is kept.")
-    deformable: tuple[PolishLevel, ...] = _schedule((PolishLevel(0, 3, 30),),
-                                                  "The B-spline model's control points: steps of bspline_step on a 6 mm lattice of the "
-                                                  "2 mm images.")
-    dense: tuple[PolishLevel, ...] = _schedule((PolishLevel(0, 3, 40),),
-                                             "The dense field's B-spline correction: steps of dense_step on a 6 mm lattice of the "
-                                             "2 mm images.")
-    rotation_step: float = _schedule(0.01, "Adam's step for the rotation vector; every step decays linearly to a tenth over a level.",
-                                   unit="radians", low=0, above=True)
-    translation_step: float = _schedule(0.5, "Adam's step for the translation.", unit="mm", low=0, above=True)
-    matrix_step: float = _schedule(0.01, "Adam's step for the entries of an affine correction's matrix.", low=0, above=True)
-    bspline_step: float = _schedule(0.4, "Adam's step for the B-spline model's control-point displacements.", unit="mm", low=0, above=True)
-    dense_step: float = _schedule(0.3, "Adam's step for the control points of the dense field's correction.", unit="mm", low=0,
-                                above=True)
-    lambda_fold: float = _schedule(10.0, "The polish's folding penalty.", low=0)
-    lambda_grad: float = _schedule(5.0, "The polish's weight of ||J - I||^2.", low=0)
-    dense_control_spacing: float = _schedule(10.0, "Control spacing of the dense field's B-spline correction.", unit="mm", low=0,
-                                           above=True)
-    fine: tuple[PolishLevel, ...] = _schedule((PolishLevel(1, 1, 30), PolishLevel(0, 3, 45)),
-                                            "The fine level's levels: a B-spline correction of the last deformable stage's field, "
-                                            "30 steps on the images at twice the fine spacing, then 45 at the fine spacing.")
-    fine_lattice_mm: float | None = _schedule(3.0, "The fine levels' lattices: every n-th voxel of each level's images, n the smallest "
-                                                 "stride whose lattice is at least this many mm (none: the strides of fine).",
-                                            unit="mm", low=0, above=True, none="none")
-    fine_control_spacing: float = _schedule(6.0, "The fine level's B-spline control spacing.", unit="mm", low=0, above=True)
-    fine_step: float = _schedule(1.0, "Adam's step for the fine level's control points, on every level of it.", unit="mm", low=0,
-                               above=True)
-    fine_lambda_grad_mi: float = _schedule(1.0, "The fine level's smoothness weight with mutual information.", low=0)
-    fine_lambda_grad_ncc: float = _schedule(0.4, "The fine level's smoothness weight with local NCC.", low=0)
-    fine_lambda_fold: float = _schedule(300.0, "The fine level's folding penalty.", low=0)
-
-    def __post_init__(self):
-        validate(self)
-        for level in self.rigid + self.affine + self.deformable + self.dense + self.fine:
-            check.require(level.coarseness >= 0 and level.stride >= 1 and level.iterations >= 1,
-                          f"bad polish level {level}: coarseness >= 0, stride and iterations >= 1")
-
-    def fine_levels(self, spacing: float) -> tuple[PolishLevel, ...]:
-        """The fine levels on a pyramid of images at ``spacing`` mm (a level of coarseness ``c`` is
-        at ``spacing * 2**c``; ``fine_lattice_mm`` sets each level's stride)."""
-        if self.fine_lattice_mm is None:
-            return self.fine
-        return tuple(replace(level, stride=max(1, math.ceil(self.fine_lattice_mm / (spacing * 2 ** level.coarseness) - 1e-6)))
-                     for level in self.fine)
-
-
-POLISHED_LEVELS = {"rigid": 1}
-"""levels a network of a kind integrates by default when the polish follows, where fewer than all
-but the finest: the rigid network on its coarsest level only (8 mm for the shipped model;
-docs/msodenet.md)."""
-
-
-@dataclass(frozen=True)
 class RegisterConfig(check.PairRun):
     """Everything that defines a registration (saved in ``PREFIXregode.json``); the start, masks,
     device, threads and seed are :class:`~regode.config.PairRun`'s."""
 
-    model: str = setting("rigid", "MS-ODENet stages, run in order: linear kinds (rigid, affine) first, then a deformable one "
-                                  "(bspline, dense); between subjects or to a template: affine+dense.", choices=MODELS)
-    checkpoints: tuple[str, ...] = setting((), "Model file from `regode train` replacing the shipped one of its kind (repeatable).",
-                                           flag="--checkpoint", path=True)
-    center_of_mass: bool = setting(True, "Start from the translation between the centres of the images' head masks (off: from the "
-                                         "headers alone, no principal axes).")
-    principal_axes: bool = setting(True, "Models that start with a rigid or affine stage: start from the best principal-axes "
-                                         "alignment, not only from the translation between the head centres.")
-    polish: bool = setting(True, "After each network, optimise its result by mutual information (a few dozen Adam steps at 2 mm; "
-                                 "for dense a 10 mm B-spline correction of its field); off: the networks alone.")
+    model: str = setting(
+        "rigid",
+        "MS-ODENet stages, run in order: linear kinds (rigid, affine) first, then a deformable one "
+        "(bspline, dense); between subjects or to a template: affine+dense.",
+        choices=MODELS,
+    )
+    checkpoints: tuple[str, ...] = setting(
+        (),
+        "Model file from `regode train` replacing the shipped one of its kind (repeatable).",
+        flag="--checkpoint",
+        path=True,
+    )
+    center_of_mass: bool = setting(
+        True,
+        "Start from the translation between the centres of the images' head masks (off: from the "
+        "headers alone, no principal axes).",
+    )
+    principal_axes: bool = setting(
+        True,
+        "Models that start with a rigid or affine stage: start from the best principal-axes "
+        "alignment, not only from the translation between the head centres.",
+    )
+    polish: bool = setting(
+        True,
+        "After each network, optimise its result by mutual information (a few dozen Adam steps at 2 mm; "
+        "for dense a 10 mm B-spline correction of its field); off: the networks alone.",
+    )
     polish_schedule: PolishConfig = group(PolishConfig, cli=False)
-    network_levels: int | None = setting(None, "Pyramid levels each network integrates, coarse first (the shipped models: 8, 4 and "
-                                               "2 mm). Default with the polish: all but the finest, the rigid network its coarsest "
-                                               "only; all without the polish.", low=1, none="auto")
-    fine_spacing: float | None = setting(None, "Refine the last deformable stage on images at this spacing (0: no). Default (auto): "
-                                               "the fixed image's spacing (at least 1 mm) for the affine+bspline/dense cascades, none "
-                                               "for the other models.", unit="mm", low=0, none="auto")
-    metric: str = setting("auto", "The fine level's similarity: auto (local NCC for one contrast, MI across contrasts, judged on the "
-                                  "pair), mi or ncc.", choices=FINE_METRICS)
+    network_levels: int | None = setting(
+        None,
+        "Pyramid levels each network integrates, coarse first (the shipped models: 8, 4 and "
+        "2 mm). Default with the polish: all but the finest, the rigid network its coarsest "
+        "only; all without the polish.",
+        low=1,
+        none="auto",
+    )
+    fine_spacing: float | None = setting(
+        None,
+        "Refine the last deformable stage on images at this spacing (0: no). Default (auto): "
+        "the fixed image's spacing (at least 1 mm) for the affine+bspline/dense cascades, none "
+        "for the other models.",
+        unit="mm",
+        low=0,
+        none="auto",
+    )
+    metric: str = setting(
+        "auto",
+        "The fine level's similarity: auto (local NCC for one contrast, MI across contrasts, judged on the "
+        "pair), mi or ncc.",
+        choices=FINE_METRICS,
+    )
 
     def __post_init__(self):
         object.__setattr__(self, "checkpoints", tuple(str(p) for p in self.checkpoints))
         super().__post_init__()
-        check.require(not self.fine_spacing or not all(name in LINEAR_KINDS for name in self.stages),
-                      f"--fine-spacing refines a deformable stage; --model {self.model} has none")
-        check.require(self.polish or not self.fine_spacing, "--fine-spacing is a polish at the image's resolution: not with --no-polish")
-        check.require(self.polish or not (self.fixed_mask or self.moving_mask),
-                      "--fixed-mask and --moving-mask act on the polish: with --no-polish they would do nothing")
+        check.require(
+            not self.fine_spacing or not all(KINDS[name].linear for name in self.stages),
+            f"--fine-spacing refines a deformable stage; --model {self.model} has none",
+        )
+        check.require(
+            self.polish or not self.fine_spacing,
+            "--fine-spacing is a polish at the image's resolution: not with --no-polish",
+        )
+        check.require(
+            self.polish or not (self.fixed_mask or self.moving_mask),
+            "--fixed-mask and --moving-mask act on the polish: with --no-polish they would do nothing",
+        )
 
     @property
     def stages(self) -> list[str]:
@@ -302,7 +315,7 @@ class RegisterConfig(check.PairRun):
     def levels_run(self, kind: str, levels: int) -> int:
         """The pyramid levels that a ``kind`` network of ``levels`` levels integrates (coarse first)."""
         if self.network_levels is None:
-            return min(levels, POLISHED_LEVELS.get(kind, max(1, levels - 1))) if self.polish else levels
+            return min(levels, KINDS[kind].polished_levels or max(1, levels - 1)) if self.polish else levels
         if self.network_levels > levels:
             raise RegodeError(f"--network-levels {self.network_levels}: the {kind} model has {levels} pyramid levels")
         return self.network_levels
@@ -312,8 +325,31 @@ class RegisterConfig(check.PairRun):
         """The fine level asked for: mm, None for the fixed image's spacing, 0 for none."""
         if self.fine_spacing is not None:
             return self.fine_spacing
-        return None if self.model in INTER_SUBJECT and self.polish else 0.0
+        return None if inter_subject(self.model) and self.polish else 0.0
 
 
 SPEC = Spec("register", {"inputs": check.PairInputs, "config": RegisterConfig})
 """the settings of ``regode register`` (and of a cohort's register rows): the files, then the config."""
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """``regode demo``: a generated pair with known motion, registered with ``register``."""
+
+    model: str = setting("rigid", "MS-ODENet stages to run.", choices=MODELS)
+    checkpoints: tuple[str, ...] = setting(
+        (),
+        "Model file from `regode train` replacing the shipped one of its kind (repeatable).",
+        flag="--checkpoint",
+        path=True,
+    )
+    seed: int = setting(0, "Random seed (the phantom, its motion and the registration).")
+    threads: int | None = setting(None, "CPU threads (default and 0: all cores).", low=0)
+
+    def __post_init__(self):
+        object.__setattr__(self, "checkpoints", tuple(str(p) for p in self.checkpoints))
+        validate(self)
+
+
+DEMO_SPEC = Spec("demo", {"config": DemoConfig})
+"""the settings of ``regode demo``."""

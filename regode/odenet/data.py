@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import torch
 
+from ..anatomy import draw_subject, render_subject
 from ..datasets import discover
 from ..errors import RegodeError
 from ..grid import Grid
 from ..io import read_image
 from ..preprocess import center_of_mass, to_grid
 from ..sampling import sample_labels
-from ..anatomy import draw_subject, render_subject
 from ..synthetic import random_head, render_contrast, training_grid
 from .config import MotionRange
 from .kinds import KINDS
@@ -32,7 +32,9 @@ from .motion import Pair
 class PairSource:
     """Base class: ``pair(index)`` gives one pair as the pure function of (seed, index)."""
 
-    def __init__(self, kind: str, size: int = 96, spacing: float = 2.0, motion: MotionRange | None = None, seed: int = 0):
+    def __init__(
+        self, kind: str, size: int = 96, spacing: float = 2.0, motion: MotionRange | None = None, seed: int = 0
+    ):
         self.kind, self.size, self.spacing, self.seed = kind, size, spacing, seed
         self.motion = motion or MotionRange()
 
@@ -47,8 +49,14 @@ class PairSource:
     def batch(self, start: int, size: int) -> Pair:
         pairs = [self.pair(start + i) for i in range(size)]
         cat = lambda xs: torch.cat(xs) if xs[0] is not None else None  # noqa: E731
-        return Pair(cat([p.fixed for p in pairs]), cat([p.moving for p in pairs]), pairs[0].grid,
-                    cat([p.center for p in pairs]), cat([p.theta0 for p in pairs]), cat([p.truth for p in pairs]))
+        return Pair(
+            cat([p.fixed for p in pairs]),
+            cat([p.moving for p in pairs]),
+            pairs[0].grid,
+            cat([p.center for p in pairs]),
+            cat([p.theta0 for p in pairs]),
+            cat([p.truth for p in pairs]),
+        )
 
 
 class SyntheticPairs(PairSource):

@@ -8,8 +8,8 @@ with the truth, how a registration result is assembled and the polish after the 
 Frames: theta is world LPS (mm, and radians for rotations); the networks see and return vectors in
 the level grid's axes, turned into world vectors here with the level's direction matrix.
 
-Adding a kind: subclass :class:`Kind`, name it in regode.odenet.config.KINDS, add it to
-:data:`KINDS` (docs/architecture.md has a worked example).
+Adding a kind: subclass :class:`Kind` and give it an entry in regode.odenet.registry.KINDS
+(docs/architecture.md has a worked example).
 """
 
 from __future__ import annotations
@@ -22,24 +22,26 @@ from ..losses import gradient_energy
 from ..rotations import right_jacobian_inverse, rotation_matrix
 from ..sampling import sample, sample_on_grid, voxel_images
 from ..transforms import Affine, BSpline, Compose, DisplacementField, Rigid, Transform
-from .config import KINDS as KIND_NAMES
-from .config import LINEAR_KINDS
-from .config import PolishConfig
 from .motion import affine_pair, deformable_pair, rigid_pair
-from .networks import AffineNet, BSplineNet, RigidNet, UNet
 from .polish import polish_affine_chosen, polish_bspline, polish_dense, polish_rigid
+from .registry import KINDS as SPECS
+from .registry import KindSpec, Schedule
 
 ARC_RADIUS = 50.0
 """mm: in L_self a rotation-vector error of 1 rad counts as 50 mm."""
 
 
 class Kind:
-    """The base of the kinds: a field-valued theta (``[B, 3, *state grid]``, mm)."""
+    """The base of the kinds: a field-valued theta (``[B, 3, *state grid]``, mm). The facts of a
+    kind (its name, whether it is linear, its network, its polish schedule) are its registry entry's
+    (regode.odenet.registry.KindSpec); this class holds its behaviour."""
 
-    name: str
-    network: type[nn.Module]
-    linear = False
-    """theta is a linear map (composed into the result's affine part)."""
+    def __init__(self, spec: KindSpec):
+        self.spec = spec
+        self.name = spec.name
+        self.linear = spec.linear
+        """theta is a linear map (composed into the result's affine part)."""
+        self.network: type[nn.Module] = spec.load("network")
 
     def state_grid(self, config, fine: Grid) -> Grid | None:
         """Where theta lives, given the finest working grid."""
@@ -106,18 +108,24 @@ class Kind:
         """The (linear, deformable) parts after this stage, from its theta (CPU, float64)."""
         return linear, self.transform(theta, model.state_grid(fixed_grid))
 
-    def polish(self, fixed: list, moving: list, linear: Affine, core, center: torch.Tensor, seed: int, config: PolishConfig,
-               masks=(None, None)):
-        """The stage's result optimised for mutual information (over the ``masks``' insides, masks
-        given per pyramid level): (linear, core, record)."""
+    def polish(
+        self,
+        fixed: list,
+        moving: list,
+        linear: Affine,
+        core,
+        center: torch.Tensor,
+        seed: int,
+        schedule: Schedule,
+        masks=(None, None),
+    ):
+        """The stage's result optimised for mutual information by the polish ``schedule`` (over the
+        ``masks``' insides, masks given per pyramid level): (linear, core, record)."""
         raise NotImplementedError
 
 
 class RigidKind(Kind):
     """``[B, 6]``: rotation vector (rad) and translation (mm) about a centre (a :class:`Rigid`)."""
-
-    name, network, linear = "rigid", RigidNet, True
-    """a linear kind's result joins the affine part (PREFIX0GenericAffine.mat)."""
 
     def state_grid(self, config, fine):
         return None
@@ -130,8 +138,9 @@ class RigidKind(Kind):
 
     def prepare(self, dyn):
         c = torch.as_tensor(dyn.center, dtype=torch.float64).detach().cpu().reshape(-1, 3).numpy()
-        dyn.center_index = torch.as_tensor(dyn.fixed.grid.world_to_index(c), dtype=dyn.fixed.volume.dtype,
-                                           device=dyn.fixed.volume.device).reshape(-1, 3)
+        dyn.center_index = torch.as_tensor(
+            dyn.fixed.grid.world_to_index(c), dtype=dyn.fixed.volume.dtype, device=dyn.fixed.volume.device
+        ).reshape(-1, 3)
 
     def direct(self, dyn):
         return True
@@ -147,12 +156,18 @@ class RigidKind(Kind):
         return torch.cat([rdot, (rotation_matrix(rotvec) @ shift[..., None])[..., 0]], dim=1)
 
     def coordinates(self, dyn, theta):
-        return voxel_images(dyn.fixed.grid, dyn.lead @ self.transform(theta.double(), None, dyn.center.double()).homogeneous(), theta.dtype)
+        return voxel_images(
+            dyn.fixed.grid,
+            dyn.lead @ self.transform(theta.double(), None, dyn.center.double()).homogeneous(),
+            theta.dtype,
+        )
 
     def pullback(self, dyn, theta):
         # the velocity acts on fixed points before the current motion: a displacement u there moves
         # the moving point by pre's and theta's linear parts times u
-        matrix = self.transform(theta.detach().double(), None, dyn.center.double()).matrix  # the force is a constant input
+        matrix = self.transform(
+            theta.detach().double(), None, dyn.center.double()
+        ).matrix  # the force is a constant input
         return dyn.lead[:, :3, :3] @ matrix
 
     training_pair = staticmethod(rigid_pair)
@@ -170,16 +185,14 @@ class RigidKind(Kind):
     def result(self, model, theta, linear, center, fixed_grid):
         return Compose([linear, self.transform(theta, None, center[None])]).as_affine(), None
 
-    def polish(self, fixed, moving, linear, core, center, seed, config, masks=(None, None)):
-        linear, record = polish_rigid(fixed, moving, linear, center, config, seed, masks)
+    def polish(self, fixed, moving, linear, core, center, seed, schedule, masks=(None, None)):
+        linear, record = polish_rigid(fixed, moving, linear, center, schedule, seed, masks)
         return linear, core, record
 
 
 class AffineKind(RigidKind):
     """``[B, 12]``: ``A - I`` row by row and the translation (mm) of an affine map about a centre
     (an :class:`Affine`: ``y = A (x - c) + t + c``)."""
-
-    name, network = "affine", AffineNet
 
     def identity(self, config, fine, batch, dtype, device):
         return torch.zeros((batch, 12), dtype=dtype, device=device)
@@ -204,15 +217,13 @@ class AffineKind(RigidKind):
         diff = theta - truth  # a matrix error of 1 counts as ARC_RADIUS mm, as a rotation of 1 rad
         return torch.cat([diff[:, :9] * ARC_RADIUS, diff[:, 9:]], 1).square().mean() / 100
 
-    def polish(self, fixed, moving, linear, core, center, seed, config, masks=(None, None)):
-        linear, record = polish_affine_chosen(fixed, moving, linear, center, config, seed, masks)
+    def polish(self, fixed, moving, linear, core, center, seed, schedule, masks=(None, None)):
+        linear, record = polish_affine_chosen(fixed, moving, linear, center, schedule, seed, masks)
         return linear, core, record
 
 
 class BSplineKind(Kind):
     """``[B, 3, *control]``: control-point displacements in mm (a :class:`BSpline`)."""
-
-    name, network = "bspline", BSplineNet
 
     def state_grid(self, config, fine):
         return BSpline.control_grid_for(fine, config.control_spacing)
@@ -228,7 +239,9 @@ class BSplineKind(Kind):
         index = torch.as_tensor(grid.world_to_index(cpts.reshape(-1, 3).numpy()))
         index = torch.minimum(torch.clamp(index, min=0), torch.as_tensor(grid.size, dtype=torch.float64) - 1)
         inside = torch.as_tensor(grid.index_to_world(index.numpy()))
-        dyn.control_points = inside.reshape(1, *cpts.shape[:-1], 3).to(dtype=dyn.fixed.volume.dtype, device=dyn.fixed.volume.device)
+        dyn.control_points = inside.reshape(1, *cpts.shape[:-1], 3).to(
+            dtype=dyn.fixed.volume.dtype, device=dyn.fixed.volume.device
+        )
         # the force is read where mutual information samples the level (every step-th voxel in the
         # flattened z, y, x order of Dynamics.forward): the network's force term, the B-spline's
         # adjoint of the force (regode.transforms.BSpline.adjoint) divided by that of those voxels,
@@ -239,23 +252,27 @@ class BSplineKind(Kind):
         dyn.spread_weight = weight.clamp_min(1e-3 * float(weight.max()))
 
     def velocity(self, dyn, t, theta, warped, force):
-        v = dyn.net(warped, dyn.fixed.volume, t, force, lambda f: sample(f, dyn.fixed.grid, dyn.control_points),
-                    lambda f: BSpline.adjoint(dyn.state_grid, dyn.fixed.grid, f) / dyn.spread_weight)
+        v = dyn.net(
+            warped,
+            dyn.fixed.volume,
+            t,
+            force,
+            lambda f: sample(f, dyn.fixed.grid, dyn.control_points),
+            lambda f: BSpline.adjoint(dyn.state_grid, dyn.fixed.grid, f) / dyn.spread_weight,
+        )
         return torch.einsum("ij,bj...->bi...", dyn.direction, v)
 
     def shift(self, dyn, theta, linear):
         coefficients = torch.einsum("bij,bj...->bi...", linear, theta)
         return BSpline(dyn.state_grid, coefficients).displacement(dyn.fixed.grid)  # separable
 
-    def polish(self, fixed, moving, linear, core, center, seed, config, masks=(None, None)):
-        core, record = polish_bspline(fixed, moving, linear, core, config, seed, masks=masks)
+    def polish(self, fixed, moving, linear, core, center, seed, schedule, masks=(None, None)):
+        core, record = polish_bspline(fixed, moving, linear, core, schedule, seed, masks=masks)
         return linear, core, record
 
 
 class DenseKind(Kind):
     """``[B, 3, nz, ny, nx]``: displacements in mm on the finest level (a :class:`DisplacementField`)."""
-
-    name, network = "dense", UNet
 
     def state_grid(self, config, fine):
         return fine
@@ -274,11 +291,10 @@ class DenseKind(Kind):
         field = theta if dyn.fixed.grid == dyn.state_grid else sample_on_grid(theta, dyn.state_grid, dyn.fixed.grid)
         return torch.einsum("bij,bj...->bi...", linear, field)
 
-    def polish(self, fixed, moving, linear, core, center, seed, config, masks=(None, None)):
-        core, record = polish_dense(fixed, moving, linear, core, config, seed, masks)
+    def polish(self, fixed, moving, linear, core, center, seed, schedule, masks=(None, None)):
+        core, record = polish_dense(fixed, moving, linear, core, schedule, seed, masks)
         return linear, core, record
 
 
-KINDS: dict[str, Kind] = {kind.name: kind for kind in (RigidKind(), AffineKind(), BSplineKind(), DenseKind())}
-if tuple(KINDS) != KIND_NAMES or tuple(k for k in KINDS if KINDS[k].linear) != LINEAR_KINDS:  # the torch-free names (regode.odenet.config)
-    raise ImportError(f"regode.odenet.kinds registers {tuple(KINDS)}, regode.odenet.config names {KIND_NAMES} ({LINEAR_KINDS} linear)")
+KINDS: dict[str, Kind] = {name: spec.load()(spec) for name, spec in SPECS.items()}
+"""each registered kind's behaviour, by name (regode.odenet.registry.KINDS)."""

@@ -62,18 +62,22 @@ def check_pyramid(grid: Grid, levels: int, what: str) -> None:
     if size.min() < MIN_COARSE:
         least = MIN_COARSE * 2 ** (levels - 1) * float(grid.spacing[0])
         shape = "x".join(str(n) for n in grid.size)
-        raise RegodeError(f"{what} is too small: its {grid.spacing[0]:g} mm working grid is {shape} voxels; the model's "
-                          f"{levels} pyramid levels need about {least:g} mm or more along every axis")
+        raise RegodeError(
+            f"{what} is too small: its {grid.spacing[0]:g} mm working grid is {shape} voxels; the model's "
+            f"{levels} pyramid levels need about {least:g} mm or more along every axis"
+        )
 
 
 class Dynamics(nn.Module):
     """The right-hand side on one level: warp the moving level by theta, ask the level's network."""
 
-    def __init__(self, model: "MSODENet", level: int, fixed: Level, moving: Level, state_grid: Grid, center, pre):
+    def __init__(self, model: MSODENet, level: int, fixed: Level, moving: Level, state_grid: Grid, center, pre):
         super().__init__()
         self.model, self.net, self.kind = model, model.nets[level], model.kind
         self.fixed, self.moving, self.state_grid, self.center = fixed, moving, state_grid, center
-        self.direction = torch.as_tensor(fixed.grid.direction_matrix, dtype=fixed.volume.dtype, device=fixed.volume.device)
+        self.direction = torch.as_tensor(
+            fixed.grid.direction_matrix, dtype=fixed.volume.dtype, device=fixed.volume.device
+        )
         self.nfe = 0
         self.similarity = MutualInformationTo(fixed.volume.detach())  # the fixed level's Parzen windows, once
         # world -> the moving level's normalised coordinates, after the fixed ``pre`` map: the
@@ -95,17 +99,23 @@ class Dynamics(nn.Module):
         # (the fixed points before theta's motion for a linear kind; x + theta(x) before pre for a
         # field), which pre and theta's linear parts turn into the moving image's space
         flat = coords.reshape(coords.shape[0], -1, 3)
-        to_moving = self.kind.pullback(self, theta).transpose(-1, -2)  # a world displacement (mm, row) -> moving normalised
+        to_moving = self.kind.pullback(self, theta).transpose(
+            -1, -2
+        )  # a world displacement (mm, row) -> moving normalised
         with torch.enable_grad():
             u = torch.zeros_like(flat[:, :: self.similarity.step], requires_grad=True)
             moved = flat[:, :: self.similarity.step].detach() + u @ to_moving.to(u.dtype)
             values = sample_normalised(self.moving.volume, self.moving.grid, moved)
-            (grad,) = torch.autograd.grad(self.similarity.of_samples(values.reshape(values.shape[0], -1)) * values.shape[0], u)
+            (grad,) = torch.autograd.grad(
+                self.similarity.of_samples(values.reshape(values.shape[0], -1)) * values.shape[0], u
+            )
         # world -> grid axes, times the voxel count (a per-voxel scale, independent of the image
         # size; it vanishes at the optimum), on the samples before they are spread into the level
         force = torch.zeros_like(flat, dtype=grad.dtype)
         force[:, :: self.similarity.step] = (grad @ self.direction) * flat.shape[1]
-        return self.kind.velocity(self, t, theta, warped, force.reshape(coords.shape).movedim(-1, 1))  # [B, 3, nz, ny, nx]
+        return self.kind.velocity(
+            self, t, theta, warped, force.reshape(coords.shape).movedim(-1, 1)
+        )  # [B, 3, nz, ny, nx]
 
     def moving_coordinates(self, theta: torch.Tensor) -> torch.Tensor:
         """``pre(T_theta(x))`` for the fixed level's voxel centres x, in the moving level's
@@ -136,13 +146,22 @@ class MSODENet(nn.Module):
     def identity(self, fine: Grid, batch: int = 1, dtype=torch.float32, device=None) -> torch.Tensor:
         return self.kind.identity(self.config, fine, batch, dtype, device)
 
-    def transform(self, theta: torch.Tensor, state_grid: Grid | None, center=None, pre: Transform | None = None) -> Transform:
+    def transform(
+        self, theta: torch.Tensor, state_grid: Grid | None, center=None, pre: Transform | None = None
+    ) -> Transform:
         core = self.kind.transform(theta, state_grid, center)
         return core if pre is None else Compose([pre, core])
 
-    def forward(self, fixed: list[Level], moving: list[Level], theta0: torch.Tensor | None = None,
-                center: torch.Tensor | None = None, pre: Transform | None = None, adjoint: bool = False,
-                levels: int | None = None):
+    def forward(
+        self,
+        fixed: list[Level],
+        moving: list[Level],
+        theta0: torch.Tensor | None = None,
+        center: torch.Tensor | None = None,
+        pre: Transform | None = None,
+        adjoint: bool = False,
+        levels: int | None = None,
+    ):
         """Integrate the ODE level by level: the first ``levels`` pyramid levels (coarse first; None:
         all), so that theta stops at time ``levels * T / L``. Returns (theta, number of function
         evaluations per level run)."""
@@ -166,7 +185,9 @@ class MSODENet(nn.Module):
             dyn = Dynamics(self, level, fixed[level], moving[level], state_grid, center, pre)
             times = torch.tensor([level * segment, (level + 1) * segment], dtype=dtype, device=device)
             if adjoint:
-                theta = odeint_adjoint(dyn, theta, times, adjoint_params=tuple(dyn.net.parameters()), **solver.kwargs())[-1]
+                theta = odeint_adjoint(
+                    dyn, theta, times, adjoint_params=tuple(dyn.net.parameters()), **solver.kwargs()
+                )[-1]
             else:
                 theta = odeint(dyn, theta, times, **solver.kwargs())[-1]
             nfe.append(dyn.nfe)
@@ -180,4 +201,3 @@ def load_model(path, kind: str | None = None) -> tuple[MSODENet, dict]:
     if kind is not None and model.config.kind != kind:
         raise RegodeError(f"{path} holds a {model.config.kind} model, a {kind} model is needed here")
     return model, document
-

@@ -59,7 +59,9 @@ def random_affine(motion: MotionRange, gen: torch.Generator) -> tuple[torch.Tens
     rigid = random_rigid(motion, gen)
     scales = torch.exp((torch.rand(3, generator=gen, dtype=torch.float64) * 2 - 1) * motion.max_scale)
     shear = torch.eye(3, dtype=torch.float64)
-    shear[0, 1], shear[0, 2], shear[1, 2] = ((torch.rand(3, generator=gen, dtype=torch.float64) * 2 - 1) * motion.max_shear).tolist()
+    shear[0, 1], shear[0, 2], shear[1, 2] = (
+        (torch.rand(3, generator=gen, dtype=torch.float64) * 2 - 1) * motion.max_shear
+    ).tolist()
     return rotation_matrix(rigid[:3]) @ shear @ torch.diag(scales), rigid[3:]
 
 
@@ -77,7 +79,9 @@ def _moved_pair(a: torch.Tensor, b: torch.Tensor, grid: Grid, motion, gen: torch
     c_fix = center_of_mass(a, grid).double()
     c_mov = center_of_mass(moving, grid).double()
     if affine:
-        about = Affine(truth_map.matrix, truth_map.offset + (truth_map.matrix @ c_fix[:, None])[..., 0] - c_fix, c_fix[None])
+        about = Affine(
+            truth_map.matrix, truth_map.offset + (truth_map.matrix @ c_fix[:, None])[..., 0] - c_fix, c_fix[None]
+        )
         truth = torch.cat([(about.matrix - torch.eye(3, dtype=torch.float64)).flatten(1), about.translation], 1)
         theta0 = torch.cat([torch.zeros(9, dtype=torch.float64), c_mov - c_fix])[None]
     else:

@@ -5,7 +5,8 @@ time t (a constant channel) and the similarity force: the gradient of mutual inf
 respect to a displacement of each point the velocity moves (the fixed points before the current
 motion, or x + theta(x) before the start), times the number of voxels (the direction a
 classical optimiser would follow, given to the network as learned optimisers are given their
-gradient; it vanishes at the optimum). It returns a velocity of the transform's parameters in the level grid's axes: mm (and
+gradient; it vanishes at the optimum). It returns a velocity of the transform's parameters in the level grid's
+axes: mm (and
 radians for rotations) per unit time. The model turns grid-axis vectors into world LPS vectors,
 so a network never depends on the image's direction cosines.
 
@@ -33,9 +34,17 @@ class Conv3d(nn.Conv3d):
     and state dict; the same results to float rounding; differentiable."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.dim() == 5 and x.device.type == "cpu" and x.dtype == torch.float32 and self.padding_mode == "zeros"
-                and not isinstance(self.padding, str) and _onednn()):
-            return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups)
+        if (
+            x.dim() == 5
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and self.padding_mode == "zeros"
+            and not isinstance(self.padding, str)
+            and _onednn()
+        ):
+            return torch.mkldnn_convolution(
+                x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups
+            )
         return super().forward(x)
 
 
@@ -67,13 +76,17 @@ class GuidedStep(nn.Module):
         """Step 0: the force term off (with an untrained learned term, a zero velocity)."""
         self.log_step.data.fill_(-math.inf)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         if prefix + "step" in state_dict and prefix + "log_step" not in state_dict:
             step = state_dict.pop(prefix + "step")
             if not bool(torch.all(step >= 0)):
                 error_msgs.append(f"{prefix}step is negative ({float(step):g})")  # load_state_dict raises with it
             state_dict[prefix + "log_step"] = step.log()
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
 
 def _inputs(warped: torch.Tensor, fixed: torch.Tensor, t: torch.Tensor, force: torch.Tensor) -> torch.Tensor:
@@ -103,7 +116,9 @@ class RigidNet(GuidedStep):
         # holds its own per level (weights/rigid.pt learned 1091, 870 and 152 on brain-like pairs)
         super().__init__(step)
         w = width
-        self.features = nn.Sequential(_block(IN_CHANNELS, w, 2), _block(w, 2 * w, 2), _block(2 * w, 2 * w, 2), _block(2 * w, 2 * w))
+        self.features = nn.Sequential(
+            _block(IN_CHANNELS, w, 2), _block(w, 2 * w, 2), _block(2 * w, 2 * w, 2), _block(2 * w, 2 * w)
+        )
         self.flow = Conv3d(2 * w, 4, 3, 1, 1)
         nn.init.zeros_(self.flow.weight)
         nn.init.zeros_(self.flow.bias)
@@ -113,7 +128,9 @@ class RigidNet(GuidedStep):
         """``center_index [B, 3]``: the rotation centre as a continuous (x, y, z) index of the level
         grid; ``spacing``: the level's (isotropic) spacing in mm."""
         out = self.flow(self.features(_inputs(warped, fixed, t, force)))
-        learned = self.fit(out[:, :3] * self.scale, F.softplus(out[:, 3:] + 1.0), center_index, spacing, self.stride, self.ridge)
+        learned = self.fit(
+            out[:, :3] * self.scale, F.softplus(out[:, 3:] + 1.0), center_index, spacing, self.stride, self.ridge
+        )
         pooled = _pool(force, 2)
         guided = self.fit(pooled, torch.ones_like(pooled[:, :1]), center_index, spacing, 4, self.ridge, offset=1.5)
         return learned + self.step * guided
@@ -143,7 +160,9 @@ def _offsets(v: torch.Tensor, center_index: torch.Tensor, spacing: float, stride
     return (index - center_index[:, None, :].to(v.dtype)) * spacing
 
 
-def _weighted_fit(a: torch.Tensor, v: torch.Tensor, weight: torch.Tensor, angular: int, extent: float, ridge: float) -> torch.Tensor:
+def _weighted_fit(
+    a: torch.Tensor, v: torch.Tensor, weight: torch.Tensor, angular: int, extent: float, ridge: float
+) -> torch.Tensor:
     """The parameters ``p`` that best explain ``v`` as ``a p`` (``a [B, N, 3, P]``) in weighted least
     squares with a ridge; the first ``angular`` parameters are per-mm quantities (rotations,
     matrix entries), scaled by the field's ``extent`` (mm) so that every block is in mm and the
@@ -157,8 +176,15 @@ def _weighted_fit(a: torch.Tensor, v: torch.Tensor, weight: torch.Tensor, angula
     return (s @ torch.linalg.solve(m, s @ b))[..., 0]
 
 
-def fit_rigid_velocity(v: torch.Tensor, weight: torch.Tensor, center_index: torch.Tensor, spacing: float, stride: int = 1,
-                       ridge: float = 1e-3, offset: float = 0.0) -> torch.Tensor:
+def fit_rigid_velocity(
+    v: torch.Tensor,
+    weight: torch.Tensor,
+    center_index: torch.Tensor,
+    spacing: float,
+    stride: int = 1,
+    ridge: float = 1e-3,
+    offset: float = 0.0,
+) -> torch.Tensor:
     """The rigid velocity ``[B, 6]`` (omega, t) that best explains a velocity field ``v [B, 3, z, y, x]``
     (mm, grid axes) in weighted least squares: ``v(r) ~ omega x r + t``, ``r`` in mm from the centre
     (``center_index [B, 3]``, (x, y, z) index of the input grid; voxel k of ``v`` sits at input index
@@ -169,8 +195,15 @@ def fit_rigid_velocity(v: torch.Tensor, weight: torch.Tensor, center_index: torc
     return _weighted_fit(a, v, weight, 3, spacing * stride * max(v.shape[2:]), ridge)
 
 
-def fit_affine_velocity(v: torch.Tensor, weight: torch.Tensor, center_index: torch.Tensor, spacing: float, stride: int = 1,
-                        ridge: float = 1e-3, offset: float = 0.0) -> torch.Tensor:
+def fit_affine_velocity(
+    v: torch.Tensor,
+    weight: torch.Tensor,
+    center_index: torch.Tensor,
+    spacing: float,
+    stride: int = 1,
+    ridge: float = 1e-3,
+    offset: float = 0.0,
+) -> torch.Tensor:
     """As :func:`fit_rigid_velocity`, for an affine velocity ``v(r) ~ M r + t``: ``[B, 12]``, the
     rows of M (1 per unit time) then t (mm per unit time)."""
     r = _offsets(v, center_index, spacing, stride, offset)  # [B, N, 3]
@@ -214,7 +247,9 @@ class UNet(GuidedStep):
         super().__init__(step)
         w = width
         self.smoothing = smoothing
-        self.enc = nn.ModuleList([_block(IN_CHANNELS, w, 2), _block(w, 2 * w, 2), _block(2 * w, 2 * w, 2), _block(2 * w, 2 * w, 2)])
+        self.enc = nn.ModuleList(
+            [_block(IN_CHANNELS, w, 2), _block(w, 2 * w, 2), _block(2 * w, 2 * w, 2), _block(2 * w, 2 * w, 2)]
+        )
         self.dec = nn.ModuleList([_block(4 * w, 2 * w), _block(4 * w, 2 * w), _block(3 * w, w)])
         self.out = Conv3d(w, 3, 3, 1, 1)
         nn.init.zeros_(self.out.weight)
@@ -239,4 +274,3 @@ class UNet(GuidedStep):
         if self.smoothing > 0:  # smoothed at half resolution: the same filter on 8 times fewer voxels
             velocity = blur(velocity, (self.smoothing / 2,) * 3)
         return F.interpolate(velocity, size=size, mode="trilinear", align_corners=False)
-

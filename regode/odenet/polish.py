@@ -9,7 +9,7 @@ do: on a rigid (or affine) correction composed onto the linear result (:func:`po
 :func:`polish_affine`), on the B-spline's
 control points (:func:`polish_bspline`), or on a B-spline correction of the dense network's field
 (:func:`polish_dense`), maximising Mattes mutual information on lattices of the fixed head's
-bounding box. The schedule is a :class:`~regode.odenet.config.PolishConfig` (saved with the run).
+bounding box. Each takes its kind's :class:`~regode.odenet.registry.Schedule` (saved with the run).
 Deterministic for a seed (the lattices' random offsets come from it).
 """
 
@@ -22,10 +22,12 @@ from .. import fitting
 from ..alignment import local_fit
 from ..lattice import downsize, region_of
 from ..transforms import Affine, BSpline, Compose, DisplacementField, Rigid
-from .config import PolishConfig, PolishLevel
+from .registry import KINDS, PolishLevel, Schedule
 
 
-def _stages(fixed: list, moving: list, levels: tuple[PolishLevel, ...], linear: Affine, masks=(None, None)) -> list[fitting.Stage]:
+def _stages(
+    fixed: list, moving: list, levels: tuple[PolishLevel, ...], linear: Affine, masks=(None, None)
+) -> list[fitting.Stage]:
     """The fit's stages on pyramids (lists of regode.odenet.model.Level, coarse to fine): per level
     the fixed and moving images, lattices over the fixed head's bounding box on that level, and the
     moving grid pulled back through ``linear`` (the start), so that sampling it at world points
@@ -34,52 +36,98 @@ def _stages(fixed: list, moving: list, levels: tuple[PolishLevel, ...], linear: 
     stages = []
     for level in levels:
         if level.coarseness >= min(len(fixed), len(moving)):
-            raise ValueError(f"the pyramids have {min(len(fixed), len(moving))} levels; the polish needs {level.coarseness + 1}")
+            raise ValueError(
+                f"the pyramids have {min(len(fixed), len(moving))} levels; the polish needs {level.coarseness + 1}"
+            )
         fix, mov = fixed[-1 - level.coarseness], moving[-1 - level.coarseness]
         fixed_mask, moving_mask = (None if m is None else m[-1 - level.coarseness] for m in masks)
         region = region_of(fix.volume if fixed_mask is None else fix.volume * fixed_mask, fix.grid, margin=0.0)
-        lattice = lambda gen, region=region, stride=level.stride, like=fix.volume: downsize(region, stride, gen).to(like.device, like.dtype)  # noqa: E731
-        stages.append(fitting.Stage(f"{level.coarseness}:{level.stride}", fix.volume, fix.grid, mov.volume,
-                                    mov.grid.pulled_back(matrix), lattice, level.iterations, True, fixed_mask, moving_mask))
+
+        def lattice(gen, region=region, stride=level.stride, like=fix.volume):
+            return downsize(region, stride, gen).to(like.device, like.dtype)  # noqa: E731
+
+        stages.append(
+            fitting.Stage(
+                f"{level.coarseness}:{level.stride}",
+                fix.volume,
+                fix.grid,
+                mov.volume,
+                mov.grid.pulled_back(matrix),
+                lattice,
+                level.iterations,
+                True,
+                fixed_mask,
+                moving_mask,
+            )
+        )
     return stages
 
 
-def polish_rigid(fixed: list, moving: list, linear: Affine, center: torch.Tensor, config: PolishConfig = PolishConfig(),
-                 seed: int = 0, masks=(None, None)) -> tuple[Affine, dict]:
+def polish_rigid(
+    fixed: list,
+    moving: list,
+    linear: Affine,
+    center: torch.Tensor,
+    schedule: Schedule = KINDS["rigid"].polish,
+    seed: int = 0,
+    masks=(None, None),
+) -> tuple[Affine, dict]:
     """``linear`` (fixed -> moving) composed with the rigid map about ``center`` (world mm) that
     maximises the mutual information of two images given as pyramids (values in [0, 1]); and a
     record (the correction's parameters and the losses of each level)."""
     device, dtype = fixed[-1].volume.device, fixed[-1].volume.dtype
     c = torch.as_tensor(center, dtype=dtype, device=device).reshape(1, 3)
     correction = Rigid(nn.Parameter(torch.zeros(1, 6, dtype=dtype, device=device)), c)
-    # every unknown moves about one step per Adam step: rotation_step rad, translation_step mm
-    units = torch.tensor([config.rotation_step] * 3 + [config.translation_step] * 3, dtype=dtype, device=device)
+    # every unknown moves about one step per Adam step: angle_step rad, step mm
+    units = torch.tensor([schedule.angle_step] * 3 + [schedule.step] * 3, dtype=dtype, device=device)
     fit = fitting.Fit(correction, fitting.Objective("mi"), lr=1.0, scales=[units])
-    record = fitting.run(fit, _stages(fixed, moving, config.rigid, linear, masks), torch.Generator().manual_seed(seed))
+    record = fitting.run(
+        fit, _stages(fixed, moving, schedule.levels, linear, masks), torch.Generator().manual_seed(seed)
+    )
     params = correction.params.detach().double().cpu()
     record["correction"] = params[0].tolist()
     return Compose([linear, Rigid(params, c.double().cpu())]).as_affine(), record
 
 
-def polish_affine(fixed: list, moving: list, linear: Affine, center: torch.Tensor, config: PolishConfig = PolishConfig(),
-                  seed: int = 0, masks=(None, None), metric: str = "mi") -> tuple[Affine, dict]:
+def polish_affine(
+    fixed: list,
+    moving: list,
+    linear: Affine,
+    center: torch.Tensor,
+    schedule: Schedule = KINDS["affine"].polish,
+    seed: int = 0,
+    masks=(None, None),
+    metric: str = "mi",
+) -> tuple[Affine, dict]:
     """As :func:`polish_rigid`, with an affine correction (12 unknowns: the matrix entries move
-    ``config.matrix_step`` per Adam step, the translation ``translation_step`` mm) on the levels of
-    ``config.affine``, maximising ``metric`` (mutual information, or local NCC)."""
+    ``schedule.angle_step`` per Adam step, the translation ``schedule.step`` mm) on the levels of
+    ``schedule``, maximising ``metric`` (mutual information, or local NCC)."""
     device, dtype = fixed[-1].volume.device, fixed[-1].volume.dtype
     c = torch.as_tensor(center, dtype=dtype, device=device).reshape(1, 3)
-    correction = Affine(nn.Parameter(torch.eye(3, dtype=dtype, device=device)[None]),
-                        nn.Parameter(torch.zeros(1, 3, dtype=dtype, device=device)), c)
-    fit = fitting.Fit(correction, fitting.Objective(metric), lr=1.0, scales=[config.matrix_step, config.translation_step])
-    record = fitting.run(fit, _stages(fixed, moving, config.affine, linear, masks), torch.Generator().manual_seed(seed))
+    correction = Affine(
+        nn.Parameter(torch.eye(3, dtype=dtype, device=device)[None]),
+        nn.Parameter(torch.zeros(1, 3, dtype=dtype, device=device)),
+        c,
+    )
+    fit = fitting.Fit(correction, fitting.Objective(metric), lr=1.0, scales=[schedule.angle_step, schedule.step])
+    record = fitting.run(
+        fit, _stages(fixed, moving, schedule.levels, linear, masks), torch.Generator().manual_seed(seed)
+    )
     matrix, shift = correction.matrix.detach().double().cpu(), correction.translation.detach().double().cpu()
     record["correction"] = {"matrix": matrix[0].tolist(), "translation": shift[0].tolist()}
     return Compose([linear, Affine(matrix, shift, c.double().cpu())]).as_affine(), record
 
 
-def polish_affine_chosen(fixed: list, moving: list, linear: Affine, center: torch.Tensor, config: PolishConfig = PolishConfig(),
-                         seed: int = 0, masks=(None, None)) -> tuple[Affine, dict]:
-    """The affine polish with mutual information and (``config.affine_ncc_candidate``) with local
+def polish_affine_chosen(
+    fixed: list,
+    moving: list,
+    linear: Affine,
+    center: torch.Tensor,
+    schedule: Schedule = KINDS["affine"].polish,
+    seed: int = 0,
+    masks=(None, None),
+) -> tuple[Affine, dict]:
+    """The affine polish with mutual information and (``schedule.ncc_candidate``) with local
     NCC, keeping the result whose local NCC over the fixed head (or mask) on the finest level is
     higher (squared local correlation: a local linear relation of either sign, so it also judges a
     pair of two contrasts; measured between T1 heads only). Between whole heads
@@ -87,12 +135,15 @@ def polish_affine_chosen(fixed: list, moving: list, linear: Affine, center: torc
     after the cascade, NCC 45.7) and NCC another (47.0, MI 65.3). The choice picked the better affine
     on the 5 pairs where it was checked, and raised the 6 reported pairs' mean from 52.4 to 55.6
     (docs/benchmarks.md, "Inter-subject")."""
-    result, record = polish_affine(fixed, moving, linear, center, config, seed, masks)
-    if not config.affine_ncc_candidate:
+    result, record = polish_affine(fixed, moving, linear, center, schedule, seed, masks)
+    if not schedule.ncc_candidate:
         return result, record
-    other, other_record = polish_affine(fixed, moving, linear, center, config, seed, masks, metric="ncc")
-    choice = {"mi_local_ncc": head_local_ncc(fixed, moving, result, masks),
-              "ncc_local_ncc": head_local_ncc(fixed, moving, other, masks), "chosen": "mi"}
+    other, other_record = polish_affine(fixed, moving, linear, center, schedule, seed, masks, metric="ncc")
+    choice = {
+        "mi_local_ncc": head_local_ncc(fixed, moving, result, masks),
+        "ncc_local_ncc": head_local_ncc(fixed, moving, other, masks),
+        "chosen": "mi",
+    }
     if choice["ncc_local_ncc"] > choice["mi_local_ncc"]:
         result, record, choice["chosen"] = other, other_record, "ncc"
     record["similarity_choice"] = choice
@@ -106,23 +157,30 @@ def head_local_ncc(fixed: list, moving: list, transform, masks=(None, None)) -> 
     return local_fit(fix.volume, fix.grid, mov.volume, mov.grid, transform, keep)
 
 
-def polish_bspline(fixed: list, moving: list, linear: Affine, bspline: BSpline, config: PolishConfig = PolishConfig(),
-                   seed: int = 0, base: DisplacementField | None = None, masks=(None, None), metric: str = "mi",
-                   levels: tuple[PolishLevel, ...] | None = None, step: float | None = None) -> tuple[BSpline, dict]:
+def polish_bspline(
+    fixed: list,
+    moving: list,
+    linear: Affine,
+    bspline: BSpline,
+    schedule: Schedule = KINDS["bspline"].polish,
+    seed: int = 0,
+    base: DisplacementField | None = None,
+    masks=(None, None),
+    metric: str = "mi",
+) -> tuple[BSpline, dict]:
     """The control-point displacements of ``bspline`` (applied to fixed points before ``linear``)
     optimised for the mutual information of two images given as pyramids, with fit-field's folding
     penalty and smoothness term on the mapping's Jacobian; and a record. With ``base``, the mapping
     is ``linear(x + base(x) + bspline(x))``: the B-spline is a correction of a fixed displacement
     field (:func:`polish_dense`), and the smoothness term is the correction's. ``metric``: the
-    similarity (regode.fitting); ``levels`` and ``step``: the schedule and Adam's step in mm
-    (default ``config.deformable`` and ``config.bspline_step``)."""
+    similarity (regode.fitting); ``schedule``: the levels, Adam's step (mm) and the penalties."""
     device, dtype = fixed[-1].volume.device, fixed[-1].volume.dtype
     start = bspline.coefficients.detach()
     current = BSpline(bspline.control_grid, nn.Parameter(start.to(device=device, dtype=dtype).clone()))
-    objective = fitting.Objective(metric, lambda_fold=config.lambda_fold, lambda_grad=config.lambda_grad)
-    step = config.bspline_step if step is None else step
+    objective = fitting.Objective(metric, lambda_fold=schedule.lambda_fold, lambda_grad=schedule.lambda_grad)
+    step = schedule.step
     fit = fitting.Fit(current, objective, lr=step, base=base)
-    stages = _stages(fixed, moving, config.deformable if levels is None else levels, linear, masks)
+    stages = _stages(fixed, moving, schedule.levels, linear, masks)
     record = fitting.run(fit, stages, torch.Generator().manual_seed(seed))
     record["step_mm"] = step
     coefficients = current.coefficients.detach().to(start.dtype).cpu()
@@ -130,19 +188,26 @@ def polish_bspline(fixed: list, moving: list, linear: Affine, bspline: BSpline, 
     return BSpline(bspline.control_grid, coefficients), record
 
 
-def polish_dense(fixed: list, moving: list, linear: Affine, field: DisplacementField, config: PolishConfig = PolishConfig(),
-                 seed: int = 0, masks=(None, None), metric: str = "mi", fine: bool = False) -> tuple[DisplacementField, dict]:
+def polish_dense(
+    fixed: list,
+    moving: list,
+    linear: Affine,
+    field: DisplacementField,
+    schedule: Schedule = KINDS["dense"].polish,
+    seed: int = 0,
+    masks=(None, None),
+    metric: str = "mi",
+) -> tuple[DisplacementField, dict]:
     """The dense network's displacement ``field`` (fixed points, before ``linear``) plus a smooth
-    correction, a B-spline of ``config.dense_control_spacing`` mm optimised as in
-    :func:`polish_bspline`; the result is a displacement field on ``field``'s grid, and a record.
-    The schedule and step are ``config.dense`` and ``config.dense_step``; with ``fine``, the fine
-    level's (``config.fine``, ``config.fine_step``, and its correction ``config.fine_control_spacing``)."""
+    correction, a B-spline of ``schedule.control_spacing`` mm optimised as in :func:`polish_bspline`
+    (the dense kind's schedule, or the fine level's); the result is a displacement field on
+    ``field``'s grid, and a record."""
     dtype, device = field.field.dtype, field.field.device
-    grid = BSpline.control_grid_for(field.grid, config.fine_control_spacing if fine else config.dense_control_spacing)
+    grid = BSpline.control_grid_for(field.grid, schedule.control_spacing)
     zero = BSpline(grid, torch.zeros(1, 3, *grid.shape, dtype=dtype, device=device))
-    correction, record = polish_bspline(fixed, moving, linear, zero, config, seed, base=field, masks=masks, metric=metric,
-                                        levels=config.fine if fine else config.dense,
-                                        step=config.fine_step if fine else config.dense_step)
+    correction, record = polish_bspline(
+        fixed, moving, linear, zero, schedule, seed, base=field, masks=masks, metric=metric
+    )
     with torch.no_grad():
         total = field.field + correction.displacement(field.grid).to(dtype)
     return DisplacementField(field.grid, total), record

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -24,7 +24,7 @@ from ..io import Image
 from ..preprocess import working_image, working_mask
 from ..result import Result
 from ..sampling import sample
-from ..transforms import Compose, DisplacementField
+from ..transforms import Affine, Compose, DisplacementField
 from .config import RegisterConfig
 from .kinds import KINDS
 from .model import MSODENet, check_pyramid, load_model, pyramid
@@ -38,11 +38,15 @@ def load_models(config: RegisterConfig) -> dict[str, tuple[MSODENet, Path]]:
     for path in config.checkpoints:
         model, _ = load_model(path)
         if model.config.kind in given:
-            raise RegodeError(f"--checkpoint {path} and {given[model.config.kind][1]} both hold a {model.config.kind} model")
+            raise RegodeError(
+                f"--checkpoint {path} and {given[model.config.kind][1]} both hold a {model.config.kind} model"
+            )
         given[model.config.kind] = (model, Path(path))
     extra = set(given) - set(config.stages)
     if extra:
-        raise RegodeError(f"--checkpoint holds a {', '.join(sorted(extra))} model, which --model {config.model} does not use")
+        raise RegodeError(
+            f"--checkpoint holds a {', '.join(sorted(extra))} model, which --model {config.model} does not use"
+        )
     models = {}
     for kind in config.stages:
         if kind in given:
@@ -50,14 +54,80 @@ def load_models(config: RegisterConfig) -> dict[str, tuple[MSODENet, Path]]:
             continue
         path = weights_dir() / f"{kind}.pt"
         if not path.is_file():
-            raise RegodeError(f"no shipped {kind} model at {path}: train one with `regode train --model {kind}` or pass --checkpoint")
+            raise RegodeError(
+                f"no shipped {kind} model at {path}: train one with `regode train --model {kind}` or pass --checkpoint"
+            )
         models[kind] = (load_model(path)[0], path)
     for kind, (model, _) in models.items():
-        config.levels_run(kind, model.config.levels)  # refuses a --network-levels beyond a model's levels, before any image is read
+        config.levels_run(
+            kind, model.config.levels
+        )  # refuses a --network-levels beyond a model's levels, before any image is read
     return models
 
 
-def register_images(fixed: Image, moving: Image, config: RegisterConfig, models: dict | None = None, masks=(None, None)) -> Result:
+class Outcome(NamedTuple):
+    """One stage's result from one start."""
+
+    linear: Affine
+    """the linear part after the stage (fixed -> moving, world mm)."""
+    core: object
+    """the stage's deformable transform (None for a linear kind)."""
+    nfe: list
+    """the network's function evaluations per pyramid level run."""
+    record: dict | None
+    """the polish's record (None without the polish)."""
+    seconds: dict
+    """``{"": network seconds, "_polish": polish seconds}``."""
+
+
+class _Working(NamedTuple):
+    """The working images of a pair and where the registration starts from."""
+
+    fixed: torch.Tensor
+    fixed_grid: object
+    moving: torch.Tensor
+    moving_grid: object
+    linear: Affine
+    c_fix: torch.Tensor
+    c_mov: torch.Tensor
+    alignment: dict | None
+    header: Affine | None
+    start_choice: dict | None
+
+
+def _start(fixed: Image, moving: Image, config: RegisterConfig, models: dict, device) -> _Working:
+    """Both working images, checked for the pyramid the models need, and the start: the linear map
+    from ``config``'s start (and, for an affine-first model whose head-centre start is far from
+    the headers', the headers' start as well)."""
+    spacing = next(iter(models.values()))[0].config.spacing
+    fixed_w, fixed_grid = working_image(fixed, spacing, device)
+    moving_w, moving_grid = working_image(moving, spacing, device)
+    levels_needed = max(max(2, model.config.levels) for model, _ in models.values())  # the polish uses two levels
+    for grid, image in ((fixed_grid, fixed), (moving_grid, moving)):
+        check_pyramid(grid, levels_needed, f"{image.path or 'an image'}")
+    linear_first = KINDS[config.stages[0]].linear
+    linear, c_fix, c_mov, alignment = starting_point(
+        fixed_w,
+        fixed_grid,
+        moving_w,
+        moving_grid,
+        config.initial_transform,
+        config.center_of_mass,
+        config.principal_axes and linear_first,
+    )
+    hint = (
+        "give --initial-transform" if config.center_of_mass else "drop --no-center-of-mass, or give --initial-transform"
+    )
+    check_overlap(fixed_w, fixed_grid, moving_w, moving_grid, linear, hint)
+    header, start_choice = None, None
+    if config.stages[0] == "affine" and config.center_of_mass and not config.initial_transform:
+        header, start_choice = header_start(fixed_w, fixed_grid, moving_w, moving_grid, linear, c_fix)
+    return _Working(fixed_w, fixed_grid, moving_w, moving_grid, linear, c_fix, c_mov, alignment, header, start_choice)
+
+
+def register_images(
+    fixed: Image, moving: Image, config: RegisterConfig, models: dict | None = None, masks=(None, None)
+) -> Result:
     """Register ``moving`` to ``fixed`` with the MS-ODENet stages of ``config.model`` (``models``:
     from :func:`load_models`, if already loaded). ``masks``: the fixed and moving mask images (or
     None); the polishes count only points inside (the networks see the whole images)."""
@@ -68,99 +138,114 @@ def register_images(fixed: Image, moving: Image, config: RegisterConfig, models:
     models = models if models is not None else load_models(config)
     timings, nfe, polish = {}, {}, {}
     start = time.perf_counter()
+    w = _start(fixed, moving, config, models, device)
     spacing = next(iter(models.values()))[0].config.spacing
-    fixed_w, fixed_grid = working_image(fixed, spacing, device)
-    moving_w, moving_grid = working_image(moving, spacing, device)
-    levels_needed = max(max(2, model.config.levels) for model, _ in models.values())  # the polish uses two levels
-    for grid, image in ((fixed_grid, fixed), (moving_grid, moving)):
-        check_pyramid(grid, levels_needed, f"{image.path or 'an image'}")
-    rigid_first = KINDS[config.stages[0]].linear
-    linear, c_fix, c_mov, alignment = starting_point(fixed_w, fixed_grid, moving_w, moving_grid, config.initial_transform,
-                                                     config.center_of_mass, config.principal_axes and rigid_first)
-    check_overlap(fixed_w, fixed_grid, moving_w, moving_grid, linear,
-                  "drop --no-center-of-mass, or give --initial-transform" if not config.center_of_mass else "give --initial-transform")
     pyramids = {}
 
     def levels(n):
         if n not in pyramids:
-            pyramids[n] = (pyramid(fixed_w, fixed_grid, n), pyramid(moving_w, moving_grid, n))
+            pyramids[n] = (pyramid(w.fixed, w.fixed_grid, n), pyramid(w.moving, w.moving_grid, n))
         return pyramids[n]
 
-    # an affine-first model whose head-centre start is far from the headers' also starts from the headers
-    header, start_choice = None, None
-    if config.stages[0] == "affine" and config.center_of_mass and not config.initial_transform:
-        header, start_choice = header_start(fixed_w, fixed_grid, moving_w, moving_grid, linear, c_fix)
     timings["preprocess"] = time.perf_counter() - start
-    field = None
+    linear, field = w.linear, None
     for index, (name, (model, _)) in enumerate(models.items()):
-        starts = [linear] if index or header is None else [linear, header]
-        outcomes = [_stage(model.to(device), levels, start_i, c_fix, fixed_grid, config, masks, device) for start_i in starts]
+        starts = [linear] if index or w.header is None else [linear, w.header]
+        outcomes = [_stage(model.to(device), levels, s, w.c_fix, w.fixed_grid, config, masks, device) for s in starts]
         for outcome in outcomes:  # every start tried counts
-            for key, seconds in outcome[4].items():
+            for key, seconds in outcome.seconds.items():
                 timings[f"{name}{key}"] = timings.get(f"{name}{key}", 0.0) + seconds
         chosen = 0
-        if len(outcomes) > 1:  # judged on the working images after the stage, as the affine polish judges its candidates
+        if (
+            len(outcomes) > 1
+        ):  # judged on the working images after the stage, as the affine polish judges its candidates
             t0 = time.perf_counter()
-            keep = None if masks[0] is None else working_mask(masks[0], fixed_grid, device)
-            chosen = keep_better_start(start_choice, [local_fit(fixed_w, fixed_grid, moving_w, moving_grid, outcome[0], keep)
-                                                      for outcome in outcomes])
+            keep = None if masks[0] is None else working_mask(masks[0], w.fixed_grid, device)
+            fits = [local_fit(w.fixed, w.fixed_grid, w.moving, w.moving_grid, o.linear, keep) for o in outcomes]
+            chosen = keep_better_start(w.start_choice, fits)
             timings[f"{name}_judge"] = time.perf_counter() - t0
         linear, core, nfe[name], record, _ = outcomes[chosen]
         if record is not None:
             polish[name] = record
         if core is not None:
-            field = DisplacementField(fixed_grid, core.displacement(fixed_grid).detach())
+            field = DisplacementField(w.fixed_grid, core.displacement(w.fixed_grid).detach())
     fine = fine_spacing(config.fine_request, fixed.grid, spacing, at_working=True) if field is not None else None
     if fine is not None:
         t0 = time.perf_counter()
-        field, polish["fine"] = _fine_level(fixed, moving, (fixed_w, fixed_grid), (moving_w, moving_grid), linear, field, fine,
-                                            config, masks, device)
+        working = ((w.fixed, w.fixed_grid), (w.moving, w.moving_grid))
+        field, polish["fine"] = _fine_level(fixed, moving, *working, linear, field, fine, config, masks, device)
         timings["fine"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - start
-    stats = {"timings_s": timings, "nfe": nfe, "network_levels_run": {name: len(counts) for name, counts in nfe.items()},
-             "device": str(device), "working_spacing_mm": spacing, "fine_spacing_mm": fine,
-             "head_center_fixed": c_fix.tolist(), "head_center_moving": c_mov.tolist(),
-             "principal_axes": alignment, "start_choice": start_choice, "polish": polish}
+    stats = {
+        "timings_s": timings,
+        "nfe": nfe,
+        "network_levels_run": {name: len(counts) for name, counts in nfe.items()},
+        "device": str(device),
+        "working_spacing_mm": spacing,
+        "fine_spacing_mm": fine,
+        "head_center_fixed": w.c_fix.tolist(),
+        "head_center_moving": w.c_mov.tolist(),
+        "principal_axes": w.alignment,
+        "start_choice": w.start_choice,
+        "polish": polish,
+    }
     return Result(linear, field, stats)
 
 
-def _stage(model: MSODENet, levels, linear, c_fix, fixed_grid, config: RegisterConfig, masks, device) -> tuple:
+def _stage(model: MSODENet, levels, linear, c_fix, fixed_grid, config: RegisterConfig, masks, device) -> Outcome:
     """One stage from ``linear``: its network (on the pyramid levels ``config.levels_run`` names),
-    then (``config.polish``) its kind's polish on the 4 and 2 mm levels. Returns (linear, core,
-    network evaluations per level run, polish record or None, {"": network seconds, "_polish":
-    polish seconds})."""
+    then (``config.polish``) its kind's polish schedule on the 4 and 2 mm levels."""
     t0 = time.perf_counter()
     run = config.levels_run(model.config.kind, model.config.levels)
     with torch.no_grad():
-        theta, nfe = model(*levels(model.config.levels), None, c_fix.float().to(device)[None],
-                           copy.deepcopy(linear).float().to(device), levels=run)
+        theta, nfe = model(
+            *levels(model.config.levels),
+            None,
+            c_fix.float().to(device)[None],
+            copy.deepcopy(linear).float().to(device),
+            levels=run,
+        )
     linear, core = model.kind.result(model, theta.cpu().double(), linear, c_fix, fixed_grid)
     seconds = {"": time.perf_counter() - t0}
     record = None
     if config.polish:
         t0 = time.perf_counter()
         images = levels(max(2, model.config.levels))  # the polish works on the 4 and 2 mm levels
-        linear, core, record = model.kind.polish(*images, linear, core, c_fix, config.seed, config.polish_schedule,
-                                                 _level_masks(masks, images))
+        schedule = getattr(config.polish_schedule, model.config.kind)
+        linear, core, record = model.kind.polish(
+            *images, linear, core, c_fix, config.seed, schedule, _level_masks(masks, images)
+        )
         seconds["_polish"] = time.perf_counter() - t0
-    return linear, core, nfe, record, seconds
+    return Outcome(linear, core, nfe, record, seconds)
 
 
-def _fine_level(fixed: Image, moving: Image, working_fixed, working_moving, linear, field: DisplacementField, spacing: float,
-                config: RegisterConfig, masks, device) -> tuple[DisplacementField, dict]:
+def _fine_level(
+    fixed: Image,
+    moving: Image,
+    working_fixed,
+    working_moving,
+    linear,
+    field: DisplacementField,
+    spacing: float,
+    config: RegisterConfig,
+    masks,
+    device,
+) -> tuple[DisplacementField, dict]:
     """The fine level: ``field`` refined by a B-spline correction on a pyramid of the images at
-    ``spacing`` mm (the levels of ``PolishConfig.fine``), with the similarity ``config.metric``
+    ``spacing`` mm (the fine schedule, ``config.polish_schedule.fine``), with the similarity ``config.metric``
     (auto: chosen on the working images as the pair stands, regode.contrast); the result is a
     displacement field on ``field``'s grid."""
     (fixed_w, fixed_grid), (moving_w, moving_grid) = working_fixed, working_moving
     metric, figures = config.metric, None
     if metric == "auto":
         with torch.no_grad():
-            moved = sample(moving_w, moving_grid, copy.deepcopy(Compose([linear, field])).to(device).float().map_grid(fixed_grid))
+            moved = sample(
+                moving_w, moving_grid, copy.deepcopy(Compose([linear, field])).to(device).float().map_grid(fixed_grid)
+            )
         keep = None if masks[0] is None else working_mask(masks[0], fixed_grid, device) > 0.5
         metric, figures = choose_similarity(fixed_w[0, 0], moved[0, 0], None if keep is None else keep[0, 0])
-    given = config.polish_schedule
-    depth = 1 + max((level.coarseness for level in given.fine), default=0)  # the fine schedule's pyramid
+    schedule = config.polish_schedule.fine.for_metric(metric, spacing)
+    depth = 1 + max((level.coarseness for level in schedule.levels), default=0)  # the fine schedule's pyramid
     if spacing == float(fixed_grid.spacing[0]):  # at the (isotropic) working spacing: the working images
         fixed_f, fine_grid, moving_f, moving_grid_f = fixed_w, fixed_grid, moving_w, moving_grid
     else:
@@ -170,14 +255,14 @@ def _fine_level(fixed: Image, moving: Image, working_fixed, working_moving, line
     # the field stays on its working grid: the correction's control spacing (6 mm) is coarse enough
     # for it, and the fit samples a field 8 times smaller at every step; the images are what is finer
     start = DisplacementField(field.grid, field.field.to(device=device, dtype=fixed_f.dtype))
-    schedule = replace(given, lambda_grad=getattr(given, f"fine_lambda_grad_{metric}"), lambda_fold=given.fine_lambda_fold,
-                       fine=given.fine_levels(spacing))
-    refined, record = polish_dense(*images, linear, start, schedule, config.seed, _level_masks(masks, images), metric, fine=True)
+    refined, record = polish_dense(*images, linear, start, schedule, config.seed, _level_masks(masks, images), metric)
     record.update(metric=metric, metric_figures=figures, spacing_mm=spacing)
     return DisplacementField(field.grid, refined.field.detach().cpu()), record
 
 
 def _level_masks(masks, pyramids) -> tuple[list | None, list | None]:
     """The fixed and moving masks on every level of the fixed and moving pyramids (or None)."""
-    return tuple(None if mask is None else [working_mask(mask, level.grid, level.volume.device) for level in levels]
-                 for mask, levels in zip(masks, pyramids))
+    return tuple(
+        None if mask is None else [working_mask(mask, level.grid, level.volume.device) for level in levels]
+        for mask, levels in zip(masks, pyramids, strict=False)
+    )

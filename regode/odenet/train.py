@@ -52,8 +52,13 @@ def make_source(config: TrainConfig):
 
 def losses(model: MSODENet, pair: Pair, config: TrainConfig, adjoint: bool = False) -> tuple[torch.Tensor, dict]:
     levels = model.config.levels
-    theta, nfe = model(pyramid(pair.fixed, pair.grid, levels), pyramid(pair.moving, pair.grid, levels),
-                       pair.theta0, pair.center, adjoint=adjoint)
+    theta, nfe = model(
+        pyramid(pair.fixed, pair.grid, levels),
+        pyramid(pair.moving, pair.grid, levels),
+        pair.theta0,
+        pair.center,
+        adjoint=adjoint,
+    )
     transform = model.transform(theta, model.state_grid(pair.grid), pair.center)
     moved = transform.map_grid(pair.grid)
     disp = (moved - pair.grid.world_points(dtype=moved.dtype)[None]).movedim(-1, 1)
@@ -61,15 +66,23 @@ def losses(model: MSODENet, pair: Pair, config: TrainConfig, adjoint: bool = Fal
     if config.similarity == "content":
         encoder = content_encoder(config.encoder, model.config.spacing)
         # slice positions drawn in each fixed image (seed 0): they differ between pairs, not between runs
-        l_sim = sum(content_distance(encoder.content, w[None], f[None], CONTENT_SLICES, seed=0, slices=encoder.config.slices)
-                    for w, f in zip(warped, pair.fixed)) / len(warped)
+        l_sim = sum(
+            content_distance(encoder.content, w[None], f[None], CONTENT_SLICES, seed=0, slices=encoder.config.slices)
+            for w, f in zip(warped, pair.fixed, strict=False)
+        ) / len(warped)
     else:
         l_sim = -mutual_information(warped, pair.fixed)
     l_self = model.kind.self_loss(theta, disp, pair.truth)
     l_reg = model.kind.regulariser(disp, pair.grid)
     total = config.lambda_sim * l_sim + config.lambda_self * l_self + config.lambda_reg * l_reg
-    return total, {"loss": float(total.detach()), "sim": float(l_sim.detach()), "self": float(l_self.detach()), "reg": float(l_reg.detach()), "nfe": nfe,
-                   "displacement": disp.detach()}
+    return total, {
+        "loss": float(total.detach()),
+        "sim": float(l_sim.detach()),
+        "self": float(l_self.detach()),
+        "reg": float(l_reg.detach()),
+        "nfe": nfe,
+        "displacement": disp.detach(),
+    }
 
 
 @functools.lru_cache(maxsize=2)
@@ -82,8 +95,10 @@ def content_encoder(path: str | None, spacing: float):
 def validation_sources(config: TrainConfig) -> dict:
     """``{figure name: pair source}`` of the real-image validation folders (``--validate-data``),
     named by their folders' names."""
-    return {f"val_rmse_mm_{Path(folder).name}": FolderPairs(folder, config.model.kind, **_source_options(config))
-            for folder in config.validate_data}
+    return {
+        f"val_rmse_mm_{Path(folder).name}": FolderPairs(folder, config.model.kind, **_source_options(config))
+        for folder in config.validate_data
+    }
 
 
 @torch.no_grad()
@@ -114,8 +129,10 @@ class Run:
             try:  # the architecture must match; the solver schedule may differ
                 self.model.load_state_dict(start.state_dict())
             except RuntimeError:
-                raise RegodeError(f"--init {config.init}: its network (width {start.config.width}, {start.config.levels} levels) "
-                                  f"is not this run's (width {config.model.width}, {config.model.levels} levels)") from None
+                raise RegodeError(
+                    f"--init {config.init}: its network (width {start.config.width}, {start.config.levels} levels) "
+                    f"is not this run's (width {config.model.width}, {config.model.levels} levels)"
+                ) from None
         if config.learn == "step":  # the rest stays fixed: no gradients computed for it
             self.model.requires_grad_(False)
             for net in self.model.nets:
@@ -148,7 +165,11 @@ class Run:
         pass
 
 
-def train(config: TrainConfig, out: Path, resume: bool = False, progress: bool = True, steps: int | None = None) -> dict:
+def train(
+    config: TrainConfig, out: Path, resume: bool = False, progress: bool = True, steps: int | None = None
+) -> dict:
     """Train (or resume) and write ``out`` (final model) and ``out.ckpt`` (resumable state). On
     resume the saved config is used; ``steps`` (if given) replaces its number of steps."""
-    return training.train(functools.partial(Run, resuming=resume), config, out, FORMAT, "MS-ODENet", resume, progress, steps)
+    return training.train(
+        functools.partial(Run, resuming=resume), config, out, FORMAT, "MS-ODENet", resume, progress, steps
+    )

@@ -13,10 +13,24 @@ preset, then the field's default. A preset never replaces a value the user gave,
 No torch here: ``regode --help`` builds every command from these declarations.
 """
 
-
 from .schema import REQUIRED, SOURCES, Leaf, Option, build, convert, from_dict, group, leaves, setting, validate
 from .settings import Resolved, Spec, read_file, resolve, to_toml
 
-__all__ = ["REQUIRED", "SOURCES", "Leaf", "Option", "Resolved", "Spec", "build", "convert", "from_dict", "group", "leaves",
-           "read_file", "resolve", "setting", "to_toml", "validate"]
-
+__all__ = [
+    "REQUIRED",
+    "SOURCES",
+    "Leaf",
+    "Option",
+    "Resolved",
+    "Spec",
+    "build",
+    "convert",
+    "from_dict",
+    "group",
+    "leaves",
+    "read_file",
+    "resolve",
+    "setting",
+    "to_toml",
+    "validate",
+]

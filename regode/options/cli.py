@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import enum
 import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any
 
 from ..errors import RegodeError
 from .schema import Leaf, _item, _optional, convert
 from .settings import Spec, read_file, resolve, to_toml
+
 
 def _choices(name: str, values) -> type[enum.Enum]:
     return enum.Enum(name, {v: v for v in values}, type=str)
@@ -23,29 +25,35 @@ def parameter(leaf: Leaf, name: str, default: Any = None, help_suffix: str = "")
 
     option, kind = leaf.option, _optional(leaf.type)[0]
     item = _item(kind)
-    text = option.help + (f" ({option.unit})" if option.unit and f"({option.unit}" not in option.help else "") + help_suffix
+    text = (
+        option.help
+        + (f" ({option.unit})" if option.unit and f"({option.unit}" not in option.help else "")
+        + help_suffix
+    )
     flags = [leaf.flag] + ([option.short] if option.short else [])
     shown: Any = True
     if kind is bool:
         flags[0] = f"{leaf.flag}/--no-{leaf.flag[2:]}"
-        annotation: Any = Optional[bool]
+        annotation: Any = bool | None
     elif item is not None and option.separator is None:
-        annotation = Optional[list[str]]
+        annotation = list[str] | None
         default, shown = None, False
     elif item is not None:
-        annotation = Optional[str]
+        annotation = str | None
         default = option.separator.join(map(str, default)) if default else None
     elif option.choices is not None:
-        annotation = Optional[_choices(name.title().replace("_", ""), option.choices)]
+        annotation = _choices(name.title().replace("_", ""), option.choices) | None
     elif option.none is not None:
-        annotation, shown = Optional[str], option.none if default is None else True
+        annotation, shown = str | None, option.none if default is None else True
         default = option.none if default is None else default
     else:
-        annotation = Optional[kind]
+        annotation = kind | None
     if leaf.required:
         text += " [required unless --config gives it]"
     info = typer.Option(*flags, help=text, show_default=shown)
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[annotation, info])
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[annotation, info]
+    )
 
 
 def parameters(leaves_by_name: dict[str, Leaf]) -> dict[str, tuple[inspect.Parameter, Leaf]]:
@@ -62,7 +70,9 @@ def parameters(leaves_by_name: dict[str, Leaf]) -> dict[str, tuple[inspect.Param
     return out
 
 
-def given(ctx, params: dict[str, tuple[inspect.Parameter, Leaf]], values: dict[str, Any], names: dict[str, str] | None = None) -> dict:
+def given(
+    ctx, params: dict[str, tuple[inspect.Parameter, Leaf]], values: dict[str, Any], names: dict[str, str] | None = None
+) -> dict:
     """``{dotted name: value}`` of the options given on the command line (not their defaults)."""
     out = {}
     for python, (_, leaf) in params.items():
@@ -72,24 +82,50 @@ def given(ctx, params: dict[str, tuple[inspect.Parameter, Leaf]], values: dict[s
     return out
 
 
-def command(app, name: str, spec: Spec, run: Callable, extras: list[inspect.Parameter], help: str, with_preset: bool = False):
-    """Register ``regode NAME`` on the typer ``app``: one option per declared setting of ``spec``
+def command(
+    name: str, spec: Spec, run: Callable, extras: list[inspect.Parameter], help: str, with_preset: bool = False
+):
+    """The typer function of ``regode NAME``: one option per declared setting of ``spec``
     with a flag, and ``extras`` (the command's own arguments: ``--out``, ``--quiet``), plus
     ``--config`` and ``--print-config``. ``run(resolved, **extras)`` does the work."""
     import typer
 
     params = parameters({n: leaf for n, (_, leaf) in spec.leaves().items()})
     own = [
-        inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[Path], typer.Option(
-            "--config", help="Settings from a TOML file, or from the PREFIXregode.json of an earlier run (replay); options given "
-            "here win.")]),
-        inspect.Parameter("print_config", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[bool, typer.Option(
-            "--print-config", help="Print the resolved settings as TOML (for --config) and exit.")]),
+        inspect.Parameter(
+            "config",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[
+                Path | None,
+                typer.Option(
+                    "--config",
+                    help="Settings from a TOML file, or from the PREFIXregode.json of an earlier run "
+                    "(replay); options given "
+                    "here win.",
+                ),
+            ],
+        ),
+        inspect.Parameter(
+            "print_config",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=False,
+            annotation=Annotated[
+                bool,
+                typer.Option("--print-config", help="Print the resolved settings as TOML (for --config) and exit."),
+            ],
+        ),
     ]
     if with_preset:
         preset_choices = _choices(f"{name.title().replace('-', '')}Preset", tuple(spec.presets))
-        own.append(inspect.Parameter("preset", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
-            Optional[preset_choices], typer.Option("--preset", help=_preset_help(spec))]))
+        own.append(
+            inspect.Parameter(
+                "preset",
+                inspect.Parameter.KEYWORD_ONLY,
+                default=None,
+                annotation=Annotated[preset_choices | None, typer.Option("--preset", help=_preset_help(spec))],
+            )
+        )
     context = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
 
     def function(ctx, **values):
@@ -136,17 +172,30 @@ def parse_args(spec: Spec, section: str, args: list[str], source: str) -> tuple[
 
     known = {n: leaf for n, (s, leaf) in spec.leaves().items() if s == section}
     params = parameters(known)
-    extra = [inspect.Parameter("preset", inspect.Parameter.KEYWORD_ONLY, default=None,
-                               annotation=Annotated[Optional[str], typer.Option("--preset")]),
-             inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None,
-                               annotation=Annotated[Optional[str], typer.Option("--config")])]
+    extra = [
+        inspect.Parameter(
+            "preset",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[str | None, typer.Option("--preset")],
+        ),
+        inspect.Parameter(
+            "config",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[str | None, typer.Option("--config")],
+        ),
+    ]
     captured = {}
 
     def function(ctx, **values):
         captured.update(given(ctx, params, values), preset=values["preset"], config=values["config"])
 
-    signature = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
-                 *(p for p, _ in params.values()), *extra]
+    signature = [
+        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+        *(p for p, _ in params.values()),
+        *extra,
+    ]
     function.__signature__ = inspect.Signature(signature)
     function.__annotations__ = {p.name: p.annotation for p in signature}
     app = typer.Typer()

@@ -9,8 +9,9 @@ import enum
 import math
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import RegodeError
 
@@ -58,9 +59,13 @@ def setting(default: Any = REQUIRED, help: str = "", *, factory: Callable | None
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def group(cls: type, help: str = "", *, cli: bool = True) -> Any:
-    """A nested config (its own fields are declared); ``cli=False``: config files only."""
-    return dataclasses.field(default_factory=cls, metadata={"group": help, "cli": cli})
+def group(cls: type, help: str = "", *, default: Any = None, cli: bool = True) -> Any:
+    """A nested config (its own fields are declared), ``default`` (or ``cls()``) unless given;
+    ``cli=False``: config files only."""
+    factory = cls if default is None else (lambda: default)
+    return dataclasses.field(
+        default_factory=factory, metadata={"group": help, "cli": cli, "instance": default is not None}
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,7 +222,10 @@ def _check(leaf: Leaf, value, kind) -> None:
             number = False
         what = "a whole number" if kind is int else "a number"
         if option.low is not None and option.above:
-            ok, bound = number and value > option.low, "a positive number" if option.low == 0 else f"{what} above {option.low:g}"
+            ok, bound = (
+                number and value > option.low,
+                "a positive number" if option.low == 0 else f"{what} above {option.low:g}",
+            )
         elif option.low is not None:
             ok, bound = number and value >= option.low, f"at least {option.low:g}"
         else:
@@ -251,21 +259,30 @@ def from_dict(cls, values: dict):
         if dataclasses.is_dataclass(kind) and isinstance(values[f.name], dict):
             values[f.name] = from_dict(kind, values[f.name])
         elif item is not None and isinstance(values[f.name], (list, tuple)):
-            values[f.name] = tuple(from_dict(item, v) if dataclasses.is_dataclass(item) and isinstance(v, dict) else v
-                                   for v in values[f.name])
+            values[f.name] = tuple(
+                from_dict(item, v) if dataclasses.is_dataclass(item) and isinstance(v, dict) else v
+                for v in values[f.name]
+            )
     return cls(**values)
 
 
-def build(cls, values: dict[tuple[str, ...], Any]):
-    """The config ``cls`` with the settings ``values`` (by path), the rest at their defaults."""
+def build(cls, values: dict[tuple[str, ...], Any], base: Any = None):
+    """The config ``cls`` with the settings ``values`` (by path), the rest as in ``base`` (or at
+    their defaults, a nested config's default being its group's)."""
     own = {path[0]: v for path, v in values.items() if len(path) == 1}
     for f in dataclasses.fields(cls):
         if "group" in f.metadata:
             inner = {path[1:]: v for path, v in values.items() if len(path) > 1 and path[0] == f.name}
-            own[f.name] = build(_hints(cls)[f.name], inner)
+            # from a given config, or a group's own default instance; else from the class's defaults
+            # (not from a built default, whose __post_init__ may have filled in fields from others)
+            start = (
+                getattr(base, f.name) if base is not None else f.default_factory() if f.metadata["instance"] else None
+            )
+            if inner or base is None:
+                own[f.name] = build(_hints(cls)[f.name], inner, start)
+    if base is not None:
+        return dataclasses.replace(base, **own)
     missing = [leaf.label for leaf in leaves(cls) if len(leaf.path) == 1 and leaf.required and leaf.path[0] not in own]
     if missing:
         raise RegodeError(f"missing {', '.join(missing)} (give it on the command line or in a --config file)")
     return cls(**own)
-
-

@@ -12,6 +12,7 @@ from typing import Any
 from ..errors import RegodeError
 from .schema import Leaf, build, convert, leaves
 
+
 @dataclasses.dataclass(frozen=True)
 class Spec:
     """A command's settings: named sections of config classes, whose top-level names are one
@@ -99,12 +100,19 @@ def read_file(path, spec: Spec) -> dict[str, Any]:
     if record:
         written = document.get("regode")
         if document.get("command") not in (None, spec.command):
-            raise RegodeError(f"--config {path} is the record of regode {document['command']}, not of regode {spec.command}")
+            raise RegodeError(
+                f"--config {path} is the record of regode {document['command']}, not of regode {spec.command}"
+            )
         if written is not None and written != __version__:
-            print(f"regode: warning: --config {path} was written by regode {written}; this is regode {__version__}", file=sys.stderr)
+            print(
+                f"regode: warning: --config {path} was written by regode {written}; this is regode {__version__}",
+                file=sys.stderr,
+            )
         inputs = document.get("inputs")
         if not isinstance(inputs, dict):  # records of earlier versions: the input files at the top
-            inputs = {k: document[k] for k in ("fixed", "moving", "moving_labels") if k in document and k in spec.tops()}
+            inputs = {
+                k: document[k] for k in ("fixed", "moving", "moving_labels") if k in document and k in spec.tops()
+            }
         document = {**inputs, **document["config"]}
     values: dict[str, Any] = {}
     _flatten(document, spec, (), values, where, strict=not record)
@@ -129,7 +137,10 @@ def _flatten(table: dict, spec: Spec, prefix: tuple[str, ...], into: dict, where
         elif strict:
             raise RegodeError(f"unknown setting {name!r}{where}")
         elif name.split(".")[0] in spec.tops() or prefix:
-            print(f"regode: warning: ignored setting {name!r}{where}: not a setting of this regode version", file=sys.stderr)
+            print(
+                f"regode: warning: ignored setting {name!r}{where}: not a setting of this regode version",
+                file=sys.stderr,
+            )
 
 
 def _toml():
@@ -166,5 +177,3 @@ def to_toml(spec: Spec, resolved: Resolved) -> str:
             node = node.setdefault(part, {})
         node[name.rsplit(".", 1)[-1]] = value
     return tomli_w.dumps(table)
-
-
