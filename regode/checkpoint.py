@@ -1,6 +1,7 @@
 """Model files and training checkpoints of every model family: written atomically, read with
 ``torch.load(weights_only=True)`` and checked (format, version) before use, so a corrupt or foreign
-file ends in one clear error. The shipped weights are package data (``regode/weights/``)."""
+file ends in one clear error. The shipped weights are package data (``regode.weights``, the
+repository's ``weights/``)."""
 
 from __future__ import annotations
 
@@ -101,7 +102,11 @@ def file_hash(path) -> str:
 
 
 def weights_dir() -> Path:
-    """The shipped weights: ``$REGODE_WEIGHTS`` or the package's own ``weights/`` folder (package
-    data, so a non-editable install has them too). An empty ``$REGODE_WEIGHTS`` counts as unset, not
-    as the current folder."""
-    return Path(os.environ.get("REGODE_WEIGHTS") or Path(__file__).resolve().parent / "weights")
+    """The shipped weights: ``$REGODE_WEIGHTS`` or the package data ``regode.weights`` (the
+    repository's top-level ``weights/``, installed with the package). An empty ``$REGODE_WEIGHTS``
+    counts as unset, not as the current folder."""
+    if os.environ.get("REGODE_WEIGHTS"):
+        return Path(os.environ["REGODE_WEIGHTS"])
+    from importlib.resources import files
+
+    return Path(str(files("regode.weights")))
