@@ -4,11 +4,10 @@ memory of that process, and the stage timings of its ``PREFIXregode.json``. Prin
 run and the medians.
 
     python benchmarks/register_time.py -f FIXED -m MOVING [--labels SEG] [--model rigid+bspline] [--runs 5]
-    [--threads 2]
-                                       [--against OTHER_CHECKOUT]
+                                       [--threads 2] [--against OTHER_CHECKOUT]
 
-Issue 4's figure: ``-f BraTS-GLI-00001-000/t1.nii.gz -m .../flair.nii.gz --labels .../seg.nii.gz``
-(240x240x155 at 1 mm), goal <= 10 s on this 2-core CPU.
+The README's figure: ``-f BraTS-GLI-00001-000/t1.nii.gz -m .../flair.nii.gz --labels .../seg.nii.gz``
+(240x240x155 at 1 mm), goal <= 10 s on 2 CPU cores.
 
 The machine's speed drifts by up to a third between spells, so two versions compare only in
 alternating runs: ``--against DIR`` times this checkout and the one in DIR (e.g. ``git worktree

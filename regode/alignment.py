@@ -51,9 +51,7 @@ def principal_axes(
 ) -> tuple[Affine, dict]:
     """Of ``start`` (the translation between the head centres) and the principal-axes candidates (see
     :func:`candidates`) for two working images (values in [0, 1]), the one under which the images
-    share the most mutual information, measured at ``spacing`` mm (6 mm chose as 4 mm did on all 60
-    BraTS pairs of three seeds of the rigid and rigid+deformable tasks, in 49 ms instead of 86); and
-    a record of the choice.
+    share the most mutual information, measured at ``spacing`` mm; and a record of the choice.
     Without reliable axes (a round or empty head) ``start`` is returned. ``heads``: the two
     images' :func:`head_moments`, if already known."""
     maps, record = [start.double()], {}

@@ -7,16 +7,10 @@ tells the two apart on the pair itself, once it is roughly aligned: over the fix
 intensities of one contrast are related by a near-linear, increasing map, so the squared Pearson
 correlation ``r^2`` explains most of what the correlation ratio ``eta^2`` (Roche et al., 1998:
 the share of one image's variance explained by any function of the other) explains. Across
-contrasts the relation is not monotonic or is decreasing. On this project's data (2 mm, after
-the head-centre start): two T1s of different subjects r^2/eta^2 = 0.73 to 0.98; T1 against T2
-0.00 to 0.07, T2 against FLAIR 0.04. Pairs whose dependence is too weak to judge (eta^2 < 0.3,
-e.g. badly misaligned) keep mutual information, which is never wrong, only less sharp.
-Measured later on more pairs (docs/benchmarks.md, "The similarity's choice, measured"), the ratio
-does not separate them everywhere: one NiChart T1 pair of two subjects at 0.67 (judged MI; local
-NCC did better there), BraTS T1 against T2 at 0.35 to 0.38, T1 against FLAIR at 0.69 to 0.97.
-On 32 BraTS pairs of two contrasts with exact truth, MI did better than NCC on 6 of the 7 pairs
-between 0.6 and 0.8, so the threshold stays where it is (docs/benchmarks.md, "Judging the start,
-shipped; the similarity's choice across contrasts").
+contrasts the relation is not monotonic or is decreasing. Pairs whose dependence is too weak to
+judge (eta^2 < 0.3, e.g. badly misaligned) keep mutual information, which is never wrong, only
+less sharp. The ratios measured on real pairs, and why the threshold is where it is:
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -66,9 +60,7 @@ def fine_spacing(requested: float | None, image: Grid, working: float, at_workin
     :data:`MIN_FINE`) where None; None when that is not finer than the ``working`` spacing (or
     ``requested`` is 0: no fine level). ``at_working``: the level also runs at the working spacing
     itself, for a fine level that is more than finer images (``register``'s: a finer B-spline
-    correction with the pair's own similarity; on NiChart's 2 mm pairs it raised Dice by 14 points,
-    where fit-field's, the same field on the same images, raised it by 1: docs/benchmarks.md,
-    "Inter-subject")."""
+    correction with the pair's own similarity)."""
     if requested == 0:
         return None
     spacing = max(MIN_FINE, float(np.min(image.spacing))) if requested is None else float(requested)

@@ -149,8 +149,7 @@ def head_moments(volume: torch.Tensor, grid: Grid) -> tuple | None:
 def head_center(volume: torch.Tensor, grid: Grid, head: tuple | None = None) -> torch.Tensor:
     """World position (mm, float64) of the centre of the head mask of ``[B, 1, ...]``'s first
     volume (``head``: its :func:`head_moments`, if already known): the centre every command starts
-    from. Unlike the intensity-weighted centre of mass it hardly depends on the contrast (on BraTS
-    pairs of two contrasts the weighted centres differ by a few mm). Falls back to the centre of
+    from. Unlike the intensity-weighted centre of mass it hardly depends on the contrast. Falls back to the centre of
     mass without a head."""
     head = head if head is not None else head_moments(volume, grid)
     if head is None:

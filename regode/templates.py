@@ -1,4 +1,4 @@
-"""Templates a user names instead of a file: ``--fixed mni152`` (issue 19).
+"""Templates a user names instead of a file: ``--fixed mni152``.
 
 ``mni152`` is the MNI ICBM152 2009 symmetric T1 template at 1 mm, as nilearn installs it with its
 package (``nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz``). Nothing is

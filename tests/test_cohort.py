@@ -1,6 +1,6 @@
 """``regode cohort``: a manifest of registrations on a real Dask LocalCluster of 2 worker
 processes, checked before any work, resumable after a kill, equal to plain ``regode register``
-runs, with a report that a browser opens (issue 20)."""
+runs, with a report that a browser opens."""
 
 from __future__ import annotations
 

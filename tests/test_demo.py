@@ -4,7 +4,7 @@ from regode.demo import run_demo
 def test_demo_runs_register_and_reports_against_the_truth(tmp_path):
     """The README's first command: a generated pair with known motion goes through `register`
     (shipped rigid weights) and the error against the truth is measured. The shipped weights are an
-    early model (issue 4 open), so this checks the pipeline and the measurement, not the accuracy."""
+    early model, so this checks the pipeline and the measurement, not the accuracy."""
     results = run_demo(tmp_path, seed=1)
     assert results["rmse_phi_before"] > 5 and results["dice_before"] < 60  # the motion is visible
     assert 0 <= results["dice_after"] <= 100 and results["rmse_phi_after"] >= 0

@@ -1,4 +1,4 @@
-"""Bad input and faults, as a user meets them (issue 18): every refusal is one ``regode: error:``
+"""Bad input and faults, as a user meets them: every refusal is one ``regode: error:``
 line and a non-zero exit code, no traceback, no new file in the output folder and every input
 unchanged, byte for byte. The commands run in-process through ``regode.cli.app.run``, the function
 the console script calls."""

@@ -96,7 +96,7 @@ def run(args: list[str] | None = None) -> int:
 def main() -> None:
     """The ``regode`` console script. Once a command has returned (its files written and moved
     into place, every writer thread joined), the process ends without the interpreter's shutdown:
-    unloading PyTorch's modules takes 0.5-1 s on this 2-core CPU, time a user waits for and that
+    unloading PyTorch's modules takes 0.5-1 s on a 2-core CPU, time a user waits for and that
     does nothing for them. Output streams are flushed first; an uncaught exception still takes the
     normal path (traceback, shutdown)."""
     code = run()

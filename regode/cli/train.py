@@ -17,7 +17,7 @@ import typer
 from ..encoder.config import EncoderTrainConfig
 from ..odenet.config import TrainConfig
 from ..options import Spec, read_file, resolve, to_toml
-from ..options.cli import given, parameter
+from ..options.cli import given, parameter, signed
 from .app import app, user_errors
 
 SPECS = {"odenet": Spec("train", {"config": TrainConfig}), "encoder": Spec("train", {"config": EncoderTrainConfig})}
@@ -200,6 +200,4 @@ def _signature() -> inspect.Signature:
     return inspect.Signature([*own, *(param for param, _, _ in PARAMS.values())])
 
 
-_train.__signature__ = _signature()
-_train.__annotations__ = {p.name: p.annotation for p in _train.__signature__.parameters.values()}
-train = app.command("train")(user_errors(_train))
+train = app.command("train")(user_errors(signed(_train, list(_signature().parameters.values()), "train")))

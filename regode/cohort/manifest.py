@@ -192,8 +192,8 @@ def row_settings(command: str, cohort_args: list[str], row_args: list[str], base
     either names, over the defaults. Files named in options or config files are relative to the
     manifest's folder ``base``, like its columns."""
     spec = SPECS[command]
-    cohort_given, cohort_preset, cohort_config = parse_args(spec, "config", cohort_args, "cohort options")
-    row_given, row_preset, row_config = parse_args(spec, "config", row_args, "manifest row")
+    cohort_given, cohort_preset, cohort_config = parse_args(spec, "config", cohort_args)
+    row_given, row_preset, row_config = parse_args(spec, "config", row_args)
     config_file = row_config or cohort_config
     layers = [("config file", read_file(_absolute(config_file, base), spec))] if config_file else []
     layers = [

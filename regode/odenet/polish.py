@@ -130,10 +130,7 @@ def polish_affine_chosen(
     """The affine polish with mutual information and (``schedule.ncc_candidate``) with local
     NCC, keeping the result whose local NCC over the fixed head (or mask) on the finest level is
     higher (squared local correlation: a local linear relation of either sign, so it also judges a
-    pair of two contrasts; measured between T1 heads only). Between whole heads
-    neither similarity is right for every pair: on NiChart MI let the neck scale one pair (35.0 Dice
-    after the cascade, NCC 45.7) and NCC another (47.0, MI 65.3). The choice picked the better affine
-    on the 5 pairs where it was checked, and raised the 6 reported pairs' mean from 52.4 to 55.6
+    pair of two contrasts). Between whole heads neither similarity is right for every pair
     (docs/benchmarks.md, "Inter-subject")."""
     result, record = polish_affine(fixed, moving, linear, center, schedule, seed, masks)
     if not schedule.ncc_candidate:

@@ -70,16 +70,25 @@ def parameters(leaves_by_name: dict[str, Leaf]) -> dict[str, tuple[inspect.Param
     return out
 
 
-def given(
-    ctx, params: dict[str, tuple[inspect.Parameter, Leaf]], values: dict[str, Any], names: dict[str, str] | None = None
-) -> dict:
+def given(ctx, params: dict[str, tuple[inspect.Parameter, Leaf]], values: dict[str, Any]) -> dict:
     """``{dotted name: value}`` of the options given on the command line (not their defaults)."""
     out = {}
     for python, (_, leaf) in params.items():
         source = ctx.get_parameter_source(python)
         if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
-            out[(names or {}).get(python, leaf.name)] = convert(leaf, values[python])
+            out[leaf.name] = convert(leaf, values[python])
     return out
+
+
+def signed(function: Callable, parameters: list[inspect.Parameter], name: str | None = None, doc: str | None = None):
+    """``function`` (taking ``ctx`` and keyword arguments) with the signature typer reads."""
+    function.__signature__ = inspect.Signature(parameters)
+    function.__annotations__ = {p.name: p.annotation for p in parameters}
+    if name is not None:
+        function.__name__ = name
+    if doc is not None:
+        function.__doc__ = doc
+    return function
 
 
 def command(
@@ -101,8 +110,7 @@ def command(
                 typer.Option(
                     "--config",
                     help="Settings from a TOML file, or from the PREFIXregode.json of an earlier run "
-                    "(replay); options given "
-                    "here win.",
+                    "(replay); options given here win.",
                 ),
             ],
         ),
@@ -139,12 +147,7 @@ def command(
             return
         run(resolved, **{p.name: values[p.name] for p in extras})
 
-    signature = [context, *extras, *(p for p, _ in params.values()), *own]
-    function.__signature__ = inspect.Signature(signature)
-    function.__annotations__ = {p.name: p.annotation for p in signature}
-    function.__doc__ = help
-    function.__name__ = name.replace("-", "_")
-    return function
+    return signed(function, [context, *extras, *(p for p, _ in params.values()), *own], name.replace("-", "_"), help)
 
 
 def _preset_help(spec: Spec) -> str:
@@ -164,7 +167,7 @@ def _spelled(leaf: Leaf, value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def parse_args(spec: Spec, section: str, args: list[str], source: str) -> tuple[dict[str, Any], str | None, str | None]:
+def parse_args(spec: Spec, section: str, args: list[str]) -> tuple[dict[str, Any], str | None, str | None]:
     """A cohort manifest's options (``args``, as on the command line) against the settings of
     ``spec``'s ``section``: ``({dotted name: value}, --preset, --config)``. Uses the command
     line's own parser, so a row accepts exactly what the command does."""
@@ -191,13 +194,8 @@ def parse_args(spec: Spec, section: str, args: list[str], source: str) -> tuple[
     def function(ctx, **values):
         captured.update(given(ctx, params, values), preset=values["preset"], config=values["config"])
 
-    signature = [
-        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
-        *(p for p, _ in params.values()),
-        *extra,
-    ]
-    function.__signature__ = inspect.Signature(signature)
-    function.__annotations__ = {p.name: p.annotation for p in signature}
+    context = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
+    signed(function, [context, *(p for p, _ in params.values()), *extra])
     app = typer.Typer()
     app.command(spec.command)(function)
     app.command("_")(lambda: None)  # two commands: typer keeps the group, whose subcommand we call
