@@ -92,7 +92,10 @@ def _plan(
 
     def stage(name, kind, stride, which, iterations):
         fix, mov = images[which]
-        return fitting.Stage(name, fix, fixed_grid, mov, moving_at, lattice(kind, stride), iterations, False, *masks)
+        return fitting.Stage(
+            name=name, fixed=fix, fixed_grid=fixed_grid, moving=mov, moving_grid=moving_at,
+            lattice=lattice(kind, stride), iterations=iterations, fixed_mask=masks[0], moving_mask=masks[1],
+        )  # fmt: skip
 
     first = [stage(f"downsize:{config.stride}", "downsize", config.stride, "fine", config.iterations)]
     if config.coarse_iterations:
@@ -119,16 +122,10 @@ def _fit_affine(
         torch.as_tensor(region.center, dtype=torch.float32, device=device)[None],
     )
     stage = fitting.Stage(
-        f"affine:{2 * config.stride}",
-        fix,
-        fixed_grid,
-        mov,
-        moving_at,
-        lambda gen: downsize(region, 2 * config.stride, gen).to(device),
-        config.affine_iterations,
-        False,
-        *masks,
-    )
+        name=f"affine:{2 * config.stride}", fixed=fix, fixed_grid=fixed_grid, moving=mov, moving_grid=moving_at,
+        lattice=lambda gen: downsize(region, 2 * config.stride, gen).to(device), iterations=config.affine_iterations,
+        fixed_mask=masks[0], moving_mask=masks[1],
+    )  # fmt: skip
     objective = fitting.Objective("mi" if similarity == "auto" else similarity, config.ncc_window)
     record = fitting.run(fitting.Fit(affine, objective, config.lr, scales=list(AFFINE_SCALES)), [stage], generator)
     return affine.requires_grad_(False), record
@@ -208,16 +205,10 @@ def _fine_stage(config: FitConfig, fixed: Image, moving: Image, spacing: float, 
     if similarity == "features":  # MIND (content is refused with a fine level): descriptors at the fine spacing
         fixed_f, moving_f = feature_volumes(config, fixed_f, moving_f)
     return fitting.Stage(
-        f"fine:{spacing:g}mm:{config.stride}",
-        fixed_f,
-        fine_grid,
-        moving_f,
-        moving_at,
-        lambda gen: downsize(region, config.stride, gen).to(device),
-        config.fine_iterations,
-        False,
-        *fine_masks,
-    )
+        name=f"fine:{spacing:g}mm:{config.stride}", fixed=fixed_f, fixed_grid=fine_grid, moving=moving_f,
+        moving_grid=moving_at, lattice=lambda gen: downsize(region, config.stride, gen).to(device),
+        iterations=config.fine_iterations, fixed_mask=fine_masks[0], moving_mask=fine_masks[1],
+    )  # fmt: skip
 
 
 def _images(

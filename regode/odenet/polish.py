@@ -48,17 +48,17 @@ def _stages(
 
         stages.append(
             fitting.Stage(
-                f"{level.coarseness}:{level.stride}",
-                fix.volume,
-                fix.grid,
-                mov.volume,
-                mov.grid.pulled_back(matrix),
-                lattice,
-                level.iterations,
-                True,
-                fixed_mask,
-                moving_mask,
-            )
+                name=f"{level.coarseness}:{level.stride}",
+                fixed=fix.volume,
+                fixed_grid=fix.grid,
+                moving=mov.volume,
+                moving_grid=mov.grid.pulled_back(matrix),
+                lattice=lattice,
+                iterations=level.iterations,
+                decay=True,
+                fixed_mask=fixed_mask,
+                moving_mask=moving_mask,
+            )  # fmt: skip
         )
     return stages
 
