@@ -41,3 +41,11 @@ def test_console_script_exit_codes_and_output(tmp_path):
     np.testing.assert_allclose(
         sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "b.nii.gz"))), sitk.GetArrayFromImage(image), atol=1e-4
     )
+
+
+def test_version_prints_the_package_version(capsys):
+    from regode._version import __version__
+    from regode.cli.app import run
+
+    assert run(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"regode {__version__}"

@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from typing import Annotated
 
 import typer
 
@@ -24,6 +25,23 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .._version import __version__
+
+        print(f"regode {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print regode's version and exit.")
+    ] = False,
+) -> None:
+    """3D brain MRI registration with learned neural-ODE models and neural fields; ANTs-compatible files."""
 
 
 def user_errors(fn: Callable) -> Callable:
