@@ -15,6 +15,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from .._version import __version__
 from ..datasets import Subject, discover
 from ..errors import RegodeError
 from ..grid import Grid
@@ -276,7 +277,14 @@ def run(config: BenchConfig, out_prefix: str | Path, progress: bool = True) -> d
                 rows.append({"method": name, "case": case.name, **evaluate(case, method, config.seed)})
                 progress_bar.advance(job)
     summary = summarise(rows, list(methods))
-    document = {"summary": summary, "cases": rows, "config": asdict(config), "notes": notes}
+    document = {
+        "regode": __version__,
+        "command": "bench",
+        "summary": summary,
+        "cases": rows,
+        "config": asdict(config),
+        "notes": notes,
+    }
     with atomic_output(json_path) as tmp:
         Path(tmp).write_text(json.dumps(document, indent=2))
     with atomic_output(md_path) as tmp:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -46,6 +47,8 @@ def run(resolved, manifest: Path, out: Path, quiet: bool = False) -> None:
     if out.exists() and not out.is_dir():
         raise RegodeError(f"--out {out} is a file, not a folder")
     rows = read_manifest(manifest, out, c.command, c.options, c.qc, c.bids)
+    # every row runs with the cohort's --threads: its record says where that came from
+    rows = [replace(r, sources={**r.sources, "threads": resolved.sources["threads"]}) for r in rows]
     out.mkdir(parents=True, exist_ok=True)
     if c.bids:
         from ..cohort.report import dataset_description

@@ -75,7 +75,10 @@ def _train(
     )  # keyed by the leaf's dotted name
     flags = {leaf.name: (python, names) for python, (_, names, leaf) in PARAMS.items()}
     document = load_document(config) if config else {}
-    kind = cli.get("model.kind") or (document.get("model") or {}).get("kind") or TrainConfig().model.kind
+    table = document.get("model")
+    kind = cli.get("model.kind") or (table.get("kind") if isinstance(table, dict) else None)
+    if kind is None:
+        raise RegodeError("missing --model (rigid, affine, bspline, dense or encoder), or model.kind in --config")
     key = "encoder" if kind == "encoder" else "odenet"
     spec, chosen = SPECS[key], {}
     for name, value in cli.items():
@@ -86,6 +89,8 @@ def _train(
         chosen[names[key]] = value
     if chosen.get("data") is not None and (synthetic or "generator" in chosen):
         raise RegodeError("use either --data DIR or synthetic data (--synthetic, --generator), not both")
+    if synthetic or "generator" in chosen:  # synthetic data on the command line: over a config file's data
+        chosen["data"] = None
     layers = [("config file", read_file(config, spec))] if config else []
     resolved = resolve(spec, [*layers, ("command line", chosen)])
     if print_config:

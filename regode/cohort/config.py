@@ -17,7 +17,7 @@ class CohortConfig:
     """Everything that defines a cohort run, besides its manifest and output folder."""
 
     command: str = setting("register", "The command of rows that name none.", choices=COMMANDS)
-    options: str = setting("", 'Options for every row, e.g. "--model rigid+bspline" (a row\'s own options win).')
+    options: str = setting("", 'Options for the rows of --command, e.g. "--model rigid+bspline" (a row\'s own win).')
     workers: int | None = setting(None, "Worker processes (default: cores / threads).", low=1)
     threads: int = setting(2, "CPU threads per worker.", low=1)
     scheduler: str | None = setting(None, "Submit to a running Dask scheduler (tcp://host:8786).")

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import re
 import shlex
+import types
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -170,7 +172,8 @@ def _row(number: int, values: dict, base: Path, command: str, options: str, bids
     taken = [a for a in row_args + cohort_args if a.split("=", 1)[0] in FORBIDDEN]
     if taken:
         raise RegodeError(f"options {', '.join(taken)}: the manifest's columns and --out give these")
-    config, sources, preset = row_settings(which, cohort_args, row_args, base)
+    # the cohort's --options are those of its --command: rows of the other command take only their own
+    config, sources, preset = row_settings(which, cohort_args if which == command else [], row_args, base)
     return Row(
         number,
         row_id,
@@ -192,7 +195,7 @@ def row_settings(command: str, cohort_args: list[str], row_args: list[str], base
     either names, over the defaults. Files named in options or config files are relative to the
     manifest's folder ``base``, like its columns."""
     spec = SPECS[command]
-    cohort_given, cohort_preset, cohort_config = parse_args(spec, "config", cohort_args)
+    cohort_given, cohort_preset, cohort_config = _parsed(command, tuple(cohort_args))
     row_given, row_preset, row_config = parse_args(spec, "config", row_args)
     config_file = row_config or cohort_config
     layers = [("config file", read_file(_absolute(config_file, base), spec))] if config_file else []
@@ -220,6 +223,13 @@ def row_settings(command: str, cohort_args: list[str], row_args: list[str], base
         elif value:
             files[name] = str(_absolute(value, base))
     return replace(config, **files), resolved.sources, preset
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed(command: str, args: tuple[str, ...]):
+    """The cohort's ``--options`` for ``command``, parsed once for all its rows."""
+    given, preset, config = parse_args(SPECS[command], "config", list(args))
+    return types.MappingProxyType(given), preset, config
 
 
 def _config_fields(spec: Spec) -> set[str]:

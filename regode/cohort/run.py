@@ -75,7 +75,7 @@ def run_row(row: Row, out: str, qc: bool = True, threads: int | None = None) -> 
         paths = row.outputs(out, qc)
         paths["json"].parent.mkdir(parents=True, exist_ok=True)
         paths.pop("error").unlink(missing_ok=True)
-        record = {"sources": {**row.sources, **({"threads": "command line"} if threads else {})}, "preset": row.preset}
+        record = {"sources": row.sources, "preset": row.preset}
         if row.command == "register":
             document = register_files(
                 row.fixed,

@@ -78,12 +78,18 @@ class ModelConfig:
     )
     levels: int = setting(3, "Pyramid levels L (factor 2 per level).", low=1)
     horizon: float | None = setting(
-        None, "Integration time T; level l is solved on [(l-1)T/L, lT/L] (default: L).", low=0, above=True, none="auto"
+        None,
+        "Integration time T; level l is solved on [(l-1)T/L, lT/L] (default: L).",
+        low=0,
+        above=True,
+        none="auto",
+        derived=True,
     )
     schedule: str = setting(
         "",
         "Solvers per level, coarse to fine, e.g. A(1e-3)-A(1e-3)-F(0.1) (default: Euler, F(0.25) per level "
         "and F(0.5) on the finest of 3).",
+        derived=True,
     )
     spacing: float = setting(2.0, "Finest working spacing (isotropic).", unit="mm", low=0, above=True)
     width: int = setting(16, "Channels of the first conv layer.", low=2)
@@ -128,6 +134,7 @@ class MotionRange:
         low=0,
         flag="",
         none="auto",
+        derived=True,
     )
 
     def __post_init__(self):
@@ -189,7 +196,7 @@ class TrainConfig:
     lambda_sim: float = setting(1.0, "Weight of L_sim.", low=0)
     lambda_self: float = setting(1.0, "Weight of L_self (known motion).", low=0)
     lambda_reg: float | None = setting(
-        None, "Weight of L_reg (default: the kind's, 2 bspline, 10 dense, 0 linear).", low=0, none="auto"
+        None, "Weight of L_reg (default: the kind's, 2 bspline, 10 dense, 0 linear).", low=0, none="auto", derived=True
     )
     size: int = setting(96, "Training volumes are SIZE^3 voxels at the model's spacing.", low=16)
     seed: int = setting(0, "Seed of the initial weights and of the data.")

@@ -71,11 +71,13 @@ class Schedule:
 
     def __post_init__(self):
         validate(self)
+        whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
         for level in self.levels:
             check.require(
-                level.coarseness >= 0 and level.stride >= 1 and level.iterations >= 1,
-                f"bad polish level {level}: coarseness >= 0, stride and iterations >= 1",
-            )
+                whole(level.coarseness) and whole(level.stride) and whole(level.iterations)
+                and level.coarseness >= 0 and level.stride >= 1 and level.iterations >= 1,
+                f"bad polish level {level}: whole numbers, coarseness >= 0, stride and iterations >= 1",
+            )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,9 @@ class Option:
     """a tuple given as one value, split at this character (``--methods a,b``)."""
     file: bool = True
     """whether a config file may give it (an output prefix may not: a replay writes elsewhere)."""
+    derived: bool = False
+    """its default (None or "") is worked out from other settings when the config is built (the
+    horizon from the levels): a printed config leaves it to be worked out again."""
 
 
 def setting(default: Any = REQUIRED, help: str = "", *, factory: Callable | None = None, **option) -> Any:
@@ -153,10 +156,15 @@ def convert(leaf: Leaf, value: Any, where: str = "") -> Any:
             if not isinstance(value, (list, tuple)):
                 raise TypeError
             if dataclasses.is_dataclass(item):
-                return tuple(v if isinstance(v, item) else from_dict(item, v) for v in value)
+                try:
+                    return tuple(v if isinstance(v, item) else from_dict(item, v) for v in value)
+                except TypeError as exc:  # a table missing a key, or with a wrong one
+                    raise RegodeError(f"each item is a table of {item.__name__}'s settings ({exc})") from None
             return tuple(_scalar(item, v) for v in value)
         return _scalar(kind, value)
-    except (TypeError, ValueError):
+    except RegodeError as exc:
+        raise RegodeError(f"{leaf.label}: {exc}{where}") from None
+    except (TypeError, ValueError, OverflowError):
         raise RegodeError(f"{leaf.label} must be {_describe(kind)}, not {value!r}{where}") from None
 
 

@@ -45,6 +45,8 @@ class Resolved:
     sections: dict[str, Any]
     sources: dict[str, str]
     preset: str | None = None
+    given: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """the values the layers gave (``{dotted name: value}``), before the configs were built."""
 
     def __getitem__(self, section: str):
         return self.sections[section]
@@ -66,7 +68,7 @@ def resolve(spec: Spec, layers: list[tuple[str, dict[str, Any]]], preset: str | 
     for section, cls in spec.sections.items():
         values = {known[name][1].path: v for name, v in chosen.items() if known[name][0] == section}
         sections[section] = build(cls, values)
-    return Resolved(sections, sources, preset)
+    return Resolved(sections, sources, preset, chosen)
 
 
 def load_document(path) -> dict:
@@ -99,10 +101,9 @@ def read_file(path, spec: Spec) -> dict[str, Any]:
     record = path.suffix.lower() == ".json" and isinstance(document.get("config"), dict)
     if record:
         written = document.get("regode")
-        if document.get("command") not in (None, spec.command):
-            raise RegodeError(
-                f"--config {path} is the record of regode {document['command']}, not of regode {spec.command}"
-            )
+        if document.get("command") != spec.command:
+            what = f"regode {document['command']}" if "command" in document else "no regode command"
+            raise RegodeError(f"--config {path} is the record of {what}, not of regode {spec.command}")
         if written is not None and written != __version__:
             print(
                 f"regode: warning: --config {path} was written by regode {written}; this is regode {__version__}",
@@ -134,13 +135,12 @@ def _flatten(table: dict, spec: Spec, prefix: tuple[str, ...], into: dict, where
             into[name] = convert(leaf, value, where)
         elif name in groups and isinstance(value, dict):
             _flatten(value, spec, prefix + (key,), into, where, strict)
+        elif name in groups:
+            raise RegodeError(f"{name} is a table of settings ([{name}] in TOML), not {value!r}{where}")
         elif strict:
             raise RegodeError(f"unknown setting {name!r}{where}")
-        elif name.split(".")[0] in spec.tops() or prefix:
-            print(
-                f"regode: warning: ignored setting {name!r}{where}: not a setting of this regode version",
-                file=sys.stderr,
-            )
+        else:
+            print(f"regode: warning: ignored {name!r}{where}: not a setting of this regode version", file=sys.stderr)
 
 
 def _toml():
@@ -152,8 +152,10 @@ def _toml():
 
 
 def to_toml(spec: Spec, resolved: Resolved) -> str:
-    """The resolved settings as a TOML file that ``--config`` reads back (unset optional values,
-    whose None has no TOML spelling, are left out where None is their default)."""
+    """The resolved settings as a TOML file that ``--config`` reads back. A setting left at a
+    default that the config works out from others (``Option.derived``: the horizon, the kind's
+    schedule and L_reg) is written as that default, so that the file still works it out (with another
+    ``--model`` or ``--levels``); unset optional values whose None has no spelling are left out."""
     import tomli_w
 
     table: dict[str, Any] = {}
@@ -163,6 +165,8 @@ def to_toml(spec: Spec, resolved: Resolved) -> str:
         value: Any = resolved.sections[section]
         for part in leaf.path:
             value = getattr(value, part)
+        if leaf.option.derived and resolved.given.get(name, leaf.default) in (None, ""):
+            value = leaf.default  # worked out when the config is built: left to be worked out again
         if value is None:
             if leaf.option.none is not None:
                 value = leaf.option.none
