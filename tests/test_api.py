@@ -60,7 +60,7 @@ def test_an_empty_weights_variable_means_the_shipped_weights(monkeypatch, tmp_pa
     import regode
     from regode.checkpoint import weights_dir
 
-    shipped = Path(regode.__file__).resolve().parent / "weights"
+    shipped = Path(regode.__file__).resolve().parents[1] / "weights"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("REGODE_WEIGHTS", "")
     assert weights_dir() == shipped and (weights_dir() / "rigid.pt").is_file()

@@ -70,9 +70,7 @@ def _train(
     from ..errors import RegodeError
     from ..options.settings import load_document
 
-    cli = given(
-        ctx, {p: (param, leaf) for p, (param, _, leaf) in PARAMS.items()}, values
-    )  # keyed by the leaf's dotted name
+    cli = given(ctx, {p: (param, leaf) for p, (param, _, leaf) in PARAMS.items()}, values)  # by dotted name
     flags = {leaf.name: (python, names) for python, (_, names, leaf) in PARAMS.items()}
     document = load_document(config) if config else {}
     table = document.get("model")
@@ -87,9 +85,9 @@ def _train(
             other = "the encoder (--model encoder)" if key == "odenet" else "MS-ODENet models"
             raise RegodeError(f"--{python[4:].replace('_', '-')} is for training {other}, not --model {kind}")
         chosen[names[key]] = value
-    if chosen.get("data") is not None and (synthetic or "generator" in chosen):
-        raise RegodeError("use either --data DIR or synthetic data (--synthetic, --generator), not both")
     if synthetic or "generator" in chosen:  # synthetic data on the command line: over a config file's data
+        if chosen.get("data") is not None:
+            raise RegodeError("use either --data DIR or synthetic data (--synthetic, --generator), not both")
         chosen["data"] = None
     layers = [("config file", read_file(config, spec))] if config else []
     resolved = resolve(spec, [*layers, ("command line", chosen)])
