@@ -3,10 +3,10 @@
 Every run (register, fit-field, train, bench, cohort) is described by a frozen dataclass. Each
 field is declared once with :func:`~regode.options.setting` (type, default, unit, range, help,
 flag); ``__post_init__`` checks the fields against their declarations
-(:func:`~regode.options.validate`) and checks what involves several fields with the helpers
-below. A bad value raises :class:`~regode.errors.RegodeError` naming the command-line option
-(``--lr``), so the library and the command line refuse it with the same line. The resolved config
-is saved beside every output (``dataclasses.asdict``) and rebuilt from it with :func:`from_dict`.
+(:func:`~regode.options.validate`) and what involves several fields with :func:`require`. A bad
+value raises :class:`~regode.errors.RegodeError` naming the command-line option (``--lr``), so
+the library and the command line refuse it with the same line. The resolved config is saved
+beside every output (``dataclasses.asdict``) and rebuilt from it with :func:`from_dict`.
 
 This module and the config modules of the method packages import no torch: the command line
 reads its choices and defaults from them, and ``regode --help`` stays instant.
@@ -15,7 +15,6 @@ reads its choices and defaults from them, and ``regode --help`` stays instant.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 from .errors import RegodeError
 from .options import REQUIRED, Spec, from_dict, setting, validate  # noqa: F401  (from_dict: rebuilt configs)
@@ -28,47 +27,9 @@ INTERPOLATIONS = ("linear", "nearest", "label", "bspline")
 """``regode warp --interp`` (regode.warp.INTERPOLATORS): label is ANTs' GenericLabel."""
 
 
-def option(name: str) -> str:
-    """The command-line spelling of a config field: ``lambda_fold`` -> ``--lambda-fold``."""
-    return "--" + name.replace("_", "-")
-
-
 def require(condition: bool, message: str) -> None:
     if not condition:
         raise RegodeError(message)
-
-
-def positive(config, *names: str) -> None:
-    """Each field is a finite number above zero."""
-    for name in names:
-        value = getattr(config, name)
-        require(
-            isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
-            f"{option(name)} must be a positive number, not {value}",
-        )
-
-
-def at_least(config, low: float, *names: str) -> None:
-    """Each field is a finite number of at least ``low``."""
-    for name in names:
-        value = getattr(config, name)
-        require(
-            isinstance(value, (int, float)) and math.isfinite(value) and value >= low,
-            f"{option(name)} must be at least {low:g}, not {value}",
-        )
-
-
-def one_of(config, name: str, allowed) -> None:
-    value = getattr(config, name)
-    require(value in allowed, f"unknown {option(name)} {value!r}: choose from {', '.join(allowed)}")
-
-
-def threads(config) -> None:
-    """``threads``: None or 0 (all cores) or a positive count."""
-    require(
-        config.threads is None or (isinstance(config.threads, int) and config.threads >= 0),
-        f"--threads must be a number of threads (0: all cores), not {config.threads}",
-    )
 
 
 FIXED_HELP = (

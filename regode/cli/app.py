@@ -16,6 +16,8 @@ from typing import Annotated
 
 import typer
 
+from ..options.cli import keyword
+
 app = typer.Typer(
     name="regode",
     help="3D brain MRI registration with learned neural-ODE models and neural fields; ANTs-compatible files.",
@@ -42,6 +44,10 @@ def _main(
     ] = False,
 ) -> None:
     """3D brain MRI registration with learned neural-ODE models and neural fields; ANTs-compatible files."""
+
+
+QUIET = keyword("quiet", bool, "--quiet", "-q", default=False, help="No progress bar.")
+"""``--quiet`` of the commands that show a progress bar."""
 
 
 def user_errors(fn: Callable) -> Callable:

@@ -2,31 +2,14 @@
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
-from typing import Annotated
-
-import typer
 
 from ..bench.config import SPEC
-from ..options.cli import command
-from .app import app, user_errors
+from ..options.cli import command, keyword
+from .app import QUIET, app, user_errors
 
-OUT = inspect.Parameter(
-    "out",
-    inspect.Parameter.KEYWORD_ONLY,
-    default=None,
-    annotation=Annotated[
-        Path | None,
-        typer.Option("--out", help="Output prefix for PREFIX.json and PREFIX.md (default bench_<task>)."),
-    ],
-)
-QUIET = inspect.Parameter(
-    "quiet",
-    inspect.Parameter.KEYWORD_ONLY,
-    default=False,
-    annotation=Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")],
-)
+OUT = keyword("out", Path | None, "--out", default=None,
+              help="Output prefix for PREFIX.json and PREFIX.md (default bench_<task>).")  # fmt: skip
 
 
 def run(resolved, out: Path | None = None, quiet: bool = False) -> None:

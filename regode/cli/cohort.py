@@ -11,8 +11,8 @@ from typing import Annotated
 import typer
 
 from ..cohort.config import SPEC
-from ..options.cli import command
-from .app import app, user_errors
+from ..options.cli import command, keyword
+from .app import QUIET, app, user_errors
 
 MANIFEST = inspect.Parameter(
     "manifest",
@@ -21,19 +21,7 @@ MANIFEST = inspect.Parameter(
         Path, typer.Argument(help="CSV with columns id, fixed, moving[, moving_labels, command, options].")
     ],
 )
-OUT = inspect.Parameter(
-    "out",
-    inspect.Parameter.KEYWORD_ONLY,
-    annotation=Annotated[
-        Path, typer.Option("--out", "-o", help="Output folder: OUT/ID/ID_* per row, OUT/summary.csv, OUT/report.html.")
-    ],
-)
-QUIET = inspect.Parameter(
-    "quiet",
-    inspect.Parameter.KEYWORD_ONLY,
-    default=False,
-    annotation=Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")],
-)
+OUT = keyword("out", Path, "--out", "-o", help="Output folder: OUT/ID/ID_* per row, OUT/summary.csv, OUT/report.html.")
 
 
 def run(resolved, manifest: Path, out: Path, quiet: bool = False) -> None:

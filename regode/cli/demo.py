@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
-from typing import Annotated
-
-import typer
 
 from ..odenet.config import DEMO_SPEC
-from ..options.cli import command
+from ..options.cli import command, keyword
 from .app import app, user_errors
 
-OUT = inspect.Parameter(
-    "out",
-    inspect.Parameter.KEYWORD_ONLY,
-    default=None,
-    annotation=Annotated[Path | None, typer.Option("--out", help="Keep the generated files in this folder.")],
-)
+OUT = keyword("out", Path | None, "--out", default=None, help="Keep the generated files in this folder.")
 
 
 def run(resolved, out: Path | None = None) -> None:

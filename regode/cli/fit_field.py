@@ -2,35 +2,14 @@
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import asdict
-from typing import Annotated
-
-import typer
 
 from ..nir.config import SPEC
-from ..options.cli import command
-from .app import app, user_errors
+from ..options.cli import command, keyword
+from .app import QUIET, app, user_errors
 
-OUT = inspect.Parameter(
-    "out",
-    inspect.Parameter.KEYWORD_ONLY,
-    annotation=Annotated[
-        str,
-        typer.Option(
-            "--out",
-            "-o",
-            help="Output prefix: PREFIX1Warp.nii.gz, PREFIX1InverseWarp.nii.gz, PREFIX0GenericAffine.mat, "
-            "PREFIXWarped.nii.gz, ...",
-        ),
-    ],
-)
-QUIET = inspect.Parameter(
-    "quiet",
-    inspect.Parameter.KEYWORD_ONLY,
-    default=False,
-    annotation=Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")],
-)
+OUT = keyword("out", str, "--out", "-o", help="Output prefix: PREFIX1Warp.nii.gz, PREFIX1InverseWarp.nii.gz, "
+              "PREFIX0GenericAffine.mat, PREFIXWarped.nii.gz, ...")  # fmt: skip
 
 
 def run(resolved, out: str, quiet: bool = False) -> None:

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import asdict
-from typing import Annotated
-
-import typer
 
 from ..odenet.config import SPEC
-from ..options.cli import command
+from ..options.cli import command, keyword
 from .app import app, user_errors
 
-OUT = inspect.Parameter(
-    "out",
-    inspect.Parameter.KEYWORD_ONLY,
-    annotation=Annotated[
-        str,
-        typer.Option(
-            "--out", "-o", help="Output prefix: PREFIXWarped.nii.gz, PREFIX0GenericAffine.mat, PREFIX1Warp.nii.gz, ..."
-        ),
-    ],
-)
+OUT = keyword("out", str, "--out", "-o", help="Output prefix: PREFIXWarped.nii.gz, PREFIX0GenericAffine.mat, "
+              "PREFIX1Warp.nii.gz, ...")  # fmt: skip
 
 
 def run(resolved, out: str) -> None:

@@ -10,22 +10,19 @@ from __future__ import annotations
 import inspect
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
-
-import typer
 
 from ..encoder.config import EncoderTrainConfig
 from ..odenet.config import TrainConfig
-from ..options import Spec, read_file, resolve, to_toml
-from ..options.cli import given, parameter, signed
-from .app import app, user_errors
+from ..options import Leaf, Spec, read_file, resolve, to_toml
+from ..options.cli import context_parameter, given, keyword, parameter, signed
+from .app import QUIET, app, user_errors
 
 SPECS = {"odenet": Spec("train", {"config": TrainConfig}), "encoder": Spec("train", {"config": EncoderTrainConfig})}
 """the settings of ``regode train``: an MS-ODENet's training, or the encoder's (``--model encoder``)."""
 
 
-def _parameters() -> dict[str, tuple[inspect.Parameter, dict[str, str]]]:
-    """``{python name: (parameter, {spec: dotted name})}``: one option per flag of either config."""
+def _parameters() -> dict[str, tuple[inspect.Parameter, dict[str, str], Leaf]]:
+    """``{python name: (parameter, {spec: dotted name}, leaf)}``: one option per flag of either config."""
     owners: dict[str, dict[str, object]] = {}
     for key, spec in SPECS.items():
         for name, (_, leaf) in spec.leaves().items():
@@ -136,71 +133,20 @@ def _train(
     )
 
 
-def _signature() -> inspect.Signature:
-    K = inspect.Parameter.KEYWORD_ONLY
-    own = [
-        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
-        inspect.Parameter(
-            "out",
-            K,
-            annotation=Annotated[
-                Path,
-                typer.Option(
-                    "--out", "-o", help="Final model file (OUT.ckpt holds the resumable state, OUT.log.jsonl the log)."
-                ),
-            ],
-        ),
-        inspect.Parameter(
-            "synthetic",
-            K,
-            default=False,
-            annotation=Annotated[
-                bool,
-                typer.Option("--synthetic", help="Train on generated data (the default when --data is not given)."),
-            ],
-        ),
-        inspect.Parameter(
-            "resume",
-            K,
-            default=False,
-            annotation=Annotated[
-                bool,
-                typer.Option("--resume", help="Continue from OUT.ckpt with its saved config (--steps may extend it)."),
-            ],
-        ),
-        inspect.Parameter(
-            "threads",
-            K,
-            default=None,
-            annotation=Annotated[
-                int | None, typer.Option("--threads", min=0, help="CPU threads (default: all cores).")
-            ],
-        ),
-        inspect.Parameter(
-            "quiet",
-            K,
-            default=False,
-            annotation=Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")],
-        ),
-        inspect.Parameter(
-            "config",
-            K,
-            default=None,
-            annotation=Annotated[
-                Path | None, typer.Option("--config", help="Settings from a TOML file; options given here win.")
-            ],
-        ),
-        inspect.Parameter(
-            "print_config",
-            K,
-            default=False,
-            annotation=Annotated[
-                bool,
-                typer.Option("--print-config", help="Print the resolved settings as TOML (for --config) and exit."),
-            ],
-        ),
-    ]
-    return inspect.Signature([*own, *(param for param, _, _ in PARAMS.values())])
-
-
-train = app.command("train")(user_errors(signed(_train, list(_signature().parameters.values()), "train")))
+OWN = [
+    keyword("out", Path, "--out", "-o", help="Final model file (OUT.ckpt holds the resumable state, OUT.log.jsonl "
+            "the log)."),
+    keyword("synthetic", bool, "--synthetic", default=False, help="Train on generated data (the default when --data is "
+            "not given)."),
+    keyword("resume", bool, "--resume", default=False, help="Continue from OUT.ckpt with its saved config (--steps may "
+            "extend it)."),
+    keyword("threads", int | None, "--threads", default=None, min=0, help="CPU threads (default: all cores)."),
+    QUIET,
+    keyword("config", Path | None, "--config", default=None, help="Settings from a TOML file; options given here win."),
+    keyword("print_config", bool, "--print-config", default=False, help="Print the resolved settings as TOML (for "
+            "--config) and exit."),
+]  # fmt: skip
+"""``regode train``'s run controls: where the model goes, resuming, threads, the progress bar, config files."""
+train = app.command("train")(
+    user_errors(signed(_train, [context_parameter(), *OWN, *(param for param, _, _ in PARAMS.values())], "train"))
+)

@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import inspect
-from typing import Annotated
-
-import typer
-
 from ..config import WARP_SPEC
-from ..options.cli import command
+from ..options.cli import command, keyword
 from .app import app, user_errors
 
-OUTPUT = inspect.Parameter(
-    "output",
-    inspect.Parameter.KEYWORD_ONLY,
-    annotation=Annotated[str, typer.Option("--output", "-o", help="Output image (.nii.gz, .nii, .mha, .mhd, .nrrd).")],
-)
+OUTPUT = keyword("output", str, "--output", "-o", help="Output image (.nii.gz, .nii, .mha, .mhd, .nrrd).")
 
 
 def run(resolved, output: str) -> None:

@@ -231,14 +231,8 @@ class TrainConfig:
             object.__setattr__(
                 self,
                 "motion",
-                replace(self.motion, ramp_pairs=curriculum_pairs(self.curriculum, self.steps, self.batch)),
+                replace(self.motion, ramp_pairs=int(self.curriculum * self.steps * self.batch)),
             )
-
-
-def curriculum_pairs(curriculum: float, steps: int, batch: int) -> int:
-    """The training pairs over which the motion ranges grow: a ``curriculum`` fraction of the run."""
-    check.require(0 <= curriculum <= 1, f"--curriculum must be between 0 and 1, not {curriculum}")
-    return int(curriculum * steps * batch)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from ..checkpoint import weights_dir
 from ..contrast import choose_similarity, fine_spacing
 from ..device import resolve_device
 from ..errors import RegodeError
+from ..grid import Grid
 from ..io import Image
 from ..preprocess import working_image, working_mask
 from ..result import Result
@@ -83,11 +84,15 @@ class Outcome(NamedTuple):
 class _Working(NamedTuple):
     """The working images of a pair and where the registration starts from."""
 
+    spacing: float
+    """the working spacing (mm): the models'."""
     fixed: torch.Tensor
-    fixed_grid: object
+    """the fixed working image ``[1, 1, nz, ny, nx]`` on ``fixed_grid`` (world LPS mm)."""
+    fixed_grid: Grid
     moving: torch.Tensor
-    moving_grid: object
+    moving_grid: Grid
     linear: Affine
+    """the start: fixed -> moving world LPS mm."""
     c_fix: torch.Tensor
     c_mov: torch.Tensor
     alignment: dict | None
@@ -122,7 +127,9 @@ def _start(fixed: Image, moving: Image, config: RegisterConfig, models: dict, de
     header, start_choice = None, None
     if config.stages[0] == "affine" and config.center_of_mass and not config.initial_transform:
         header, start_choice = header_start(fixed_w, fixed_grid, moving_w, moving_grid, linear, c_fix)
-    return _Working(fixed_w, fixed_grid, moving_w, moving_grid, linear, c_fix, c_mov, alignment, header, start_choice)
+    return _Working(
+        spacing, fixed_w, fixed_grid, moving_w, moving_grid, linear, c_fix, c_mov, alignment, header, start_choice
+    )
 
 
 def register_images(
@@ -139,7 +146,7 @@ def register_images(
     timings, nfe, polish = {}, {}, {}
     start = time.perf_counter()
     w = _start(fixed, moving, config, models, device)
-    spacing = next(iter(models.values()))[0].config.spacing
+    spacing = w.spacing
     pyramids = {}
 
     def levels(n):

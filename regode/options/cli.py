@@ -91,50 +91,40 @@ def signed(function: Callable, parameters: list[inspect.Parameter], name: str | 
     return function
 
 
+def keyword(name: str, kind: Any, *flags: str, default: Any = inspect.Parameter.empty, help: str | None = None,
+            **option) -> inspect.Parameter:  # fmt: skip
+    """A typer option of a command's own (``--out``, ``--quiet``) as a keyword parameter
+    (``default`` left out: required)."""
+    import typer
+
+    info = typer.Option(*flags, help=help, **option)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, info])
+
+
+def context_parameter() -> inspect.Parameter:
+    """The ``ctx`` parameter of a generated command (typer passes its click context there)."""
+    import typer
+
+    return inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
+
+
 def command(
     name: str, spec: Spec, run: Callable, extras: list[inspect.Parameter], help: str, with_preset: bool = False
 ):
     """The typer function of ``regode NAME``: one option per declared setting of ``spec``
     with a flag, and ``extras`` (the command's own arguments: ``--out``, ``--quiet``), plus
     ``--config`` and ``--print-config``. ``run(resolved, **extras)`` does the work."""
-    import typer
 
     params = parameters({n: leaf for n, (_, leaf) in spec.leaves().items()})
     own = [
-        inspect.Parameter(
-            "config",
-            inspect.Parameter.KEYWORD_ONLY,
-            default=None,
-            annotation=Annotated[
-                Path | None,
-                typer.Option(
-                    "--config",
-                    help="Settings from a TOML file, or from the PREFIXregode.json of an earlier run "
-                    "(replay); options given here win.",
-                ),
-            ],
-        ),
-        inspect.Parameter(
-            "print_config",
-            inspect.Parameter.KEYWORD_ONLY,
-            default=False,
-            annotation=Annotated[
-                bool,
-                typer.Option("--print-config", help="Print the resolved settings as TOML (for --config) and exit."),
-            ],
-        ),
-    ]
+        keyword("config", Path | None, "--config", default=None, help="Settings from a TOML file, or from the "
+                "PREFIXregode.json of an earlier run (replay); options given here win."),
+        keyword("print_config", bool, "--print-config", default=False,
+                help="Print the resolved settings as TOML (for --config) and exit."),
+    ]  # fmt: skip
     if with_preset:
         preset_choices = _choices(f"{name.title().replace('-', '')}Preset", tuple(spec.presets))
-        own.append(
-            inspect.Parameter(
-                "preset",
-                inspect.Parameter.KEYWORD_ONLY,
-                default=None,
-                annotation=Annotated[preset_choices | None, typer.Option("--preset", help=_preset_help(spec))],
-            )
-        )
-    context = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
+        own.append(keyword("preset", preset_choices | None, "--preset", default=None, help=_preset_help(spec)))
 
     def function(ctx, **values):
         cli = given(ctx, params, values)
@@ -147,7 +137,8 @@ def command(
             return
         run(resolved, **{p.name: values[p.name] for p in extras})
 
-    return signed(function, [context, *extras, *(p for p, _ in params.values()), *own], name.replace("-", "_"), help)
+    signature = [context_parameter(), *extras, *(p for p, _ in params.values()), *own]
+    return signed(function, signature, name.replace("-", "_"), help)
 
 
 def _preset_help(spec: Spec) -> str:
@@ -171,42 +162,35 @@ def parse_args(spec: Spec, section: str, args: list[str]) -> tuple[dict[str, Any
     """A cohort manifest's options (``args``, as on the command line) against the settings of
     ``spec``'s ``section``: ``({dotted name: value}, --preset, --config)``. Uses the command
     line's own parser, so a row accepts exactly what the command does."""
-    import typer
-
-    known = {n: leaf for n, (s, leaf) in spec.leaves().items() if s == section}
-    params = parameters(known)
-    extra = [
-        inspect.Parameter(
-            "preset",
-            inspect.Parameter.KEYWORD_ONLY,
-            default=None,
-            annotation=Annotated[str | None, typer.Option("--preset")],
-        ),
-        inspect.Parameter(
-            "config",
-            inspect.Parameter.KEYWORD_ONLY,
-            default=None,
-            annotation=Annotated[str | None, typer.Option("--config")],
-        ),
-    ]
-    captured = {}
-
-    def function(ctx, **values):
-        captured.update(given(ctx, params, values), preset=values["preset"], config=values["config"])
-
-    context = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
-    signed(function, [context, *(p for p, _ in params.values()), *extra])
-    app = typer.Typer()
-    app.command(spec.command)(function)
-    app.command("_")(lambda: None)  # two commands: typer keeps the group, whose subcommand we call
-    click_command = typer.main.get_command(app).commands[spec.command]
+    click_command = _row_parser(spec, section)
     try:
         ctx = click_command.make_context(spec.command, list(args))
-        click_command.invoke(ctx)
+        return click_command.invoke(ctx)
     except RegodeError:
         raise
     except Exception as exc:  # click's usage errors (typer's own copy of click): one line
         message = (exc.format_message() if hasattr(exc, "format_message") else str(exc)).replace("Value error, ", "")
         raise RegodeError(f"options: {message}") from None
-    preset, config = captured.pop("preset"), captured.pop("config")
-    return captured, preset, config
+
+
+_PARSERS: dict[tuple[str, str], Any] = {}
+"""the click command of each spec's section, built once (a cohort parses every row with it)."""
+
+
+def _row_parser(spec: Spec, section: str):
+    import typer
+
+    key = (spec.command, section)
+    if key not in _PARSERS:
+        params = parameters({n: leaf for n, (s, leaf) in spec.leaves().items() if s == section})
+
+        def function(ctx, preset=None, config=None, **values):
+            return given(ctx, params, values), preset, config
+
+        own = [keyword(name, str | None, f"--{name}", default=None) for name in ("preset", "config")]
+        signed(function, [context_parameter(), *(p for p, _ in params.values()), *own])
+        app = typer.Typer()
+        app.command(spec.command)(function)
+        app.command("_")(lambda: None)  # two commands: typer keeps the group, whose subcommand we call
+        _PARSERS[key] = typer.main.get_command(app).commands[spec.command]
+    return _PARSERS[key]

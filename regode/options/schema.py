@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import math
 import types
 import typing
@@ -113,15 +114,17 @@ def _hints(cls) -> dict:
     return typing.get_type_hints(cls)
 
 
-def leaves(cls: type, prefix: tuple[str, ...] = (), cli: bool = True) -> list[Leaf]:
-    """Every declared setting of ``cls``, nested configs' included (depth first)."""
+@functools.cache
+def leaves(cls: type, prefix: tuple[str, ...] = (), cli: bool = True) -> tuple[Leaf, ...]:
+    """Every declared setting of ``cls``, nested configs' included (depth first); computed once per
+    class (every config's ``__post_init__`` reads them)."""
     hints, out = _hints(cls), []
     for f in dataclasses.fields(cls):
         if "group" in f.metadata:
             out += leaves(hints[f.name], prefix + (f.name,), cli and f.metadata["cli"])
         elif "option" in f.metadata:
             out.append(Leaf(prefix + (f.name,), f, f.metadata["option"], hints[f.name], cli))
-    return out
+    return tuple(out)
 
 
 def _optional(kind) -> tuple[Any, bool]:

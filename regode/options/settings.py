@@ -4,6 +4,7 @@ from config files (:func:`read_file`) and written as TOML (:func:`to_toml`)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 from pathlib import Path
@@ -24,7 +25,11 @@ class Spec:
     presets: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def leaves(self) -> dict[str, tuple[str, Leaf]]:
-        """``{dotted name: (section, leaf)}``."""
+        """``{dotted name: (section, leaf)}`` (computed once; not to be changed)."""
+        return self._leaves
+
+    @functools.cached_property
+    def _leaves(self) -> dict[str, tuple[str, Leaf]]:
         out: dict[str, tuple[str, Leaf]] = {}
         for section, cls in self.sections.items():
             for leaf in leaves(cls):
@@ -32,6 +37,11 @@ class Spec:
                     raise TypeError(f"{self.command}: setting {leaf.name} is declared twice")
                 out[leaf.name] = (section, leaf)
         return out
+
+    @functools.cached_property
+    def groups(self) -> frozenset[str]:
+        """The dotted names of the nested configs (``network``, ``polish_schedule.rigid``)."""
+        return frozenset(".".join(name.split(".")[:i]) for name in self._leaves for i in range(1, name.count(".") + 1))
 
     def tops(self) -> dict[str, str]:
         """``{top-level name: section}``."""
@@ -121,9 +131,7 @@ def read_file(path, spec: Spec) -> dict[str, Any]:
 
 
 def _flatten(table: dict, spec: Spec, prefix: tuple[str, ...], into: dict, where: str, strict: bool) -> None:
-    known = spec.leaves()
-    groups = {name.rsplit(".", 1)[0] for name in known if "." in name}
-    groups |= {".".join(name.split(".")[:i]) for name in known for i in range(1, name.count(".") + 1)}
+    known, groups = spec.leaves(), spec.groups
     for key, value in table.items():
         name = ".".join(prefix + (key,))
         if name in known:
