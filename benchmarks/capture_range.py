@@ -10,7 +10,7 @@ where its minimum lies and how wide its basin is (the interval around the minimu
 never decreases away from it). ``--max-angle 0`` or ``--max-shift 0`` leaves that motion out.
 Writes PREFIX.png, PREFIX.md and PREFIX.json.
 
-    python benchmarks/capture_range.py --data ../shared/data/brats [--encoder weights/encoder.pt] [--out capture_range]
+    python benchmarks/capture_range.py --data DATA/brats [--encoder weights/encoder.pt] [--out capture_range]
 """
 
 from __future__ import annotations

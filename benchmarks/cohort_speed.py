@@ -1,6 +1,6 @@
 """Cohort throughput: ``regode cohort`` against a shell loop of ``regode register`` on the same pairs.
 
-    python benchmarks/cohort_speed.py --data ../shared/data [--model rigid] [--workers 1 --threads 2] [--out
+    python benchmarks/cohort_speed.py --data DATA [--model rigid] [--workers 1 --threads 2] [--out
     bench-out/cohort]
 
 The pairs: every BraTS subject's T1c, T2 and FLAIR to its T1 (1 mm) and each NiChart subject's

@@ -1,3 +1,3 @@
 """The version of regode (one place; the package and every JSON record read it)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -250,5 +250,5 @@ def slurm_cluster(engine: Engine):
 
 
 def cohort_threads() -> int:
-    """CPU threads of this machine (the local cluster's default budget)."""
+    """CPU threads of the host (the local cluster's default budget)."""
     return os.cpu_count() or 1

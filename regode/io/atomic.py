@@ -85,7 +85,7 @@ def check_outputs(outputs, inputs=()) -> list[Path]:
 
 
 def remove_stale(folder: str | os.PathLike) -> None:
-    """Remove the staging folders that a killed regode process of this machine left in ``folder``
+    """Remove the staging folders that a killed regode process on this host left in ``folder``
     (a process killed while it wrote there, or after its last file was in place and before its
     empty folder went)."""
     folder = Path(folder)
@@ -106,7 +106,7 @@ def staging_folder(folder: str | os.PathLike) -> str:
 
 
 def _alive(pid: int) -> bool:
-    """Whether process ``pid`` of this machine may still write. A killed process stays in the
+    """Whether process ``pid`` on this host may still write. A killed process stays in the
     process table as a zombie until its parent reaps it (a cohort's killed workers, whose nanny died
     with them, wait for init), and a zombie writes nothing: it counts as gone."""
     try:
