@@ -12,7 +12,7 @@ DATA holds the two public datasets in the layout ``regode bench`` reads:
     DATA/nichart/<subject>/{t1,labels}.nii.gz              NiChart demo data (DLMUSE labels)
 
 The ANTs and greedy rows need ``bash install.sh bench`` (antspyx, picsl_greedy). The whole run
-takes about 40 minutes on 2 CPU cores, most of it ANTs' full script between subjects.
+took 65 minutes on 2 CPU cores shared with other work, most of it ANTs' full script between subjects.
 ``--smoke`` runs one pair per problem at 4 mm with regode's methods only (a check that the script
 works, not a measurement).
 """

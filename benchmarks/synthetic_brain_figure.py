@@ -1,4 +1,4 @@
-"""The picture of docs/synthetic_brain.md: brain-like synthetic subjects (regode.anatomy), each a
+"""The picture of docs/concepts/synthetic-data.md: brain-like synthetic subjects (regode.anatomy), each a
 column: two random contrasts of one subject (axial, coronal) and its tissue labels.
 
     python benchmarks/synthetic_brain_figure.py --out docs/synthetic_brain.png --seed 0

@@ -5,7 +5,7 @@ The public API (regode.api) is available here: ``regode.register``, ``regode.fit
 configs and :class:`~regode.result.Result`. It is loaded on first use, so that importing the
 package (and ``regode --help``) does not import torch.
 
-Frames used throughout (see docs/conventions.md and docs/architecture.md):
+Frames used throughout (see docs/concepts/conventions.md and docs/architecture.md):
 
 * world: LPS millimetres, as ITK, SimpleITK and ANTs use; every transform maps
   world points of the fixed (reference) space to world points of the moving space;

@@ -10,7 +10,7 @@ the share of one image's variance explained by any function of the other) explai
 contrasts the relation is not monotonic or is decreasing. Pairs whose dependence is too weak to
 judge (eta^2 < 0.3, e.g. badly misaligned) keep mutual information, which is never wrong, only
 less sharp. The ratios measured on real pairs, and why the threshold is where it is:
-docs/benchmarks.md.
+docs/results.md.
 """
 
 from __future__ import annotations

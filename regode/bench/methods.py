@@ -211,11 +211,12 @@ METHODS: dict[str, Callable[[], Method]] = {
     "regode:principal-axes": PrincipalAxes,
     "regode:nir": NeuralField,
     "regode:nir-ncc": lambda: NeuralField(metric="ncc"),
-    # the learned content similarity (shipped weights/encoder.pt) and MIND, against MI (docs/encoder.md)
+    # the learned content similarity (shipped weights/encoder.pt) and MIND, against MI
+    # (docs/concepts/content-similarity.md)
     "regode:nir-content": lambda: NeuralField(metric="content"),
     "regode:nir-mind": lambda: NeuralField(metric="mind"),
     "regode:nir-diffeo": lambda: NeuralField(diffeomorphic=True),
-    # inter-subject pairs: an affine stage first, then a more flexible field (docs/nir.md)
+    # inter-subject pairs: an affine stage first, then a more flexible field (docs/concepts/fit-field.md)
     "regode:nir-affine": lambda: NeuralField(affine=True, center_of_mass=True, lambda_grad=1.0, lambda_fold=100.0),
     # fit-field --preset inter-subject: the above with the metric chosen per pair and a fine level at the
     # image's spacing

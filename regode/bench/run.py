@@ -83,7 +83,7 @@ def _working(image: Image, resolution: float | None, interp: str = "linear", gri
 
 def evaluation_mask(image: np.ndarray) -> np.ndarray:
     """Where the benchmark measures, on the fixed image as read (not normalised): voxels above 2 %
-    of its 99th percentile, the brain of a skull-stripped image (docs/benchmarks.md, Protocol)."""
+    of its 99th percentile, the brain of a skull-stripped image (docs/results.md, Protocol)."""
     return image > 0.02 * np.percentile(image, 99)
 
 

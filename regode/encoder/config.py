@@ -70,7 +70,7 @@ class EncoderTrainConfig:
     lambda_content: float = setting(1.0, "Weight of the content reconstruction L1.", low=0)
     lambda_style: float = setting(1.0, "Weight of the style reconstruction L1.", low=0)
     lambda_shared: float = setting(1.0, "Weight of the shared-content term (one content for both contrasts).", low=0)
-    lambda_adv: float = setting(1.0, "Weight of the adversarial (WGAN) term.", low=0)
+    lambda_adv: float = setting(1.0, "Weight of the adversarial term (a least-squares GAN).", low=0)
     lambda_basin: float = setting(
         0.0, "Weight of the capture-range term: content distance growing with misalignment (0: off).", low=0
     )

@@ -28,7 +28,7 @@ PRESETS = {
 """``fit-field --preset``: settings for a kind of pair, each applied where neither an option nor a
 config file gives it. inter-subject (two subjects, or a subject and a template): an affine stage
 from the head centres, a more flexible field, and a fine level at the fixed image's spacing
-(docs/nir.md)."""
+(docs/concepts/fit-field.md)."""
 
 
 @dataclass(frozen=True)

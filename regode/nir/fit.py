@@ -37,7 +37,7 @@ from .fields import FieldTransform, NeuralField
 
 CONTENT_COMPONENTS = 8
 """the content features enter fit-field as their first 8 principal components over the fixed head
-(most of the 32 channels' variance, at a quarter of the sampling cost; docs/nir.md)."""
+(most of the 32 channels' variance, at a quarter of the sampling cost; docs/concepts/fit-field.md)."""
 AFFINE_SCALES = (0.1, 10.0)
 """the affine stage's steps, as factors of ``lr``: matrix entries and millimetres move comparable
 distances under one learning rate."""

@@ -2,7 +2,7 @@
 networks.
 
 The principal-axes start (regode.alignment) and the rigid network bring a pair into mutual
-information's basin (docs/benchmarks.md measured it at least 120° and 60 mm wide on BraTS, T1
+information's basin (docs/results.md measured it at least 120° and 60 mm wide on BraTS, T1
 against FLAIR or T2); the B-spline network moves control points in the direction of the MI force.
 Neither, trained on synthetic heads on a CPU, lands on the basin's floor. A few dozen Adam steps
 do: on a rigid (or affine) correction composed onto the linear result (:func:`polish_rigid`,
@@ -131,7 +131,7 @@ def polish_affine_chosen(
     NCC, keeping the result whose local NCC over the fixed head (or mask) on the finest level is
     higher (squared local correlation: a local linear relation of either sign, so it also judges a
     pair of two contrasts). Between whole heads neither similarity is right for every pair
-    (docs/benchmarks.md, "Inter-subject")."""
+    (docs/results.md, "Inter-subject")."""
     result, record = polish_affine(fixed, moving, linear, center, schedule, seed, masks)
     if not schedule.ncc_candidate:
         return result, record

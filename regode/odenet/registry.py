@@ -230,4 +230,4 @@ PolishConfig = dataclasses.make_dataclass(
 PolishConfig.__module__ = __name__
 PolishConfig.__doc__ = """The polish schedules of a registration: one per kind (its registry entry's by
 default) and the fine level's (regode.odenet.polish; why the defaults are what they are:
-docs/msodenet.md)."""
+docs/concepts/register.md)."""
