@@ -156,7 +156,7 @@ def test_the_start_page_opens_in_a_browser_with_every_request_served(site, tmp_p
     finally:
         server.shutdown()
     assert "<title>regode</title>" in dom
-    assert "User guide" in dom and "Concepts" in dom and "Command line" in dom  # the navigation
+    assert "User guide" in dom and "Coming from ANTs" in dom and "Command line" in dom  # the navigation
     text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", dom))  # code is split into highlighted spans
     assert "Quick start" in text and "regode register -f sub-01_T1w.nii.gz" in text
     assert Logged.requests and all(code < 400 for _, code in Logged.requests), Logged.requests
