@@ -1,9 +1,9 @@
 """regode: learned and per-pair 3D brain MRI registration with ANTs-compatible outputs.
 
 The public API (regode.api) is available here: ``regode.register``, ``regode.fit_field``,
-``regode.register_files``, ``regode.apply_transforms``, ``regode.read_image``, ``regode.load_transforms``, the
-configs and :class:`~regode.result.Result`. It is loaded on first use, so that importing the
-package (and ``regode --help``) does not import torch.
+``regode.register_files``, ``regode.extract_brain``, ``regode.apply_transforms``, ``regode.read_image``,
+``regode.load_transforms``, the configs and :class:`~regode.result.Result`. It is loaded on first
+use, so that importing the package (and ``regode --help``) does not import torch.
 
 Frames used throughout (see docs/concepts/conventions.md and docs/architecture.md):
 
@@ -21,6 +21,9 @@ API = (
     "fit_field",
     "register_files",
     "fit_files",
+    "extract_brain",
+    "extract_files",
+    "tissue_classes",
     "load_models",
     "apply_transforms",
     "warp_files",
@@ -36,6 +39,7 @@ API = (
     "RegisterConfig",
     "FitConfig",
     "FieldConfig",
+    "BrainExtractConfig",
     "RegodeError",
 )
 

@@ -15,8 +15,11 @@ from __future__ import annotations
 import torch
 
 # re-exported (regode.API names them; regode/__init__.py hands them out on first use)
+from .brain import extract as extract_brain  # noqa: F401
+from .config import BrainExtractConfig  # noqa: F401
 from .errors import RegodeError  # noqa: F401
 from .grid import Grid  # noqa: F401
+from .heads import extract_files  # noqa: F401
 from .io import Image, load_transform_chain, read_grid, read_image, save_transform, write_image  # noqa: F401
 from .io.atomic import check_outputs
 from .nir.config import FieldConfig, FitConfig  # noqa: F401
@@ -25,7 +28,7 @@ from .odenet.config import RegisterConfig
 from .odenet.register import load_models, register_images  # noqa: F401
 from .pipeline import fit_files, read_masks, register_files  # noqa: F401
 from .result import Result
-from .templates import is_template, template_file
+from .templates import is_template, template_file, tissue_classes  # noqa: F401
 from .transforms import Transform
 from .warp import resample
 

@@ -24,6 +24,8 @@ DEVICES = ("auto", "cpu", "cuda")
 GENERATORS = ("heads", "brain")
 """synthetic training data: random heads (regode.synthetic) or brain-like subjects (regode.anatomy)."""
 INTERPOLATIONS = ("linear", "nearest", "label", "bspline")
+SKULL_STRIP = ("auto", "yes", "no")
+"""``--skull-strip`` (regode.heads): auto extracts the brain of a head registered to a brain."""
 """``regode warp --interp`` (regode.warp.INTERPOLATORS): label is ANTs' GenericLabel."""
 
 
@@ -84,6 +86,18 @@ class PairRun:
     inverse_iterations: int = setting(
         30, "Fixed-point iterations of the inverse warp (PREFIX1InverseWarp.nii.gz).", low=1
     )
+    skull_strip: str = setting(
+        "auto",
+        "Extract the brain of a head (deepbet) and register brain to brain; the transforms apply to the head. "
+        "auto: when one image is a brain (mni152, --fixed-is-brain, --moving-is-brain) and the other looks like "
+        "a head; yes: every image not named a brain; no: never.",
+        choices=SKULL_STRIP,
+    )
+    fixed_is_brain: bool = setting(False, "The fixed image is brain-extracted (mni152 always is).")
+    moving_is_brain: bool = setting(False, "The moving image is brain-extracted (mni152 always is).")
+    brain_threshold: float = setting(
+        0.5, "Brain extraction: deepbet's probability above which a voxel is brain.", low=0, above=True, high=1
+    )
 
     def __post_init__(self):
         object.__setattr__(self, "initial_transform", tuple(str(p) for p in self.initial_transform))
@@ -128,3 +142,33 @@ class WarpConfig:
 
 WARP_SPEC = Spec("warp", {"config": WarpConfig})
 """the settings of ``regode warp``."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BrainExtractInputs:
+    """The file of one brain extraction (``brain-extract``): what a replay reads again."""
+
+    input: str = setting(REQUIRED, "T1-weighted image of a head.", short="-i", path=True)
+    qc: bool = setting(True, "Write PREFIXqc.png: the mask's outline over the image in three planes.")
+
+    def __post_init__(self):
+        object.__setattr__(self, "input", str(self.input))
+        validate(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class BrainExtractConfig:
+    """``regode brain-extract``: the brain of a T1-weighted head, by deepbet (regode.brain)."""
+
+    threshold: float = setting(
+        0.5, "deepbet's probability above which a voxel is brain (lower: a larger mask).", low=0, above=True, high=1
+    )
+    device: str = setting("auto", "auto (a CUDA GPU when torch sees one), cpu or cuda.", choices=DEVICES)
+    threads: int | None = setting(None, "CPU threads (default and 0: all cores).", low=0)
+
+    def __post_init__(self):
+        validate(self)
+
+
+BRAIN_SPEC = Spec("brain-extract", {"inputs": BrainExtractInputs, "config": BrainExtractConfig})
+"""the settings of ``regode brain-extract``."""

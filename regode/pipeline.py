@@ -22,6 +22,7 @@ import torch
 from ._version import __version__
 from .checkpoint import file_hash
 from .errors import RegodeError
+from .heads import Stripped, brain_paths, candidates, strip
 from .io import Image, read_image, save_transform, write_image
 from .io.atomic import StagedOutputs, check_outputs
 from .nir.config import FitConfig
@@ -33,7 +34,7 @@ from .qc import assess
 from .result import Result
 from .templates import is_template, read_template
 from .transforms import Compose, DisplacementField
-from .warp import resample, resample_many
+from .warp import resample_many
 
 
 def output_paths(prefix: str | Path, deformable: bool, labels: bool, qc: bool = True) -> dict[str, Path]:
@@ -107,76 +108,124 @@ def write_outputs(
     document: dict,
     inverse_iterations: int = 30,
     start: float | None = None,
+    stripped: Stripped | None = None,
 ) -> None:
     """Write the transforms, the warped images (and labels) and the JSON ``document`` (with the
     result's statistics, and the wall time since ``start`` (``time.perf_counter()``), added)
-    under ``paths`` (all in one folder). Each file is written in the background as soon as it is
-    computed, into a private folder, and the files are moved into place together once every one
-    is written: a failure anywhere leaves none of them."""
+    under ``paths`` (all in one folder); ``stripped``: the brains of heads registered brain to
+    brain (regode.heads), whose masks and brains are written too. Each file is written in the
+    background as soon as it is computed, into a private folder, and the files are moved into
+    place together once every one is written: a failure anywhere leaves none of them."""
     t0 = time.perf_counter()
-    linear, grid = result.linear, fixed.grid
-    chain, inverse_chain = [linear], [linear.inverse()]
+    grid = fixed.grid
+    extracted = stripped.extracted if stripped is not None else {}
     with StagedOutputs(paths["json"].parent) as staged:
-        if "affine" in paths:
-            staged.write(paths["affine"], lambda path: save_transform(linear, path))
-        if result.field is not None:
-            # float32 copies (the caller's result keeps its precision): the files' precision, and
-            # twice as fast at 1 mm
-            work = copy.deepcopy(result.field).float()
-            forward = DisplacementField(grid, work.displacement(grid))
-            inverse_work = (
-                copy.deepcopy(result.inverse_field).float()
-                if result.inverse_field is not None
-                else work.inverse(inverse_iterations)
-            )
-            inverse = DisplacementField(grid, inverse_work.displacement(grid))
-            if "warp" in paths:
-                staged.write(paths["warp"], lambda path: save_transform(forward, path))
-                staged.write(paths["inverse_warp"], lambda path: save_transform(inverse, path))
-            chain.append(forward)
-            inverse_chain.insert(0, inverse)
-        if "xfm" in paths:  # the whole mapping and its inverse as ITK composites (BIDS-style names)
-            staged.write(paths["xfm"], lambda path: save_transform(Compose(chain), path))
-            staged.write(paths["inverse_xfm"], lambda path: save_transform(Compose(inverse_chain), path))
-        # the labels lie on the moving grid (read_inputs checks): one pass of mapped points for both
+        chain, inverse_chain = _write_transforms(staged, result, grid, paths, inverse_iterations)
+        # the labels lie on the moving grid (read_inputs checks): one pass of mapped points for all
         moved = [(moving.data, "linear")] + ([(labels.data, "label")] if labels is not None else [])
-        warped, *warped_labels = resample_many(moved, moving.grid, grid, Compose(chain))
+        if "moving" in extracted:
+            moved.append((extracted["moving"], "linear"))
+        warped, *rest = resample_many(moved, moving.grid, grid, Compose(chain))
         staged.write(paths["warped"], lambda path: write_image(warped, grid, path, np.float32))
+        if labels is not None:
+            warped_labels = rest.pop(0)
+            staged.write(paths["labels"], lambda path: write_image(warped_labels, grid, path, labels.dtype))
+        if "moving" in extracted:
+            _write_brain(staged, paths, "", extracted["moving"], moving.grid, warped, rest[0], grid)
         quality: dict = {}
         qc = None
         if "qc" in paths:  # figures and picture made on a thread of their own, while the rest is computed and written
             title = paths["json"].name.rsplit("regode", 1)[0].rstrip("_-")
-            qc = threading.Thread(
-                target=_quality, args=(quality, fixed, moving, warped, result, title), name="regode-qc", daemon=True
-            )
+            # a head registered brain to brain is judged by its brain
+            pair = (fixed, moving, warped) if stripped is None else (stripped.fixed, stripped.moving, warped)
+            if "moving" in extracted:
+                pair = (stripped.fixed, stripped.moving, warped * (rest[0] > 0.5))
+            qc = threading.Thread(target=_quality, args=(quality, *pair, result, title), name="regode-qc", daemon=True)
             qc.start()
-        if labels is not None:
-            staged.write(paths["labels"], lambda path: write_image(warped_labels[0], grid, path, labels.dtype))
-        inverse_warped = resample(fixed.data, fixed.grid, moving.grid, Compose(inverse_chain))
+        back = [(fixed.data, "linear")] + ([(extracted["fixed"], "linear")] if "fixed" in extracted else [])
+        inverse_warped, *inverse_rest = resample_many(back, fixed.grid, moving.grid, Compose(inverse_chain))
         staged.write(paths["inverse_warped"], lambda path: write_image(inverse_warped, moving.grid, path, np.float32))
+        if "fixed" in extracted:
+            _write_brain(
+                staged,
+                paths,
+                "fixed_",
+                extracted["fixed"],
+                grid,
+                inverse_warped,
+                inverse_rest[0],
+                moving.grid,
+                "inverse_warped_",
+            )
         result.stats.setdefault("timings_s", {})["outputs"] = time.perf_counter() - t0
+        _finish(staged, paths, document, result, qc, quality, start)
+    for path in stripped.obsolete if stripped is not None else ():
+        Path(path).unlink(missing_ok=True)
 
-        document.update(
-            {
-                "outputs": {k: str(v) for k, v in paths.items()},
-                "torch": torch.__version__,
-                "threads": torch.get_num_threads(),
-                "machine": platform.platform(),
-                **result.stats,
-            }
+
+def _write_transforms(staged: StagedOutputs, result: Result, grid, paths: dict, inverse_iterations: int):
+    """Write the affine and the warps (or the ITK composites of BIDS-style names); the fixed ->
+    moving chain and its inverse."""
+    linear = result.linear
+    chain, inverse_chain = [linear], [linear.inverse()]
+    if "affine" in paths:
+        staged.write(paths["affine"], lambda path: save_transform(linear, path))
+    if result.field is not None:
+        # float32 copies (the caller's result keeps its precision): the files' precision, and
+        # twice as fast at 1 mm
+        work = copy.deepcopy(result.field).float()
+        forward = DisplacementField(grid, work.displacement(grid))
+        inverse_work = (
+            copy.deepcopy(result.inverse_field).float()
+            if result.inverse_field is not None
+            else work.inverse(inverse_iterations)
         )
-        waited = time.perf_counter()
-        if qc is not None:
-            qc.join()
-            if "png" in quality:
-                staged.write(paths["qc"], lambda path: Path(path).write_bytes(quality.pop("png")))
-        staged.wait()  # every image written: the JSON records the wall time up to here
-        document["timings_s"]["writing_after_outputs"] = time.perf_counter() - waited
-        document.update({k: v for k, v in quality.items() if k != "png"})
-        if start is not None:
-            document["timings_s"]["wall"] = time.perf_counter() - start
-        staged.write(paths["json"], lambda path: Path(path).write_text(json.dumps(document, indent=2)))
-        staged.commit()
+        inverse = DisplacementField(grid, inverse_work.displacement(grid))
+        if "warp" in paths:
+            staged.write(paths["warp"], lambda path: save_transform(forward, path))
+            staged.write(paths["inverse_warp"], lambda path: save_transform(inverse, path))
+        chain.append(forward)
+        inverse_chain.insert(0, inverse)
+    if "xfm" in paths:  # the whole mapping and its inverse as ITK composites (BIDS-style names)
+        staged.write(paths["xfm"], lambda path: save_transform(Compose(chain), path))
+        staged.write(paths["inverse_xfm"], lambda path: save_transform(Compose(inverse_chain), path))
+    return chain, inverse_chain
+
+
+def _write_brain(staged, paths, side: str, mask, grid, head, moved_mask, other_grid, warped: str = "warped_") -> None:
+    """Write a head's brain mask (on ``grid``), and its mask and brain moved onto ``other_grid``
+    (``head``, ``moved_mask``: the head and the mask resampled there; the brain is the head inside
+    the mask, as the brain that was registered is the head times its mask)."""
+    brain_mask = (moved_mask > 0.5).to(head.dtype)
+    brain = head * brain_mask
+    staged.write(paths[f"{side}brain_mask" if side else "brain_mask"], lambda p: write_image(mask, grid, p, np.uint8))
+    staged.write(paths[f"{warped}brain"], lambda p: write_image(brain, other_grid, p, np.float32))
+    staged.write(paths[f"{warped}brain_mask"], lambda p: write_image(brain_mask, other_grid, p, np.uint8))
+
+
+def _finish(staged, paths, document, result, qc, quality, start) -> None:
+    """Complete the record (statistics, QC figures, wall time), write it last and commit."""
+    document.update(
+        {
+            "outputs": {k: str(v) for k, v in paths.items()},
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "machine": platform.platform(),
+            **result.stats,
+        }
+    )
+    waited = time.perf_counter()
+    if qc is not None:
+        qc.join()
+        if "png" in quality:
+            staged.write(paths["qc"], lambda path: Path(path).write_bytes(quality.pop("png")))
+    staged.wait()  # every image written: the JSON records the wall time up to here
+    document["timings_s"]["writing_after_outputs"] = time.perf_counter() - waited
+    document.update({k: v for k, v in quality.items() if k != "png"})
+    if start is not None:
+        document["timings_s"]["wall"] = time.perf_counter() - start
+    staged.write(paths["json"], lambda path: Path(path).write_text(json.dumps(document, indent=2)))
+    staged.commit()
 
 
 def _quality(into: dict, fixed: Image, moving: Image, warped: torch.Tensor, result: Result, title: str) -> None:
@@ -191,7 +240,7 @@ def _quality(into: dict, fixed: Image, moving: Image, warped: torch.Tensor, resu
     into["qc_seconds"] = time.perf_counter() - t0
 
 
-def _document(command: str, fixed_path, moving_path, moving_labels, config) -> dict:
+def _document(command: str, fixed_path, moving_path, moving_labels, config, brains: Stripped) -> dict:
     return {
         "regode": __version__,
         "command": command,
@@ -199,6 +248,7 @@ def _document(command: str, fixed_path, moving_path, moving_labels, config) -> d
         "moving": str(moving_path),
         "moving_labels": str(moving_labels) if moving_labels else None,
         "config": asdict(config),
+        "skull_strip": brains.record,
     }
 
 
@@ -219,23 +269,51 @@ def register_files(
     start = time.perf_counter()
     paths = paths or output_paths(prefix, not KINDS[config.stages[-1]].linear, moving_labels is not None, qc)
     models = models if models is not None else load_models(config)
+    fixed, moving, labels, brains = _read_pair(
+        fixed_path, moving_path, moving_labels, paths, config, [str(p) for _, p in models.values()]
+    )
+    read_s = time.perf_counter() - start
+    result = register_images(brains.fixed, brains.moving, config, models, brains.masks)
+    result.stats["timings_s"]["read"] = read_s
+    document = {**_document("register", fixed_path, moving_path, moving_labels, config, brains), **(record or {})}
+    document["models"] = {
+        kind: {"path": str(p), "sha256": file_hash(p), "config": asdict(m.config)} for kind, (m, p) in models.items()
+    }
+    write_outputs(result, fixed, moving, labels, _with_brains(paths, brains), document, config.inverse_iterations,
+                  start, brains)  # fmt: skip
+    return document
+
+
+def _read_pair(fixed_path, moving_path, moving_labels, paths: dict, config, other_inputs: list):
+    """Read the pair, its labels and masks (every output, the brain extraction's that may be
+    written included, checked first), and extract the brains that ``--skull-strip`` asks for."""
+    sides = candidates(fixed_path, moving_path, config)
     fixed, moving, labels = read_inputs(
         fixed_path,
         moving_path,
         moving_labels,
-        paths,
-        [*config.initial_transform, *(str(p) for _, p in models.values()), config.fixed_mask, config.moving_mask],
+        {**paths, **brain_paths(_prefix(paths), ("fixed", "moving"))},  # what this run writes, or removes
+        [*config.initial_transform, *other_inputs, config.fixed_mask, config.moving_mask],
     )
-    masks = read_masks(config)
-    read_s = time.perf_counter() - start
-    result = register_images(fixed, moving, config, models, masks)
-    result.stats["timings_s"]["read"] = read_s
-    document = {**_document("register", fixed_path, moving_path, moving_labels, config), **(record or {})}
-    document["models"] = {
-        kind: {"path": str(p), "sha256": file_hash(p), "config": asdict(m.config)} for kind, (m, p) in models.items()
-    }
-    write_outputs(result, fixed, moving, labels, paths, document, config.inverse_iterations, start)
-    return document
+    t0 = time.perf_counter()
+    brains = strip(fixed, moving, read_masks(config), config, sides)
+    brains.record["sides_considered"] = list(sides)
+    brains.record["seconds"] = time.perf_counter() - t0
+    # an earlier run's extraction outputs at this prefix that this run does not write
+    unused = [side for side in ("fixed", "moving") if side not in brains.extracted]
+    brains.obsolete = list(brain_paths(_prefix(paths), unused).values())
+    return fixed, moving, labels, brains
+
+
+def _prefix(paths: dict) -> str:
+    """The prefix of a run's outputs: its record's name without ``regode.json``."""
+    return str(paths["json"])[: -len("regode.json")]
+
+
+def _with_brains(paths: dict, brains: Stripped) -> dict:
+    """``paths`` with the outputs of the heads extracted (before the record, written last)."""
+    extra = brain_paths(_prefix(paths), list(brains.extracted))
+    return {**{k: v for k, v in paths.items() if k != "json"}, **extra, "json": paths["json"]}
 
 
 def fit_files(
@@ -253,17 +331,11 @@ def fit_files(
     image's full resolution; returns the JSON record (with ``record``'s entries added)."""
     start = time.perf_counter()
     paths = paths or output_paths(prefix, True, moving_labels is not None, qc)
-    fixed, moving, labels = read_inputs(
-        fixed_path,
-        moving_path,
-        moving_labels,
-        paths,
-        [*config.initial_transform, config.encoder, config.fixed_mask, config.moving_mask],
-    )
-    masks = read_masks(config)
+    fixed, moving, labels, brains = _read_pair(fixed_path, moving_path, moving_labels, paths, config, [config.encoder])
     read_s = time.perf_counter() - start
-    result = fit_images(fixed, moving, config, progress, masks)
+    result = fit_images(brains.fixed, brains.moving, config, progress, brains.masks)
     result.stats["timings_s"]["read"] = read_s
-    document = {**_document("fit-field", fixed_path, moving_path, moving_labels, config), **(record or {})}
-    write_outputs(result, fixed, moving, labels, paths, document, config.inverse_iterations, start)
+    document = {**_document("fit-field", fixed_path, moving_path, moving_labels, config, brains), **(record or {})}
+    write_outputs(result, fixed, moving, labels, _with_brains(paths, brains), document, config.inverse_iterations,
+                  start, brains)  # fmt: skip
     return document

@@ -75,14 +75,7 @@ def picture(fixed: np.ndarray, before: np.ndarray, after: np.ndarray, grid: Grid
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # 0.3 s to import: only when a picture is made
     from matplotlib.figure import Figure
 
-    head = head_mask(fixed)
-    k, j, i = np.argwhere(head).mean(0).round().astype(int) if head.any() else np.array(fixed.shape) // 2
-    sx, sy, sz = grid.spacing
-    planes = [
-        ("axial", lambda v: v[k], sy / sx),
-        ("coronal", lambda v: v[:, j], sz / sx),
-        ("sagittal", lambda v: v[:, :, i], sz / sy),
-    ]
+    planes = _planes(head_mask(fixed), grid)
     fig = Figure(figsize=(9, 6.2), facecolor="black")
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, 3)
@@ -101,6 +94,40 @@ def picture(fixed: np.ndarray, before: np.ndarray, after: np.ndarray, grid: Grid
                 )
             ax.set_title(f"{label}: {name}", color="white", fontsize=9)
             ax.axis("off")
+    if title:
+        fig.suptitle(title, color="white", fontsize=10)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80, facecolor="black")
+    return buffer.getvalue()
+
+
+def _planes(region: np.ndarray, grid: Grid) -> list:
+    """The three planes through ``region``'s centre (the volume's centre if it is empty): (name,
+    the cut of a volume, the plane's physical aspect)."""
+    k, j, i = np.argwhere(region).mean(0).round().astype(int) if region.any() else np.array(region.shape) // 2
+    sx, sy, sz = grid.spacing
+    return [
+        ("axial", lambda v: v[k], sy / sx),
+        ("coronal", lambda v: v[:, j], sz / sx),
+        ("sagittal", lambda v: v[:, :, i], sz / sy),
+    ]
+
+
+def mask_picture(image: np.ndarray, mask: np.ndarray, grid: Grid, title: str = "") -> bytes:
+    """A PNG (bytes): three planes through the centre of ``mask`` (a brain extraction), the
+    normalised ``image`` in grey with the mask's outline in colour."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.4), facecolor="black")
+    FigureCanvasAgg(fig)
+    for ax, (name, cut, aspect) in zip(fig.subplots(1, 3), _planes(mask > 0.5, grid), strict=True):
+        ax.imshow(cut(image), cmap="gray", origin="lower", aspect=aspect, vmin=0, vmax=1)
+        if cut(mask).any():
+            ax.contour(cut(mask), levels=[0.5], colors=["#38d9a9"], linewidths=0.8, origin="lower")
+        ax.set_title(name, color="white", fontsize=9)
+        ax.axis("off")
     if title:
         fig.suptitle(title, color="white", fontsize=10)
     fig.tight_layout()

@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
+
 from .errors import RegodeError
 from .io import Image, read_image
 
@@ -51,3 +53,24 @@ def read_template(name: str) -> Image:
     image = read_image(template_file(name), what=f"template {name}")
     image.path = str(name)
     return image
+
+
+TISSUE_CLASSES = {1: "CSF", 2: "GM", 3: "WM"}
+"""the labels of :func:`tissue_classes`."""
+
+
+def tissue_classes(name: str = "mni152") -> Image:
+    """The template's tissue classes as a label image on its grid (uint8: 0 outside the brain, then
+    :data:`TISSUE_CLASSES`), from the probability maps nilearn ships: in the template's brain (its
+    T1 above zero), the most probable of CSF, GM and WM, with CSF = 1 - GM - WM. Labels that
+    ship offline, for taking atlas labels back to a subject (``regode warp --interp label``)."""
+    import torch
+
+    t1 = read_template(name)
+    gm, wm = (
+        read_image(template_file(name, tissue), what=f"template {name} {tissue}").data / 255.0 for tissue in TISSUE_MAPS
+    )
+    csf = (1 - gm - wm).clamp(min=0)
+    classes = torch.cat([csf, gm, wm], 1).argmax(1, keepdim=True) + 1
+    labels = torch.where(t1.data > 0, classes, torch.zeros_like(classes)).float()
+    return Image(labels, t1.grid, np.dtype(np.uint8), f"{name} tissue classes")

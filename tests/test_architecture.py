@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1] / "regode"
 METHODS = ("regode.odenet", "regode.nir", "regode.encoder")
 APPLICATIONS = (
     "regode.pipeline",
+    "regode.heads",
     "regode.api",
     "regode.qc",
     "regode.bench",

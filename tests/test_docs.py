@@ -42,15 +42,19 @@ def test_readme_is_short_and_has_its_sections():
 
 
 def quick_start_files(folder: Path) -> None:
-    """The files the README's quick start names: the demo's MNI brain pair at 2 mm (T1, a T2-like
-    image moved by 3 mm standing in for the FLAIR), the T1 as the brain-extracted T1, the tissue
-    labels as an atlas in MNI space, and a one-row manifest."""
-    grid, t1, second, labels = brain_pair(0)
+    """The files the README's quick start names: a synthetic T1 head with a skull (regode.anatomy,
+    2 mm), the demo's T2-like MNI brain moved by 3 mm standing in for the FLAIR, the demo's tissue
+    labels as an atlas in MNI space (2 mm), and a one-row manifest."""
+    from regode.anatomy import draw_subject, render_subject
+
+    grid, _, second, labels = brain_pair(0)
     coarse = grid.with_spacing(2.0)
     identity = Affine(torch.eye(3, dtype=torch.float64)[None], torch.zeros(1, 3, dtype=torch.float64))
     shift = Affine(torch.eye(3, dtype=torch.float64)[None], torch.tensor([[3.0, 0.0, -2.0]], dtype=torch.float64))
-    write_image(resample(t1, grid, coarse, identity), coarse, folder / "sub-01_T1w.nii.gz")
-    write_image(resample(t1, grid, coarse, identity), coarse, folder / "sub-01_T1w_brain.nii.gz")
+    gen = torch.Generator().manual_seed(0)
+    head = draw_subject(gen, spacing=2.0, size=96, max_sigma=4.0, skull=True)
+    t1 = render_subject(head, gen, partial_fov=0.0, means=torch.tensor([0.0, 0.15, 0.5, 0.8, 0.1, 0.7]))
+    write_image(t1, head.grid, folder / "sub-01_T1w.nii.gz")
     write_image(resample(second, grid, coarse, shift), coarse, folder / "sub-01_FLAIR.nii.gz")
     write_image(
         resample(labels.float(), grid, coarse, identity, "label"), coarse, folder / "atlas_labels.nii.gz", np.int16
@@ -66,7 +70,12 @@ def test_every_quick_start_command_runs(tmp_path, monkeypatch):
     for command in commands:
         result = CliRunner().invoke(app, [*shlex.split(command)[1:], *(["-q"] if " cohort " in command else [])])
         assert result.exit_code == 0, f"{command}\n{result.output}"
-    for name in ("flair_to_t1_Warped.nii.gz", "t1_to_mni_1InverseWarp.nii.gz", "derivatives/summary.csv"):
+    for name in (
+        "flair_to_t1_Warped.nii.gz",
+        "t1_to_mni_1InverseWarp.nii.gz",
+        "t1_to_mni_WarpedBrainMask.nii.gz",  # the head's brain was extracted
+        "derivatives/summary.csv",
+    ):
         assert (tmp_path / name).is_file(), name
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "labels_in_t1.nii.gz")))
     assert set(np.unique(labels)) == {0, 1, 2, 3}  # label interpolation kept the atlas's labels

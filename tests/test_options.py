@@ -19,10 +19,11 @@ from regode.io import write_image
 from regode.options import leaves
 from regode.synthetic import phantom_labels, render
 
-if True:  # the specs of the five commands whose options go through the schema
+if True:  # the specs of the commands whose options go through the schema
     from regode.bench.config import SPEC as BENCH
     from regode.cli.train import SPECS as TRAIN
     from regode.cohort.config import SPEC as COHORT
+    from regode.config import BRAIN_SPEC as BRAIN
     from regode.config import WARP_SPEC as WARP
     from regode.nir.config import SPEC as FIT
     from regode.odenet.config import DEMO_SPEC as DEMO
@@ -130,6 +131,7 @@ COMMANDS = {
     "train encoder": (TRAIN["encoder"], ["train", "-o", "m.pt"], {"model.kind": "encoder"}),
     "warp": (WARP, ["warp", "-o", "w.nii.gz"], {"input": "/tmp/i.nii.gz", "reference": "/tmp/r.nii.gz"}),
     "demo": (DEMO, ["demo"], {}),
+    "brain-extract": (BRAIN, ["brain-extract", "-o", "b_"], {"input": "/tmp/head.nii.gz"}),
 }
 
 
@@ -402,7 +404,7 @@ def test_every_config_field_is_declared():
     import dataclasses
     import typing
 
-    for spec in (REGISTER, FIT, BENCH, COHORT, WARP, DEMO, *TRAIN.values()):
+    for spec in (REGISTER, FIT, BENCH, COHORT, WARP, DEMO, BRAIN, *TRAIN.values()):
         stack = list(spec.sections.values())
         while stack:
             current = stack.pop()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from .. import config as check
 from ..options import Spec, setting, validate
 
-COMMANDS = ("register", "fit-field")
+COMMANDS = ("register", "fit-field", "brain-extract")
 """the commands a manifest row can run."""
 
 

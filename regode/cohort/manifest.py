@@ -5,8 +5,10 @@ Columns (a header row names them; order free):
 - ``id`` (required): the row's name, also its output folder ``OUT/ID/`` and prefix ``ID_``;
   letters, digits, ``.``, ``_`` and ``-``; unique;
 - ``fixed``, ``moving`` (required): image paths, relative to the manifest's folder unless absolute;
+  a ``brain-extract`` row names its head in ``moving`` and leaves ``fixed`` empty;
 - ``moving_labels`` (optional): a label image on the moving grid;
-- ``command`` (optional): ``register`` or ``fit-field`` (default: the command line's ``--command``);
+- ``command`` (optional): ``register``, ``fit-field`` or ``brain-extract`` (default: the command
+  line's ``--command``);
 - ``options`` (optional): that command's options as on its command line, e.g.
   ``--model rigid+bspline --seed 1``, over the cohort's ``--options`` (a row's option wins; either
   may name a ``--preset`` and a ``--config`` file);
@@ -25,7 +27,9 @@ import types
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..config import BRAIN_SPEC, BrainExtractConfig
 from ..errors import RegodeError
+from ..heads import extraction_paths
 from ..io import read_grid
 from ..io.atomic import check_outputs, input_path
 from ..nir.config import SPEC as FIT_SPEC
@@ -39,7 +43,7 @@ from ..pipeline import bids_paths, output_paths
 from ..templates import is_template, template_file
 from .config import COMMANDS
 
-SPECS = {"register": REGISTER_SPEC, "fit-field": FIT_SPEC}
+SPECS = {"register": REGISTER_SPEC, "fit-field": FIT_SPEC, "brain-extract": BRAIN_SPEC}
 COLUMNS = ("id", "fixed", "moving", "moving_labels", "command", "options", "from", "to")
 BIDS_ID = re.compile(r"^sub-[A-Za-z0-9]+(_ses-[A-Za-z0-9]+)?$")
 LABEL = re.compile(r"^[A-Za-z0-9]+$")
@@ -55,11 +59,12 @@ class Row:
     number: int
     """the row's number in the manifest (1 = the first row after the header)."""
     id: str
-    fixed: Path
+    fixed: Path | None
+    """None for a ``brain-extract`` row, whose one image is ``moving``."""
     moving: Path
     moving_labels: Path | None
     command: str
-    config: RegisterConfig | FitConfig
+    config: RegisterConfig | FitConfig | BrainExtractConfig
     source: str | None = None
     """BIDS-style names (``--bids``): the moving image's label, e.g. ``FLAIR``."""
     target: str | None = None
@@ -75,6 +80,9 @@ class Row:
     def outputs(self, out: Path, qc: bool = True) -> dict[str, Path]:
         """Every file the row writes: ANTs' names after ``OUT/ID/ID_``, or with BIDS-style names in
         ``OUT/sub-X[/ses-Y]/anat/``; and where a failure is recorded (``error``)."""
+        if self.command == "brain-extract":
+            paths = extraction_paths(self.prefix(out), qc)
+            return {**paths, "error": Path(f"{self.prefix(out)}error.json")}
         deformable = self.command == "fit-field" or not KINDS[self.config.stages[-1]].linear
         if self.source is None:
             paths = output_paths(self.prefix(out), deformable, self.moving_labels is not None, qc)
@@ -104,7 +112,7 @@ def read_manifest(
         raise RegodeError(f"cannot read manifest {path}: {exc}") from None
     if not table:
         raise RegodeError(f"manifest {path} has no rows")
-    missing = {"id", "fixed", "moving"} - set(table[0])
+    missing = {"id", "moving"} - set(table[0])
     unknown = set(table[0]) - set(COLUMNS)
     if missing or unknown:
         raise RegodeError(
@@ -160,11 +168,14 @@ def _row(number: int, values: dict, base: Path, command: str, options: str, bids
         else None
         for name in ("fixed", "moving", "moving_labels")
     }
-    if files["fixed"] is None or files["moving"] is None:
-        raise RegodeError("fixed and moving are required")
     which = cell("command") or command
     if which not in COMMANDS:
         raise RegodeError(f"command {which!r} is not one of {', '.join(COMMANDS)}")
+    if which == "brain-extract":
+        if files["moving"] is None or files["fixed"] is not None or files["moving_labels"] is not None or bids:
+            raise RegodeError("a brain-extract row names its head in moving, and no fixed, labels or --bids")
+    elif files["fixed"] is None or files["moving"] is None:
+        raise RegodeError("fixed and moving are required")
     try:
         row_args, cohort_args = shlex.split(cell("options")), shlex.split(options)
     except ValueError as exc:
@@ -257,11 +268,11 @@ def _check_files(row: Row, out: Path, qc: bool) -> None:
             read_grid(
                 template_file(path) if is_template(path) else path, what=what
             )  # readable 3D images (headers only)
-    others = [input_path(spec) for spec in row.config.initial_transform] + [
-        Path(p) for p in getattr(row.config, "checkpoints", ())
-    ]
+    initial = getattr(row.config, "initial_transform", ())
+    masks = [getattr(row.config, name, None) for name in ("fixed_mask", "moving_mask")]
+    others = [input_path(spec) for spec in initial] + [Path(p) for p in getattr(row.config, "checkpoints", ())]
     others += [Path(row.config.encoder)] if getattr(row.config, "encoder", None) else []
-    for what, mask in (("fixed mask", row.config.fixed_mask), ("moving mask", row.config.moving_mask)):
+    for what, mask in zip(("fixed mask", "moving mask"), masks, strict=True):
         if mask:
             read_grid(mask, what=what)
     for path in others:
@@ -269,14 +280,7 @@ def _check_files(row: Row, out: Path, qc: bool) -> None:
             raise RegodeError(f"file not found: {path}")
     paths = list(row.outputs(out, qc).values())
     folder = paths[0].parent
-    inputs = [
-        row.fixed,
-        row.moving,
-        row.moving_labels,
-        *row.config.initial_transform,
-        row.config.fixed_mask,
-        row.config.moving_mask,
-    ]
+    inputs = [row.fixed, row.moving, row.moving_labels, *initial, *masks]
     if folder.is_dir():
         check_outputs(paths, inputs)
     else:  # the row's folder is made when it runs: check the names against the inputs here

@@ -25,6 +25,7 @@ FIGURES = (
     "jacobian_min",
     "jacobian_max",
     "folding_pct",
+    "brain_volume_ml",
 )
 COLUMNS = ("row", "id", "status", "error", "worker", "outlier", *FIGURES)
 OUTLIER = 3.5

@@ -76,7 +76,11 @@ def run_row(row: Row, out: str, qc: bool = True, threads: int | None = None) -> 
         paths["json"].parent.mkdir(parents=True, exist_ok=True)
         paths.pop("error").unlink(missing_ok=True)
         record = {"sources": row.sources, "preset": row.preset}
-        if row.command == "register":
+        if row.command == "brain-extract":
+            from ..heads import extract_files
+
+            document = extract_files(row.moving, None, config, qc=qc, paths=paths, record=record)
+        elif row.command == "register":
             document = register_files(
                 row.fixed,
                 row.moving,
