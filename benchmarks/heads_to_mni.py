@@ -150,8 +150,8 @@ def main() -> None:
             if not record.exists():
                 entry = run_one(args, subject, method, folder)
                 warped = _read(entry["labels"])
-                entry["brain_dice"] = 100 * 2 * float(((warped > 0) & template).sum()) / float(
-                    (warped > 0).sum() + template.sum()
+                entry["brain_dice"] = (
+                    100 * 2 * float(((warped > 0) & template).sum()) / float((warped > 0).sum() + template.sum())
                 )
                 record.write_text(json.dumps(entry))
             entry = json.loads(record.read_text())
