@@ -451,13 +451,15 @@ def test_a_foreign_checkpoint_is_one_line(pair, capfd):
 def test_sigterm_while_writing_leaves_nothing(pair, capfd, monkeypatch):
     from regode import pipeline
 
-    real = pipeline.resample
+    real, calls = pipeline.resample_many, []
 
-    def terminated(*args, **kwargs):  # the inverse image, computed while the first outputs are being written
-        os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler's kill; handled here, in the main thread
+    def terminated(*args, **kwargs):  # the second call, the inverse image: the first outputs are being written
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler's kill; handled here, in the main thread
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "resample", terminated)
+    monkeypatch.setattr(pipeline, "resample_many", terminated)
     before = _files(pair)
     assert run(["register", *map(str, _fix(pair)), "-o", str(pair / "k_")]) == 128 + signal.SIGTERM
     capfd.readouterr()
