@@ -94,6 +94,11 @@ def picture(fixed: np.ndarray, before: np.ndarray, after: np.ndarray, grid: Grid
                 )
             ax.set_title(f"{label}: {name}", color="white", fontsize=9)
             ax.axis("off")
+    return _png(fig, title)
+
+
+def _png(fig, title: str) -> bytes:
+    """A QC figure as PNG bytes, with its title, on black."""
     if title:
         fig.suptitle(title, color="white", fontsize=10)
     fig.tight_layout()
@@ -128,12 +133,7 @@ def mask_picture(image: np.ndarray, mask: np.ndarray, grid: Grid, title: str = "
             ax.contour(cut(mask), levels=[0.5], colors=["#38d9a9"], linewidths=0.8, origin="lower")
         ax.set_title(name, color="white", fontsize=9)
         ax.axis("off")
-    if title:
-        fig.suptitle(title, color="white", fontsize=10)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80, facecolor="black")
-    return buffer.getvalue()
+    return _png(fig, title)
 
 
 def _edges(volume: np.ndarray) -> np.ndarray:
