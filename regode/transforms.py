@@ -198,18 +198,26 @@ class DisplacementField(Transform):
         return points + self.field[:, :, slab].movedim(1, -1).to(dtype)
 
     def inverse(self, iterations: int = 30, tolerance: float = 1e-3) -> DisplacementField:
-        """Numerical inverse on the same grid by fixed-point iteration ``v(y) = -u(y + v(y))``: at
-        most ``iterations`` steps, fewer once no point moves more than ``tolerance`` mm in a step
-        (the error shrinks by the field's Lipschitz constant, well below 1, at every step). Beyond
-        the grid ``u`` is continued by its border values, so that points near the border converge
-        too (with zero padding they jump between two values forever)."""
+        """Numerical inverse on the same grid by fixed-point iteration ``v(y) = -u(y + v(y))``, point
+        by point: a point stops once its step is under ``tolerance`` mm (the error shrinks by the
+        field's local Lipschitz constant at every step), and every point after ``iterations``
+        steps; each step samples only the points still moving. Beyond the grid ``u`` is continued
+        by its border values, so that points near the border converge too (with zero padding they
+        jump between two values forever)."""
+        batch = self.field.shape[0]
         points = self.grid.world_points(dtype=self.field.dtype, device=self.field.device)[None]
-        v = -self.field.movedim(1, -1)
+        points = points.expand(batch, *points.shape[1:]).reshape(batch, -1, 3)
+        v = -self.field.movedim(1, -1).reshape(batch, -1, 3)
+        index = torch.arange(v.shape[1], device=v.device)  # the points still moving, and where they are
+        at, guess = points, v.clone()
         for _ in range(iterations):
-            previous, v = v, -sample(self.field, self.grid, points + v, padding=None).movedim(1, -1)
-            if float((v - previous).abs().max()) < tolerance:
+            if index.numel() == 0:
                 break
-        return DisplacementField(self.grid, v.movedim(-1, 1))
+            step = -sample(self.field, self.grid, at + guess, padding=None).movedim(1, -1)
+            moving = ((step - guess).abs().amax(-1) >= tolerance).any(0)
+            v[:, index] = step
+            index, at, guess = index[moving], at[:, moving], step[:, moving]
+        return DisplacementField(self.grid, v.reshape(batch, *self.grid.shape, 3).movedim(-1, 1))
 
 
 # --------------------------------------------------------------------------------- B-spline
