@@ -85,7 +85,7 @@ def run_one(args, subject: str, method: str, out: Path) -> dict:
         from regode.warp import resample
 
         fixed = read_image(_template())
-        transform = Greedy().register(fixed, read_image(brain), 0)
+        transform, _ = Greedy().register(fixed, read_image(brain), 0)
         lab = read_image(labels, exact=True)
         write_image(resample(lab.data, lab.grid, fixed.grid, transform, "label"), fixed.grid, warped, np.int32)
     return {"seconds": t_extract + time.perf_counter() - t0, "extraction_s": t_extract, "labels": str(warped)}

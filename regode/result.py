@@ -22,3 +22,11 @@ class Result:
     @property
     def transform(self) -> Transform:
         return Compose([self.linear, self.field]) if self.field is not None else Compose([self.linear])
+
+    def inverse_transform(self, iterations: int = 30) -> Transform:
+        """The moving -> fixed mapping ``field^-1(linear^-1(y))``: the deformable part's inverse the
+        method knows, else its fixed-point inverse (``iterations`` steps at most)."""
+        if self.field is None:
+            return Compose([self.linear.inverse()])
+        inverse = self.inverse_field if self.inverse_field is not None else self.field.inverse(iterations)
+        return Compose([inverse, self.linear.inverse()])

@@ -199,20 +199,15 @@ class DisplacementField(Transform):
 
     def inverse(self, iterations: int = 30, tolerance: float = 1e-3) -> DisplacementField:
         """Numerical inverse on the same grid by fixed-point iteration ``v(y) = -u(y + v(y))``, point
-        by point: a point stops once its step is under ``tolerance`` mm (the error shrinks by the
-        field's local Lipschitz constant at every step), and every point after ``iterations``
-        steps; each step samples only the points still moving. Beyond the grid ``u`` is continued
-        by its border values, so that points near the border converge too (with zero padding they
-        jump between two values forever)."""
+        by point: a point stops once its step is under ``tolerance`` mm, every point after
+        ``iterations`` steps; each step samples only the points still moving. Beyond the grid ``u``
+        continues its border values (with zero padding, points near the border never converge)."""
         batch = self.field.shape[0]
         points = self.grid.world_points(dtype=self.field.dtype, device=self.field.device)[None]
-        points = points.expand(batch, *points.shape[1:]).reshape(batch, -1, 3)
+        at = points.expand(batch, *points.shape[1:]).reshape(batch, -1, 3)  # the points still moving
         v = -self.field.movedim(1, -1).reshape(batch, -1, 3)
-        index = torch.arange(v.shape[1], device=v.device)  # the points still moving, and where they are
-        at, guess = points, v.clone()
+        index, guess = torch.arange(v.shape[1], device=v.device), v.clone()  # where they are, their guess
         for _ in range(iterations):
-            if index.numel() == 0:
-                break
             step = -sample(self.field, self.grid, at + guess, padding=None).movedim(1, -1)
             moving = ((step - guess).abs().amax(-1) >= tolerance).any(0)
             v[:, index] = step
@@ -394,13 +389,4 @@ class Compose(Transform):
         return Affine(h[:, :3, :3], h[:, :3, 3])
 
 
-__all__ = [
-    "Transform",
-    "Linear",
-    "Affine",
-    "Rigid",
-    "DisplacementField",
-    "BSpline",
-    "Compose",
-    "integrate_velocity",
-]
+__all__ = ["Transform", "Linear", "Affine", "Rigid", "DisplacementField", "BSpline", "Compose", "integrate_velocity"]

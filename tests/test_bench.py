@@ -9,6 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from regode.bench import metrics
+from regode.bench.consistency import inverse_consistency
 from regode.bench.motion import MotionConfig, inverse_on, sample_motion
 from regode.cli import app
 from regode.grid import Grid
@@ -274,8 +275,8 @@ def test_network_ablation_is_the_start_alone():
     moving = Image(resample(render(labels, grid, 2), grid, grid, truth.inverse()).float(), grid, np.dtype(np.float32))
     pts = torch.as_tensor(grid.center)[None, None] + torch.randn(1, 50, 3, dtype=torch.float64) * 20
     start = PrincipalAxes().register(fixed, moving, 0)(pts)
-    blank = Regode("rigid", networks=False, polish=False).register(fixed, moving, 0)(pts)
-    trained = Regode("rigid", polish=False).register(fixed, moving, 0)(pts)
+    blank = Regode("rigid", networks=False, polish=False).register(fixed, moving, 0)[0](pts)
+    trained = Regode("rigid", polish=False).register(fixed, moving, 0)[0](pts)
     assert float((blank - start).abs().max()) < 1e-4 and float((trained - start).abs().max()) > 0.1
 
 
@@ -299,11 +300,13 @@ def test_ants_full_script_anchors_recover_a_known_motion():
     )
     fixed = Image(render(labels, grid, 1), grid, np.float32)
     moving = Image(resample(render(labels, grid, 1), grid, grid, motion.inverse()), grid, np.float32)
-    found = METHODS["ants:SyNQuick"]().register(fixed, moving, 0)
+    found, inverse = METHODS["ants:SyNQuick"]().register(fixed, moving, 0)
     with torch.no_grad():
         error = (found.displacement(grid) - motion.displacement(grid))[0].numpy()
     mask = (labels[0, 0] > 0).numpy()
     assert float(np.sqrt((error**2).sum(0)[mask].mean())) < 1.0 and "ants:SyNFull" in METHODS
+    # its inverse files, in antsApplyTransforms' order, undo the forward mapping
+    assert inverse_consistency(found, inverse, grid, mask)[1] < 0.5
 
 
 def test_greedy_files_are_read_in_the_right_frame():
@@ -334,13 +337,14 @@ def test_greedy_files_are_read_in_the_right_frame():
     image = render(labels, grid, 1)
     fixed = Image(resample(image, grid, grid, motion), grid, np.float32)  # fixed(x) = image(motion(x))
     moving = Image(image, grid, np.float32)
-    found, resliced = METHODS["greedy"]().run(fixed, moving, reslice=True)
+    found, inverse, resliced = METHODS["greedy"]().run(fixed, moving, reslice=True)
     ours = resample(moving.data, grid, grid, found)
     assert float((ours - resliced).abs().max()) < 1e-4  # greedy's own reslicing, through regode's reading of its files
     with torch.no_grad():
         error = (found.displacement(grid) - motion.displacement(grid))[0].numpy()
     mask = (labels[0, 0] > 0).numpy()
     assert float(np.sqrt((error**2).sum(0)[mask].mean())) < 1.5
+    assert inverse_consistency(found, inverse, grid, mask)[1] < 0.5  # greedy's -oinv, then the affine's inverse
 
 
 def test_inter_subject_on_one_subject_is_a_known_affine_and_deformation(tmp_path):
@@ -375,3 +379,83 @@ def test_inter_subject_on_one_subject_is_a_known_affine_and_deformation(tmp_path
     assert result.exit_code == 0, result.output
     case = json.loads((tmp_path / "res.json").read_text())["cases"][0]
     assert case["rmse_phi"] > 1 and 0 < case["dice"] < 100
+
+
+def _subjects(root: Path, names: list[str]) -> Path:
+    """A dataset of phantoms (t1 and labels) under the given subject names."""
+    grid = Grid((24, 28, 22), (4.0, 4.0, 4.0), (-46.0, -54.0, -42.0))
+    for seed, name in enumerate(names):
+        labels = phantom_labels(grid, 5, seed=seed)
+        (root / name).mkdir(parents=True)
+        write_image(render(labels, grid, seed=seed), grid, root / name / "t1.nii.gz")
+        write_image(labels, grid, root / name / "labels.nii.gz", np.uint8)
+    return root
+
+
+def test_consecutive_pairing_moves_each_subject_to_the_next_in_numeric_order(tmp_path):
+    """--pairing consecutive: sub1 -> sub2 -> sub3 -> sub10 (numbers, not letters), every pair with
+    its per-label Dice (their mean the pair's Dice) and its inverse consistency; one pair too many
+    is one error line."""
+    root = _subjects(tmp_path / "data", ["sub10", "sub2", "sub1", "sub3"])
+    words = ["bench", "--data", str(root), "--task", "inter-subject", "--pairing", "consecutive", "--methods"]
+    words += ["identity", "--resolution", "0", "-q", "--out", str(tmp_path / "res"), "--pairs"]
+    result = CliRunner().invoke(app, [*words, "3"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "res.json").read_text())
+    assert [c["case"] for c in doc["cases"]] == ["00:sub2<-sub1:t1", "01:sub3<-sub2:t1", "02:sub10<-sub3:t1"]
+    for case in doc["cases"]:
+        per_label = case["dice_per_label"]
+        assert set(per_label) <= {"1", "2", "3", "4", "5"} and len(per_label) >= 3
+        assert case["dice"] == pytest.approx(np.mean(list(per_label.values())))
+        assert case["inverse"] == "exact" and case["ic_p95_mm"] == pytest.approx(0, abs=1e-9)
+    assert "consecutive pairs" in (tmp_path / "res.md").read_text()
+    result = CliRunner().invoke(app, [*words, "4"])
+    assert result.exit_code != 0 and "--pairs 4: 4 subjects make 3 consecutive pairs" in result.output
+
+
+def test_inverse_consistency_of_a_known_deformation(awkward_grid):
+    """A smooth deformation and its fixed-point inverse compose to the identity within hundredths
+    of a mm, and ITK's numerical inverse (for methods that write none) nearly as well; a wrong
+    inverse (none at all) is off by about the deformation's size."""
+    from regode.bench.consistency import inverse_consistency, numerical_inverse
+    from regode.synthetic import random_bspline
+    from regode.transforms import DisplacementField
+
+    spline = random_bspline(awkward_grid, 30.0, 2.0, 5)
+    with torch.no_grad():
+        field = DisplacementField(awkward_grid, spline.displacement(awkward_grid).double())
+    mask = np.zeros(awkward_grid.shape, dtype=bool)
+    mask[4:-4, 4:-4, 4:-4] = True
+    exact = inverse_consistency(field, field.inverse(100), awkward_grid, mask)
+    itk = inverse_consistency(field, numerical_inverse(Compose([field]), awkward_grid), awkward_grid, mask)
+    wrong = inverse_consistency(field, Compose([]), awkward_grid, mask)
+    size = float(field.field.norm(dim=1)[0][torch.from_numpy(mask)].median())
+    assert exact[1] < 0.01 and itk[1] < 0.1 and size > 1
+    assert wrong[0] == pytest.approx(size, rel=1e-6)
+
+
+def test_elastix_files_are_read_in_the_right_frame():
+    """elastix's default affine and B-spline maps, its deformation field read back by regode, find
+    a known translation on each axis (a frame error would flip or swap them); without an inverse of
+    its own, the benchmark's numerical one (ITK) is marked as such and undoes the mapping."""
+    pytest.importorskip("itk")
+    from regode.bench.methods import Elastix
+    from regode.bench.run import Case, evaluate
+    from regode.io import Image
+    from regode.transforms import Affine
+
+    grid = Grid((48, 52, 44), (3.0, 3.0, 3.0), (-72.0, -78.0, -66.0))
+    labels = phantom_labels(grid, 10, 4)
+    shift = Affine(torch.eye(3, dtype=torch.float64)[None], torch.tensor([[6.0, -4.0, 3.0]], dtype=torch.float64))
+    image = render(labels, grid, 1)
+    fixed = Image(resample(image, grid, grid, shift), grid, np.float32)  # fixed(x) = image(x + shift)
+    moving = Image(image, grid, np.float32)
+    elastix = Elastix(iterations=60)  # the default maps with fewer iterations: a quick check of the frame
+    found = elastix.register(fixed, moving, 0)
+    mask = (labels[0, 0] > 0).numpy()
+    with torch.no_grad():
+        displacement = found.displacement(grid)[0].numpy()
+    assert np.allclose([np.median(displacement[c][mask]) for c in range(3)], [6.0, -4.0, 3.0], atol=1.0)
+    fixed_labels = resample(labels.double(), grid, grid, shift, "label")
+    row = evaluate(Case("known", fixed, moving, fixed_labels, labels.double()), elastix, 0)
+    assert row["inverse"].startswith("numerical") and row["ic_p95_mm"] < 0.5

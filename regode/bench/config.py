@@ -13,6 +13,7 @@ TASKS = ("rigid", "deformable", "rigid+deformable")
 """synthetic motion with exact ground truth (the MS-ODENet paper's protocol)."""
 ALL_TASKS = TASKS + ("inter-subject",)
 PAIRINGS = ("different", "same")
+SUBJECT_PAIRINGS = ("random", "consecutive")
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,13 @@ class BenchConfig:
         "Synthetic-motion tasks: the moving image is another contrast of the subject (different) or "
         "the same contrast (same).",
         choices=PAIRINGS,
+    )
+    pairing: str = setting(
+        "random",
+        "Inter-subject task: the pairs of subjects drawn at random (seeded), or consecutive: each subject moved to "
+        "the next in numeric order of their names (Subj1 to Subj2, ..., Subj11 to Subj12; --pairs at most one "
+        "fewer than the subjects).",
+        choices=SUBJECT_PAIRINGS,
     )
     motion: MotionConfig = group(MotionConfig)
 

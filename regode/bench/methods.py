@@ -1,7 +1,9 @@
 """Registration methods behind one interface, so new ones plug in.
 
 A method registers ``moving`` to ``fixed`` (both :class:`~regode.io.Image`) and returns the
-fixed -> moving mapping as a regode :class:`~regode.transforms.Transform`. ``METHODS`` maps the
+fixed -> moving mapping as a regode :class:`~regode.transforms.Transform`, or that mapping and
+its inverse (moving -> fixed) where the method writes one (ANTs' ``1InverseWarp``, greedy's
+``-oinv``, regode's); the benchmark inverts the others numerically. ``METHODS`` maps the
 name used with ``--methods`` to a factory; a method whose dependency is missing says why in
 ``unavailable`` and its rows are skipped, never failing the run.
 """
@@ -36,7 +38,7 @@ from ..transforms import Affine, Compose, DisplacementField
 class Method(Protocol):
     unavailable: str | None
 
-    def register(self, fixed: Image, moving: Image, seed: int) -> Transform: ...
+    def register(self, fixed: Image, moving: Image, seed: int) -> Transform | tuple[Transform, Transform]: ...
 
 
 class Identity:
@@ -70,7 +72,7 @@ class Ants:
         except ImportError:
             self.unavailable = "antspyx is not installed (pip install 'regode[bench]')"
 
-    def register(self, fixed: Image, moving: Image, seed: int) -> Transform:
+    def register(self, fixed: Image, moving: Image, seed: int) -> tuple[Transform, Transform]:
         import ants
 
         f, m = to_ants(fixed), to_ants(moving)
@@ -78,7 +80,9 @@ class Ants:
             result = ants.registration(
                 f, m, type_of_transform=self.kind, random_seed=seed, outprefix=str(Path(tmp) / "out_")
             )
-            return api.load_transforms(result["fwdtransforms"])
+            # antsApplyTransforms' order for the inverse: -t [0GenericAffine.mat,1] -t 1InverseWarp.nii.gz
+            affine, *warps = result["invtransforms"]
+            return api.load_transforms(result["fwdtransforms"]), api.load_transforms([f"[{affine},1]", *warps])
 
 
 class Greedy:
@@ -97,12 +101,16 @@ class Greedy:
         except ImportError:
             self.unavailable = "picsl_greedy is not installed (pip install 'regode[bench]')"
 
-    def register(self, fixed: Image, moving: Image, seed: int) -> Transform:
-        return self.run(fixed, moving)[0]
+    def register(self, fixed: Image, moving: Image, seed: int) -> tuple[Transform, Transform]:
+        transform, inverse, _ = self.run(fixed, moving)
+        return transform, inverse
 
-    def run(self, fixed: Image, moving: Image, reslice: bool = False) -> tuple[Transform, torch.Tensor | None]:
-        """The fixed -> moving mapping greedy found, and (``reslice``) greedy's own resampling of the
-        moving image through it, for checking the conversion."""
+    def run(
+        self, fixed: Image, moving: Image, reslice: bool = False
+    ) -> tuple[Transform, Transform, torch.Tensor | None]:
+        """The fixed -> moving mapping greedy found, its inverse (greedy's ``-oinv`` warp, then the
+        affine's inverse), and (``reslice``) greedy's own resampling of the moving image through
+        it, for checking the conversion."""
         from picsl_greedy import Greedy3D  # optional (regode[bench])
 
         with tempfile.TemporaryDirectory(prefix="regode-greedy-") as tmp:
@@ -110,24 +118,60 @@ class Greedy:
                 str(Path(tmp) / n)
                 for n in ("fixed.nii.gz", "moving.nii.gz", "affine.mat", "warp.nii.gz", "resliced.nii.gz")
             )
+            inv = str(Path(tmp) / "inverse_warp.nii.gz")
             write_image(fixed.data, fixed.grid, f, np.float32)
             write_image(moving.data, moving.grid, m, np.float32)
             greedy, log = Greedy3D(), io.StringIO()
             with _quiet_stdout():  # greedy's optimiser prints to the C-level stdout
                 greedy.execute(f"-d 3 -a -dof 12 -i {f} {m} -o {a} -ia-image-centers {self.RECIPE}", out=log, err=log)
-                greedy.execute(f"-d 3 -i {f} {m} -it {a} -o {w} {self.RECIPE}", out=log, err=log)
+                greedy.execute(f"-d 3 -i {f} {m} -it {a} -o {w} -oinv {inv} {self.RECIPE}", out=log, err=log)
                 if reslice:
                     greedy.execute(f"-d 3 -rf {f} -rm {m} {r} -r {w} {a}", out=log, err=log)
             flip = np.diag([-1.0, -1.0, 1.0, 1.0])
             matrix = flip @ np.loadtxt(a) @ flip  # RAS -> LPS
-            warp = read_image(w, components=3)
-            transform = Compose(
-                [
-                    Affine(torch.as_tensor(matrix[:3, :3])[None], torch.as_tensor(matrix[:3, 3])[None]),
-                    DisplacementField(warp.grid, warp.data.double()),
-                ]
+            warp, inverse_warp = read_image(w, components=3), read_image(inv, components=3)
+            affine = Affine(torch.as_tensor(matrix[:3, :3])[None], torch.as_tensor(matrix[:3, 3])[None])
+            transform = Compose([affine, DisplacementField(warp.grid, warp.data.double())])
+            inverse = Compose([DisplacementField(inverse_warp.grid, inverse_warp.data.double()), affine.inverse()])
+            return transform, inverse, read_image(r).data if reslice else None
+
+
+class Elastix:
+    """elastix (PyPI ``itk-elastix``) as a user runs it: its default "affine" then "bspline"
+    parameter maps (mutual information, four resolutions each), on as many threads as PyTorch has.
+    The mapping is transformix's deformation field on the fixed grid (``T(x) - x``, world mm);
+    elastix writes no inverse (the benchmark inverts the field numerically). ``iterations``: each
+    resolution's iterations instead of the maps' default (250), for quick checks."""
+
+    def __init__(self, iterations: int | None = None):
+        self.iterations = iterations
+        try:
+            import itk
+
+            self.unavailable = None if hasattr(itk, "elastix_registration_method") else "itk has no elastix"
+        except ImportError:
+            self.unavailable = "itk-elastix is not installed (pip install 'regode[bench]')"
+
+    def register(self, fixed: Image, moving: Image, seed: int) -> Transform:
+        import itk  # optional (regode[bench])
+
+        itk.MultiThreaderBase.SetGlobalDefaultNumberOfThreads(torch.get_num_threads())
+        with tempfile.TemporaryDirectory(prefix="regode-elastix-") as tmp:
+            f, m, d = (str(Path(tmp) / n) for n in ("fixed.nii.gz", "moving.nii.gz", "field.nii.gz"))
+            write_image(fixed.data, fixed.grid, f, np.float32)
+            write_image(moving.data, moving.grid, m, np.float32)
+            fixed_itk, moving_itk = itk.imread(f, itk.F), itk.imread(m, itk.F)
+            parameters = itk.ParameterObject.New()
+            for name in ("affine", "bspline"):
+                parameters.AddParameterMap(parameters.GetDefaultParameterMap(name))
+            if self.iterations is not None:
+                parameters.SetParameter("MaximumNumberOfIterations", str(self.iterations))
+            _, found = itk.elastix_registration_method(
+                fixed_itk, moving_itk, parameter_object=parameters, log_to_console=False
             )
-            return transform, read_image(r).data if reslice else None
+            itk.imwrite(itk.transformix_deformation_field(moving_itk, found), d)
+            field = read_image(d, components=3)
+            return DisplacementField(field.grid, field.data.double())
 
 
 @contextlib.contextmanager
@@ -165,8 +209,9 @@ class Regode:
                     level.without_force()
                 self.models[kind] = (blank, path)
 
-    def register(self, fixed: Image, moving: Image, seed: int) -> Transform:
-        return api.register(fixed, moving, replace(self.config, seed=seed), self.models).transform
+    def register(self, fixed: Image, moving: Image, seed: int) -> tuple[Transform, Transform]:
+        result = api.register(fixed, moving, replace(self.config, seed=seed), self.models)
+        return result.transform, result.inverse_transform(self.config.inverse_iterations)
 
 
 class PrincipalAxes:
@@ -189,8 +234,9 @@ class NeuralField:
     def __init__(self, **overrides):
         self.config = FitConfig(**overrides)
 
-    def register(self, fixed: Image, moving: Image, seed: int) -> Transform:
-        return api.fit_field(fixed, moving, replace(self.config, seed=seed)).transform
+    def register(self, fixed: Image, moving: Image, seed: int) -> tuple[Transform, Transform]:
+        result = api.fit_field(fixed, moving, replace(self.config, seed=seed))
+        return result.transform, result.inverse_transform(self.config.inverse_iterations)
 
 
 METHODS: dict[str, Callable[[], Method]] = {
@@ -203,6 +249,7 @@ METHODS: dict[str, Callable[[], Method]] = {
     "ants:SyNQuick": lambda: Ants("antsRegistrationSyNQuick[s]"),
     "ants:SyNFull": lambda: Ants("antsRegistrationSyN[s]"),
     "greedy": Greedy,
+    "elastix": Elastix,
     **{f"regode:{m}": (lambda m=m: Regode(m)) for m in MODELS},
     # the networks alone, without the mutual-information polish after each (regode.odenet.polish)
     **{f"regode:{m}-net": (lambda m=m: Regode(m, polish=False)) for m in MODELS},

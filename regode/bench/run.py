@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import json
+import re
 import time
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -27,10 +28,23 @@ from ..transforms import Compose
 from ..warp import resample
 from . import metrics
 from .config import BenchConfig
+from .consistency import NUMERICAL, inverse_consistency, numerical_inverse
 from .methods import METHODS
 from .motion import inverse_on, sample_motion
 
-METRICS = ("dice", "rmse_x", "rmse_phi", "neg_jac_pct", "sdlogj", "hd95", "seconds", "memory_mb", "gpu_memory_mb")
+METRICS = (
+    "dice",
+    "rmse_x",
+    "rmse_phi",
+    "neg_jac_pct",
+    "sdlogj",
+    "hd95",
+    "ic_median_mm",
+    "ic_p95_mm",
+    "seconds",
+    "memory_mb",
+    "gpu_memory_mb",
+)
 HEADINGS = {
     "dice": "Dice (%)",
     "rmse_x": "RMSE(x)",
@@ -38,6 +52,8 @@ HEADINGS = {
     "neg_jac_pct": "% det J<=0",
     "sdlogj": "SDlogJ",
     "hd95": "HD95 mm",
+    "ic_median_mm": "IC median mm",
+    "ic_p95_mm": "IC p95 mm",
     "seconds": "s / pair",
     "memory_mb": "memory MB",
     "gpu_memory_mb": "GPU memory MB",
@@ -49,6 +65,8 @@ FORMATS = {
     "neg_jac_pct": ".3f",
     "sdlogj": ".3f",
     "hd95": ".2f",
+    "ic_median_mm": ".3f",
+    "ic_p95_mm": ".3f",
     "seconds": ".2f",
     "memory_mb": ".0f",
     "gpu_memory_mb": ".0f",
@@ -87,13 +105,31 @@ def evaluation_mask(image: np.ndarray) -> np.ndarray:
     return image > 0.02 * np.percentile(image, 99)
 
 
+def _natural(name: str) -> list:
+    """Sort key of a subject's name in numeric order (Subj2 before Subj10)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _subject_pair(config: BenchConfig, subjects: list[Subject], i: int, rng) -> tuple[Subject, Subject]:
+    """The ``i``-th inter-subject pair (fixed, moving): drawn at random, or the next subject in
+    numeric order as the fixed image of the one before it (``--pairing consecutive``)."""
+    if config.pairing == "consecutive":
+        ordered = sorted(subjects, key=lambda s: _natural(s.name))
+        if config.pairs > len(ordered) - 1:
+            raise RegodeError(
+                f"--pairs {config.pairs}: {len(ordered)} subjects make {len(ordered) - 1} consecutive pairs"
+            )
+        return ordered[i + 1], ordered[i]
+    a, b = rng.choice(len(subjects), 2, replace=False)
+    return subjects[a], subjects[b]
+
+
 def build_cases(config: BenchConfig, subjects: list[Subject]) -> list[Case]:
     rng = np.random.default_rng(config.seed)
     cases = []
     for i in range(config.pairs):
         if config.task == "inter-subject" and len(subjects) > 1:
-            a, b = rng.choice(len(subjects), 2, replace=False)
-            sa, sb = subjects[a], subjects[b]
+            sa, sb = _subject_pair(config, subjects, i, rng)
             contrast = next((c for c in sa.contrasts if c in sb.contrasts), None)
             if contrast is None:
                 raise RegodeError(f"subjects {sa.name} and {sb.name} share no contrast")
@@ -177,8 +213,9 @@ def evaluate(case: Case, method, seed: int) -> dict:
         gpu_before = torch.cuda.memory_allocated()
     before = _resident_mb() if _reset_peak() else None
     start = time.perf_counter()
-    transform = method.register(case.fixed, case.moving, seed)
+    found = method.register(case.fixed, case.moving, seed)
     seconds = time.perf_counter() - start
+    transform, inverse = found if isinstance(found, tuple) else (found, None)
     peak = _resident_mb("VmHWM") if before is not None else None
     grid, mask = case.fixed.grid, case.mask
     with torch.no_grad():
@@ -196,11 +233,20 @@ def evaluate(case: Case, method, seed: int) -> dict:
     if case.truth_image is not None:
         row["rmse_x"] = metrics.rmse_intensity(registered, case.truth_image, mask)
         row["rmse_phi"] = metrics.rmse_displacement(disp, case.truth_displacement, mask)
+    brain = mask
     if case.fixed_labels is not None:
         warped = resample(case.moving_labels, case.moving.grid, grid, transform, "label")[0, 0].numpy()
         target = case.fixed_labels[0, 0].numpy()
-        row["dice"] = metrics.mean_dice(warped, target)
+        per_label = metrics.dice_per_label(warped, target)
+        row["dice"] = float(np.mean(list(per_label.values()))) if per_label else None
+        row["dice_per_label"] = {str(k): v for k, v in per_label.items()}
         row["hd95"] = metrics.hd95(warped, target, grid.spacing)
+        brain = target > 0
+    # inverse consistency over the fixed brain (its labels > 0, else the evaluation mask)
+    row["inverse"] = "the method's" if inverse is not None else "exact" if transform.is_linear else NUMERICAL
+    if inverse is None:
+        inverse = numerical_inverse(transform, grid)
+    row["ic_median_mm"], row["ic_p95_mm"] = inverse_consistency(transform, inverse, grid, brain)
     return row
 
 
@@ -224,7 +270,7 @@ def _shown(summary: dict) -> list[str]:
 def markdown_table(summary: dict, config: BenchConfig, notes: list[str]) -> str:
     shown = _shown(summary)
     head = ["method"] + [HEADINGS[m] for m in shown]
-    pairing = f", {config.contrasts} contrasts" if config.task != "inter-subject" else ""
+    pairing = f", {config.contrasts} contrasts" if config.task != "inter-subject" else f", {config.pairing} pairs"
     lines = [
         f"Task `{config.task}`{pairing}, {config.pairs} pairs, seed {config.seed}, "
         f"{config.resolution or 'native'} mm, {config.threads} threads.",
