@@ -20,7 +20,7 @@ from .config import BrainExtractConfig  # noqa: F401
 from .errors import RegodeError  # noqa: F401
 from .grid import Grid  # noqa: F401
 from .heads import extract_files  # noqa: F401
-from .io import Image, load_transform_chain, read_grid, read_image, save_transform, write_image  # noqa: F401
+from .io import Image, check_room, load_transform_chain, read_grid, read_image, save_transform, write_image  # noqa: F401
 from .io.atomic import check_outputs
 from .nir.config import FieldConfig, FitConfig  # noqa: F401
 from .nir.fit import fit_images
@@ -75,6 +75,9 @@ def warp_files(
     input, reference = (template_file(p) if is_template(p) else p for p in (input, reference))
     image = read_image(input, components=None, what="input image", exact=interp in ("label", "nearest"))
     grid = read_grid(reference, what="reference image")
+    # the resampled image (float32) and its copy in the input's pixel type, per channel
+    per_voxel = image.data.shape[1] * (4 + image.dtype.itemsize)
+    check_room(grid.size, reference, "reference image", per_voxel, "to warp onto")
     chain = load_transforms(specs)
     if interp == "label" and image.data.shape[1] != 1:
         raise RegodeError(f"label interpolation needs a scalar label image, {input} has vectors")

@@ -317,6 +317,23 @@ def test_an_impossible_header_is_refused_before_allocating(pair, capfd, shape):
     )
 
 
+def test_a_reference_grid_too_large_to_warp_onto_is_refused_before_allocating(pair, capfd):
+    """A reference is read for its grid only: a header declaring 10000^3 voxels is refused with
+    its name before the warped image is allocated (not a memory-allocation traceback)."""
+    header = nib.Nifti1Header()
+    header.set_data_shape((10000, 10000, 10000))
+    header.set_data_dtype(np.uint8)
+    header.set_sform(np.eye(4), code=1)
+    (pair / "huge.nii.gz").write_bytes(gzip.compress(header.binaryblock + b"\0" * 4 + bytes(1000)))
+    line = refused(
+        ["warp", "-i", pair / "moving.nii.gz", "-r", pair / "huge.nii.gz", "-o", pair / "out.nii.gz"],
+        pair,
+        capfd,
+        words="reference image",
+    )
+    assert "huge.nii.gz declares 10000x10000x10000 voxels" in line and "to warp onto" in line
+
+
 def test_an_image_too_small_for_the_model_names_the_minimum(pair, capfd):
     small = Grid((5, 5, 5), (1.0, 1.0, 1.0))
     write_image(render(phantom_labels(small, 3, 1), small, 1), small, pair / "tiny.nii.gz")

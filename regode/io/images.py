@@ -132,14 +132,8 @@ def _check_size(reader, path, what: str) -> None:
     size, ncomp = reader.GetSize(), reader.GetNumberOfComponents()
     itemsize = sitk.GetArrayViewFromImage(sitk.Image([1, 1, 1], reader.GetPixelID(), ncomp)).dtype.itemsize
     voxels = int(np.prod(size, dtype=np.int64)) * ncomp
-    needed = voxels * (itemsize + 4)  # the stored pixels and their float32 copy
-    available = _available_memory()
+    check_room(size, path, what, ncomp * (itemsize + 4), "to read")  # the stored pixels and their float32 copy
     shape = "x".join(str(s) for s in size)
-    if available is not None and needed > available:
-        raise RegodeError(
-            f"{what} {path} declares {shape} voxels ({needed / 2**30:.1f} GiB to read), more than this "
-            f"machine's free memory ({available / 2**30:.1f} GiB): a damaged header, or an image too large"
-        )
     lower = str(path).lower()
     if (
         lower.endswith((".nii", ".mha", ".nrrd"))
@@ -149,6 +143,19 @@ def _check_size(reader, path, what: str) -> None:
         raise RegodeError(
             f"{what} {path} is truncated: its header declares {shape} voxels "
             f"({voxels * itemsize} bytes), the file holds {Path(path).stat().st_size}"
+        )
+
+
+def check_room(size, path, what: str, bytes_per_voxel: int, doing: str = "to hold") -> None:
+    """Refuse a grid of ``size`` voxels, ``bytes_per_voxel`` each, that the machine's free memory
+    cannot hold (a grid read from ``path``'s header: a damaged header, or an image too large)."""
+    needed = int(np.prod(size, dtype=np.int64)) * bytes_per_voxel
+    available = _available_memory()
+    if available is not None and needed > available:
+        shape = "x".join(str(s) for s in size)
+        raise RegodeError(
+            f"{what} {path} declares {shape} voxels ({needed / 2**30:.1f} GiB {doing}), more than this "
+            f"machine's free memory ({available / 2**30:.1f} GiB): a damaged header, or an image too large"
         )
 
 
