@@ -434,11 +434,13 @@ def test_inverse_consistency_of_a_known_deformation(awkward_grid):
     assert wrong[0] == pytest.approx(size, rel=1e-6)
 
 
-def test_elastix_files_are_read_in_the_right_frame():
+def test_elastix_files_are_read_in_the_right_frame(tmp_path, monkeypatch):
     """elastix's default affine and B-spline maps, its deformation field read back by regode, find
     a known translation on each axis (a frame error would flip or swap them); without an inverse of
-    its own, the benchmark's numerical one (ITK) is marked as such and undoes the mapping."""
+    its own, the benchmark's numerical one (ITK) is marked as such and undoes the mapping; nothing
+    is left in the working folder."""
     pytest.importorskip("itk")
+    monkeypatch.chdir(tmp_path)
     from regode.bench.methods import Elastix
     from regode.bench.run import Case, evaluate
     from regode.io import Image
@@ -459,3 +461,4 @@ def test_elastix_files_are_read_in_the_right_frame():
     fixed_labels = resample(labels.double(), grid, grid, shift, "label")
     row = evaluate(Case("known", fixed, moving, fixed_labels, labels.double()), elastix, 0)
     assert row["inverse"].startswith("numerical") and row["ic_p95_mm"] < 0.5
+    assert not list(tmp_path.iterdir())

@@ -169,7 +169,8 @@ class Elastix:
             _, found = itk.elastix_registration_method(
                 fixed_itk, moving_itk, parameter_object=parameters, log_to_console=False
             )
-            itk.imwrite(itk.transformix_deformation_field(moving_itk, found), d)
+            # transformix writes its own deformationField.nii into its output folder: the private one
+            itk.imwrite(itk.transformix_deformation_field(moving_itk, found, output_directory=tmp), d)
             field = read_image(d, components=3)
             return DisplacementField(field.grid, field.data.double())
 
