@@ -208,6 +208,8 @@ class DisplacementField(Transform):
         v = -self.field.movedim(1, -1).reshape(batch, -1, 3)
         index, guess = torch.arange(v.shape[1], device=v.device), v.clone()  # where they are, their guess
         for _ in range(iterations):
+            if index.numel() == 0:
+                break
             step = -sample(self.field, self.grid, at + guess, padding=None).movedim(1, -1)
             moving = ((step - guess).abs().amax(-1) >= tolerance).any(0)
             v[:, index] = step

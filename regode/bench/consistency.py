@@ -14,16 +14,13 @@ NUMERICAL = "numerical (ITK InvertDisplacementFieldImageFilter)"
 """how the record marks an inverse the benchmark computed for a method that writes none."""
 
 
-def numerical_inverse(transform: Transform, grid: Grid) -> Transform:
-    """The inverse of a mapping whose method writes none: exact for a linear one; else the whole
-    mapping's displacement on the fixed ``grid`` inverted by ITK's InvertDisplacementFieldImageFilter
-    (the inverse is sampled on the same grid, which must cover the moving image's brain)."""
-    if transform.is_linear:
-        return transform.inverse()
-    with torch.no_grad():
-        displacement = transform.displacement(grid)[0].double()
-    field = sitk.GetImageFromArray(displacement.permute(1, 2, 3, 0).numpy(), isVector=True)
-    field.SetSpacing(grid.spacing)
+def numerical_inverse(displacement: np.ndarray, grid: Grid) -> DisplacementField:
+    """The inverse of a mapping whose method writes none, from its displacement ``[3, nz, ny, nx]``
+    (world LPS mm, ``T(x) - x`` at the voxel centres of the fixed ``grid``), by ITK's
+    InvertDisplacementFieldImageFilter: ``T^-1(y) = y + v(y)`` with ``v`` on the same grid, which
+    must therefore cover the moving image's brain."""
+    field = sitk.GetImageFromArray(np.moveaxis(displacement, 0, -1).astype(np.float64), isVector=True)
+    field.SetSpacing(grid.spacing)  # the grid's (x, y, z) geometry, as ITK orders it
     field.SetOrigin(grid.origin)
     field.SetDirection(grid.direction)
     invert = sitk.InvertDisplacementFieldImageFilter()
@@ -32,7 +29,7 @@ def numerical_inverse(transform: Transform, grid: Grid) -> Transform:
     invert.SetMeanErrorToleranceThreshold(0.001)
     invert.SetEnforceBoundaryCondition(True)
     inverse = sitk.GetArrayFromImage(invert.Execute(field))  # [nz, ny, nx, 3]
-    return DisplacementField(grid, torch.from_numpy(np.ascontiguousarray(inverse)).permute(3, 0, 1, 2)[None])
+    return DisplacementField(grid, torch.from_numpy(np.ascontiguousarray(np.moveaxis(inverse, -1, 0)))[None])
 
 
 def inverse_consistency(

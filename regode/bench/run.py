@@ -245,7 +245,7 @@ def evaluate(case: Case, method, seed: int) -> dict:
     # inverse consistency over the fixed brain (its labels > 0, else the evaluation mask)
     row["inverse"] = "the method's" if inverse is not None else "exact" if transform.is_linear else NUMERICAL
     if inverse is None:
-        inverse = numerical_inverse(transform, grid)
+        inverse = transform.inverse() if transform.is_linear else numerical_inverse(disp, grid)
     row["ic_median_mm"], row["ic_p95_mm"] = inverse_consistency(transform, inverse, grid, brain)
     return row
 
