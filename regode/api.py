@@ -34,11 +34,16 @@ from .warp import resample
 
 
 def register(
-    fixed: Image, moving: Image, config: RegisterConfig = RegisterConfig(), models: dict | None = None
+    fixed: Image,
+    moving: Image,
+    config: RegisterConfig = RegisterConfig(),
+    models: dict | None = None,
+    channels: tuple = (),
 ) -> Result:
     """MS-ODENet registration of two images in memory (``models``: :func:`load_models`' result, to
-    load the weights once for many pairs)."""
-    return register_images(fixed, moving, config, models, read_masks(config))
+    load the weights once for many pairs; ``channels``: more ``(fixed, moving)`` image pairs of the
+    same subjects, such as their FLAIRs, each compared with its own similarity)."""
+    return register_images(fixed, moving, config, models, read_masks(config), channels)
 
 
 def fit_field(fixed: Image, moving: Image, config: FitConfig = FitConfig()) -> Result:

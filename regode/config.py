@@ -15,6 +15,7 @@ reads its choices and defaults from them, and ``regode --help`` stays instant.
 from __future__ import annotations
 
 import dataclasses
+from os import PathLike
 
 from .errors import RegodeError
 from .options import REQUIRED, Spec, from_dict, setting, validate  # noqa: F401  (from_dict: rebuilt configs)
@@ -35,7 +36,8 @@ def require(condition: bool, message: str) -> None:
 
 
 FIXED_HELP = (
-    "Fixed (reference) image, or mni152: the MNI ICBM152 2009 T1 template (brain-extracted, 1 mm, from nilearn)."
+    "Fixed (reference) image, or mni152: the MNI ICBM152 2009 T1 template (brain-extracted, 1 mm, from nilearn); "
+    "repeated, one per channel."
 )
 
 
@@ -43,18 +45,33 @@ FIXED_HELP = (
 class PairInputs:
     """The files of one registration (``register``, ``fit-field``): what a replay reads again."""
 
-    fixed: str = setting(REQUIRED, FIXED_HELP, short="-f", path=True)
-    moving: str = setting(REQUIRED, "Moving image.", short="-m", path=True)
+    fixed: tuple[str, ...] = setting(REQUIRED, FIXED_HELP, short="-f", path=True)
+    moving: tuple[str, ...] = setting(
+        REQUIRED,
+        "Moving image; repeated, one per channel in --fixed's order (register: T1 and FLAIR of one subject "
+        "against T1 and FLAIR of another).",
+        short="-m",
+        path=True,
+    )
     moving_labels: str | None = setting(
         None, "Label image on the moving grid, warped with label interpolation.", path=True
     )
     qc: bool = setting(True, "Write PREFIXqc.png (planes before and after) and QC figures in PREFIXregode.json.")
 
     def __post_init__(self):
-        for name in ("fixed", "moving", "moving_labels"):
-            if getattr(self, name) is not None:
-                object.__setattr__(self, name, str(getattr(self, name)))
+        for name in ("fixed", "moving"):  # one file, or one per channel
+            value = getattr(self, name)
+            one = isinstance(value, (str, PathLike))
+            object.__setattr__(self, name, (str(value),) if one else tuple(map(str, value)))
+        if self.moving_labels is not None:
+            object.__setattr__(self, "moving_labels", str(self.moving_labels))
         validate(self)
+        require(len(self.fixed) > 0 and len(self.moving) > 0, "--fixed and --moving need a value")
+        require(
+            len(self.fixed) == len(self.moving),
+            f"{len(self.fixed)} --fixed and {len(self.moving)} --moving images: give one moving image per fixed "
+            "channel, in the same order",
+        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -50,9 +50,20 @@ def similarity(
     Mattes mutual information (``mi``), minus local NCC over ``window`` lattice points (``ncc``),
     the mean squared difference (``mse``) or the squared distance of feature vectors (``features``,
     summed over channels). ``keep`` (``[B, 1, d, h, w]``, boolean): the points that count (masks);
-    local NCC counts the windows centred on them."""
+    local NCC counts the windows centred on them.
+
+    Images of several channels (T1 and FLAIR of one subject against another's) are compared channel
+    by channel, as ANTs sums its ``-m`` metrics: ``name`` is one similarity for every channel or one
+    per channel joined by ``+`` (``ncc+mi``), and the loss is the channels' mean."""
     if keep is not None and int(keep.sum()) < MIN_SAMPLES:
         keep = None
+    names = name.split("+")
+    if name != "features" and (fixed.shape[1] > 1 or len(names) > 1):
+        if len(names) not in (1, fixed.shape[1]):
+            raise ValueError(f"{len(names)} similarities ({name}) for {fixed.shape[1]} channels")
+        names = names * fixed.shape[1] if len(names) == 1 else names
+        losses = [similarity(n, fixed[:, c : c + 1], moved[:, c : c + 1], window, keep) for c, n in enumerate(names)]
+        return torch.stack(losses).mean()
     if name == "features":
         distance = (moved - fixed).square().sum(1, keepdim=True)
         return distance.mean() if keep is None else distance[keep].mean()
@@ -71,14 +82,14 @@ class Objective:
     """What a fit minimises (see the module doc)."""
 
     similarity: str = "mi"
-    """one of :data:`SIMILARITIES`."""
+    """one of :data:`SIMILARITIES`, or one per channel joined by ``+`` (:func:`similarity`)."""
     ncc_window: int = 5
     lambda_fold: float = 0.0
     lambda_grad: float = 0.0
     lambda_bending: float = 0.0
 
     def __post_init__(self):
-        if self.similarity not in SIMILARITIES:
+        if any(name not in SIMILARITIES for name in self.similarity.split("+")):
             raise ValueError(f"unknown similarity {self.similarity!r}: one of {', '.join(SIMILARITIES)}")
 
     @property

@@ -151,6 +151,9 @@ class Stripped:
     obsolete: list = field(default_factory=list)
     """outputs of an extraction this run considered and did not make: an earlier run's, removed
     once this run's outputs are in place."""
+    channels: tuple = ()
+    """more ``(fixed, moving)`` image pairs (other channels of the two subjects; a head's inside its
+    first channel's brain where that was extracted)."""
 
 
 def strip(fixed: Image, moving: Image, masks: tuple, config, sides: tuple[str, ...]) -> Stripped:

@@ -241,11 +241,13 @@ def _quality(into: dict, fixed: Image, moving: Image, warped: torch.Tensor, resu
 
 
 def _document(command: str, fixed_path, moving_path, moving_labels, config, brains: Stripped) -> dict:
+    fixed, moving = channels(fixed_path), channels(moving_path)
     return {
         "regode": __version__,
         "command": command,
-        "fixed": str(fixed_path),
-        "moving": str(moving_path),
+        "fixed": fixed[0],
+        "moving": moving[0],
+        "channels": [{"fixed": f, "moving": m} for f, m in zip(fixed, moving, strict=True)],
         "moving_labels": str(moving_labels) if moving_labels else None,
         "config": asdict(config),
         "skull_strip": brains.record,
@@ -265,7 +267,9 @@ def register_files(
 ) -> dict:
     """``regode register``: read, register with MS-ODENet, and write ANTs-named outputs at the fixed
     image's full resolution (or ``paths``, e.g. :func:`bids_paths`); returns the JSON record
-    (with ``record``'s entries, such as each setting's source, added)."""
+    (with ``record``'s entries, such as each setting's source, added). ``fixed_path`` and
+    ``moving_path``: one file each, or one per channel in the same order (the outputs are the first
+    channel's, as ANTs warps its first metric's images)."""
     start = time.perf_counter()
     paths = paths or output_paths(prefix, not KINDS[config.stages[-1]].linear, moving_labels is not None, qc)
     models = models if models is not None else load_models(config)
@@ -273,7 +277,7 @@ def register_files(
         fixed_path, moving_path, moving_labels, paths, config, [str(p) for _, p in models.values()]
     )
     read_s = time.perf_counter() - start
-    result = register_images(brains.fixed, brains.moving, config, models, brains.masks)
+    result = register_images(brains.fixed, brains.moving, config, models, brains.masks, brains.channels)
     result.stats["timings_s"]["read"] = read_s
     document = {**_document("register", fixed_path, moving_path, moving_labels, config, brains), **(record or {})}
     document["models"] = {
@@ -284,25 +288,61 @@ def register_files(
     return document
 
 
+def channels(paths) -> list[str]:
+    """One image path, or one per channel, as a list of strings."""
+    return [str(paths)] if isinstance(paths, (str, Path)) else [str(p) for p in paths]
+
+
 def _read_pair(fixed_path, moving_path, moving_labels, paths: dict, config, other_inputs: list):
-    """Read the pair, its labels and masks (every output, the brain extraction's that may be
-    written included, checked first), and extract the brains that ``--skull-strip`` asks for."""
-    sides = candidates(fixed_path, moving_path, config)
+    """Read the pair (each channel's), its labels and masks (every output, the brain extraction's
+    that may be written included, checked first), and extract the brains that ``--skull-strip``
+    asks for (another channel of a head keeps what lies inside its first channel's brain)."""
+    fixed_paths, moving_paths = channels(fixed_path), channels(moving_path)
+    if len(fixed_paths) != len(moving_paths):
+        raise RegodeError(
+            f"{len(fixed_paths)} fixed and {len(moving_paths)} moving images: one moving image per fixed channel"
+        )
+    sides = candidates(fixed_paths[0], moving_paths[0], config)
     fixed, moving, labels = read_inputs(
-        fixed_path,
-        moving_path,
+        fixed_paths[0],
+        moving_paths[0],
         moving_labels,
         {**paths, **brain_paths(_prefix(paths), ("fixed", "moving"))},  # what this run writes, or removes
-        [*config.initial_transform, *other_inputs, config.fixed_mask, config.moving_mask],
-    )
+        [*config.initial_transform, *other_inputs, config.fixed_mask, config.moving_mask, *fixed_paths[1:],
+         *moving_paths[1:]],
+    )  # fmt: skip
+    more = [
+        (_read_channel(f, "fixed", c), _read_channel(m, "moving", c))
+        for c, (f, m) in enumerate(zip(fixed_paths[1:], moving_paths[1:], strict=True), start=2)
+    ]
     t0 = time.perf_counter()
     brains = strip(fixed, moving, read_masks(config), config, sides)
+    brains.channels = tuple(
+        tuple(_inside(image, brains.extracted.get(side), first.grid) for image, side, first in
+              zip(pair, ("fixed", "moving"), (fixed, moving), strict=True))
+        for pair in more
+    )  # fmt: skip
     brains.record["sides_considered"] = list(sides)
     brains.record["seconds"] = time.perf_counter() - t0
     # an earlier run's extraction outputs at this prefix that this run does not write
     unused = [side for side in ("fixed", "moving") if side not in brains.extracted]
     brains.obsolete = list(brain_paths(_prefix(paths), unused).values())
     return fixed, moving, labels, brains
+
+
+def _read_channel(path: str, side: str, number: int) -> Image:
+    what = f"{side} image (channel {number})"
+    return read_template(path) if is_template(path) else read_image(path, what=what)
+
+
+def _inside(image: Image, mask, grid) -> Image:
+    """``image`` inside a brain ``mask`` given on ``grid`` (world space: resampled onto the image's
+    grid); ``image`` itself without a mask."""
+    if mask is None:
+        return image
+    if not grid.same_as(image.grid):
+        mask = resample_many([(mask, "linear")], grid, image.grid, Compose([]))[0]
+    return Image(image.data * (mask > 0.5).to(image.data.dtype), image.grid, image.dtype, image.path)
 
 
 def _prefix(paths: dict) -> str:
@@ -331,6 +371,8 @@ def fit_files(
     image's full resolution; returns the JSON record (with ``record``'s entries added)."""
     start = time.perf_counter()
     paths = paths or output_paths(prefix, True, moving_labels is not None, qc)
+    if len(channels(fixed_path)) > 1 or len(channels(moving_path)) > 1:
+        raise RegodeError("fit-field registers one channel: give one --fixed and one --moving (several: register)")
     fixed, moving, labels, brains = _read_pair(fixed_path, moving_path, moving_labels, paths, config, [config.encoder])
     read_s = time.perf_counter() - start
     result = fit_images(brains.fixed, brains.moving, config, progress, brains.masks)

@@ -93,12 +93,19 @@ def foreground(volume: torch.Tensor) -> torch.Tensor:
 def working_image(image, spacing: float, device: torch.device) -> tuple[torch.Tensor, Grid]:
     """``image`` (an :class:`~regode.io.Image`) on an isotropic grid of ``spacing`` mm over its own
     field of view, anti-aliased and normalised to [0, 1], on ``device``."""
+    grid = image.grid.with_spacing(spacing)
+    return working_on(image, grid, device), grid
+
+
+def working_on(image, grid: Grid, device: torch.device) -> torch.Tensor:
+    """``image`` resampled onto the working ``grid`` (world LPS mm: another channel of a subject,
+    on its own grid, onto its first channel's working grid) and normalised to [0, 1], on ``device``;
+    an image of NaNs or of one value is refused with its name."""
     if not bool(torch.isfinite(image.data).all()):
         raise RegodeError(f"{image.path or 'image'} contains NaN or infinite values")
     if float(image.data.max()) <= float(image.data.min()):
         raise RegodeError(f"{image.path or 'image'} is constant: nothing to register")
-    grid = image.grid.with_spacing(spacing)
-    return to_grid(image, grid).to(device), grid
+    return to_grid(image, grid).to(device)
 
 
 def head_mask(volume: np.ndarray) -> np.ndarray:

@@ -320,7 +320,7 @@ def test_register_fine_level_masks_hold_on_every_level():
     inner[..., grid.size[0] // 2 - 4 :] = False  # away from the mask's edge
     sizes = {}
     for name, masks in (("free", (None, None)), ("masked", (mask, None))):
-        field, record = _fine_level(*images, *working, identity, start, 3.0, config, masks, torch.device("cpu"))
+        field, record = _fine_level((images,), *working, identity, start, 3.0, config, masks, torch.device("cpu"))
         assert [stage["name"] for stage in record["stages"]] == ["1:1", "0:1"]  # 6 mm images, then 3 mm: every voxel
         sizes[name] = float(field.field[0].norm(dim=0)[inner[0, 0]].mean())
     assert sizes["free"] > 1.0 and sizes["masked"] < 0.4 * sizes["free"], sizes

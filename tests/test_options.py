@@ -48,8 +48,10 @@ def _other(leaf):
     name, option, default = leaf.name, leaf.option, leaf.default
     if name in SPECIAL or leaf.path[-1] in SPECIAL:
         return SPECIAL.get(name, SPECIAL.get(leaf.path[-1]))
-    if option.choices:
-        return next(c for c in option.choices if c != default)
+    if option.choices:  # a tuple of choices (register's --metric, one per channel) takes a list
+        several = isinstance(default, tuple)
+        choice = next(c for c in option.choices if c not in (default if several else (default,)))
+        return [choice] if several else choice
     if isinstance(default, bool):
         return not default
     if isinstance(default, tuple) or leaf.type in ("tuple[str, ...]",):

@@ -29,7 +29,8 @@ def run(resolved, out: str, quiet: bool = False) -> None:
     )
     t = doc["timings_s"]
     print(
-        f"fitted {files.moving} to {files.fixed} ({config.sampler} sampler, {config.metric}) in {t['wall']:.2f} s "
+        f"fitted {files.moving[0]} to {files.fixed[0]} ({config.sampler} sampler, {config.metric}) "
+        f"in {t['wall']:.2f} s "
         f"(fit {t['total']:.2f} s); outputs {out}*"
     )
 

@@ -24,14 +24,15 @@ def run(resolved, out: str) -> None:
         config,
         files.moving_labels,
         qc=files.qc,
-        record={"inputs": asdict(files), "sources": resolved.sources},
+        record={"inputs": asdict(files), "preset": resolved.preset, "sources": resolved.sources},
     )
     t = doc["timings_s"]
     print(
-        f"registered {files.moving} to {files.fixed} with {config.model} in {t['wall']:.2f} s (model "
+        f"registered {' + '.join(files.moving)} to {' + '.join(files.fixed)} with {config.model} "
+        f"in {t['wall']:.2f} s (model "
         f"{t['total']:.2f} s); "
         f"outputs {out}*  NFE {doc['nfe']}"
     )
 
 
-register = app.command("register")(user_errors(command("register", SPEC, run, [OUT], run.__doc__)))
+register = app.command("register")(user_errors(command("register", SPEC, run, [OUT], run.__doc__, with_preset=True)))

@@ -243,7 +243,7 @@ class RegisterConfig(check.PairRun):
     model: str = setting(
         "rigid",
         "MS-ODENet stages, run in order: linear kinds (rigid, affine) first, then a deformable one "
-        "(bspline, dense); between subjects or to a template: affine+dense.",
+        "(bspline, dense); between subjects or to a template: affine+bspline (--preset inter-subject).",
         choices=MODELS,
     )
     checkpoints: tuple[str, ...] = setting(
@@ -285,16 +285,20 @@ class RegisterConfig(check.PairRun):
         low=0,
         none="auto",
     )
-    metric: str = setting(
-        "auto",
+    metric: tuple[str, ...] = setting(
+        ("auto",),
         "The fine level's similarity: auto (local NCC for one contrast, MI across contrasts, judged on the "
-        "pair), mi or ncc.",
+        "pair), mi or ncc; with several channels one for all or one per channel, comma-separated (ncc,mi).",
         choices=FINE_METRICS,
+        separator=",",
     )
 
     def __post_init__(self):
         object.__setattr__(self, "checkpoints", tuple(str(p) for p in self.checkpoints))
+        if isinstance(self.metric, str):  # RegisterConfig(metric="ncc") or "ncc,mi"
+            object.__setattr__(self, "metric", tuple(m.strip() for m in self.metric.split(",")))
         super().__post_init__()
+        check.require(len(self.metric) > 0, "--metric needs a value")
         check.require(
             not self.fine_spacing or not all(KINDS[name].linear for name in self.stages),
             f"--fine-spacing refines a deformable stage; --model {self.model} has none",
@@ -329,8 +333,15 @@ class RegisterConfig(check.PairRun):
         return None if inter_subject(self.model) and self.polish else 0.0
 
 
-SPEC = Spec("register", {"inputs": check.PairInputs, "config": RegisterConfig})
-"""the settings of ``regode register`` (and of a cohort's register rows): the files, then the config."""
+PRESETS = {"inter-subject": {"model": "affine+bspline"}}
+"""``register --preset``: settings for a kind of pair, each applied where neither an option nor a
+config file gives it. inter-subject (two subjects, or a subject and a template): the affine network
+from the head centres (and the headers' start, judged after it), the B-spline network, each
+polished, and the fine level at the fixed image's spacing with the similarity judged per channel
+(docs/guide/between-subjects.md)."""
+
+SPEC = Spec("register", {"inputs": check.PairInputs, "config": RegisterConfig}, presets=PRESETS)
+"""the settings of ``regode register`` (and of a cohort's register rows): the files, then the config; its presets."""
 
 
 @dataclass(frozen=True)

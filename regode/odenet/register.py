@@ -22,7 +22,7 @@ from ..device import resolve_device
 from ..errors import RegodeError
 from ..grid import Grid
 from ..io import Image
-from ..preprocess import working_image, working_mask
+from ..preprocess import working_image, working_mask, working_on
 from ..result import Result
 from ..sampling import sample
 from ..transforms import Affine, Compose, DisplacementField
@@ -133,11 +133,21 @@ def _start(fixed: Image, moving: Image, config: RegisterConfig, models: dict, de
 
 
 def register_images(
-    fixed: Image, moving: Image, config: RegisterConfig, models: dict | None = None, masks=(None, None)
+    fixed: Image,
+    moving: Image,
+    config: RegisterConfig,
+    models: dict | None = None,
+    masks=(None, None),
+    channels: tuple = (),
 ) -> Result:
     """Register ``moving`` to ``fixed`` with the MS-ODENet stages of ``config.model`` (``models``:
     from :func:`load_models`, if already loaded). ``masks``: the fixed and moving mask images (or
-    None); the polishes count only points inside (the networks see the whole images)."""
+    None); the polishes count only points inside (the networks see the whole images).
+
+    ``channels``: more ``(fixed, moving)`` image pairs of the same two subjects (FLAIR beside T1),
+    each in its subject's world space, on any grid. The start and the networks use the first pair;
+    every polish and the fine level compare each channel with its own similarity (``config.metric``:
+    one for all, or one per channel) and average them, as ANTs sums its ``-m`` metrics."""
     torch.manual_seed(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -145,14 +155,13 @@ def register_images(
     models = models if models is not None else load_models(config)
     timings, nfe, polish = {}, {}, {}
     start = time.perf_counter()
+    if len(config.metric) not in (1, 1 + len(channels)):
+        raise RegodeError(
+            f"--metric {','.join(config.metric)}: give one similarity, or one per channel ({1 + len(channels)})"
+        )
     w = _start(fixed, moving, config, models, device)
     spacing = w.spacing
-    pyramids = {}
-
-    def levels(n):
-        if n not in pyramids:
-            pyramids[n] = (pyramid(w.fixed, w.fixed_grid, n), pyramid(w.moving, w.moving_grid, n))
-        return pyramids[n]
+    stacked, levels = _pyramids(w, channels, device)
 
     timings["preprocess"] = time.perf_counter() - start
     linear, field = w.linear, None
@@ -179,8 +188,9 @@ def register_images(
     fine = fine_spacing(config.fine_request, fixed.grid, spacing, at_working=True) if field is not None else None
     if fine is not None:
         t0 = time.perf_counter()
-        working = ((w.fixed, w.fixed_grid), (w.moving, w.moving_grid))
-        field, polish["fine"] = _fine_level(fixed, moving, *working, linear, field, fine, config, masks, device)
+        working = ((stacked[0], w.fixed_grid), (stacked[1], w.moving_grid))
+        pairs = ((fixed, moving), *channels)
+        field, polish["fine"] = _fine_level(pairs, *working, linear, field, fine, config, masks, device)
         timings["fine"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - start
     stats = {
@@ -197,6 +207,25 @@ def register_images(
         "polish": polish,
     }
     return Result(linear, field, stats)
+
+
+def _pyramids(w: _Working, channels, device):
+    """Every channel on the first channel's working grids (``[1, C, ...]``, fixed and moving), and
+    ``levels(n, every_channel=False)``: the pyramids of ``n`` levels of the first channel (the
+    networks') or of every channel (the polishes'), each made once."""
+    stacked = (
+        torch.cat([w.fixed, *(working_on(f, w.fixed_grid, device) for f, _ in channels)], 1),
+        torch.cat([w.moving, *(working_on(m, w.moving_grid, device) for _, m in channels)], 1),
+    )
+    made = {}
+
+    def levels(n, every_channel=False):
+        if (n, every_channel) not in made:
+            f, m = stacked if every_channel else (w.fixed, w.moving)
+            made[n, every_channel] = (pyramid(f, w.fixed_grid, n), pyramid(m, w.moving_grid, n))
+        return made[n, every_channel]
+
+    return stacked, levels
 
 
 def _stage(model: MSODENet, levels, linear, c_fix, fixed_grid, config: RegisterConfig, masks, device) -> Outcome:
@@ -217,7 +246,7 @@ def _stage(model: MSODENet, levels, linear, c_fix, fixed_grid, config: RegisterC
     record = None
     if config.polish:
         t0 = time.perf_counter()
-        images = levels(max(2, model.config.levels))  # the polish works on the 4 and 2 mm levels
+        images = levels(max(2, model.config.levels), True)  # the polish works on the 4 and 2 mm levels
         schedule = getattr(config.polish_schedule, model.config.kind)
         linear, core, record = model.kind.polish(
             *images, linear, core, c_fix, config.seed, schedule, _level_masks(masks, images)
@@ -227,8 +256,7 @@ def _stage(model: MSODENet, levels, linear, c_fix, fixed_grid, config: RegisterC
 
 
 def _fine_level(
-    fixed: Image,
-    moving: Image,
+    pairs,
     working_fixed,
     working_moving,
     linear,
@@ -238,32 +266,42 @@ def _fine_level(
     masks,
     device,
 ) -> tuple[DisplacementField, dict]:
-    """The fine level: ``field`` refined by a B-spline correction on a pyramid of the images at
-    ``spacing`` mm (the fine schedule, ``config.polish_schedule.fine``), with the similarity ``config.metric``
-    (auto: chosen on the working images as the pair stands, regode.contrast); the result is a
+    """The fine level: ``field`` refined by a B-spline correction on a pyramid of the images
+    (``pairs``: the fixed and moving image of each channel) at ``spacing`` mm (the fine schedule,
+    ``config.polish_schedule.fine``), with each channel's similarity ``config.metric`` (auto: chosen
+    on the channel's working images as the pair stands, regode.contrast); the result is a
     displacement field on ``field``'s grid."""
     (fixed_w, fixed_grid), (moving_w, moving_grid) = working_fixed, working_moving
-    metric, figures = config.metric, None
-    if metric == "auto":
+    asked = config.metric * len(pairs) if len(config.metric) == 1 else config.metric
+    metrics, figures = list(asked), [None] * len(pairs)
+    if "auto" in asked:
         with torch.no_grad():
             moved = sample(
                 moving_w, moving_grid, copy.deepcopy(Compose([linear, field])).to(device).float().map_grid(fixed_grid)
             )
         keep = None if masks[0] is None else working_mask(masks[0], fixed_grid, device) > 0.5
-        metric, figures = choose_similarity(fixed_w[0, 0], moved[0, 0], None if keep is None else keep[0, 0])
+        for c, name in enumerate(asked):
+            if name == "auto":
+                metrics[c], figures[c] = choose_similarity(
+                    fixed_w[0, c], moved[0, c], None if keep is None else keep[0, 0]
+                )
+    metric = "+".join(metrics)
     schedule = config.polish_schedule.fine.for_metric(metric, spacing)
     depth = 1 + max((level.coarseness for level in schedule.levels), default=0)  # the fine schedule's pyramid
     if spacing == float(fixed_grid.spacing[0]):  # at the (isotropic) working spacing: the working images
         fixed_f, fine_grid, moving_f, moving_grid_f = fixed_w, fixed_grid, moving_w, moving_grid
     else:
+        (fixed, moving), rest = pairs[0], pairs[1:]
         fixed_f, fine_grid = working_image(fixed, spacing, device)
         moving_f, moving_grid_f = working_image(moving, spacing, device)
+        fixed_f = torch.cat([fixed_f, *(working_on(f, fine_grid, device) for f, _ in rest)], 1)
+        moving_f = torch.cat([moving_f, *(working_on(m, moving_grid_f, device) for _, m in rest)], 1)
     images = (pyramid(fixed_f, fine_grid, depth), pyramid(moving_f, moving_grid_f, depth))
     # the field stays on its working grid: the correction's control spacing (6 mm) is coarse enough
     # for it, and the fit samples a field 8 times smaller at every step; the images are what is finer
     start = DisplacementField(field.grid, field.field.to(device=device, dtype=fixed_f.dtype))
     refined, record = polish_dense(*images, linear, start, schedule, config.seed, _level_masks(masks, images), metric)
-    record.update(metric=metric, metric_figures=figures, spacing_mm=spacing)
+    record.update(metric=metric, metric_figures=figures[0] if len(pairs) == 1 else figures, spacing_mm=spacing)
     return DisplacementField(field.grid, refined.field.detach().cpu()), record
 
 

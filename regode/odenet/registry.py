@@ -110,15 +110,17 @@ class FineSchedule(Schedule):
     )
 
     def for_metric(self, metric: str, spacing: float) -> FineSchedule:
-        """The schedule for the similarity ``metric`` (``mi`` or ``ncc``) on images at ``spacing``
-        mm: its smoothness weight, and each level's stride from :attr:`lattice_mm`."""
+        """The schedule for the similarity ``metric`` (``mi``, ``ncc``, or one per channel joined by
+        ``+``) on images at ``spacing`` mm: its smoothness weight, and each level's stride from :attr:`lattice_mm`."""
         levels = self.levels
         if self.lattice_mm is not None:
             levels = tuple(
                 replace(level, stride=max(1, math.ceil(self.lattice_mm / (spacing * 2**level.coarseness) - 1e-6)))
                 for level in self.levels
             )
-        weight = self.lambda_grad_ncc if metric == "ncc" else self.lambda_grad
+        # several channels (``ncc+mi``): their losses are averaged, and so are their weights
+        names = metric.split("+")
+        weight = sum(self.lambda_grad_ncc if name == "ncc" else self.lambda_grad for name in names) / len(names)
         return replace(self, levels=levels, lambda_grad=weight)
 
 
