@@ -257,6 +257,7 @@ def test_bids_names_hold_the_same_mapping_as_ants_files(cohort, capfd):
     anat = out / "sub-01" / "ses-a" / "anat"
     names = sorted(p.name for p in anat.iterdir())
     assert names == [
+        "sub-01_ses-a_from-FLAIR_to-T1w_desc-log.txt",  # the row's log, beside its error record's name
         "sub-01_ses-a_from-FLAIR_to-T1w_desc-qc.png",
         "sub-01_ses-a_from-FLAIR_to-T1w_desc-regode.json",
         "sub-01_ses-a_from-FLAIR_to-T1w_mode-image_xfm.h5",

@@ -58,7 +58,14 @@ def run(resolved, manifest: Path, out: Path, quiet: bool = False) -> None:
             len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         )  # this job's share
         slurm = (
-            {"queue": c.queue, "account": c.account, "walltime": c.walltime, "memory": c.memory, "jobs": c.jobs}
+            {
+                "queue": c.queue,
+                "account": c.account,
+                "walltime": c.walltime,
+                "memory": c.memory,
+                "jobs": c.jobs,
+                "log_directory": str(out.resolve() / "slurm"),
+            }
             if c.slurm
             else None
         )
@@ -69,7 +76,7 @@ def run(resolved, manifest: Path, out: Path, quiet: bool = False) -> None:
             slurm=slurm,
             retries=c.retries,
         )
-        lines = run_cohort(rows, out, engine, c.qc, progress=not quiet)
+        lines = run_cohort(rows, out, engine, c.qc, progress=not quiet, only_failed=c.only_failed)
     paths = report.write(lines, out)
     counts = {s: sum(line["status"] == s for line in lines) for s in ("done", "failed", "not run")}
     print(

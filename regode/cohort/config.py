@@ -31,6 +31,9 @@ class CohortConfig:
         None, "Run this row only, here, without Dask (job arrays: --row $SLURM_ARRAY_TASK_ID).", low=1
     )
     retries: int = setting(1, "Times a task whose worker died is run again.", low=0)
+    only_failed: bool = setting(
+        False, "Run only the rows whose last run failed (an error record in their folder), not the rows never run."
+    )
     bids: bool = setting(
         False,
         "BIDS-style derivatives: OUT/sub-X/anat/sub-X_from-FLAIR_to-T1w_mode-image_xfm.h5 ... (manifest "
@@ -42,6 +45,8 @@ class CohortConfig:
     def __post_init__(self):
         validate(self)
         check.require(not (self.scheduler and self.slurm), "--scheduler and --slurm are two engines: choose one")
+        check.require(not (self.only_failed and self.row), "--only-failed and --row choose rows two ways: choose one")
+        check.require(not (self.only_failed and self.report_only), "--only-failed runs rows; --report-only runs none")
 
 
 SPEC = Spec("cohort", {"config": CohortConfig})

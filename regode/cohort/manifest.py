@@ -91,6 +91,16 @@ class Row:
         paths = bids_paths(folder, self.id, self.source, self.target, self.moving_labels is not None, qc)
         return {**paths, "error": folder / f"{self.id}_from-{self.source}_to-{self.target}_desc-error.json"}
 
+    def log(self, out: Path) -> Path:
+        """The row's log (``ID_log.txt``, beside its error record): one line per attempt's start and end."""
+        error = self.outputs(out)["error"]
+        return error.with_name(error.name[: -len("error.json")] + "log.txt")
+
+    def claim(self, out: Path) -> Path:
+        """The file that the process running the row holds (regode.cohort.claim)."""
+        log = self.log(out)
+        return log.with_name(f".{log.name}.claim")
+
     def record(self, out: Path) -> Path:
         """The JSON record a complete row has (written last of its outputs)."""
         return self.outputs(out)["json"]

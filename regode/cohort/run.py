@@ -22,6 +22,7 @@ from pathlib import Path
 from ..errors import RegodeError
 from ..io.atomic import atomic_output, remove_stale
 from ..progress import bar
+from .claim import Claim, log
 from .manifest import Row
 
 
@@ -36,7 +37,7 @@ class Engine:
     scheduler: str | None = None
     """the address of a running Dask scheduler (``tcp://host:8786``) to submit to instead."""
     slurm: dict | None = None
-    """SLURMCluster options (queue, account, walltime, memory) and ``jobs``."""
+    """SLURMCluster options (queue, account, walltime, memory, log_directory: the jobs' own logs) and ``jobs``."""
     retries: int = 0
     """times a failed task is run again (a worker lost, say); a row refused with an error is not retried."""
 
@@ -60,12 +61,31 @@ def _models(model: str, checkpoints: tuple):
 
 def run_row(row: Row, out: str, qc: bool = True, threads: int | None = None) -> dict:
     """Register one row in this process and return its summary line: id, status (done or
-    failed), error, seconds, worker and QC figures. User errors are recorded, not raised."""
+    failed), error, seconds, worker and QC figures. User errors are recorded, not raised. The row
+    is claimed first (regode.cohort.claim): while another live process runs it, this one waits and
+    then returns what that run left; a row complete by then is not run again."""
+    out = Path(out).resolve()
+    log_path = row.log(out)
+    try:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with Claim(row.claim(out), log_path) as held:
+            if not held or complete(row, out):
+                return summary_line(row, out)
+            log(log_path, f"started row {row.number} ({row.command})")
+            line = _run_row(row, out, qc, threads)
+            error = f": {line['error']}" if line["error"] else ""
+            log(log_path, f"{line['status']} in {line['seconds']:.1f} s{error}")
+    except OSError as exc:  # the row's folder itself cannot be made or claimed (a full or read-only disk)
+        where = f" ({exc.filename})" if exc.filename else ""
+        return {"id": row.id, "row": row.number, "status": "failed", "error": f"{exc.strerror or exc}{where}"}
+    return line
+
+
+def _run_row(row: Row, out: Path, qc: bool, threads: int | None) -> dict:
     import torch
 
     from ..pipeline import fit_files, register_files
 
-    out = Path(out).resolve()
     start = time.perf_counter()
     config = replace(row.config, threads=threads) if threads else row.config
     if threads:
@@ -144,11 +164,14 @@ def summary_line(row: Row, out: Path) -> dict:
     return {"id": row.id, "row": row.number, "status": "not run", "error": None}
 
 
-def run_cohort(rows: list[Row], out, engine: Engine = Engine(), qc: bool = True, progress: bool = True) -> list[dict]:
-    """Run every row that is not complete on Dask; returns the summary lines of all rows."""
+def run_cohort(
+    rows: list[Row], out, engine: Engine = Engine(), qc: bool = True, progress: bool = True, only_failed: bool = False
+) -> list[dict]:
+    """Run every row that is not complete on Dask (``only_failed``: only those whose last run
+    recorded an error); returns the summary lines of all rows."""
     out = Path(out).resolve()  # workers may run in another folder (a scheduler's)
     _sweep_complete(rows, out)
-    pending = [row for row in rows if not complete(row, out)]
+    pending = [row for row in rows if not complete(row, out) and (not only_failed or error_path(row, out).is_file())]
     lines = {row.id: summary_line(row, out) for row in rows}
     if pending:
         with _client(engine) as client, bar(progress, eta=True) as progress_bar:
@@ -250,6 +273,7 @@ def slurm_cluster(engine: Engine):
         cores=engine.workers * engine.threads,
         processes=engine.workers,
         job_name="regode-cohort",
+        log_directory=options.get("log_directory"),
     )
 
 
