@@ -213,17 +213,20 @@ def _pyramids(w: _Working, channels, device):
     """Every channel on the first channel's working grids (``[1, C, ...]``, fixed and moving), and
     ``levels(n, every_channel=False)``: the pyramids of ``n`` levels of the first channel (the
     networks') or of every channel (the polishes'), each made once."""
-    stacked = (
-        torch.cat([w.fixed, *(working_on(f, w.fixed_grid, device) for f, _ in channels)], 1),
-        torch.cat([w.moving, *(working_on(m, w.moving_grid, device) for _, m in channels)], 1),
-    )
+    stacked = (w.fixed, w.moving)
+    if channels:
+        stacked = (
+            torch.cat([w.fixed, *(working_on(f, w.fixed_grid, device) for f, _ in channels)], 1),
+            torch.cat([w.moving, *(working_on(m, w.moving_grid, device) for _, m in channels)], 1),
+        )
     made = {}
 
     def levels(n, every_channel=False):
-        if (n, every_channel) not in made:
-            f, m = stacked if every_channel else (w.fixed, w.moving)
-            made[n, every_channel] = (pyramid(f, w.fixed_grid, n), pyramid(m, w.moving_grid, n))
-        return made[n, every_channel]
+        key = (n, every_channel and bool(channels))  # one channel: the networks' pyramids are the polishes'
+        if key not in made:
+            f, m = stacked if key[1] else (w.fixed, w.moving)
+            made[key] = (pyramid(f, w.fixed_grid, n), pyramid(m, w.moving_grid, n))
+        return made[key]
 
     return stacked, levels
 
