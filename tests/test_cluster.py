@@ -1,27 +1,16 @@
-"""``regode cohort`` on what labs run it on: a Dask scheduler and workers in processes of their own,
-a single-node SLURM (slurmctld, slurmd and munge started here, as root), and the faults of a real
-cluster: a worker killed mid-row, two cohorts on one folder, a corrupt input found only when its
-row runs, a full disk, a SLURM job cancelled mid-row. Each ends with every row done once, nothing
-duplicated and no staging folder left.
-
-SLURM needs root and Debian's ``slurm-wlm`` and ``munge`` (``.ci/run`` installs them); without them
-its tests skip, except under ``CI=true``, where a skip would hide that they never ran.
+"""``regode cohort`` on a Dask scheduler and workers in processes of their own, and the faults of
+a real cluster: a worker killed mid-row or for memory, two cohorts on one folder, a corrupt input
+found only when its row runs, a full disk. Each ends with every row done once (or the row at fault
+failed, saying why), nothing duplicated and no staging folder left.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -32,119 +21,26 @@ from regode.grid import Grid
 from regode.io import write_image
 from regode.synthetic import phantom_labels, render
 
-GRID = Grid((16, 18, 14), (2.0, 2.0, 2.0), (-16.0, -18.0, -14.0))
-SLOW = "--iterations 400 --coarse-iterations 50 --seed 1"
-"""a fit-field row of a few seconds: long enough to be killed in the middle."""
-REGODE = [sys.executable, "-c", "from regode.cli import main; main()"]
-
-
-def _manifest(folder: Path, rows: int, slow: tuple[int, ...] = ()) -> Path:
-    lines = ["id,fixed,moving,command,options"]
-    for i in range(rows):
-        labels = phantom_labels(GRID, 6, i)
-        write_image(render(labels, GRID, 1), GRID, folder / f"f{i}.nii.gz")
-        write_image(render(labels, GRID, 2), GRID, folder / f"m{i}.nii.gz")
-        options = ("fit-field", SLOW) if i in slow else ("register", "--model rigid --seed 3")
-        lines.append(f"sub-{i},f{i}.nii.gz,m{i}.nii.gz,{options[0]},{options[1]}")
-    path = folder / "manifest.csv"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def _summary(out: Path) -> dict:
-    return {row["id"]: row for row in json.loads((out / "summary.json").read_text())["rows"]}
-
-
-def _log(out: Path, row: str) -> str:
-    return (out / row / f"{row}_log.txt").read_text()
-
-
-def _assert_clean(out: Path, rows: int) -> None:
-    """Every row done, each run to its end exactly once, nothing staged or claimed left."""
-    summary = _summary(out)
-    assert [summary[f"sub-{i}"]["status"] for i in range(rows)] == ["done"] * rows, summary
-    for i in range(rows):
-        assert _log(out, f"sub-{i}").count(" done in ") == 1, _log(out, f"sub-{i}")
-    assert not list(out.glob("**/.regode-*")) and not list(out.glob("**/.*.claim")), list(out.glob("**/.*"))
-
-
-def _arrays(out: Path, row: str) -> dict:
-    """The row's transforms and warped image, as arrays (equal runs give equal arrays)."""
-    prefix = out / row / f"{row}_"
-    files = [p for p in (Path(f"{prefix}1Warp.nii.gz"), Path(f"{prefix}Warped.nii.gz")) if p.is_file()]
-    found = {p.name: sitk.GetArrayFromImage(sitk.ReadImage(str(p))) for p in files}
-    found["affine"] = np.asarray(sitk.ReadTransform(f"{prefix}0GenericAffine.mat").GetParameters())
-    return found
-
-
-def _wait_for(condition, seconds: float, what: str):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _claim_pid(out: Path, row: str) -> int | None:
-    claim = out / row / f".{row}_log.txt.claim"
-    try:
-        return int(json.loads(claim.read_text())["pid"])
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .cluster import (
+    REGODE,
+    _arrays,
+    _assert_clean,
+    _claim_pid,
+    _log,
+    _manifest,
+    _root_or_skip,
+    _summary,
+    _wait_for,
+    dask_processes,
+    with_pgid_kill,
+)
 
 
 @pytest.fixture
-def dask_cluster(tmp_path):
-    """``dask scheduler`` and two ``dask worker`` processes (each under its nanny) on 127.0.0.1."""
-    port = _free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    address = f"tcp://127.0.0.1:{port}"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port),
-             "--dashboard-address", ":0"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
-    ]  # fmt: skip
-    try:
-        _wait_for(lambda: _connects(port), 60, "the scheduler")
-        for _ in range(2):
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
-                     "--host", "127.0.0.1", "--dashboard-address", ":0"],
-                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                )
-            )  # fmt: skip
-        from distributed import Client
-
-        with Client(address, timeout=60) as client:
-            client.wait_for_workers(2, timeout=60)
-        yield SimpleNamespace(address=address, processes=procs)
-    finally:
-        for proc in reversed(procs):
-            with_pgid_kill(proc)
-
-
-def with_pgid_kill(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
-
-
-def _connects(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
+def dask_cluster():
+    """A scheduler and two workers of their own."""
+    with dask_processes(2) as cluster:
+        yield cluster
 
 
 def test_a_cohort_runs_on_a_scheduler_and_workers_of_their_own(tmp_path, dask_cluster):
@@ -228,13 +124,6 @@ def test_a_corrupt_input_found_when_its_row_runs_fails_that_row_alone(tmp_path):
     assert _summary(out)["sub-1"]["status"] == "done" and not (out / "sub-1" / "sub-1_error.json").exists()
 
 
-def _root_or_skip(what: str) -> None:
-    if os.geteuid() != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{what} needs root under CI=true")
-        pytest.skip(f"{what} needs root")
-
-
 def test_a_full_disk_fails_its_row_alone_and_a_rerun_finishes_it(tmp_path):
     """The row's folder on a 16 kB tmpfs: its staging and final folder are there, and full."""
     _root_or_skip("mounting a tmpfs")
@@ -257,137 +146,28 @@ def test_a_full_disk_fails_its_row_alone_and_a_rerun_finishes_it(tmp_path):
     assert not list(out.glob("**/.regode-*")) and not list(out.glob("**/.*.claim"))
 
 
-# --- SLURM ----------------------------------------------------------------------------------------
-
-SLURM_CONF = """\
-ClusterName=regode-test
-SlurmctldHost=localhost
-SlurmctldPort={ctld}
-SlurmdPort={slurmd}
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-AuthInfo=socket={root}/munge.socket
-StateSaveLocation={root}/state
-SlurmdSpoolDir={root}/spool
-SlurmctldPidFile={root}/slurmctld.pid
-SlurmdPidFile={root}/slurmd.pid
-SlurmctldLogFile={root}/slurmctld.log
-SlurmdLogFile={root}/slurmd.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-SchedulerType=sched/backfill
-SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU
-MpiDefault=none
-SwitchType=switch/none
-ReturnToService=2
-KillWait=2
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=2 RealMemory=16000 State=UNKNOWN
-PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
-"""
-
-
-@pytest.fixture(scope="module")
-def slurm():
-    """A single-node SLURM on localhost (no cgroups: proctrack/linuxproc, task/none) with its own
-    munge daemon, started for these tests and stopped after; ``SLURM_CONF`` points at it."""
-    missing = [name for name in ("munged", "slurmctld", "slurmd", "sbatch") if shutil.which(name) is None]
-    if missing or os.geteuid() != 0:
-        reason = f"a single-node SLURM needs root and Debian's slurm-wlm and munge (missing: {missing or 'root'})"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    root = Path(tempfile.mkdtemp(prefix="regode-slurm-"))  # pytest's folders are root's alone: munge reads this one
-    os.chmod(root, 0o755)
-    for name in ("state", "spool"):
-        (root / name).mkdir()
-    conf = root / "slurm.conf"
-    conf.write_text(SLURM_CONF.format(root=root, ctld=_free_port(), slurmd=_free_port()))
-    shutil.chown(root, "munge", "munge")
-    key = root / "munge.key"
-    key.write_bytes(os.urandom(128))
-    shutil.chown(key, "munge", "munge")
-    os.chmod(key, 0o600)
-    files = {"socket": "munge.socket", "pid-file": "munged.pid", "log-file": "munged.log", "seed-file": "munged.seed"}
-    munge = ["runuser", "-u", "munge", "--", "munged", f"--key-file={key}"]
-    munge += [f"--{option}={root / name}" for option, name in files.items()]
-    saved = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = str(conf)
-    try:
-        subprocess.run(munge, check=True)
-        subprocess.run(["slurmctld", "-f", str(conf)], check=True)
-        subprocess.run(["slurmd", "-f", str(conf), "-N", "localhost"], check=True)
-        _wait_for(lambda: "idle" in _out(["sinfo", "-h", "-o", "%T"]), 60, "the SLURM node to be idle")
-        yield root
-    finally:
-        subprocess.run(["scancel", "--full", "-u", "root"], check=False, capture_output=True)
-        for name in ("slurmd", "slurmctld", "munged"):
-            pidfile = root / f"{name}.pid"
-            if pidfile.is_file():
-                try:
-                    os.kill(int(pidfile.read_text().split()[0]), signal.SIGTERM)
-                except (ProcessLookupError, ValueError):
-                    pass
-        time.sleep(1)
-        shutil.rmtree(root, ignore_errors=True)
-        if saved is None:
-            os.environ.pop("SLURM_CONF", None)
-        else:
-            os.environ["SLURM_CONF"] = saved
-
-
-def _out(command: list[str]) -> str:
-    return subprocess.run(command, capture_output=True, text=True, check=False).stdout
-
-
-def test_a_cohort_runs_as_slurm_jobs_and_equals_a_local_run(tmp_path, slurm):
-    manifest = _manifest(tmp_path, 3)
-    out, local = tmp_path / "out", tmp_path / "local"
-    common = ["--threads", "1", "-q"]
-    args = ["cohort", str(manifest), "--out", str(out), "--slurm", "--jobs", "1", "--workers", "1", "--memory", "2GB"]
-    assert run([*args, *common]) == 0
-    _assert_clean(out, 3)
-    assert run(["cohort", str(manifest), "--out", str(local), "--workers", "1", *common]) == 0
-    for i in range(3):
-        a, b = _arrays(out, f"sub-{i}"), _arrays(local, f"sub-{i}")
-        assert all(np.array_equal(a[k], b[k]) for k in a)
-    _wait_for(lambda: not _out(["squeue", "-h"]).strip(), 60, "the cohort's jobs to end")  # stopped after
-
-
-def test_the_job_array_recipe_of_the_docs_runs_as_written(tmp_path, slurm):
-    text = (Path(__file__).parents[1] / "docs" / "guide" / "cohorts.md").read_text()
-    script = re.search(r"```bash\n(#!/bin/bash\n#SBATCH --job-name=regode\n.*?)```", text, re.S).group(1)
-    report = re.search(r"```bash\n(regode cohort study.csv --out derivatives/regode --report-only)\n```", text).group(1)
-    _manifest(tmp_path, 3).rename(tmp_path / "study.csv")
-    regode = tmp_path / "bin" / "regode"  # the command as a user has it on PATH
-    regode.parent.mkdir()
-    regode.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'from regode.cli import main; main()' \"$@\"\n")
-    regode.chmod(0o755)
-    script = script.replace("--array=1-120", "--array=1-3").replace("--mem=4G", "--mem=1G")
-    (tmp_path / "array.sh").write_text(script)
-    env = {**os.environ, "PATH": f"{regode.parent}:{os.environ['PATH']}"}
-    submitted = subprocess.run(["sbatch", "--parsable", "--wait", "array.sh"], cwd=tmp_path, env=env,
-                               capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert submitted.returncode == 0, submitted.stderr
-    done = subprocess.run(report.split(), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    _assert_clean(tmp_path / "derivatives" / "regode", 3)
-
-
-def test_a_slurm_job_cancelled_mid_row_leaves_the_row_to_the_other_job(tmp_path, slurm):
-    manifest = _manifest(tmp_path, 2, slow=(0,))
+def test_a_worker_killed_for_memory_fails_its_row_saying_so(tmp_path):
+    """One worker of 750 MB (its nanny ends it at 95 %): a 1 mm 160^3 fit-field row (about 1 GB)
+    kills it, twice (the scheduler's allowed failures: 1); that row fails "killed for memory" with
+    its last reading, and the small row beside it is done."""
+    manifest = _manifest(tmp_path, 2)
+    big = Grid((160, 160, 160), (1.0, 1.0, 1.0), (-80.0, -80.0, -80.0))
+    labels = phantom_labels(big, 6, 0)
+    write_image(render(labels, big, 1), big, tmp_path / "big_f.nii.gz")
+    write_image(render(labels, big, 2), big, tmp_path / "big_m.nii.gz")
+    with manifest.open("a") as rows:
+        rows.write("sub-big,big_f.nii.gz,big_m.nii.gz,fit-field,--seed 1\n")
     out = tmp_path / "out"
-    args = ["cohort", str(manifest), "--out", str(out), "--slurm", "--jobs", "2", "--workers", "1", "--threads", "1",
-            "--memory", "2GB", "-q"]  # fmt: skip
-    proc = subprocess.Popen([*REGODE, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    pid = _wait_for(lambda: _claim_pid(out, "sub-0"), 180, "the slow row to start")
-    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    job = next(v.split(b"=", 1)[1].decode() for v in environ if v.startswith(b"SLURM_JOB_ID="))
-    subprocess.run(["scancel", job], check=True)
-    assert proc.wait(timeout=400) == 0, proc.stdout.read()
-    _assert_clean(out, 2)
-    log = _log(out, "sub-0")
-    assert log.count("started row") == 2 and "took over the claim" in log, log
+    failures = {  # one task on the worker at a time: the small rows wait on the scheduler, not on it
+        "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1",
+        "DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION": "1.0",
+    }
+    with dask_processes(1, ("--memory-limit", "750MB"), failures) as cluster:
+        args = ["cohort", str(manifest), "--out", str(out), "--threads", "1", "-q", "--scheduler", cluster.address]
+        assert run(args) == 1
+    summary = _summary(out)
+    assert summary["sub-0"]["status"] == summary["sub-1"]["status"] == "done", summary
+    error = summary["sub-big"]["error"]
+    assert summary["sub-big"]["status"] == "failed" and error.startswith("killed for memory: "), error
+    assert re.search(r"\d+ MiB resident, (8\d|9\d|1\d\d) % of its 715 MiB limit", error), error
+    assert "killed for memory" in _log(out, "sub-big")  # the second attempt took over the first's claim, saying why

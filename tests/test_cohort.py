@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -311,3 +312,32 @@ def test_bids_names_hold_the_same_mapping_as_ants_files(cohort, capfd):
     )
     assert not (cohort / "two").exists()
     assert 'href="sub-01/ses-a/anat/sub-01_ses-a_from-FLAIR_to-T1w_desc-qc.png"' in (out / "report.html").read_text()
+
+
+def test_rows_whose_process_is_gone_read_failed_with_why_and_only_failed_runs_them(cohort, capfd):
+    """Claims left by processes that are gone (SIGKILL: nothing of theirs ran on): one past its
+    SLURM job's time limit, one whose last memory reading was 90 % of its limit, one unexplained."""
+    out, host = cohort / "out", socket.gethostname()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    claims = {"sub-0": {"slurm_job": "77", "ends": time.time() - 5}, "sub-1": {}, "sub-2": {}}
+    for row, context in claims.items():
+        (out / row).mkdir(parents=True)
+        claim = {"host": host, "pid": gone.pid, "since": time.time() - 60, **context}
+        (out / row / f".{row}_log.txt.claim").write_text(json.dumps(claim))
+    reading = "memory: 690 MiB resident, 90 % of its 762 MiB limit"
+    (out / "sub-1" / "sub-1_log.txt").write_text(f"2026-01-01T00:00:00 {host}:{gone.pid} {reading}\n")
+    args = ["cohort", str(cohort / "manifest.csv"), "--out", str(out)]
+    assert run([*args, "--report-only"]) == 1
+    summary = _summary(out)
+    assert "time limit of its SLURM job 77" in summary["sub-0"]["error"]
+    assert summary["sub-1"]["error"].startswith(f"killed for memory: {reading[8:]}")
+    assert summary["sub-2"]["error"].startswith(f"its process {host}:{gone.pid} stopped before the row ended")
+    assert {summary[f"sub-{i}"]["status"] for i in range(3)} == {"failed"}
+    assert summary["sub-3"]["status"] == summary["sub-4"]["status"] == "not run"
+    capfd.readouterr()
+    assert run([*args, *LOCAL, "--only-failed"]) == 0
+    summary = _summary(out)
+    assert [summary[f"sub-{i}"]["status"] for i in range(5)] == ["done"] * 3 + ["not run"] * 2
+    assert "took over the claim" in (out / "sub-1" / "sub-1_log.txt").read_text()
+    assert not list(out.glob("**/.*.claim"))

@@ -11,7 +11,10 @@ died). A stale claim is taken over; a live one is waited for, and the row's outc
 from its folder.
 
 Each attempt at a row appends lines to ``ID_log.txt`` in its folder: when and where it started,
-whose stale claim it took over, how it ended.
+whose stale claim it took over, how it ended, and its resident memory whenever it rises past
+:data:`WATCH` of the process's memory limit (a Dask worker's, its cgroup's or its SLURM job's).
+A claim also names the SLURM job and the end of its time limit, so that a row whose process is
+gone can say why (:func:`cause`): stopped at its job's time limit, killed for memory, or stopped.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -28,11 +33,116 @@ HEARTBEAT = 10.0
 """seconds between touches of a held claim."""
 STALE = 120.0
 """seconds without a touch after which another host's claim is taken over."""
+SAMPLE = 0.1
+"""seconds between readings of a running row's resident memory."""
+WATCH = 0.6
+"""the share of the memory limit above which readings go to the row's log (each 5 points more)."""
+KILLED = 0.8
+"""the share of the memory limit at the last reading above which a process gone is taken as killed for memory."""
 
 
 def holder() -> dict:
     """This process, as a claim names it."""
     return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _context() -> dict:
+    """What a claim records besides its holder: the SLURM job and the end of its time limit, and the
+    memory limit of this process (None where unknown)."""
+    job = os.environ.get("SLURM_JOB_ID")
+    return {"slurm_job": job, "ends": _slurm_end(job) if job else None, "memory_limit": memory_limit()}
+
+
+def _slurm_end(job: str) -> float | None:
+    """When SLURM job ``job`` reaches its time limit (seconds since the epoch), from ``scontrol``."""
+    try:
+        text = subprocess.run(
+            ["scontrol", "show", "job", "-o", job], capture_output=True, text=True, timeout=20, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.search(r"\bEndTime=(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)", text)
+    return time.mktime(time.strptime(found.group(1), "%Y-%m-%dT%H:%M:%S")) if found else None
+
+
+def memory_limit() -> int | None:
+    """Bytes this process may hold before it is killed: the least of its Dask worker's memory limit,
+    its cgroup's ``memory.max`` and its SLURM job's ``--mem``; None when none is set."""
+    limits = []
+    with contextlib.suppress(Exception):  # not in a Dask worker, or no distributed
+        from distributed import get_worker
+
+        limits.append(int(get_worker().memory_manager.memory_limit or 0))
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        group = Path("/proc/self/cgroup").read_text().splitlines()[0].split(":", 2)[2]
+        limits.append(int(Path(f"/sys/fs/cgroup{group}/memory.max").read_text()))  # "max": no limit
+    with contextlib.suppress(ValueError):
+        limits.append(int(os.environ.get("SLURM_MEM_PER_NODE", "")) * 2**20)
+    limits = [limit for limit in limits if limit > 0]
+    return min(limits) if limits else None
+
+
+def resident() -> int | None:
+    """This process's resident memory in bytes (None where ``/proc`` is missing)."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def cause(claim: dict, touched: float, log_path: Path) -> str:
+    """Why the process of a claim left behind stopped before its row ended, as a row's error: its
+    SLURM job's time limit (touched until the limit), memory (its last reading in the row's log above
+    :data:`KILLED` of its limit) or unknown."""
+    who = f"{claim.get('host')}:{claim.get('pid')}"
+    if _at_limit(claim, touched):
+        return _time_limit(claim)
+    reading = _last_reading(log_path, who)
+    if reading is not None and reading[0] >= KILLED:
+        return f"killed for memory: {reading[1]} when last read: give it more memory (--memory, --mem)"
+    return f"its process {who} stopped before the row ended (killed, or its node lost)"
+
+
+def ended(context: dict) -> str:
+    """Why this process is being stopped mid-row (SIGTERM or Ctrl-C), as a row's error: its SLURM
+    job's time limit when that has come, else interrupted."""
+    return _time_limit(context) if _at_limit(context, time.time()) else "interrupted (SIGTERM or Ctrl-C)"
+
+
+def _at_limit(claim: dict, when: float) -> bool:
+    """Whether ``when`` is at the time limit of the claim's SLURM job (within a heartbeat)."""
+    ends = claim.get("ends")
+    return bool(ends) and when >= ends - HEARTBEAT - 5
+
+
+def _time_limit(claim: dict) -> str:
+    ends = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(claim["ends"]))
+    job = claim.get("slurm_job")
+    return f"stopped at the time limit of its SLURM job {job} ({ends}): give it more time (--walltime, --time)"
+
+
+def left_behind(path: Path, log_path: Path) -> str | None:
+    """Why the process that held a row's claim ``path`` stopped before the row ended (:func:`cause`);
+    None when the row has no claim or its process may still be running it."""
+    found = _read(Path(path))
+    if found is None or _alive(*found):
+        return None
+    return cause(*found, log_path)
+
+
+def _last_reading(log_path: Path, who: str) -> tuple[float, str] | None:
+    """The last memory reading (share of the limit, text) of ``who``'s last attempt in a row's log."""
+    try:
+        lines = Path(log_path).read_text().splitlines()
+    except OSError:
+        return None
+    found = None
+    for line in lines:
+        if f" {who} started row" in line:
+            found = None
+        elif f" {who} memory: " in line and (share := re.search(r"(\d+) % of", line)):
+            found = int(share.group(1)) / 100, line.split(" memory: ", 1)[1]
+    return found
 
 
 def log(path: Path, message: str) -> None:
@@ -78,9 +188,10 @@ class Claim:
 
     def __init__(self, path: Path, log_path: Path, poll: float = 1.0):
         self.path, self.log, self.poll = Path(path), log_path, poll
-        self.held, self._stop = False, threading.Event()
+        self.held, self._stop, self.context = False, threading.Event(), {}
 
     def __enter__(self) -> bool:
+        self.context = _context()  # here, in the row's thread (a Dask worker's limit is known only there)
         waited = False
         while True:
             if self._create():
@@ -94,8 +205,11 @@ class Claim:
                 continue
             claim, touched = found
             if not _alive(claim, touched):
+                why = cause(claim, touched, self.log)
                 if self._take_over(claim):
-                    log(self.log, f"took over the claim of {claim.get('host')}:{claim.get('pid')}, which is gone")
+                    log(
+                        self.log, f"took over the claim of {claim.get('host')}:{claim.get('pid')}, which is gone: {why}"
+                    )
                 continue
             if not waited:
                 log(self.log, f"waiting: {claim.get('host')}:{claim.get('pid')} is running this row")
@@ -108,7 +222,7 @@ class Claim:
         except FileExistsError:
             return False
         with contextlib.suppress(OSError), os.fdopen(handle, "w") as out:  # a full disk: held, unnamed
-            json.dump({**holder(), "since": time.time()}, out)
+            json.dump({**holder(), "since": time.time(), **self.context}, out)
         return True
 
     def _take_over(self, stale: dict) -> bool:
@@ -129,9 +243,18 @@ class Claim:
         return True
 
     def _beat(self) -> None:
-        while not self._stop.wait(HEARTBEAT):
-            with contextlib.suppress(OSError):
-                os.utime(self.path)
+        """Touch the claim every HEARTBEAT seconds; log memory readings above WATCH of the limit."""
+        limit, logged, touched = self.context.get("memory_limit"), 0.0, time.monotonic()
+        while not self._stop.wait(SAMPLE):
+            used = resident() if limit else None
+            if used is not None and used / limit >= max(WATCH, logged + 0.05):
+                logged = used / limit
+                mib = f"{used / 2**20:.0f} MiB resident, {logged * 100:.0f} % of its {limit / 2**20:.0f} MiB limit"
+                log(self.log, f"memory: {mib}")
+            if time.monotonic() - touched >= HEARTBEAT:
+                touched = time.monotonic()
+                with contextlib.suppress(OSError):
+                    os.utime(self.path)
 
     def __exit__(self, *exc) -> None:
         self._stop.set()

@@ -32,7 +32,7 @@ class CohortConfig:
     )
     retries: int = setting(1, "Times a task whose worker died is run again.", low=0)
     only_failed: bool = setting(
-        False, "Run only the rows whose last run failed (an error record in their folder), not the rows never run."
+        False, "Run only the rows whose last run failed (an error, or a process stopped mid-row), not those never run."
     )
     bids: bool = setting(
         False,

@@ -24,7 +24,7 @@ from pathlib import Path
 from ..errors import RegodeError
 from ..io.atomic import atomic_output, remove_stale
 from ..progress import bar
-from .claim import Claim, log
+from .claim import Claim, ended, left_behind, log
 from .manifest import Row
 
 
@@ -70,11 +70,18 @@ def run_row(row: Row, out: str, qc: bool = True, threads: int | None = None) -> 
     log_path = row.log(out)
     try:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        with Claim(row.claim(out), log_path) as held:
+        claim = Claim(row.claim(out), log_path)
+        with claim as held:
             if not held or complete(row, out):
                 return summary_line(row, out)
             log(log_path, f"started row {row.number} ({row.command})")
-            line = _run_row(row, out, qc, threads)
+            try:
+                line = _run_row(row, out, qc, threads)
+            except (SystemExit, KeyboardInterrupt):  # SIGTERM (a SLURM time limit, scancel) or Ctrl-C mid-row
+                stopped = {"id": row.id, "row": row.number, "status": "failed", "error": ended(claim.context)}
+                log(log_path, f"failed: {stopped['error']}")
+                _record_failure(row, out, stopped)
+                raise
             error = f": {line['error']}" if line["error"] else ""
             log(log_path, f"{line['status']} in {line['seconds']:.1f} s{error}")
     except OSError as exc:  # the row's folder itself cannot be made or claimed (a full or read-only disk)
@@ -144,12 +151,17 @@ def _run_row(row: Row, out: Path, qc: bool, threads: int | None) -> dict:
             else f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
         )
         line.update(status="failed", error=message, seconds=time.perf_counter() - start)
-        try:  # the record of the failure, for --report-only and reruns; the summary has it anyway
-            with atomic_output(error_path(row, out)) as tmp:
-                Path(tmp).write_text(json.dumps(line, indent=2))
-        except (OSError, RegodeError):
-            pass
+        _record_failure(row, out, line)
     return line
+
+
+def _record_failure(row: Row, out: Path, line: dict) -> None:
+    """The record of a row's failure, for --report-only and reruns (best effort: the summary has it)."""
+    try:
+        with atomic_output(error_path(row, out)) as tmp:
+            Path(tmp).write_text(json.dumps(line, indent=2))
+    except (OSError, RegodeError):
+        pass
 
 
 def _picture(row: Row, out: Path) -> str | None:
@@ -175,7 +187,8 @@ def summary_line(row: Row, out: Path) -> dict:
         }
     if error_path(row, out).is_file():
         return json.loads(error_path(row, out).read_text())
-    return {"id": row.id, "row": row.number, "status": "not run", "error": None}
+    why = left_behind(row.claim(out), row.log(out))  # its process stopped mid-row: a time limit, memory
+    return {"id": row.id, "row": row.number, "status": "failed" if why else "not run", "error": why}
 
 
 def run_cohort(
@@ -185,8 +198,9 @@ def run_cohort(
     recorded an error); returns the summary lines of all rows."""
     out = Path(out).resolve()  # workers may run in another folder (a scheduler's)
     _sweep_complete(rows, out)
-    pending = [row for row in rows if not complete(row, out) and (not only_failed or error_path(row, out).is_file())]
     lines = {row.id: summary_line(row, out) for row in rows}
+    chosen = [row for row in rows if not only_failed or lines[row.id]["status"] == "failed"]
+    pending = [row for row in chosen if not complete(row, out)]
     if pending:
         with _client(engine) as client, bar(progress, eta=True) as progress_bar:
             from distributed import as_completed
@@ -211,12 +225,9 @@ def run_cohort(
                 try:
                     line = future.result()
                 except Exception as exc:  # the task itself died (a worker killed, twice): the row is not complete
-                    line = {
-                        "id": row.id,
-                        "row": row.number,
-                        "status": "failed",
-                        "error": f"the worker running it died ({type(exc).__name__})",
-                    }
+                    why = left_behind(row.claim(out), row.log(out)) or "its worker died"
+                    error = f"{why} ({type(exc).__name__})"
+                    line = {"id": row.id, "row": row.number, "status": "failed", "error": error}
                 lines[row.id] = line
                 failed += line["status"] != "done"
                 progress_bar.update(task, advance=1, info=f"{failed} failed" if failed else "")
