@@ -16,6 +16,7 @@ import torch
 
 # re-exported (regode.API names them; regode/__init__.py hands them out on first use)
 from .brain import extract as extract_brain  # noqa: F401
+from .cohort.template import Subject, build_template, read_subjects  # noqa: F401
 from .config import BrainExtractConfig  # noqa: F401
 from .errors import RegodeError  # noqa: F401
 from .grid import Grid  # noqa: F401

@@ -6,6 +6,6 @@ The commands register themselves on :data:`app` when imported, in the order ``--
 # ruff: noqa: I001
 
 from .app import app, main
-from . import register, fit_field, brain_extract, warp, cohort, train, bench, demo  # noqa: F401  (each registers its command)
+from . import register, fit_field, brain_extract, warp, cohort, template, train, bench, demo  # noqa: F401  (each registers its command)
 
 __all__ = ["app", "main"]

@@ -51,3 +51,30 @@ class CohortConfig:
 
 SPEC = Spec("cohort", {"config": CohortConfig})
 """the settings of ``regode cohort``."""
+
+
+TEMPLATE_COMMANDS = ("fit-field", "register")
+"""the registrations a template can be built with."""
+
+
+@dataclass(frozen=True)
+class TemplateConfig:
+    """Everything that defines a template (``regode template``), besides its manifest and folder."""
+
+    iterations: int = setting(4, "Rounds of registration and averaging after the affine start.", low=1)
+    initial: str = setting("mean", "Initial template: mean (of the images, in world space), mni152 or an image file.")
+    spacing: float | None = setting(None, "Template voxel size in mm (default: the initial image's).", low=0.1)
+    command: str = setting("fit-field", "Registration of each subject to the template.", choices=TEMPLATE_COMMANDS)
+    options: str = setting("--seed 1", 'Options of --command, e.g. "--iterations 100".')
+    average: str = setting("mean", "Voxelwise average of the warped images.", choices=("mean", "median"))
+    step: float = setting(1.0, "Share of the mean map's inverse applied to the average each round.", low=0.05, high=1.0)
+    workers: int | None = setting(None, "Worker processes (default: cores / threads).", low=1)
+    threads: int = setting(2, "CPU threads per worker.", low=1)
+    scheduler: str | None = setting(None, "Submit to a running Dask scheduler (tcp://host:8786).")
+
+    def __post_init__(self):
+        validate(self)
+
+
+TEMPLATE_SPEC = Spec("template", {"config": TemplateConfig})
+"""the settings of ``regode template``."""
