@@ -10,7 +10,8 @@ image the fixed one rendered in another contrast and moved by a random rigid mot
 each checkpoint (regode.cohort.run.run_cohort on its scheduler), so the same worker processes run
 every row; after each batch, each worker's resident memory (psutil, after a garbage collection).
 Then ``report.html`` is opened in headless chromium: the wall time of the whole browser run (start,
-load, screenshot) and the screenshot (``OUT/report.png``).
+load, screenshot), the same for a blank page (the browser's own start) and the screenshot
+(``OUT/report.png``).
 """
 
 from __future__ import annotations
@@ -116,20 +117,27 @@ def main() -> None:
     if browser is None:
         print("no chromium: the report was not opened")
         return
+    blank = args.out / "blank.html"
+    blank.write_text("<!doctype html><title>blank</title>")
+    browser_alone = np.median([_screenshot(browser, blank, args.out / "blank.png") for _ in range(3)])
     shot = args.out / "report.png"
-    times = []
-    for _ in range(3):
-        t = time.perf_counter()
-        subprocess.run(
-            [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}", "--window-size=1400,1800",
-             paths["html"].resolve().as_uri()],
-            check=True, capture_output=True, timeout=120,
-        )  # fmt: skip
-        times.append(time.perf_counter() - t)
+    seconds = np.median([_screenshot(browser, paths["html"], shot) for _ in range(3)])
     print(
-        f"report.html ({done} rows) in headless chromium: {np.median(times):.2f} s, median of 3 (start, load, "
-        f"screenshot); {shot}"
+        f"report.html ({done} rows) in headless chromium: {seconds:.2f} s, median of 3 (start, load, "
+        f"screenshot); a blank page the same way: {browser_alone:.2f} s, so the report's own load and "
+        f"drawing {seconds - browser_alone:.2f} s; {shot}"
     )
+
+
+def _screenshot(browser: str, page: Path, shot: Path) -> float:
+    """Seconds for headless chromium to start, load ``page``, draw it and write ``shot``."""
+    t = time.perf_counter()
+    subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}", "--window-size=1400,1800",
+         page.resolve().as_uri()],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    return time.perf_counter() - t
 
 
 if __name__ == "__main__":

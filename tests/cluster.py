@@ -92,8 +92,14 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def dask_processes(workers: int = 2, worker_options: tuple[str, ...] = (), scheduler_env: dict | None = None):
-    """``dask scheduler`` and ``workers`` ``dask worker`` processes (each under its nanny) on 127.0.0.1."""
+def dask_processes(
+    workers: int = 2,
+    worker_options: tuple[str, ...] = (),
+    scheduler_env: dict | None = None,
+    worker_env: dict | None = None,
+):
+    """``dask scheduler`` and ``workers`` ``dask worker`` processes (each under its nanny) on 127.0.0.1,
+    with Dask settings for each in ``scheduler_env`` and ``worker_env`` (``DASK_DISTRIBUTED__...``)."""
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     address = f"tcp://127.0.0.1:{port}"
@@ -112,7 +118,8 @@ def dask_processes(workers: int = 2, worker_options: tuple[str, ...] = (), sched
                 subprocess.Popen(
                     [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
                      "--host", "127.0.0.1", "--dashboard-address", ":0", *worker_options],
-                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                    env={**env, **(worker_env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    start_new_session=True,
                 )
             )  # fmt: skip
         from distributed import Client

@@ -147,11 +147,11 @@ def test_a_full_disk_fails_its_row_alone_and_a_rerun_finishes_it(tmp_path):
 
 
 def test_a_worker_killed_for_memory_fails_its_row_saying_so(tmp_path):
-    """One worker of 750 MB (its nanny ends it at 95 %): a 1 mm 160^3 fit-field row (about 1 GB)
-    kills it, twice (the scheduler's allowed failures: 1); that row fails "killed for memory" with
-    its last reading, and the small row beside it is done."""
+    """One worker of 750 MB (its nanny ends it at 95 %; never paused, which would leave the row
+    waiting): a 1 mm 176^3 fit-field row (over 1 GB) kills it, twice (the scheduler's allowed
+    failures: 1); that row fails "killed for memory" with its last reading, the small rows are done."""
     manifest = _manifest(tmp_path, 2)
-    big = Grid((160, 160, 160), (1.0, 1.0, 1.0), (-80.0, -80.0, -80.0))
+    big = Grid((176, 176, 176), (1.0, 1.0, 1.0), (-88.0, -88.0, -88.0))
     labels = phantom_labels(big, 6, 0)
     write_image(render(labels, big, 1), big, tmp_path / "big_f.nii.gz")
     write_image(render(labels, big, 2), big, tmp_path / "big_m.nii.gz")
@@ -162,9 +162,11 @@ def test_a_worker_killed_for_memory_fails_its_row_saying_so(tmp_path):
         "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1",
         "DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION": "1.0",
     }
-    with dask_processes(1, ("--memory-limit", "750MB"), failures) as cluster:
+    memory = {f"DASK_DISTRIBUTED__WORKER__MEMORY__{k}": "false" for k in ("TARGET", "SPILL", "PAUSE")}
+    with dask_processes(1, ("--memory-limit", "750MB"), failures, memory) as cluster:
         args = ["cohort", str(manifest), "--out", str(out), "--threads", "1", "-q", "--scheduler", cluster.address]
-        assert run(args) == 1
+        done = subprocess.run([*REGODE, *args], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 1, done.stdout + done.stderr
     summary = _summary(out)
     assert summary["sub-0"]["status"] == summary["sub-1"]["status"] == "done", summary
     error = summary["sub-big"]["error"]

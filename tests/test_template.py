@@ -130,3 +130,6 @@ def test_a_template_manifest_without_channels_is_refused(tmp_path, capsys):
     assert run(["template", str(tmp_path / "subjects.csv"), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("regode: error: ") and "subjects.csv" in err and "column per channel" in err
+    (tmp_path / "subjects.csv").write_text("id,t1\nsub-0,a.nii.gz\nsub-1,\n")
+    assert run(["template", str(tmp_path / "subjects.csv"), "--out", str(tmp_path / "out")]) == 1
+    assert "line 2: the t1 image 'a.nii.gz' is not a file" in capsys.readouterr().err

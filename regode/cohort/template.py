@@ -72,6 +72,10 @@ def read_subjects(path) -> tuple[tuple[str, ...], list[Subject]]:
     subjects = [
         Subject(row["id"], tuple(resolve(row[c]) for c in channels), resolve(row.get("labels") or "")) for row in rows
     ]
+    for number, (row, subject) in enumerate(zip(rows, subjects, strict=True), start=2):
+        for channel, image in zip(channels, subject.images, strict=True):
+            if not row[channel] or not image.is_file():
+                raise RegodeError(f"{path}, line {number}: the {channel} image {row[channel]!r} is not a file")
     if len({s.id for s in subjects}) != len(subjects) or len(subjects) < 2:
         raise RegodeError(f"{path}: a template needs at least 2 subjects with distinct ids")
     return channels, subjects
