@@ -123,6 +123,8 @@ def test_a_template_killed_mid_round_goes_on_from_what_is_in_place(tmp_path):
     for log in out.glob("iterations/round-*/*/*_log.txt"):  # no row run to its end twice
         assert log.read_text().count(" done in ") == 1, log.read_text()
     assert (out / "template_t1.nii.gz").is_file() and not list(out.glob("**/.regode-*"))
+    pictures = sorted(p.name for p in (out / "iterations").glob("template-*.png"))
+    assert pictures == ["template-1.png", "template-2.png"]  # the affine start's and the round's
 
 
 def test_a_template_manifest_without_channels_is_refused(tmp_path, capsys):

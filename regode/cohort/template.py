@@ -243,12 +243,24 @@ def _update(rows, lines, folder: Path, template: Path, following: Path, average:
     _write(moved, grid, following)
     brain = averaged[0, 0] > 0.1 * float(averaged.max())
     size = shift[0].norm(dim=0)[brain]
+    title = f"{following.name}: update {size.mean():.2f} mm"
+    _picture(moved, grid, following.with_suffix("").with_suffix(".png"), title)
     return {
         "update_mm_mean": float(size.mean()),
         "update_mm_max": float(size.max()),
         "subjects_used": [row.id for row in used],
         "left_out": [line["id"] for line in lines if line["id"] not in {row.id for row in used}],
     }
+
+
+def _picture(volume: torch.Tensor, grid: Grid, path: Path, title: str) -> None:
+    """Three planes of a template, its brain outlined (what each round made, to look at)."""
+    from ..qc import mask_picture
+
+    data = volume[0, 0].numpy()
+    scaled = np.clip(data / max(float(np.quantile(data, 0.995)), 1e-6), 0, 1)
+    with atomic_output(path) as tmp:
+        Path(tmp).write_bytes(mask_picture(scaled, (data > 0.1 * data.max()).astype(float), grid, title))
 
 
 def _finish(subjects, channels, rows, lines, template: Path, out: Path, engine: Engine) -> dict:
