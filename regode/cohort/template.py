@@ -270,6 +270,8 @@ def _finish(subjects, channels, rows, lines, template: Path, out: Path, engine: 
     with atomic_output(out / f"template_{channels[0]}.nii.gz") as tmp:
         shutil.copyfile(template, tmp)
     used = _used(rows, lines)
+    if not used:
+        raise RegodeError(f"no subject registered to the final template {template} (see {out / 'summary.csv'})")
     labels, final = [], {}
     for row in used:
         points = _maps(row, out, grid)
